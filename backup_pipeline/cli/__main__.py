@@ -1,0 +1,3 @@
+from backup_pipeline.cli import main
+
+main()

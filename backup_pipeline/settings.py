@@ -1,0 +1,357 @@
+"""Operator settings: everything an administrator sets, validated once at load.
+
+Settings come from environment variables prefixed ``BACKUP_PIPELINE_`` or from a
+settings file (``BACKUP_PIPELINE_SETTINGS_FILE``, dotenv syntax). Secrets are *not*
+fields here: only the names of the environment variables or files that hold them, so
+a settings dump (``backup-pipeline settings``) can never print a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BACKUP_PIPELINE_"
+SETTINGS_FILE_ENV = "BACKUP_PIPELINE_SETTINGS_FILE"
+
+# Names of the environment variables that carry secrets. Resources read them through
+# dagster.EnvVar so the UI shows only the variable name, never the value.
+APP_DATABASE_PASSWORD_ENV = "BACKUP_PIPELINE_APP_DATABASE_PASSWORD"
+S3_ACCESS_KEY_ENV = "BACKUP_PIPELINE_S3_ACCESS_KEY"
+S3_SECRET_KEY_ENV = "BACKUP_PIPELINE_S3_SECRET_KEY"
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+class DestinationKind(StrEnum):
+    LOCAL = "local"
+    GOOGLE_DRIVE = "google_drive"
+
+
+class DriveAuthMode(StrEnum):
+    SHARED_DRIVE = "shared_drive"  # service account, member of a shared drive
+    DELEGATION = "delegation"  # service account with domain-wide delegation (subject)
+    OAUTH = "oauth"  # OAuth user refresh token
+
+
+class ScheduleFrequency(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Weekday(StrEnum):
+    MONDAY = "monday"
+    TUESDAY = "tuesday"
+    WEDNESDAY = "wednesday"
+    THURSDAY = "thursday"
+    FRIDAY = "friday"
+    SATURDAY = "saturday"
+    SUNDAY = "sunday"
+
+
+class ExecutorKind(StrEnum):
+    IN_PROCESS = "in_process"
+    MULTIPROCESS = "multiprocess"
+    K8S = "k8s"
+    CELERY = "celery"
+    DOCKER = "docker"
+
+
+class BackupSettings(BaseSettings):
+    """Everything an operator sets. Field descriptions double as the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- identity -------------------------------------------------------------------
+    installation_id: str = Field(
+        "backup-pipeline",
+        description="Short name of this installation; prefixes backup file names and is stored in Drive appProperties.",
+    )
+    state_dir: Path = Field(
+        Path(".backup_pipeline_state"),
+        description="Directory for local state: the key store (recovery public key, wrapped recovery secret), upload sessions, the audit log.",
+    )
+
+    # --- application database ---------------------------------------------------------
+    app_database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/app",
+        description=f"libpq URL of the application database, WITHOUT the password (set {APP_DATABASE_PASSWORD_ENV} or use ~/.pgpass).",
+    )
+    schema_version_query: str = Field(
+        "SELECT max(version) FROM schema_migrations",
+        description="Query returning the application's latest applied migration; stored in the manifest. Empty to skip.",
+    )
+    exclude_table_patterns: list[str] = Field(
+        default_factory=lambda: ["public.sessions", "public.*_cache"],
+        description="pg_dump --exclude-table-data patterns: runtime data not worth restoring (sessions, caches). The tables' schema is still dumped.",
+    )
+    pg_bin_dir: Path | None = Field(
+        None,
+        description="Directory with pg_dump/pg_restore; default: found on PATH (newest of /usr/lib/postgresql/*/bin).",
+    )
+
+    # --- object storage (MinIO / S3) --------------------------------------------------
+    s3_endpoint: str = Field(
+        "http://127.0.0.1:9000", description="S3/MinIO endpoint URL (http:// or https://)."
+    )
+    s3_region: str = Field("us-east-1", description="S3 region sent in signatures.")
+    buckets_include: list[str] = Field(
+        default_factory=list,
+        description="Buckets to back up; empty means every bucket the credentials can list.",
+    )
+    buckets_exclude: list[str] = Field(default_factory=list, description="Buckets never backed up.")
+    primary_bucket: str = Field(
+        "media", description="Bucket that holds application media (migration target)."
+    )
+
+    # --- destination ------------------------------------------------------------------
+    destination: DestinationKind = Field(
+        DestinationKind.LOCAL,
+        description="Where backups go: `google_drive` (off-site) or `local` (a folder, e.g. a NAS mount; NOT off-site).",
+    )
+    local_destination_path: Path = Field(
+        Path(".backup_pipeline_state/backups"), description="Folder for the `local` destination."
+    )
+    drive_auth_mode: DriveAuthMode = Field(
+        DriveAuthMode.SHARED_DRIVE, description="Google Workspace setup: shared_drive, delegation or oauth."
+    )
+    drive_credentials_file: Path | None = Field(
+        None,
+        description="Service-account JSON key (shared_drive/delegation) or OAuth authorized-user JSON (oauth). A file path, never the content.",
+    )
+    drive_shared_drive_id: str | None = Field(None, description="Shared drive id (shared_drive mode).")
+    drive_subject: str | None = Field(
+        None, description="User to impersonate (delegation mode), e.g. backup@example.com."
+    )
+    drive_folder_id: str | None = Field(
+        None,
+        description="Existing folder id for backups; empty: a folder named after the installation is created.",
+    )
+    drive_scope: str = Field(
+        "https://www.googleapis.com/auth/drive.file", description="OAuth scope requested."
+    )
+    drive_api_root: str = Field(
+        "https://www.googleapis.com/",
+        description="Drive API root URL (point at the Drive test server in tests).",
+    )
+    drive_token_uri: str | None = Field(None, description="Override of the OAuth token endpoint (tests).")
+    drive_daily_upload_cap_bytes: int = Field(
+        750 * 10**9, ge=0, description="Google's per-user daily upload cap."
+    )
+
+    # --- archive ------------------------------------------------------------------------
+    org_secret_file: Path | None = Field(
+        None,
+        description="File holding the org secret(s) (`<key id>:<base64 32 bytes>` per line, newest last). Required to back up.",
+    )
+    compression_level: int = Field(
+        1, ge=0, le=9, description="gzip level for compressible objects (media is stored)."
+    )
+
+    # --- schedule & retention ---------------------------------------------------------
+    schedule_enabled: bool = Field(
+        True, description="Whether the backup schedule starts enabled (the UI toggle wins once used)."
+    )
+    schedule_frequency: ScheduleFrequency = Field(ScheduleFrequency.DAILY, description="daily or weekly.")
+    schedule_day: Weekday = Field(Weekday.SUNDAY, description="Day of the week for weekly backups.")
+    schedule_time: str = Field("02:30", description="Local time of day, HH:MM (24 h).")
+    schedule_timezone: str = Field("UTC", description="IANA time zone of schedule_time, e.g. Europe/Berlin.")
+    retention_keep_last: int = Field(
+        7, ge=1, le=1000, description="Complete backup sets kept; older ones are deleted."
+    )
+    incomplete_grace_hours: int = Field(
+        24, ge=1, description="Incomplete sets (no manifest) older than this are removed by retention."
+    )
+    min_manual_backup_interval_minutes: int = Field(
+        10, ge=0, description="A manual backup this soon after the last one is refused unless forced."
+    )
+
+    # --- execution ----------------------------------------------------------------------
+    executor: ExecutorKind = Field(
+        ExecutorKind.MULTIPROCESS, description="Dagster executor for the jobs (multiprocess uses both cores)."
+    )
+    max_concurrent_exports: int = Field(
+        2, ge=1, le=64, description="Bucket exports running at once within a backup run."
+    )
+
+    # --- alerts -------------------------------------------------------------------------
+    alert_smtp_host: str | None = Field(
+        None, description="SMTP server for alert e-mail; empty disables e-mail."
+    )
+    alert_smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port.")
+    alert_email_from: str = Field("backup-pipeline@localhost", description="Sender address of alerts.")
+    alert_email_to: list[str] = Field(default_factory=list, description="Recipients of alerts.")
+    alert_webhook_url: str | None = Field(None, description="URL receiving JSON alerts (HMAC-SHA256 signed).")
+    alert_webhook_secret_file: Path | None = Field(None, description="File with the webhook HMAC key.")
+
+    @field_validator("schedule_time")
+    @classmethod
+    def _check_time(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f"must be HH:MM in 24-hour time (00:00-23:59), got {value!r}")
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"must be an IANA time zone such as UTC or Europe/Berlin, got {value!r}"
+            ) from exc
+        return value
+
+    @field_validator("app_database_url")
+    @classmethod
+    def _check_db_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL, e.g. postgresql://user@host:5432/dbname")
+        if parts.password:
+            raise ValueError(f"must not contain a password; set {APP_DATABASE_PASSWORD_ENV} instead")
+        if not parts.path.strip("/"):
+            raise ValueError("must name a database, e.g. postgresql://user@host:5432/dbname")
+        return value
+
+    @field_validator("s3_endpoint", "drive_api_root")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value
+
+    @field_validator("buckets_include", "buckets_exclude")
+    @classmethod
+    def _check_buckets(cls, value: list[str]) -> list[str]:
+        bad = [b for b in value if not _BUCKET_NAME.match(b)]
+        if bad:
+            raise ValueError(f"not valid S3 bucket names: {', '.join(bad)}")
+        return value
+
+    @field_validator("installation_id")
+    @classmethod
+    def _check_installation(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}", value):
+            raise ValueError("must be 1-40 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _check_destination(self) -> BackupSettings:
+        if self.destination is DestinationKind.GOOGLE_DRIVE:
+            missing = []
+            if self.drive_credentials_file is None:
+                missing.append("drive_credentials_file")
+            if self.drive_auth_mode is DriveAuthMode.SHARED_DRIVE and not self.drive_shared_drive_id:
+                missing.append("drive_shared_drive_id")
+            if self.drive_auth_mode is DriveAuthMode.DELEGATION and not self.drive_subject:
+                missing.append("drive_subject")
+            if missing:
+                raise ValueError(
+                    f"destination=google_drive with drive_auth_mode={self.drive_auth_mode.value} needs "
+                    + ", ".join(f"{ENV_PREFIX}{m.upper()}" for m in missing)
+                )
+        return self
+
+    # --- derived values -----------------------------------------------------------------
+    @property
+    def app_database_name(self) -> str:
+        return urlsplit(self.app_database_url).path.strip("/")
+
+    def app_database_url_for(self, dbname: str) -> str:
+        parts = urlsplit(self.app_database_url)
+        return urlunsplit(parts._replace(path="/" + dbname))
+
+    @property
+    def cron_schedule(self) -> str:
+        hour, minute = (int(x) for x in self.schedule_time.split(":"))
+        if self.schedule_frequency is ScheduleFrequency.WEEKLY:
+            dow = list(Weekday).index(self.schedule_day) + 1  # cron: 0/7=Sunday, 1=Monday
+            return f"{minute} {hour} * * {dow % 7}"
+        return f"{minute} {hour} * * *"
+
+    @property
+    def schedule_interval_hours(self) -> int:
+        return 24 * 7 if self.schedule_frequency is ScheduleFrequency.WEEKLY else 24
+
+    @property
+    def drive_configured(self) -> bool:
+        return self.destination is DestinationKind.GOOGLE_DRIVE
+
+    def redacted(self) -> dict[str, Any]:
+        """Effective settings for display. No field holds a secret; paths to secret files are shown as paths."""
+        return self.model_dump(mode="json")
+
+
+class SettingsError(Exception):
+    """Settings failed validation; ``str(err)`` names every bad field and its rule."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid backup_pipeline settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        field = f"{ENV_PREFIX}{loc.upper()}" if loc else "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}: {msg}")
+    return problems
+
+
+def load_settings(
+    env: dict[str, str] | None = None, settings_file: str | os.PathLike[str] | None = None
+) -> BackupSettings:
+    """Load and validate settings from the environment (or ``env``) and an optional dotenv file.
+
+    Raises SettingsError naming every bad field, so a code location fails to load with
+    a message an operator can act on.
+    """
+    source = dict(os.environ if env is None else env)
+    file = settings_file or source.get(SETTINGS_FILE_ENV)
+    values: dict[str, str] = {}
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise SettingsError([f"{SETTINGS_FILE_ENV}: file not found: {path}"])
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update(source)
+    kwargs: dict[str, Any] = {}
+    for name in BackupSettings.model_fields:
+        key = f"{ENV_PREFIX}{name.upper()}"
+        if key in values:
+            raw = values[key]
+            annotation = str(BackupSettings.model_fields[name].annotation)
+            kwargs[name] = _split_list(raw) if annotation.startswith("list") else raw
+    try:
+        return BackupSettings.model_validate(kwargs)
+    except ValidationError as exc:
+        raise SettingsError(_format_validation_error(exc)) from None
+
+
+def _split_list(raw: str) -> list[str]:
+    raw = raw.strip()
+    if raw.startswith("["):
+        import json
+
+        return list(json.loads(raw))
+    return [item.strip() for item in raw.split(",") if item.strip()]

@@ -1,0 +1,6 @@
+"""Test harness: every fixture starts a real component (see backup_pipeline_tests/fixtures)."""
+
+pytest_plugins = [
+    "backup_pipeline_tests.fixtures.postgres",
+    "backup_pipeline_tests.fixtures.s3",
+]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# README command (2): set up everything the tests need, then run the whole suite.
+# Exit non-zero when any test fails or when no test ran.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== ruff"
+.venv/bin/ruff check backup_pipeline backup_pipeline_tests scripts
+.venv/bin/ruff format --check backup_pipeline backup_pipeline_tests scripts
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+mkdir -p test-artifacts
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then echo "test.sh: no tests were collected: failing" >&2; exit 1; fi
+exit "$rc"
