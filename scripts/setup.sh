@@ -25,7 +25,16 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --upgrade pip
 fi
 # constraints.txt pins every transitive version (pip freeze of a working install).
-.venv/bin/pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/pip install -q -c constraints.txt -e ".[dev,deploy]"
+
+# `docker compose config` validates docker-compose.yml (no engine needed); Debian's
+# docker-compose (v1) stands in where the compose plugin is missing.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  echo "setup: installing docker-compose"
+  if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+  "${SUDO[@]}" apt-get update -q >/dev/null
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null
+fi
 
 # PostgreSQL: the machine's server on 127.0.0.1:5432.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
