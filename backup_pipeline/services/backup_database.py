@@ -1,0 +1,229 @@
+"""The database part: ``pg_dump --format=custom`` streamed from stdout, never staged on disk.
+
+The password reaches pg_dump through ``PGPASSWORD`` in its environment only; the command
+line (which ``ps`` and logs can show) carries a password-free URL.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..destinations.base import Destination
+from ..resources.postgres import (
+    PgTools,
+    PgToolsError,
+    PostgresResource,
+    PostgresUnavailable,
+    check_tools_against_server,
+    locate_pg_tools,
+)
+from .backup_parts import PART_DATABASE, BackupError, ErrorCode
+from .backup_upload import Encryptor, UploadedPart, upload_part
+from .progress import ProgressTracker
+
+DUMP_CHUNK_SIZE = 1024 * 1024
+# Phrases libpq/pg_dump print when the server cannot be reached or drops the connection.
+_CONNECTION_TROUBLE = (
+    "could not connect",
+    "connection to server",
+    "server closed the connection",
+    "terminating connection",
+    "connection refused",
+    "no such file or directory",
+    "could not translate host name",
+)
+
+
+def locate_and_check_pg_dump(pg: PostgresResource) -> tuple[PgTools, int, str]:
+    """pg_dump/pg_restore located and checked against the server: (tools, server major, server version)."""
+    try:
+        tools = locate_pg_tools(pg.pg_bin_dir)
+    except PgToolsError as exc:
+        raise BackupError(ErrorCode.PG_DUMP_NOT_FOUND, str(exc)) from None
+    try:
+        major, full = pg.server_version()
+    except PostgresUnavailable as exc:
+        raise BackupError(ErrorCode.DATABASE_UNREACHABLE, str(exc), retryable=True) from None
+    try:
+        check_tools_against_server(tools, major, pg.endpoint)
+    except PgToolsError as exc:
+        raise BackupError(ErrorCode.PG_DUMP_TOO_OLD, str(exc)) from None
+    return tools, major, full
+
+
+def query_schema_version(pg: PostgresResource, query: str) -> str | None:
+    """The app's latest applied migration, or None when no query is configured or nothing is applied."""
+    if not query.strip():
+        return None
+    try:
+        with pg.connect(autocommit=True) as conn:
+            row = conn.execute(query).fetchone()  # type: ignore[call-overload]
+    except PostgresUnavailable as exc:
+        raise BackupError(ErrorCode.DATABASE_UNREACHABLE, str(exc), retryable=True) from None
+    except psycopg.Error as exc:
+        raise BackupError(
+            ErrorCode.SCHEMA_VERSION_QUERY_FAILED,
+            f"schema version query failed ({_first_line(exc)}); fix BACKUP_PIPELINE_SCHEMA_VERSION_QUERY "
+            "or set it empty to skip",
+        ) from None
+    if row is None or row[0] is None:
+        return None
+    return str(row[0])
+
+
+def pg_dump_command(pg_dump: Path, exclude_table_data: Sequence[str]) -> list[str]:
+    """The argv. The connection comes from PG* variables, so it holds no secret and may be logged."""
+    cmd = [str(pg_dump), "--format=custom", "--no-password"]
+    cmd += [f"--exclude-table-data={pattern}" for pattern in exclude_table_data]
+    return cmd
+
+
+def stream_pg_dump(
+    pg_dump: Path,
+    env: Mapping[str, str],
+    exclude_table_data: Sequence[str] = (),
+    *,
+    chunk_size: int = DUMP_CHUNK_SIZE,
+    on_start: Callable[[list[str]], None] | None = None,
+) -> Generator[bytes, None, None]:
+    """Yield pg_dump's stdout chunk by chunk; raise BackupError after the last chunk if it failed.
+
+    ``env`` carries the connection (PGHOST, PGDATABASE, PGPASSWORD, ... from
+    ``PostgresResource.libpq_env()``). Closing the generator early (the upload failed)
+    kills pg_dump, so no orphan keeps a snapshot open on the server.
+    """
+    cmd = pg_dump_command(pg_dump, exclude_table_data)
+    if on_start:
+        on_start(cmd)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env), stdin=subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise BackupError(ErrorCode.PG_DUMP_NOT_FOUND, f"cannot start {pg_dump}: {exc}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+    stderr_reader = threading.Thread(
+        target=_drain_lines, args=(proc.stderr, stderr_tail), name="pg_dump-stderr", daemon=True
+    )
+    stderr_reader.start()
+    completed = False
+    try:
+        while True:
+            chunk = proc.stdout.read(chunk_size)
+            if not chunk:
+                break
+            yield chunk
+        rc = proc.wait()
+        stderr_reader.join(timeout=10)
+        completed = True
+        if rc != 0:
+            detail = " | ".join(stderr_tail) or f"exit status {rc}"
+            password = env.get("PGPASSWORD")
+            if password:
+                detail = detail.replace(password, "***")
+            lowered = detail.lower()
+            unreachable = any(p in lowered for p in _CONNECTION_TROUBLE)
+            raise BackupError(
+                ErrorCode.DATABASE_UNREACHABLE if unreachable else ErrorCode.PG_DUMP_FAILED,
+                f"pg_dump failed (exit {rc}): {detail}",
+                retryable=unreachable,
+            )
+    finally:
+        if not completed and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def _drain_lines(stream: Any, sink: collections.deque[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").strip()
+        if line:
+            sink.append(line)
+    stream.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class DatabaseDumpResult:
+    part: UploadedPart
+    server_version: str
+    pg_dump_version: str
+    schema_version: str | None
+    exclude_table_data: tuple[str, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "part": self.part.to_dict(),
+            "server_version": self.server_version,
+            "pg_dump_version": self.pg_dump_version,
+            "schema_version": self.schema_version,
+            "exclude_table_data": list(self.exclude_table_data),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def dump_database(
+    pg: PostgresResource,
+    destination: Destination,
+    encryptor: Encryptor,
+    *,
+    installation_id: str,
+    backup_id: str,
+    exclude_table_data: Sequence[str] = (),
+    schema_version_query: str = "",
+    progress: ProgressTracker | None = None,
+    on_start: Callable[[list[str]], None] | None = None,
+) -> DatabaseDumpResult:
+    """The ``database`` part: pg_dump -Fc stdout → encrypt → destination, verified.
+
+    The schema version is read before the dump starts: a migration applied while the dump
+    runs is then *newer* than recorded, never older (pg_dump's snapshot is taken at its start).
+    """
+    started = time.monotonic()
+    tools, _, server_version = locate_and_check_pg_dump(pg)
+    schema_version = query_schema_version(pg, schema_version_query)
+
+    def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if progress is not None:
+                progress.add(len(chunk))
+            yield chunk
+
+    dump = stream_pg_dump(tools.pg_dump.path, pg.libpq_env(), exclude_table_data, on_start=on_start)
+    try:
+        part = upload_part(
+            destination,
+            encryptor,
+            installation_id=installation_id,
+            backup_id=backup_id,
+            part_name=PART_DATABASE,
+            plaintext=counted(dump),
+        )
+    finally:
+        dump.close()  # kills pg_dump if the upload failed half-way
+    if progress is not None:
+        progress.finish()
+    return DatabaseDumpResult(
+        part=part,
+        server_version=server_version,
+        pg_dump_version=tools.pg_dump.version,
+        schema_version=schema_version,
+        exclude_table_data=tuple(exclude_table_data),
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,180 @@
+"""Close a backup set: verify every part on the destination, then write the manifest LAST.
+
+Until the manifest exists the set is not a backup (restore, retention and the ledger all
+say so); once it exists every part it lists has been verified on the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..destinations.base import Destination, DestinationError, NotFoundError
+from .backup_parts import (
+    PART_MANIFEST,
+    PROP_PART_NAME,
+    SET_FORMAT_VERSION,
+    BackupError,
+    ErrorCode,
+    set_name,
+    set_properties,
+)
+from .backup_upload import Encryptor, UploadedPart, destination_failure, upload_part
+
+#: Builds the manifest's plaintext from the finalize inputs (the archive's manifest writer).
+ManifestWriter = Callable[[dict[str, Any]], Iterable[bytes]]
+
+
+def json_manifest_writer(document: dict[str, Any]) -> Iterator[bytes]:
+    yield json.dumps(document, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def verify_parts(destination: Destination, parts: Sequence[UploadedPart]) -> None:
+    """Each part exists with the size and SHA-256 recorded at upload (what the destination reports now)."""
+    for part in parts:
+        try:
+            stored = destination.stat(part.file_id)
+        except NotFoundError:
+            raise BackupError(
+                ErrorCode.PART_MISSING,
+                f"part {part.part_name!r} ({part.file_name}) is no longer on {destination.description}",
+            ) from None
+        except DestinationError as exc:
+            raise destination_failure(exc, f"verifying part {part.part_name!r}") from None
+        if stored.size != part.size or (stored.sha256 is not None and stored.sha256 != part.sha256):
+            raise BackupError(
+                ErrorCode.VERIFY_FAILED,
+                f"part {part.part_name!r} on {destination.description}: {stored.size} bytes / sha256 "
+                f"{stored.sha256}, expected {part.size} / {part.sha256}",
+            )
+
+
+def remove_strays(
+    destination: Destination, installation_id: str, backup_id: str, parts: Sequence[UploadedPart]
+) -> list[str]:
+    """Files of this set that are not one of ``parts`` (a failed attempt's upload, an old manifest)."""
+    keep = {p.file_id for p in parts}
+    removed = []
+    for stored in list(destination.list(set_properties(installation_id, backup_id))):
+        if stored.id not in keep:
+            destination.delete(stored.id)
+            removed.append(stored.properties.get(PROP_PART_NAME, stored.name))
+    return removed
+
+
+@dataclass(frozen=True)
+class FinalizeInput:
+    installation_id: str
+    backup_id: str
+    started_at: str  # ISO 8601 UTC
+    database: dict[str, Any]  # DatabaseDumpResult.to_dict()
+    buckets: list[dict[str, Any]]  # BucketExportResult.to_dict() per bucket
+    key_ids: dict[str, Any]
+    versions: dict[str, Any]
+
+
+def manifest_document(data: FinalizeInput, finished_at: str) -> dict[str, Any]:
+    parts = [data.database["part"], *(b["part"] for b in data.buckets)]
+    return {
+        "set_format_version": SET_FORMAT_VERSION,
+        "installation_id": data.installation_id,
+        "backup_id": data.backup_id,
+        "started_at": data.started_at,
+        "finished_at": finished_at,
+        "versions": {
+            **data.versions,
+            "pg_server": data.database["server_version"],
+            "pg_dump": data.database["pg_dump_version"],
+            "schema_version": data.database["schema_version"],
+        },
+        "key_ids": data.key_ids,
+        "parts": parts,
+        "database": {k: v for k, v in data.database.items() if k != "part"},
+        "buckets": [
+            {
+                "bucket": b["bucket"],
+                "part_name": b["part"]["part_name"],
+                "object_count": b["object_count"],
+                "object_bytes": b["object_bytes"],
+                "changed_during_backup": b["changed"],
+                "vanished_during_backup": b["vanished"],
+                "objects": b["inventory"],
+            }
+            for b in data.buckets
+        ],
+    }
+
+
+def ledger_entry(
+    data: FinalizeInput, manifest: UploadedPart, finished_at: str, seconds: float
+) -> dict[str, Any]:
+    """The ``backup_set`` materialization metadata: small, no inventory, no secrets."""
+    parts = [UploadedPart.from_dict(data.database["part"])] + [
+        UploadedPart.from_dict(b["part"]) for b in data.buckets
+    ]
+    return {
+        "backup_id": data.backup_id,
+        "installation_id": data.installation_id,
+        "set_name": set_name(data.installation_id, data.backup_id),
+        "set_format_version": SET_FORMAT_VERSION,
+        "started_at": data.started_at,
+        "finished_at": finished_at,
+        "finalize_seconds": round(seconds, 3),
+        "manifest_file_id": manifest.file_id,
+        "part_file_ids": {p.part_name: p.file_id for p in [*parts, manifest]},
+        "part_sizes": {p.part_name: p.size for p in [*parts, manifest]},
+        "total_bytes": sum(p.size for p in [*parts, manifest]),
+        "database_seconds": data.database["seconds"],
+        "buckets": {
+            b["bucket"]: {
+                "objects": b["object_count"],
+                "bytes": b["object_bytes"],
+                "changed": len(b["changed"]),
+                "vanished": len(b["vanished"]),
+                "seconds": b["seconds"],
+            }
+            for b in data.buckets
+        },
+        "object_count": sum(b["object_count"] for b in data.buckets),
+        "versions": {
+            **data.versions,
+            "pg_server": data.database["server_version"],
+            "pg_dump": data.database["pg_dump_version"],
+            "schema_version": data.database["schema_version"],
+        },
+        "key_ids": data.key_ids,
+    }
+
+
+def finalize_backup(
+    destination: Destination,
+    encryptor: Encryptor,
+    data: FinalizeInput,
+    *,
+    manifest_writer: ManifestWriter = json_manifest_writer,
+) -> dict[str, Any]:
+    """Verify every part, drop strays, upload the manifest last; return the ledger entry."""
+    started = time.monotonic()
+    parts = [UploadedPart.from_dict(data.database["part"])] + [
+        UploadedPart.from_dict(b["part"]) for b in data.buckets
+    ]
+    verify_parts(destination, parts)
+    try:
+        remove_strays(destination, data.installation_id, data.backup_id, parts)
+    except DestinationError as exc:
+        raise destination_failure(exc, "removing files of failed attempts") from None
+    finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    document = manifest_document(data, finished_at)
+    manifest = upload_part(
+        destination,
+        encryptor,
+        installation_id=data.installation_id,
+        backup_id=data.backup_id,
+        part_name=PART_MANIFEST,
+        plaintext=manifest_writer(document),
+    )
+    return ledger_entry(data, manifest, finished_at, time.monotonic() - started)
