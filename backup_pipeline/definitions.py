@@ -1,0 +1,48 @@
+"""The one ``Definitions`` of the code location (loaded by ``workspace.yaml``).
+
+Settings are loaded and validated here, once, when the code location loads: a missing or
+malformed setting makes the location fail to load with ``SettingsError`` naming every
+bad field (the same verdict ``backup-pipeline check`` prints).
+
+To add something: jobs go into ``JOBS`` in ``jobs.py``; schedules, sensors and asset specs
+are appended to the lists in ``build_definitions`` below (build them from ``settings``).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from backup_pipeline.jobs import JOBS
+from backup_pipeline.resources import build_resources
+from backup_pipeline.settings import ENV_PREFIX, BackupSettings, ExecutorKind, SettingsError, load_settings
+
+
+def build_executor(settings: BackupSettings) -> dg.ExecutorDefinition:
+    if settings.executor is ExecutorKind.IN_PROCESS:
+        return dg.in_process_executor
+    if settings.executor is ExecutorKind.MULTIPROCESS:
+        return dg.multiprocess_executor
+    raise SettingsError(
+        [
+            f"{ENV_PREFIX}EXECUTOR: {settings.executor.value!r} is not available in this installation "
+            "(use in_process or multiprocess)"
+        ]
+    )
+
+
+def build_definitions(settings: BackupSettings) -> dg.Definitions:
+    schedules: list[dg.ScheduleDefinition] = []
+    sensors: list[dg.SensorDefinition] = []
+    assets: list[dg.AssetSpec] = []
+    return dg.Definitions(
+        jobs=JOBS,
+        schedules=schedules,
+        sensors=sensors,
+        assets=assets,
+        resources=build_resources(settings),
+        executor=build_executor(settings),
+    )
+
+
+settings = load_settings()
+defs = build_definitions(settings)

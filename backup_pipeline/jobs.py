@@ -1,0 +1,21 @@
+"""Every job of the code location.
+
+Each job is added to ``JOBS`` here (one import + one list entry); ``definitions.py``
+registers the list. Jobs that touch the application's data (backup, restore, retention,
+migration) carry ``backup_pipeline.concurrency.EXCLUSIVE_RUN_TAGS`` so the run queue runs one at a time
+(``dagster.yaml``), and also take ``PostgresResource.data_lock`` inside, because
+``execute_in_process`` bypasses the queue and Launchpad users can edit tags.
+"""
+
+from __future__ import annotations
+
+from dagster import JobDefinition
+
+from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS, EXCLUSIVE_TAG_KEY
+from backup_pipeline.ops.health import storage_health_job
+
+__all__ = ["EXCLUSIVE_RUN_TAGS", "EXCLUSIVE_TAG_KEY", "JOBS"]
+
+JOBS: list[JobDefinition] = [
+    storage_health_job,
+]

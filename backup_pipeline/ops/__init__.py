@@ -1,0 +1,1 @@
+"""Thin Dagster ops: gather inputs, call a services/ function, report metadata."""

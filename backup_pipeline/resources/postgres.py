@@ -1,0 +1,269 @@
+"""The application's PostgreSQL: connections, the pg_dump/pg_restore tools, and the data lock.
+
+Everything here reports the endpoint it talked to as ``user@host:port/dbname`` and never
+the password: the password comes from ``BACKUP_PIPELINE_APP_DATABASE_PASSWORD`` (a Dagster
+``EnvVar``, shown in the UI by name only) or from ``~/.pgpass``, and reaches the tools
+through ``PGPASSWORD`` in their environment, never on a command line.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import psycopg
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from backup_pipeline.concurrency import DATA_LOCK_NAME
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+class PostgresUnavailable(Exception):
+    """The server could not be reached or refused us; the message names the endpoint, never the password."""
+
+
+class PgToolsError(Exception):
+    """pg_dump/pg_restore are missing or older than the server."""
+
+
+class DataLockBusy(Exception):
+    """Another run holds the data lock."""
+
+
+@dataclass(frozen=True)
+class PgTool:
+    name: str
+    path: Path
+    version: str  # e.g. "15.20"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+@dataclass(frozen=True)
+class PgTools:
+    pg_dump: PgTool
+    pg_restore: PgTool
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.pg_dump.path.parent
+
+
+def redact_url(url: str) -> str:
+    """``user@host:port/db`` without scheme, password or query (for messages)."""
+    parts = urlsplit(url)
+    user = unquote(parts.username) if parts.username else os.environ.get("PGUSER", "")
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    db = parts.path.strip("/")
+    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+def tool_version(path: Path) -> str:
+    try:
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PgToolsError(f"cannot run {path} --version: {exc}") from None
+    match = _VERSION_RE.search(out)
+    if not match:
+        raise PgToolsError(f"{path} --version printed no PostgreSQL version: {out.strip()!r}")
+    return f"{match.group(1)}.{match.group(2) or 0}"
+
+
+def _candidate_dirs(pg_bin_dir: str | None) -> list[Path]:
+    if pg_bin_dir:
+        return [Path(pg_bin_dir)]
+    dirs: list[Path] = []
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        dirs.append(Path(on_path).parent)
+    dirs += [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")]
+    return dirs
+
+
+def locate_pg_tools(pg_bin_dir: str | None = None) -> PgTools:
+    """The newest pg_dump/pg_restore pair: from ``pg_bin_dir`` if given, else PATH and /usr/lib/postgresql/*/bin.
+
+    The newest is chosen because pg_dump dumps servers of its own and older major versions only.
+    """
+    found: list[PgTools] = []
+    problems: list[str] = []
+    for directory in _candidate_dirs(pg_bin_dir):
+        dump, restore = directory / "pg_dump", directory / "pg_restore"
+        if not (os.access(dump, os.X_OK) and os.access(restore, os.X_OK)):
+            problems.append(f"{directory}: no executable pg_dump and pg_restore")
+            continue
+        try:
+            found.append(
+                PgTools(
+                    PgTool("pg_dump", dump, tool_version(dump)),
+                    PgTool("pg_restore", restore, tool_version(restore)),
+                )
+            )
+        except PgToolsError as exc:
+            problems.append(str(exc))
+    if not found:
+        where = (
+            f"BACKUP_PIPELINE_PG_BIN_DIR={pg_bin_dir}" if pg_bin_dir else "PATH or /usr/lib/postgresql/*/bin"
+        )
+        detail = "; ".join(problems) or "nothing found"
+        raise PgToolsError(
+            f"pg_dump/pg_restore not found in {where} ({detail}); install postgresql-client "
+            "of the server's major version or set BACKUP_PIPELINE_PG_BIN_DIR"
+        )
+    return max(found, key=lambda t: tuple(int(x) for x in t.pg_dump.version.split(".")))
+
+
+def check_tools_against_server(tools: PgTools, server_major: int, endpoint: str) -> None:
+    """Fail clearly when a tool is older than the server: pg_dump refuses newer servers, and a
+    dump restored by an older pg_restore may not be readable."""
+    for tool in (tools.pg_dump, tools.pg_restore):
+        if tool.major < server_major:
+            raise PgToolsError(
+                f"{tool.name} {tool.version} ({tool.path}) is older than the PostgreSQL {server_major} server "
+                f"at {endpoint}; install postgresql-client-{server_major} or set BACKUP_PIPELINE_PG_BIN_DIR "
+                f"to a directory with version {server_major} or newer"
+            )
+
+
+def advisory_lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_try_advisory_lock`` (hashtext() is not guaranteed stable)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class PostgresResource(ConfigurableResource):
+    """The application's PostgreSQL database.
+
+    ``password`` is meant to be ``EnvVar("BACKUP_PIPELINE_APP_DATABASE_PASSWORD")``; when it
+    is empty libpq falls back to ``~/.pgpass``/trust auth.
+    """
+
+    database_url: str = Field(description="libpq URL of the application database, without password.")
+    password: str | None = Field(default=None, description="Database password (an EnvVar, never literal).")
+    pg_bin_dir: str | None = Field(default=None, description="Directory with pg_dump/pg_restore.")
+    connect_timeout_seconds: int = Field(default=10, ge=1)
+    application_name: str = Field(default="backup_pipeline")
+
+    @property
+    def endpoint(self) -> str:
+        return redact_url(self.database_url)
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.database_url).path.strip("/")
+
+    def url_for(self, dbname: str) -> str:
+        """The same server with another database (e.g. ``postgres`` to create/drop databases)."""
+        return urlunsplit(urlsplit(self.database_url)._replace(path="/" + dbname))
+
+    def _redact(self, text: str) -> str:
+        if self.password:
+            text = text.replace(self.password, "***")
+        return text
+
+    def connect(
+        self, dbname: str | None = None, *, autocommit: bool = False, application_name: str | None = None
+    ) -> psycopg.Connection:
+        """A new connection; ``PostgresUnavailable`` (naming the endpoint) when it cannot be made."""
+        url = self.url_for(dbname) if dbname else self.database_url
+        kwargs: dict[str, object] = {
+            "autocommit": autocommit,
+            "connect_timeout": self.connect_timeout_seconds,
+            "application_name": application_name or self.application_name,
+        }
+        if self.password:
+            kwargs["password"] = self.password
+        try:
+            return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            # psycopg's message is libpq's ("connection to server ... failed: ..."); keep its last
+            # line, which says why, and name the endpoint ourselves.
+            reason = self._redact(
+                str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            )
+            raise PostgresUnavailable(
+                f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}"
+            ) from None
+
+    def server_version(self) -> tuple[int, str]:
+        """(major, full version string) of the server, e.g. (15, "15.20")."""
+        with self.connect() as conn:
+            num = conn.info.server_version  # e.g. 150020
+            row = conn.execute("SHOW server_version").fetchone()
+        return num // 10000, str(row[0]).split()[0] if row else str(num)
+
+    def pg_tools(self, *, check_server: bool = True) -> PgTools:
+        """pg_dump/pg_restore, checked against the server's major version unless ``check_server`` is false."""
+        tools = locate_pg_tools(self.pg_bin_dir)
+        if check_server:
+            major, _ = self.server_version()
+            check_tools_against_server(tools, major, self.endpoint)
+        return tools
+
+    def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
+        """Environment for pg_dump/pg_restore/psql subprocesses: connection via PG* variables,
+        the password via PGPASSWORD (never argv, which other users and compute logs see)."""
+        parts = urlsplit(self.url_for(dbname) if dbname else self.database_url)
+        env = dict(os.environ)
+        env.update(
+            {
+                "PGHOST": parts.hostname or "localhost",
+                "PGPORT": str(parts.port or 5432),
+                "PGDATABASE": parts.path.strip("/"),
+                "PGCONNECT_TIMEOUT": str(self.connect_timeout_seconds),
+                "PGAPPNAME": self.application_name,
+            }
+        )
+        if parts.username:
+            env["PGUSER"] = unquote(parts.username)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    @contextmanager
+    def data_lock(self, owner: str, *, name: str = DATA_LOCK_NAME) -> Iterator[None]:
+        """Hold the session-level advisory lock ``name`` on the application database while the block runs.
+
+        Raises ``DataLockBusy`` at once (no waiting: a queued backup behind a long restore is
+        worse than a clear failure) naming the holder's application_name, which carries
+        ``owner`` (e.g. the run id). The lock lives as long as this dedicated connection, so a
+        killed run worker releases it when its connection drops.
+        """
+        key = advisory_lock_key(name)
+        conn = self.connect(autocommit=True, application_name=f"backup_pipeline lock {owner}"[:63])
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if not row or not row[0]:
+                holder = conn.execute(
+                    "SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s::bigint LIMIT 1",
+                    (key,),
+                ).fetchone()
+                who = f"{holder[0]!r} (pid {holder[1]})" if holder else "another session"
+                raise DataLockBusy(
+                    f"the data lock {name!r} on {self.endpoint} is held by {who}: another backup, "
+                    "restore, retention or migration run is touching the data; try again when it has finished"
+                )
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        finally:
+            conn.close()

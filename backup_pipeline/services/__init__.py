@@ -1,0 +1,1 @@
+"""Plain functions the ops call; tested without Dagster."""
