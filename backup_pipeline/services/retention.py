@@ -1,0 +1,223 @@
+"""Retention (``applyRetention``): which backup sets to delete, and deleting them safely.
+
+Plain functions, no Dagster; ``ops/retention.py`` wires them into ``retention_job`` and
+``delete_backup_job``.
+
+What exists is read from the destination itself (every file carries the set properties of
+``services/backup_parts.py``): a set is *complete* when its manifest is present — the
+manifest is written last, after every part verified — and *incomplete* otherwise. The
+destination is the truth about what occupies space; the ledger is told about deletions.
+
+Rules (MUST):
+
+1. Keep the newest ``keep_last`` complete sets; delete older complete sets.
+2. Never delete the newest complete set (not even via ``delete_backup_job`` unless forced).
+3. Never delete a set a restore in progress is reading (``in_use``), whatever its age.
+4. Delete incomplete sets older than the grace period (younger ones may be a backup still
+   uploading), and incomplete sets older than some complete set whatever their age (backups
+   run one at a time, so such a set is a failed backup or a deletion interrupted half-way).
+5. Deletion order inside a set: the **manifest first**, then the parts. A set interrupted
+   half-way through deletion is therefore incomplete — never a "complete" set with missing
+   parts — and the next retention run finishes it.
+6. The ledger records a deletion only after every file of the set is gone. A failed deletion
+   leaves the set in the ledger; the run reports it and fails, and the next run retries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from backup_pipeline.destinations.base import Destination, DestinationError, StoredFile
+from backup_pipeline.services.backup_parts import (
+    APP_NAME,
+    PART_MANIFEST,
+    PROP_APP,
+    PROP_BACKUP_ID,
+    PROP_INSTALLATION,
+    PROP_PART_NAME,
+    backup_id_time,
+    is_backup_id,
+    set_properties,
+)
+
+REASON_BEYOND_KEEP = "older than the newest {keep} complete sets"
+REASON_INCOMPLETE = "incomplete (no manifest) and older than {hours} h"
+REASON_SUPERSEDED = "incomplete (no manifest) and older than a complete set"
+REASON_MANUAL = "deleted by request"
+
+
+@dataclass(frozen=True)
+class BackupSetInfo:
+    backup_id: str
+    created: datetime
+    complete: bool
+    files: int = 0
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PlannedDeletion:
+    backup_id: str
+    reason: str
+    complete: bool
+    size_bytes: int
+
+
+@dataclass
+class RetentionPlan:
+    keep: list[str] = field(default_factory=list)
+    delete: list[PlannedDeletion] = field(default_factory=list)
+    protected: dict[str, str] = field(default_factory=dict)  # backup id → why kept against the rules
+
+
+@dataclass(frozen=True)
+class DeletedSet:
+    backup_id: str
+    reason: str
+    files: int
+    bytes_freed: int
+    was_complete: bool
+
+
+@dataclass
+class RetentionResult:
+    deleted: list[DeletedSet] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # backup id → error (secret-free)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(d.bytes_freed for d in self.deleted)
+
+
+class RetentionError(Exception):
+    """Bad request (unknown id, refusing the newest complete set, …); the message names the rule."""
+
+
+def discover_sets(destination: Destination, installation_id: str) -> list[BackupSetInfo]:
+    """Every backup set of this installation on the destination, newest first.
+
+    Raises DestinationError when the destination cannot be listed (nothing may be deleted
+    from the ledger on a guess).
+    """
+    grouped: dict[str, list[StoredFile]] = {}
+    for stored in destination.list({PROP_APP: APP_NAME, PROP_INSTALLATION: installation_id}):
+        backup_id = stored.properties.get(PROP_BACKUP_ID, "")
+        if is_backup_id(backup_id):
+            grouped.setdefault(backup_id, []).append(stored)
+    sets = [
+        BackupSetInfo(
+            backup_id=backup_id,
+            created=backup_id_time(backup_id),
+            complete=any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files),
+            files=len(files),
+            size_bytes=sum(f.size for f in files),
+        )
+        for backup_id, files in grouped.items()
+    ]
+    return sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
+
+
+def plan_retention(
+    sets: Iterable[BackupSetInfo],
+    *,
+    keep_last: int,
+    incomplete_grace: timedelta,
+    now: datetime,
+    in_use: set[str] | frozenset[str] = frozenset(),
+) -> RetentionPlan:
+    if keep_last < 1:
+        raise RetentionError(f"retention_keep_last: must be at least 1, got {keep_last}")
+    ordered = sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
+    plan = RetentionPlan()
+    complete_seen = 0
+    for info in ordered:
+        if info.complete:
+            complete_seen += 1
+            if complete_seen <= keep_last:
+                plan.keep.append(info.backup_id)
+                continue
+            if info.backup_id in in_use:
+                plan.protected[info.backup_id] = "in use by a restore in progress"
+                plan.keep.append(info.backup_id)
+                continue
+            plan.delete.append(
+                PlannedDeletion(
+                    info.backup_id, REASON_BEYOND_KEEP.format(keep=keep_last), True, info.size_bytes
+                )
+            )
+        else:
+            if info.backup_id in in_use:
+                plan.protected[info.backup_id] = "in use by a restore in progress"
+                plan.keep.append(info.backup_id)
+            elif complete_seen > 0:
+                # Backups run one at a time, so an incomplete set older than a complete one
+                # is dead (failed, or a deletion interrupted half-way), whatever its age.
+                plan.delete.append(PlannedDeletion(info.backup_id, REASON_SUPERSEDED, False, info.size_bytes))
+            elif now - info.created > incomplete_grace:
+                hours = int(incomplete_grace.total_seconds() // 3600)
+                plan.delete.append(
+                    PlannedDeletion(
+                        info.backup_id, REASON_INCOMPLETE.format(hours=hours), False, info.size_bytes
+                    )
+                )
+            else:
+                plan.keep.append(info.backup_id)
+    return plan
+
+
+def delete_backup_set(
+    destination: Destination, installation_id: str, backup_id: str, reason: str = REASON_MANUAL
+) -> DeletedSet:
+    """Delete every file of one set, manifest first (rule 5). Idempotent: a gone set deletes 0 files."""
+    files = list(destination.list(set_properties(installation_id, backup_id)))
+    was_complete = any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files)
+    files.sort(key=lambda f: f.properties.get(PROP_PART_NAME) != PART_MANIFEST)
+    for stored in files:
+        destination.delete(stored.id)
+    return DeletedSet(backup_id, reason, len(files), sum(f.size for f in files), was_complete)
+
+
+def apply_retention(
+    destination: Destination,
+    installation_id: str,
+    plan: RetentionPlan,
+    on_deleted: Callable[[DeletedSet], None] = lambda _d: None,
+) -> RetentionResult:
+    """Carry out ``plan``; call ``on_deleted`` (the ledger event) after each set is fully gone.
+
+    A set whose deletion fails is reported in ``result.failed`` and the others still proceed;
+    the caller fails the run so the failure is visible, and the next run retries it.
+    """
+    result = RetentionResult()
+    for planned in plan.delete:
+        try:
+            deleted = delete_backup_set(destination, installation_id, planned.backup_id, planned.reason)
+        except DestinationError as exc:
+            result.failed[planned.backup_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        on_deleted(deleted)
+        result.deleted.append(deleted)
+    return result
+
+
+def check_manual_deletion(
+    sets: Iterable[BackupSetInfo], backup_id: str, *, force: bool, in_use: set[str] | frozenset[str]
+) -> BackupSetInfo:
+    """Validate a ``delete_backup_job`` request; returns the set to delete."""
+    ordered = sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
+    target = next((s for s in ordered if s.backup_id == backup_id), None)
+    if target is None:
+        raise RetentionError(f"backup_id: no backup set {backup_id!r} exists on the destination")
+    if backup_id in in_use:
+        raise RetentionError(
+            f"backup_id: {backup_id} is being read by a restore in progress; try again later"
+        )
+    newest_complete = next((s for s in ordered if s.complete), None)
+    if newest_complete is not None and newest_complete.backup_id == backup_id and not force:
+        raise RetentionError(
+            f"backup_id: {backup_id} is the newest complete backup; deleting it leaves an older one "
+            "as the latest restore point. Set force: true to delete it anyway."
+        )
+    return target
