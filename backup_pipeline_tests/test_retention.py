@@ -169,7 +169,7 @@ def test_failed_deletion_is_reported_and_retried_next_time(tmp_path: Path) -> No
 def test_manual_deletion_rules() -> None:
     sets = [_info(30, complete=False, suffix="a"), _info(40, suffix="b"), _info(50, suffix="c")]
     newest_complete = sets[1].backup_id
-    with pytest.raises(RetentionError, match="newest complete backup.*force"):
+    with pytest.raises(RetentionError, match=r"newest complete backup.*force"):
         check_manual_deletion(sets, newest_complete, force=False, in_use=set())
     assert check_manual_deletion(sets, newest_complete, force=True, in_use=set()).backup_id == newest_complete
     assert check_manual_deletion(sets, sets[2].backup_id, force=False, in_use=set()).complete
