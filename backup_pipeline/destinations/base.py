@@ -1,0 +1,388 @@
+"""The destination contract: where encrypted backup parts are stored.
+
+Modelled on restic's backend interface (``internal/backend/backend.go``): a small set of
+operations with precise semantics, one conformance suite run against every implementation
+(``backup_pipeline_tests/test_destinations.py``), and retries kept *outside* the
+implementations in one wrapper (:class:`RetryingDestination`).
+
+Semantics every implementation MUST honour
+------------------------------------------
+``put(name, stream, properties) -> StoredFile``
+    Stores the bytes of ``stream`` (an iterable of ``bytes`` of unknown total length, or a
+    binary file object) under the readable ``name`` with the string ``properties``. It
+    returns only after the destination confirmed that the stored size, MD5 and SHA-256
+    equal what was read from ``stream``. A failed put MUST NOT leave a file that ``list``
+    or ``stat`` report as complete (temporary names, unfinished upload sessions and the
+    like are invisible). Memory stays bounded (at most a couple of upload chunks).
+    ``put`` is not retried by :class:`RetryingDestination` because a consumed stream cannot
+    be replayed; implementations resume internally where the protocol allows it, and a
+    ``RetryableError`` from ``put`` means "run the whole operation again with a new stream".
+    Names are unique per backup by convention (they embed the backup id); putting a name
+    that already exists is undefined (local: replaced, Drive: a second file).
+
+``list(properties=None, page_size=...) -> Iterator[StoredFile]``
+    Every complete file, or those whose properties contain *all* given key/value pairs
+    (equality). Paging is internal: the iterator follows page tokens lazily.
+
+``get(file_id, start=0, end=None) -> Iterator[bytes]``
+    The bytes ``[start, end)`` (Python slice semantics, ``end`` exclusive, ``None`` = to the
+    end). Raises ``NotFoundError`` eagerly (when called, not on first ``next``) for a
+    missing file. Streams in bounded memory. A dropped connection is resumed with a new
+    ranged request by :class:`RetryingDestination`.
+
+``delete(file_id)``
+    Permanent delete. Idempotent: deleting a file that does not exist is success.
+
+``stat(file_id) -> StoredFile``
+    Metadata of one file; ``NotFoundError`` when it does not exist.
+
+``check() -> CheckReport``
+    A connection test that writes a small file, reads it back, compares, and deletes it
+    (creating a folder is not enough: Drive service accounts may create folders but not
+    store bytes). Never raises for a misconfiguration: the report carries the verdict and
+    the fix.
+
+``capacity() -> Capacity | None``
+    What is known about free space and the remaining daily upload allowance.
+
+Errors
+------
+Every failure is a :class:`DestinationError` subclass whose message names the cause and
+the fix, and never contains a secret (no tokens, no key material, no credential content).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
+
+import tenacity
+
+# Drive appProperties limits, applied to every destination so a backup that works on a
+# local folder also works on Drive.
+MAX_PROPERTIES = 30
+MAX_PROPERTY_BYTES = 124
+
+T = TypeVar("T")
+
+ByteStream = Iterable[bytes] | IO[bytes]
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class DestinationError(Exception):
+    """Base of every destination failure. ``str(err)`` names the cause and the fix."""
+
+    retryable: bool = False
+
+
+class NotFoundError(DestinationError):
+    """The file (or folder) does not exist."""
+
+
+class RetryableError(DestinationError):
+    """Transient: network drop, 5xx, 429, rate limit, expired upload session. Retry with backoff."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(DestinationError):
+    """Will fail again if retried unchanged: bad request, permissions, integrity."""
+
+
+class AuthError(PermanentError):
+    """Credentials missing, invalid, revoked or not authorised for the scope."""
+
+
+class QuotaError(PermanentError):
+    """No space left, or the daily upload cap is reached."""
+
+
+# Short aliases, as the contract is often described.
+NotFound = NotFoundError
+Retryable = RetryableError
+Permanent = PermanentError
+Auth = AuthError
+Quota = QuotaError
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One complete file on a destination."""
+
+    id: str
+    name: str
+    size: int
+    md5: str | None  # lowercase hex
+    sha256: str | None  # lowercase hex
+    properties: dict[str, str] = field(default_factory=dict)
+    created: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """``None`` in a field means unknown/unlimited."""
+
+    free_bytes: int | None
+    daily_upload_remaining: int | None
+
+
+@dataclass
+class CheckStep:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    """Result of :meth:`Destination.check`: a verdict, the steps, and the fix if it failed."""
+
+    destination: str
+    steps: list[CheckStep] = field(default_factory=list)
+    fix: str | None = None
+    capacity: Capacity | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(step.ok for step in self.steps)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.steps.append(CheckStep(name, ok, detail))
+
+
+# --- the contract ------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """Storage for backup parts. See the module docstring for the exact semantics."""
+
+    @property
+    def description(self) -> str:
+        """Human-readable, secret-free description, e.g. ``local folder /mnt/nas/backups``."""
+        ...
+
+    def put(self, name: str, stream: ByteStream, properties: Mapping[str, str]) -> StoredFile: ...
+
+    def list(
+        self, properties: Mapping[str, str] | None = None, page_size: int = 100
+    ) -> Iterator[StoredFile]: ...
+
+    def get(self, file_id: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+
+    def delete(self, file_id: str) -> None: ...
+
+    def stat(self, file_id: str) -> StoredFile: ...
+
+    def check(self) -> CheckReport: ...
+
+    def capacity(self) -> Capacity | None: ...
+
+
+# --- helpers shared by implementations ---------------------------------------------------
+
+
+def validate_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """Reject properties Drive would reject, with the rule named (same limits everywhere)."""
+    if len(properties) > MAX_PROPERTIES:
+        raise PermanentError(f"too many properties ({len(properties)}); at most {MAX_PROPERTIES} per file")
+    out: dict[str, str] = {}
+    for key, value in properties.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key:
+            raise PermanentError(f"property {key!r}: keys and values must be non-empty strings / strings")
+        if len(key.encode()) + len(value.encode()) > MAX_PROPERTY_BYTES:
+            raise PermanentError(
+                f"property {key!r}: key + value is {len(key.encode()) + len(value.encode())} bytes UTF-8; "
+                f"at most {MAX_PROPERTY_BYTES}"
+            )
+        out[key] = value
+    return out
+
+
+def iter_stream(stream: ByteStream, read_size: int = 1 << 20) -> Iterator[bytes]:
+    """Bytes of an iterable or of a binary file object (read in blocks, never by lines)."""
+    read = getattr(stream, "read", None)
+    if callable(read):
+        while True:
+            block = read(read_size)
+            if not block:
+                return
+            yield block
+    else:
+        for block in stream:  # type: ignore[union-attr]
+            if block:
+                yield bytes(block)
+
+
+class Hashes:
+    """Size, MD5 and SHA-256 of everything fed, the values every put is verified against."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        self.md5.update(data)
+        self.sha256.update(data)
+
+
+def ensure_room(destination: Destination, expected_bytes: int) -> None:
+    """Refuse up front an upload that cannot fit (free space, daily upload cap).
+
+    Called by the backup before it starts, so a full drive or the 750 GB/day cap is found
+    at 0 %, not at 97 %.
+    """
+    cap = destination.capacity()
+    if cap is None:
+        return
+    if cap.free_bytes is not None and expected_bytes > cap.free_bytes:
+        raise QuotaError(
+            f"{destination.description}: the backup needs about {_human(expected_bytes)} but only "
+            f"{_human(cap.free_bytes)} is free. Free space (retention: keep fewer backups) or add storage."
+        )
+    if cap.daily_upload_remaining is not None and expected_bytes > cap.daily_upload_remaining:
+        raise QuotaError(
+            f"{destination.description}: the backup needs about {_human(expected_bytes)} but only "
+            f"{_human(cap.daily_upload_remaining)} remains of today's upload allowance (Google Drive allows "
+            "750 GB per user per day). Run the backup after the 24-hour window resets."
+        )
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    return f"{n} B"
+
+
+# --- retries (a wrapper, not sprinkled inside) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Truncated exponential backoff with full jitter, retrying only ``RetryableError``."""
+
+    attempts: int = 8
+    initial_wait: float = 1.0
+    max_wait: float = 60.0
+
+    def retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, DestinationError) and exc.retryable
+            ),
+            wait=_RetryAfterOrJitter(self.initial_wait, self.max_wait),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            reraise=True,
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self.retrying()(fn, *args, **kwargs)
+
+
+class _RetryAfterOrJitter(tenacity.wait.wait_base):
+    """Honour a server's Retry-After when given (capped), else full-jitter exponential."""
+
+    def __init__(self, initial: float, maximum: float):
+        self._jitter = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+        self._max = maximum
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            return min(exc.retry_after, self._max)
+        return float(self._jitter(retry_state))
+
+
+class RetryingDestination:
+    """Wraps any destination: retries idempotent calls on ``RetryableError`` with backoff.
+
+    ``get`` is resumed where it broke off (a new ranged request from the last byte
+    delivered), so a consumer sees one uninterrupted stream. ``put`` is passed through
+    (see the module docstring); implementations retry their own idempotent protocol steps
+    with the same :class:`RetryPolicy`.
+    """
+
+    def __init__(self, inner: Destination, policy: RetryPolicy | None = None):
+        self.inner = inner
+        self.policy = policy or RetryPolicy()
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def put(self, name: str, stream: ByteStream, properties: Mapping[str, str]) -> StoredFile:
+        return self.inner.put(name, stream, properties)
+
+    def list(self, properties: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[StoredFile]:
+        # A listing restarted from scratch would repeat entries; retry the whole listing only
+        # while nothing has been yielded, then let errors propagate.
+        files = self.policy.call(lambda: _prefetch_first(self.inner.list(properties, page_size)))
+        return files
+
+    def get(self, file_id: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        first = self.policy.call(self.inner.get, file_id, start, end)
+        return self._resuming_get(first, file_id, start, end)
+
+    def _resuming_get(
+        self, stream: Iterator[bytes], file_id: str, start: int, end: int | None
+    ) -> Iterator[bytes]:
+        position = start
+        failures = 0
+        while True:
+            try:
+                for block in stream:
+                    position += len(block)
+                    failures = 0
+                    yield block
+                return
+            except RetryableError:
+                failures += 1
+                if failures >= self.policy.attempts:
+                    raise
+                if end is not None and position >= end:
+                    return
+                stream = self.policy.call(self.inner.get, file_id, position, end)
+
+    def delete(self, file_id: str) -> None:
+        self.policy.call(self.inner.delete, file_id)
+
+    def stat(self, file_id: str) -> StoredFile:
+        return self.policy.call(self.inner.stat, file_id)
+
+    def check(self) -> CheckReport:
+        return self.inner.check()
+
+    def capacity(self) -> Capacity | None:
+        return self.policy.call(self.inner.capacity)
+
+
+def _prefetch_first(files: Iterator[StoredFile]) -> Iterator[StoredFile]:
+    """Pull the first item now (so the first page's errors surface inside the retry)."""
+    try:
+        first = next(files)
+    except StopIteration:
+        return iter(())
+
+    def chained() -> Iterator[StoredFile]:
+        yield first
+        yield from files
+
+    return chained()
