@@ -1,0 +1,925 @@
+"""Google Drive → MinIO migration of the application's media assets (plain functions, no Dagster).
+
+Every ``media_assets`` row whose provider is Google Drive is copied into MinIO, verified and
+switched, one asset at a time, with its progress in the ``storage_migration`` table
+(``backup_pipeline/sql/storage_migration.sql``). The write ordering is what makes a crash at
+any instant harmless (docs/S3-STORAGE-IMPLEMENTATION.md states it as MUST rules):
+
+1. the status row with the asset's fixed target key is committed (``pending``) before any
+   upload, so the only object a crash can leave behind is at that key, and the next run
+   overwrites or adopts it — never a second copy;
+2. the Drive download is streamed into a MinIO upload (multipart above one part) while
+   MD5, SHA-256 and size are computed; a multipart upload only becomes an object when it
+   completes, so a killed upload leaves no object (its parts are aborted by the next run);
+3. the copy is compared with Drive's ``size``/``md5Checksum`` (and ``sha256Checksum``
+   when Drive reports one) and with MinIO's stat of the object; a mismatching object is
+   removed, the asset is ``failed`` and retried by the next run;
+4. only then, in one transaction, ``media_assets`` is pointed at the object and the status
+   becomes ``switched``. Switched objects are never removed by this module.
+
+An object already at the target key (an earlier run died between upload and record) is read
+back from MinIO and hashed: when it matches Drive's checksums it is adopted, not uploaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any, Protocol
+
+import psycopg
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from backup_pipeline.destinations.base import DestinationError, NotFoundError, StoredFile
+
+# --- the application's schema, as far as the migration touches it ------------------------
+
+#: media_assets.storage_provider values.
+PROVIDER_DRIVE = "google_drive"
+PROVIDER_MINIO = "minio"
+
+#: Object keys of migrated assets: ``<prefix><asset id>/<safe file name>`` in the primary bucket.
+DEFAULT_KEY_PREFIX = "drive-migrated/"
+#: The phrase ``delete_source`` must be confirmed with, typed exactly.
+DELETE_SOURCE_CONFIRMATION = "delete migrated files from google drive"
+#: Multipart part size: one part is buffered per concurrent upload (memory = concurrency × part).
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+MAX_KEY_NAME_BYTES = 200
+_HASH_READ = 1024 * 1024
+
+STATUSES = ("pending", "copied", "verified", "switched", "failed")
+
+
+class MigrationError(Exception):
+    """The run cannot go on (bad options, storage unavailable); the message says why."""
+
+
+class StorageUnavailable(MigrationError):
+    """MinIO could not be reached or refused the request: the run stops, the next run continues."""
+
+
+class AssetFailed(Exception):
+    """This asset cannot be migrated now; ``reason`` is a short class, the message the detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class DriveFiles(Protocol):
+    """The part of the destination contract (``destinations/base.py``) the migration reads."""
+
+    def stat(self, file_id: str) -> StoredFile: ...
+
+    def get(self, file_id: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+
+    def delete(self, file_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    dry_run: bool = False
+    batch_size: int = 50
+    concurrency: int = 4
+    delete_source: bool = False
+    confirmation: str | None = None
+    part_size: int = DEFAULT_PART_SIZE
+    key_prefix: str = DEFAULT_KEY_PREFIX
+
+    def validate(self) -> None:
+        problems = []
+        if not 1 <= self.batch_size <= 10_000:
+            problems.append(f"batch_size must be between 1 and 10000, got {self.batch_size}")
+        if not 1 <= self.concurrency <= 16:
+            problems.append(f"concurrency must be between 1 and 16, got {self.concurrency}")
+        if not 5 * 1024 * 1024 <= self.part_size <= 512 * 1024 * 1024:
+            problems.append("part_size must be between 5 MiB (S3's minimum) and 512 MiB")
+        if self.key_prefix.startswith("/") or (self.key_prefix and not self.key_prefix.endswith("/")):
+            problems.append(
+                f"key_prefix must be empty or end with '/' and not start with '/', got {self.key_prefix!r}"
+            )
+        if self.delete_source and (self.confirmation or "").strip() != DELETE_SOURCE_CONFIRMATION:
+            problems.append(
+                f"delete_source needs the confirmation phrase typed exactly: {DELETE_SOURCE_CONFIRMATION!r}"
+            )
+        if problems:
+            raise MigrationError("invalid migration options: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LegacyAsset:
+    """A media_assets row still in Google Drive. ``id`` keeps the column's own type."""
+
+    id: Any
+    drive_file_id: str
+    filename: str | None
+    content_type: str | None
+    recorded_sha256: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
+
+
+@dataclass
+class AssetOutcome:
+    asset_id: str
+    result: str  # moved | adopted | skipped | failed | not_attempted
+    bytes: int = 0
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class BatchResult:
+    moved: int = 0
+    adopted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    not_attempted: int = 0
+    bytes_moved: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    fatal: str | None = None
+
+    def add(self, outcome: AssetOutcome) -> None:
+        if outcome.result == "moved":
+            self.moved += 1
+            self.bytes_moved += outcome.bytes
+        elif outcome.result == "adopted":
+            self.adopted += 1
+        elif outcome.result == "skipped":
+            self.skipped += 1
+        elif outcome.result == "failed":
+            self.failed += 1
+            self.failures.append(
+                {"asset_id": outcome.asset_id, "reason": outcome.reason or "", "error": outcome.error or ""}
+            )
+        else:
+            self.not_attempted += 1
+
+    def merge(self, other: BatchResult) -> None:
+        for name in ("moved", "adopted", "skipped", "failed", "not_attempted", "bytes_moved"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures.extend(other.failures)
+        self.fatal = self.fatal or other.fatal
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchResult:
+        return cls(**data)
+
+
+@dataclass
+class MigrationSummary:
+    """What a run did and what is left; ``settings_flipped`` only when nothing is left in Drive."""
+
+    dry_run: bool
+    moved: int
+    adopted: int
+    skipped: int
+    failed: int
+    not_attempted: int
+    bytes_moved: int
+    remaining_in_drive: int
+    failure_reasons: dict[str, int]
+    failures: list[dict[str, str]]
+    settings_flipped: bool
+    settings_message: str
+    sources_deleted: int = 0
+    would_move: int = 0
+    would_move_bytes: int = 0
+    would_fail: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining_in_drive == 0 and not self.dry_run
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["complete"] = self.complete
+        return data
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+def migration_sql() -> str:
+    return resources.files("backup_pipeline.sql").joinpath("storage_migration.sql").read_text("utf-8")
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """Create the ``storage_migration`` table if needed (idempotent; commits)."""
+    with conn.transaction():
+        conn.execute(migration_sql())  # type: ignore[call-overload]
+
+
+def _status_table_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('storage_migration') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+# --- key layout --------------------------------------------------------------------------
+
+
+def safe_object_name(filename: str | None) -> str:
+    """A file name usable as the last segment of an S3 key.
+
+    Unicode is kept (NFC), path separators and control characters become ``_`` (a name with
+    ``/`` must not create pseudo-folders), ``.``/``..`` are replaced, and the name is cut to
+    200 UTF-8 bytes keeping its extension.
+    """
+    name = unicodedata.normalize("NFC", filename or "").strip()
+    name = "".join("_" if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in name)
+    if name in ("", ".", ".."):
+        name = "file"
+    if len(name.encode("utf-8")) > MAX_KEY_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        if not (dot and stem and len(ext.encode("utf-8")) <= 16):
+            stem, ext = name, ""
+        suffix = f".{ext}" if ext else ""
+        room = MAX_KEY_NAME_BYTES - len(suffix.encode("utf-8"))
+        name = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + suffix
+    return name
+
+
+def object_key_for(asset_id: str, filename: str | None, prefix: str = DEFAULT_KEY_PREFIX) -> str:
+    """``<prefix><asset id>/<safe file name>``: unique per asset, stable across runs."""
+    return f"{prefix}{safe_object_name(asset_id)}/{safe_object_name(filename)}"
+
+
+def choose_content_type(recorded: str | None) -> str:
+    """The content type the application recorded, if it is a well-formed ``type/subtype``.
+
+    Drive's own mimeType is not used: it is often guessed from the name, and the app's
+    value is what it served until now.
+    """
+    value = (recorded or "").strip()
+    main, slash, sub = value.partition("/")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&^_.+-")
+    params_ok = all(32 <= ord(c) < 127 for c in value)
+    if (
+        slash
+        and main
+        and sub.split(";")[0].strip()
+        and set(main) <= allowed
+        and params_ok
+        and len(value) <= 255
+    ):
+        return value
+    return "application/octet-stream"
+
+
+# --- streams -----------------------------------------------------------------------------
+
+
+class HashingReader:
+    """A file-like ``read(n)`` over an iterator of blocks, hashing what passes.
+
+    ``read(n)`` returns exactly ``n`` bytes unless the stream ends, because minio concatenates
+    short reads into a part (quadratic copying with small blocks). An exception raised by the
+    source is kept in ``source_error`` so it can be told apart from an S3 failure.
+    """
+
+    def __init__(self, blocks: Iterable[bytes]):
+        self._blocks = iter(blocks)
+        self._buffer = bytearray()
+        self._eof = False
+        self.size = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+        self.source_error: BaseException | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._buffer) < n):
+            try:
+                block = next(self._blocks)
+            except StopIteration:
+                self._eof = True
+                break
+            except BaseException as exc:
+                self.source_error = exc
+                raise
+            self._buffer += block
+        if n < 0 or n >= len(self._buffer):
+            out = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            out = bytes(self._buffer[:n])
+            del self._buffer[:n]
+        self.size += len(out)
+        self.md5.update(out)
+        self.sha256.update(out)
+        return out
+
+
+@dataclass(frozen=True)
+class Digests:
+    size: int
+    md5: str
+    sha256: str
+
+
+def _hash_object(client: Minio, bucket: str, key: str) -> Digests:
+    response = client.get_object(bucket, key)
+    try:
+        reader = HashingReader(response.stream(_HASH_READ))
+        while reader.read(_HASH_READ):
+            pass
+        return Digests(reader.size, reader.md5.hexdigest(), reader.sha256.hexdigest())
+    finally:
+        response.close()
+        response.release_conn()
+
+
+# --- the database side -------------------------------------------------------------------
+
+_SELECT_LEGACY = (
+    "SELECT id, drive_file_id, original_filename, content_type, checksum_sha256 FROM media_assets "
+    "WHERE storage_provider = %s AND drive_file_id IS NOT NULL"
+)
+
+
+def find_drive_assets(conn: psycopg.Connection, asset_ids: list[str] | None = None) -> list[LegacyAsset]:
+    """Rows still in Google Drive (all, or those among ``asset_ids``), in id order."""
+    if asset_ids is None:
+        rows = conn.execute(_SELECT_LEGACY + " ORDER BY id", (PROVIDER_DRIVE,)).fetchall()
+    else:
+        rows = conn.execute(
+            _SELECT_LEGACY + " AND id::text = ANY(%s) ORDER BY id", (PROVIDER_DRIVE, asset_ids)
+        ).fetchall()
+    return [LegacyAsset(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def count_drive_assets(conn: psycopg.Connection) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM media_assets WHERE storage_provider = %s", (PROVIDER_DRIVE,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def register_assets(
+    conn: psycopg.Connection, assets: list[LegacyAsset], bucket: str, prefix: str, run_id: str
+) -> None:
+    """Write-ahead: a ``pending`` row with the fixed target key for every asset not yet known."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO storage_migration (asset_id, drive_file_id, target_bucket, target_key, last_run_id) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (asset_id) DO UPDATE "
+            "SET drive_file_id = EXCLUDED.drive_file_id, updated_at = now() "
+            "WHERE storage_migration.status <> 'switched'",
+            [
+                (a.key, a.drive_file_id, bucket, object_key_for(a.key, a.filename, prefix), run_id)
+                for a in assets
+            ],
+        )
+
+
+def _set_status(conn: psycopg.Connection, asset_id: str, status: str, **columns: Any) -> None:
+    stamp = {"copied": "copied_at", "verified": "verified_at", "switched": "switched_at"}.get(status)
+    sets = ["status = %s", "updated_at = now()"] + [f"{name} = %s" for name in columns]
+    if stamp:
+        sets.append(f"{stamp} = now()")
+    with conn.transaction():
+        conn.execute(
+            f"UPDATE storage_migration SET {', '.join(sets)} WHERE asset_id = %s",  # type: ignore[arg-type]
+            (status, *columns.values(), asset_id),
+        )
+
+
+# --- one asset ---------------------------------------------------------------------------
+
+
+@dataclass
+class MigrationContext:
+    """What a worker needs; ``connect`` and ``drive`` make a new connection/client per thread."""
+
+    connect: Callable[[], psycopg.Connection]
+    drive: Callable[[], DriveFiles]
+    minio: Minio
+    bucket: str
+    options: MigrationOptions
+    run_id: str
+    endpoint: str = "MinIO"
+    log: Callable[[str], None] = lambda message: None
+    stop: threading.Event = field(default_factory=threading.Event)
+    _local: threading.local = field(default_factory=threading.local)
+
+    def thread_drive(self) -> DriveFiles:
+        if not hasattr(self._local, "drive"):
+            self._local.drive = self.drive()
+        return self._local.drive  # type: ignore[no-any-return]
+
+
+def _storage_error(ctx: MigrationContext, exc: BaseException, action: str) -> StorageUnavailable:
+    if isinstance(exc, S3Error):
+        reason = f"{exc.code}: {exc.message}"
+    elif isinstance(exc, urllib3.exceptions.MaxRetryError):
+        reason = f"{type(exc.reason).__name__}" if exc.reason else type(exc).__name__
+    else:
+        reason = type(exc).__name__
+    return StorageUnavailable(
+        f"MinIO at {ctx.endpoint}: {action} failed ({reason}); rerun the migration when it is back"
+    )
+
+
+_S3_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _stat_object(ctx: MigrationContext, key: str) -> int | None:
+    try:
+        return ctx.minio.stat_object(ctx.bucket, key).size
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            return None
+        raise _storage_error(ctx, exc, f"stat of {key!r}") from None
+    except _S3_ERRORS as exc:
+        raise _storage_error(ctx, exc, f"stat of {key!r}") from None
+
+
+def _check_against_drive(info: StoredFile, got: Digests, recorded_sha256: str | None = None) -> None:
+    if got.size != info.size:
+        raise AssetFailed("size mismatch", f"Drive reports {info.size} bytes, {got.size} were copied")
+    if info.md5 and got.md5 != info.md5.lower():
+        raise AssetFailed("checksum mismatch", f"Drive md5Checksum {info.md5}, copied data has md5 {got.md5}")
+    if info.sha256 and got.sha256 != info.sha256.lower():
+        raise AssetFailed(
+            "checksum mismatch", f"Drive sha256Checksum {info.sha256}, copied data has sha256 {got.sha256}"
+        )
+    if recorded_sha256 and got.sha256 != recorded_sha256.lower():
+        raise AssetFailed(
+            "checksum mismatch",
+            f"the application recorded sha256 {recorded_sha256}, the Drive file has sha256 {got.sha256}",
+        )
+
+
+def migrate_asset(ctx: MigrationContext, asset: LegacyAsset) -> AssetOutcome:
+    """Copy, verify and switch one asset; every failure but a storage outage becomes an outcome."""
+    if ctx.stop.is_set():
+        return AssetOutcome(asset.key, "not_attempted")
+    with ctx.connect() as conn:
+        row = conn.execute(
+            "UPDATE storage_migration SET attempts = attempts + 1, last_run_id = %s, updated_at = now(), "
+            "status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END "
+            "WHERE asset_id = %s AND status <> 'switched' RETURNING target_key",
+            (ctx.run_id, asset.key),
+        ).fetchone()
+        conn.commit()
+        if row is None:
+            return AssetOutcome(asset.key, "skipped")
+        key: str = row[0]
+        try:
+            return _copy_verify_switch(ctx, conn, asset, key)
+        except AssetFailed as exc:
+            _set_status(conn, asset.key, "failed", error=str(exc)[:2000])
+            ctx.log(f"asset {asset.key}: failed: {exc}")
+            return AssetOutcome(asset.key, "failed", reason=exc.reason, error=str(exc))
+        except StorageUnavailable as exc:
+            _set_status(conn, asset.key, "failed", error=str(exc)[:2000])
+            raise
+
+
+def _copy_verify_switch(
+    ctx: MigrationContext, conn: psycopg.Connection, asset: LegacyAsset, key: str
+) -> AssetOutcome:
+    drive = ctx.thread_drive()
+    try:
+        info = drive.stat(asset.drive_file_id)
+    except NotFoundError:
+        raise AssetFailed("not found in Google Drive", f"file {asset.drive_file_id} (HTTP 404)") from None
+    except DestinationError as exc:
+        raise AssetFailed("Google Drive error", str(exc)) from None
+    if info.md5 is None and info.sha256 is None:
+        raise AssetFailed(
+            "no checksum in Drive",
+            f"file {asset.drive_file_id} has no md5Checksum (a Google Docs native file or shortcut?); "
+            "export it manually",
+        )
+    content_type = choose_content_type(asset.content_type)
+
+    adopted = False
+    got: Digests | None = None
+    existing_size = _stat_object(ctx, key)
+    if existing_size is not None and existing_size == info.size:
+        try:
+            candidate = _hash_object(ctx.minio, ctx.bucket, key)
+        except _S3_ERRORS as exc:
+            raise _storage_error(ctx, exc, f"read-back of {key!r}") from None
+        try:
+            _check_against_drive(info, candidate, asset.recorded_sha256)
+            got, adopted = candidate, True
+        except AssetFailed:
+            got = None  # a stale or foreign object at our key: overwritten below
+    if got is None:
+        got = _upload(ctx, drive, asset, info, key, content_type)
+
+    _set_status(
+        conn,
+        asset.key,
+        "copied",
+        size_bytes=got.size,
+        md5=got.md5,
+        sha256=got.sha256,
+        drive_md5=info.md5,
+        content_type=content_type,
+        error=None,
+    )
+    try:
+        _check_against_drive(info, got, asset.recorded_sha256)
+        stored = _stat_object(ctx, key)
+        if stored != got.size:
+            raise AssetFailed(
+                "object check failed", f"MinIO reports {stored} bytes for {key!r}, expected {got.size}"
+            )
+    except AssetFailed:
+        _remove_unverified(ctx, key)
+        raise
+    _set_status(conn, asset.key, "verified")
+    if not _switch(conn, asset, ctx.bucket, key, got, content_type):
+        return AssetOutcome(asset.key, "skipped")
+    ctx.log(f"asset {asset.key}: {'adopted' if adopted else 'moved'} {got.size} bytes to {ctx.bucket}/{key}")
+    return AssetOutcome(asset.key, "adopted" if adopted else "moved", bytes=0 if adopted else got.size)
+
+
+def _upload(
+    ctx: MigrationContext,
+    drive: DriveFiles,
+    asset: LegacyAsset,
+    info: StoredFile,
+    key: str,
+    content_type: str,
+) -> Digests:
+    # Range requests on an empty file are answered 416 by real servers: nothing to download.
+    blocks: Iterable[bytes] = drive.get(asset.drive_file_id) if info.size > 0 else ()
+    reader = HashingReader(blocks)
+    try:
+        ctx.minio.put_object(
+            ctx.bucket,
+            key,
+            reader,  # type: ignore[arg-type]
+            length=-1,
+            part_size=ctx.options.part_size,
+            content_type=content_type,
+            metadata={"drive-file-id": asset.drive_file_id, "asset-id": asset.key},
+            # One part in flight per upload keeps memory at one part per worker.
+            num_parallel_uploads=1,
+        )
+    except BaseException as exc:
+        if reader.source_error is not None:
+            if isinstance(reader.source_error, NotFoundError):
+                raise AssetFailed(
+                    "not found in Google Drive", f"file {asset.drive_file_id} (HTTP 404)"
+                ) from None
+            if isinstance(reader.source_error, DestinationError):
+                raise AssetFailed("Google Drive download failed", str(reader.source_error)) from None
+            raise
+        if isinstance(exc, _S3_ERRORS):
+            raise _storage_error(ctx, exc, f"upload of {key!r}") from None
+        raise
+    return Digests(reader.size, reader.md5.hexdigest(), reader.sha256.hexdigest())
+
+
+def _remove_unverified(ctx: MigrationContext, key: str) -> None:
+    """Nothing points at an unverified object; removing it keeps the bucket free of bad copies."""
+    try:
+        ctx.minio.remove_object(ctx.bucket, key)
+    except _S3_ERRORS as exc:
+        raise _storage_error(ctx, exc, f"removal of unverified {key!r}") from None
+
+
+def _switch(
+    conn: psycopg.Connection, asset: LegacyAsset, bucket: str, key: str, got: Digests, content_type: str
+) -> bool:
+    """Point the row at the object and mark ``switched`` in one transaction; False when the row changed."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT storage_provider, drive_file_id FROM media_assets WHERE id = %s FOR UPDATE", (asset.id,)
+        ).fetchone()
+        if row is None or row[0] != PROVIDER_DRIVE or row[1] != asset.drive_file_id:
+            conn.execute(
+                "UPDATE storage_migration SET status = 'failed', updated_at = now(), error = %s WHERE asset_id = %s",
+                ("the media asset was changed or deleted during the migration", asset.key),
+            )
+            return False
+        conn.execute(
+            "UPDATE media_assets SET storage_provider = %s, bucket = %s, object_key = %s, drive_file_id = NULL, "
+            "size_bytes = %s, checksum_sha256 = %s, checksum_md5 = %s, content_type = %s WHERE id = %s",
+            (PROVIDER_MINIO, bucket, key, got.size, got.sha256, got.md5, content_type, asset.id),
+        )
+        conn.execute(
+            "UPDATE storage_migration SET status = 'switched', switched_at = now(), updated_at = now(), error = NULL "
+            "WHERE asset_id = %s",
+            (asset.key,),
+        )
+    return True
+
+
+# --- batches and runs --------------------------------------------------------------------
+
+
+def plan_batches(
+    conn: psycopg.Connection, minio: Minio, bucket: str, options: MigrationOptions, run_id: str, endpoint: str
+) -> list[list[str]]:
+    """Apply the schema, check the bucket, register every Drive asset, return id batches."""
+    options.validate()
+    ensure_schema(conn)
+    ensure_bucket(minio, bucket, endpoint)
+    abort_stale_uploads(minio, bucket, options.key_prefix, endpoint)
+    assets = find_drive_assets(conn)
+    register_assets(conn, assets, bucket, options.key_prefix, run_id)
+    ids = [a.key for a in assets]
+    return [ids[i : i + options.batch_size] for i in range(0, len(ids), options.batch_size)]
+
+
+def ensure_bucket(minio: Minio, bucket: str, endpoint: str) -> None:
+    try:
+        if not minio.bucket_exists(bucket):
+            minio.make_bucket(bucket)
+    except _S3_ERRORS as exc:
+        reason = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else type(exc).__name__
+        raise StorageUnavailable(f"MinIO at {endpoint}: bucket {bucket!r} not usable ({reason})") from None
+
+
+def abort_stale_uploads(minio: Minio, bucket: str, prefix: str, endpoint: str) -> int:
+    """Abort unfinished multipart uploads a killed run left under ``prefix`` (they are not objects,
+    but they hold storage). Safe because the data lock allows one migration at a time."""
+    aborted = 0
+    try:
+        # minio exposes these S3 calls only as private methods; they are stable since 7.0.
+        result = minio._list_multipart_uploads(bucket, prefix=prefix)
+        for upload in result.uploads:
+            minio._abort_multipart_upload(bucket, upload.object_name, str(upload.upload_id))
+            aborted += 1
+    except _S3_ERRORS as exc:
+        reason = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else type(exc).__name__
+        raise StorageUnavailable(
+            f"MinIO at {endpoint}: listing unfinished uploads failed ({reason})"
+        ) from None
+    return aborted
+
+
+def migrate_batch(
+    ctx: MigrationContext, asset_ids: list[str], on_asset: Callable[[AssetOutcome], None] | None = None
+) -> BatchResult:
+    """Migrate the given assets with ``options.concurrency`` workers.
+
+    A storage outage stops the batch: workers that have not started return ``not_attempted``,
+    the result's ``fatal`` says why, and the caller fails the run (the next run continues).
+    """
+    with ctx.connect() as conn:
+        assets = find_drive_assets(conn, asset_ids)
+    result = BatchResult()
+    result.skipped += len(set(asset_ids) - {a.key for a in assets})
+
+    def work(asset: LegacyAsset) -> AssetOutcome:
+        try:
+            return migrate_asset(ctx, asset)
+        except StorageUnavailable as exc:
+            ctx.stop.set()
+            result.fatal = result.fatal or str(exc)
+            return AssetOutcome(asset.key, "failed", reason="MinIO unavailable", error=str(exc))
+
+    with ThreadPoolExecutor(max_workers=ctx.options.concurrency, thread_name_prefix="migrate") as pool:
+        for outcome in pool.map(work, assets):
+            result.add(outcome)
+            if on_asset:
+                on_asset(outcome)
+    return result
+
+
+def delete_sources(ctx: MigrationContext) -> int:
+    """Delete the Drive files of switched assets (only after verification, only when confirmed)."""
+    ctx.options.validate()
+    if not ctx.options.delete_source:
+        return 0
+    with ctx.connect() as conn:
+        rows = conn.execute(
+            "SELECT asset_id, drive_file_id FROM storage_migration "
+            "WHERE status = 'switched' AND verified_at IS NOT NULL AND source_deleted_at IS NULL"
+        ).fetchall()
+        drive = ctx.thread_drive()
+        for asset_id, file_id in rows:
+            drive.delete(file_id)  # idempotent: a file already gone is success
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE storage_migration SET source_deleted_at = now(), updated_at = now() WHERE asset_id = %s",
+                    (asset_id,),
+                )
+    return len(rows)
+
+
+def finalize(conn: psycopg.Connection, result: BatchResult, *, sources_deleted: int = 0) -> MigrationSummary:
+    """Count what is left; flip ``media_asset_settings`` to MinIO only when nothing is."""
+    remaining = count_drive_assets(conn)
+    reasons: Counter[str] = Counter()
+    if _status_table_exists(conn):
+        for reason_row in conn.execute(
+            "SELECT s.error FROM storage_migration s JOIN media_assets m ON m.id::text = s.asset_id "
+            "WHERE m.storage_provider = %s",
+            (PROVIDER_DRIVE,),
+        ).fetchall():
+            reasons[_reason_of(reason_row[0])] += 1
+    if result.fatal:
+        flipped, message = False, f"not switched to MinIO: the run stopped: {result.fatal}"
+    elif remaining:
+        detail = ", ".join(f"{n} × {r}" for r, n in reasons.most_common()) or "not yet attempted"
+        flipped, message = (
+            False,
+            f"not switched to MinIO: {remaining} assets are still in Google Drive ({detail})",
+        )
+    else:
+        flip_settings_to_minio(conn)
+        flipped, message = True, "media_asset_settings now uses MinIO only; no asset is left in Google Drive"
+    return MigrationSummary(
+        dry_run=False,
+        moved=result.moved,
+        adopted=result.adopted,
+        skipped=result.skipped,
+        failed=result.failed,
+        not_attempted=result.not_attempted,
+        bytes_moved=result.bytes_moved,
+        remaining_in_drive=remaining,
+        failure_reasons=dict(reasons),
+        failures=result.failures[:100],
+        settings_flipped=flipped,
+        settings_message=message,
+        sources_deleted=sources_deleted,
+    )
+
+
+def _reason_of(error: str | None) -> str:
+    if not error:
+        return "not yet attempted"
+    return error.split(":", 1)[0].strip() or "error"
+
+
+#: The app's admin-page key that offered a choice of storage backend; removed by the flip.
+STORAGE_CHOICE_SETTING = "media.storage_backend"
+
+
+def flip_settings_to_minio(conn: psycopg.Connection) -> None:
+    """MinIO becomes the only storage: the setting is fixed and the storage choice removed."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE media_asset_settings SET storage_provider = %s, updated_at = now()", (PROVIDER_MINIO,)
+        )
+        if conn.execute("SELECT to_regclass('app_settings') IS NOT NULL").fetchone() == (True,):
+            conn.execute("DELETE FROM app_settings WHERE key = %s", (STORAGE_CHOICE_SETTING,))
+
+
+def dry_run(conn: psycopg.Connection, drive: DriveFiles) -> MigrationSummary:
+    """What a run would move: counts and bytes from Drive's metadata; nothing is written."""
+    assets = find_drive_assets(conn)
+    would, would_bytes, failures = 0, 0, []
+    reasons: Counter[str] = Counter()
+    for asset in assets:
+        try:
+            info = drive.stat(asset.drive_file_id)
+        except NotFoundError:
+            reasons["not found in Google Drive"] += 1
+            failures.append(
+                {"asset_id": asset.key, "reason": "not found in Google Drive", "error": "HTTP 404"}
+            )
+            continue
+        would += 1
+        would_bytes += info.size
+    return MigrationSummary(
+        dry_run=True,
+        moved=0,
+        adopted=0,
+        skipped=0,
+        failed=0,
+        not_attempted=0,
+        bytes_moved=0,
+        remaining_in_drive=len(assets),
+        failure_reasons=dict(reasons),
+        failures=failures[:100],
+        settings_flipped=False,
+        settings_message="dry run: nothing was changed",
+        would_move=would,
+        would_move_bytes=would_bytes,
+        would_fail=len(assets) - would,
+    )
+
+
+def run_migration(
+    ctx: MigrationContext, *, on_asset: Callable[[AssetOutcome], None] | None = None
+) -> MigrationSummary:
+    """The whole migration in one call (the CLI's path; the Dagster job runs the same steps as ops)."""
+    ctx.options.validate()
+    if ctx.options.dry_run:
+        with ctx.connect() as conn:
+            return dry_run(conn, ctx.thread_drive())
+    with ctx.connect() as conn:
+        batches = plan_batches(conn, ctx.minio, ctx.bucket, ctx.options, ctx.run_id, ctx.endpoint)
+    total = BatchResult()
+    for batch in batches:
+        result = migrate_batch(ctx, batch, on_asset)
+        total.merge(result)
+        if result.fatal:
+            break
+    deleted = delete_sources(ctx) if not total.fatal else 0
+    with ctx.connect() as conn:
+        return finalize(conn, total, sources_deleted=deleted)
+
+
+# --- storage status ----------------------------------------------------------------------
+
+
+@dataclass
+class BucketUsage:
+    name: str
+    objects: int
+    bytes: int
+    truncated: bool = False
+
+
+@dataclass
+class StorageStatus:
+    """Primary storage at a glance: is MinIO usable, what it holds, what is still in Drive."""
+
+    endpoint: str
+    reachable: bool
+    error: str | None
+    buckets: list[BucketUsage]
+    primary_bucket: str
+    primary_bucket_exists: bool
+    assets_in_drive: int | None
+    assets_in_minio: int | None
+    settings_provider: str | None
+    migration_status: dict[str, int]
+
+    @property
+    def healthy(self) -> bool:
+        return self.reachable and self.primary_bucket_exists
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["healthy"] = self.healthy
+        return data
+
+
+def storage_status(
+    connect: Callable[[], psycopg.Connection],
+    minio: Minio,
+    endpoint: str,
+    primary_bucket: str,
+    *,
+    max_objects_per_bucket: int = 100_000,
+) -> StorageStatus:
+    """Never raises for an unreachable MinIO: the status says so (the caller decides severity)."""
+    buckets: list[BucketUsage] = []
+    error = None
+    try:
+        for bucket in minio.list_buckets():
+            usage = BucketUsage(bucket.name, 0, 0)
+            for obj in minio.list_objects(bucket.name, recursive=True):
+                usage.objects += 1
+                usage.bytes += obj.size or 0
+                if usage.objects >= max_objects_per_bucket:
+                    usage.truncated = True
+                    break
+            buckets.append(usage)
+    except _S3_ERRORS as exc:
+        reason = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else type(exc).__name__
+        error = f"MinIO at {endpoint} is not usable: {reason}"
+    in_drive = in_minio = None
+    provider = None
+    counts: dict[str, int] = {}
+    with connect() as conn:
+        rows: dict[str, int] = dict(
+            conn.execute(
+                "SELECT storage_provider, count(*) FROM media_assets GROUP BY storage_provider"
+            ).fetchall()
+        )
+        in_drive, in_minio = int(rows.get(PROVIDER_DRIVE, 0)), int(rows.get(PROVIDER_MINIO, 0))
+        setting = conn.execute("SELECT storage_provider FROM media_asset_settings LIMIT 1").fetchone()
+        provider = setting[0] if setting else None
+        if _status_table_exists(conn):
+            counts = {
+                str(s): int(n)
+                for s, n in conn.execute(
+                    "SELECT status, count(*) FROM storage_migration GROUP BY status"
+                ).fetchall()
+            }
+    return StorageStatus(
+        endpoint=endpoint,
+        reachable=error is None,
+        error=error,
+        buckets=buckets,
+        primary_bucket=primary_bucket,
+        primary_bucket_exists=any(b.name == primary_bucket for b in buckets),
+        assets_in_drive=in_drive,
+        assets_in_minio=in_minio,
+        settings_provider=provider,
+        migration_status=counts,
+    )
