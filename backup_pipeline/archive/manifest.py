@@ -1,0 +1,229 @@
+"""The manifest of a backup set (written last, as its own encrypted part) and the completeness check.
+
+Memory: the inventory holds one :class:`InventoryEntry` per object (key, size, SHA-256 as hex).
+Measured with ``sys.getsizeof`` on CPython 3.11 it costs about 330 bytes per entry plus the key's
+length (slotted dataclass ~56 B, two str objects ~49 B + len each, list slot 8 B), i.e. about
+400 MB per million objects with 60-byte keys, and its JSON about 150 B per entry. Backup sets
+of more than a few hundred thousand objects should stream the inventory (see the spec's
+"Manifest" section); the manifest format does not change for that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from backup_pipeline.archive.errors import ManifestError
+
+MANIFEST_FORMAT = "backup_pipeline.manifest/1"
+MANIFEST_PART_NAME = "manifest"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+PartKind = Literal["database", "bucket"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    name: str
+    kind: PartKind
+    ciphertext_size: int
+    ciphertext_sha256: str
+    plaintext_size: int
+    plaintext_sha256: str
+    ciphertext_md5: str | None = None
+    bucket: str | None = None
+    file_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSummary:
+    bucket: str
+    part_name: str
+    object_count: int
+    object_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryEntry:
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectAnomaly:
+    """An object that changed (length differed from the listing) or vanished during the backup."""
+
+    bucket: str
+    key: str
+    kind: Literal["changed", "vanished"]
+    declared_size: int
+    actual_size: int | None
+
+
+@dataclass
+class Manifest:
+    backup_id: str
+    installation: str
+    started_at: str
+    finished_at: str
+    versions: dict[str, str]
+    parts: list[PartRecord]
+    buckets: list[BucketSummary] = field(default_factory=list)
+    inventory: list[InventoryEntry] = field(default_factory=list)
+    anomalies: list[ObjectAnomaly] = field(default_factory=list)
+    format: str = MANIFEST_FORMAT
+
+    def part(self, name: str) -> PartRecord:
+        for record in self.parts:
+            if record.name == name:
+                return record
+        raise ManifestError(f"the manifest of backup {self.backup_id!r} lists no part {name!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def to_bytes(self) -> bytes:
+        return self.to_json().encode("utf-8")
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ManifestError(f"the manifest is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ManifestError("the manifest is not a JSON object")
+        if raw.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"manifest format {raw.get('format')!r} is not {MANIFEST_FORMAT!r}")
+        try:
+            parts = [_build(PartRecord, p, "parts") for p in _list(raw, "parts")]
+            manifest = cls(
+                backup_id=_str(raw, "backup_id"),
+                installation=_str(raw, "installation"),
+                started_at=_str(raw, "started_at"),
+                finished_at=_str(raw, "finished_at"),
+                versions={str(k): str(v) for k, v in _dict(raw, "versions").items()},
+                parts=parts,
+                buckets=[_build(BucketSummary, b, "buckets") for b in _list(raw, "buckets")],
+                inventory=[_build(InventoryEntry, e, "inventory") for e in _list(raw, "inventory")],
+                anomalies=[_build(ObjectAnomaly, a, "anomalies") for a in _list(raw, "anomalies")],
+            )
+        except (TypeError, KeyError) as exc:
+            raise ManifestError(f"the manifest does not follow the schema: {exc}") from None
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        names = [p.name for p in self.parts]
+        if len(set(names)) != len(names):
+            raise ManifestError("the manifest lists a part name twice")
+        if MANIFEST_PART_NAME in names:
+            raise ManifestError("the manifest cannot list itself as a part")
+        for p in self.parts:
+            if p.kind not in ("database", "bucket"):
+                raise ManifestError(f"part {p.name!r}: kind must be 'database' or 'bucket'")
+            for label, value in (
+                ("ciphertext_sha256", p.ciphertext_sha256),
+                ("plaintext_sha256", p.plaintext_sha256),
+            ):
+                if not _SHA256.match(value):
+                    raise ManifestError(f"part {p.name!r}: {label} is not 64 lowercase hex digits")
+            if p.ciphertext_md5 is not None and not _MD5.match(p.ciphertext_md5):
+                raise ManifestError(f"part {p.name!r}: ciphertext_md5 is not 32 lowercase hex digits")
+            if p.ciphertext_size < 0 or p.plaintext_size < 0:
+                raise ManifestError(f"part {p.name!r}: negative size")
+        for entry in self.inventory:
+            if not _SHA256.match(entry.sha256) or entry.size < 0:
+                raise ManifestError(f"inventory entry {entry.bucket}/{entry.key!r}: bad size or sha256")
+
+
+def _list(raw: Mapping[str, Any], key: str) -> list[Any]:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise ManifestError(f"manifest field {key!r} must be a list")
+    return value
+
+
+def _dict(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ManifestError(f"manifest field {key!r} must be an object")
+    return value
+
+
+def _str(raw: Mapping[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"manifest field {key!r} must be a non-empty string")
+    return value
+
+
+def _build(cls: Any, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ManifestError(f"every entry of {where!r} must be an object")
+    return cls(**value)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """What the destination says about one stored part (hashes it cannot tell are ``None``)."""
+
+    name: str
+    size: int
+    sha256: str | None = None
+    md5: str | None = None
+
+
+@dataclass(frozen=True)
+class SetCompleteness:
+    complete: bool
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: dict[str, str]
+
+    def describe(self) -> str:
+        if self.complete:
+            return "complete"
+        problems = []
+        if self.missing:
+            problems.append("missing parts: " + ", ".join(self.missing))
+        if self.unexpected:
+            problems.append("parts not in the manifest: " + ", ".join(self.unexpected))
+        for name, reason in self.mismatched.items():
+            problems.append(f"part {name}: {reason}")
+        return "incomplete: " + "; ".join(problems)
+
+
+def check_set_complete(manifest: Manifest | None, stored_parts: Iterable[StoredPart]) -> SetCompleteness:
+    """Decide whether a backup set is complete: a manifest exists and every part it lists is stored
+    with the recorded ciphertext size and (where the destination reports one) hash; no other part is
+    stored. The manifest part itself is not listed in the manifest and is ignored here.
+
+    A set without a manifest is never complete (all stored parts are reported as unexpected).
+    """
+    stored = {p.name: p for p in stored_parts if p.name != MANIFEST_PART_NAME}
+    if manifest is None:
+        return SetCompleteness(False, [MANIFEST_PART_NAME], sorted(stored), {})
+    expected = {p.name: p for p in manifest.parts}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mismatched: dict[str, str] = {}
+    for name in sorted(set(expected) & set(stored)):
+        record, found = expected[name], stored[name]
+        if found.size != record.ciphertext_size:
+            mismatched[name] = f"size {found.size} != manifest {record.ciphertext_size}"
+        elif found.sha256 is not None and found.sha256.lower() != record.ciphertext_sha256:
+            mismatched[name] = "SHA-256 differs from the manifest"
+        elif (
+            found.md5 is not None
+            and record.ciphertext_md5 is not None
+            and found.md5.lower() != record.ciphertext_md5
+        ):
+            mismatched[name] = "MD5 differs from the manifest"
+    return SetCompleteness(not (missing or unexpected or mismatched), missing, unexpected, mismatched)

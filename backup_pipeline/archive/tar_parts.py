@@ -1,0 +1,339 @@
+"""Bucket parts: a POSIX pax tar of a bucket's objects, as multi-member gzip.
+
+Headers are made by :mod:`tarfile` (``TarInfo.tobuf`` in PAX format); the data, padding and
+end-of-archive blocks are streamed here. ``tarfile.open(mode="w|")`` is not used because it
+pushes into a writable file (we need a generator) and, when a source yields fewer bytes than
+declared, it raises after writing a partial entry — a corrupt tar. Here an object whose length
+changed during the backup is truncated or zero-padded to the size announced in its header and
+reported as ``changed``, so the tar stays valid.
+
+Each object's exact S3 key, content type, user metadata, tags, ETag and last-modified time are
+pax records (``BACKUP_PIPELINE.*``); the tar path is a safe rendering of the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from backup_pipeline.archive.errors import ArchiveContentError
+from backup_pipeline.archive.gzip_members import (
+    SAMPLE_SIZE,
+    gunzip_stream,
+    gzip_member,
+    is_already_compressed,
+)
+from backup_pipeline.archive.streams import IterStream, ordered_parallel_map
+
+PAX_KEY = "BACKUP_PIPELINE.key"
+PAX_CONTENT_TYPE = "BACKUP_PIPELINE.content_type"
+PAX_ETAG = "BACKUP_PIPELINE.etag"
+PAX_METADATA = "BACKUP_PIPELINE.metadata"
+PAX_TAGS = "BACKUP_PIPELINE.tags"
+PAX_LAST_MODIFIED = "BACKUP_PIPELINE.last_modified"
+BLOCK_SIZE = 512
+# Input size of one gzip member: the unit of parallel compression.
+MEMBER_INPUT_SIZE = 1 << 20
+_MAX_SEGMENT_BYTES = 200
+
+ObjectStatus = Literal["ok", "changed", "vanished"]
+
+
+class ObjectVanishedError(Exception):
+    """Raised by :attr:`SourceObject.open` (or its first read) when the object no longer exists."""
+
+
+@dataclass
+class SourceObject:
+    key: str
+    size: int
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+    last_modified: dt.datetime | None = None
+    open: Callable[[], Iterable[bytes]] = field(default=lambda: iter(()), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedObjectRecord:
+    """What happened to one source object. ``size``/``sha256`` describe the bytes in the tar entry."""
+
+    key: str
+    tar_path: str | None
+    status: ObjectStatus
+    size: int
+    sha256: str | None
+    declared_size: int
+    # Bytes the source actually delivered (``None``: more than declared; reading stopped there).
+    actual_size: int | None
+    stored: bool
+
+
+def safe_tar_path(key: str) -> str:
+    """Render an S3 key as a relative tar path with no ``..``/``.`` segments, no leading ``/``,
+    no empty segments and no control characters.
+
+    ``%`` and control characters are percent-encoded; ``.``/``..`` segments become ``%2E``/``%2E%2E``;
+    an empty segment (``a//b``, a trailing ``/``) becomes ``%``; segments longer than 200 bytes
+    are cut and suffixed with a hash. Not reversible in every case — the exact key is the
+    ``BACKUP_PIPELINE.key`` pax record.
+    """
+    segments = []
+    for segment in key.split("/"):
+        encoded = "".join(
+            f"%{ord(c):02X}" if c == "%" or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" else c
+            for c in segment
+        )
+        if encoded == "":
+            encoded = "%"
+        elif encoded == ".":
+            encoded = "%2E"
+        elif encoded == "..":
+            encoded = "%2E%2E"
+        raw = encoded.encode("utf-8", "surrogateescape")
+        if len(raw) > _MAX_SEGMENT_BYTES:
+            digest = hashlib.sha256(raw).hexdigest()[:16]
+            encoded = raw[:_MAX_SEGMENT_BYTES].decode("utf-8", "ignore") + "~" + digest
+        segments.append(encoded)
+    if segments and segments[0] == "%" and len(segments) > 1:
+        segments = segments[1:]  # a leading "/" is not a segment of its own
+    return "/".join(segments)
+
+
+def _tar_header(obj: SourceObject, tar_path: str) -> bytes:
+    info = tarfile.TarInfo(tar_path)
+    info.size = obj.size
+    info.mode = 0o644
+    info.type = tarfile.REGTYPE
+    info.uname = info.gname = ""
+    info.mtime = int(obj.last_modified.timestamp()) if obj.last_modified else 0
+    pax: dict[str, str] = {PAX_KEY: obj.key}
+    if obj.content_type:
+        pax[PAX_CONTENT_TYPE] = obj.content_type
+    if obj.etag:
+        pax[PAX_ETAG] = obj.etag
+    if obj.metadata:
+        pax[PAX_METADATA] = json.dumps(obj.metadata, sort_keys=True, ensure_ascii=False)
+    if obj.tags:
+        pax[PAX_TAGS] = json.dumps(obj.tags, sort_keys=True, ensure_ascii=False)
+    if obj.last_modified:
+        pax[PAX_LAST_MODIFIED] = obj.last_modified.astimezone(dt.UTC).isoformat()
+    info.pax_headers = pax
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+class _EntryWriter:
+    """Turns source objects into (bytes, gzip level) pieces of the tar stream, hashing as it reads."""
+
+    def __init__(self, compress_level: int, on_object: Callable[[ArchivedObjectRecord], None] | None) -> None:
+        self.compress_level = compress_level
+        self.on_object = on_object
+
+    def entries(self, objects: Iterable[SourceObject]) -> Iterator[tuple[bytes, int]]:
+        for obj in objects:
+            yield from self._entry(obj)
+        yield b"\0" * (2 * BLOCK_SIZE), self.compress_level
+
+    def _report(self, record: ArchivedObjectRecord) -> None:
+        if self.on_object is not None:
+            self.on_object(record)
+
+    def _entry(self, obj: SourceObject) -> Iterator[tuple[bytes, int]]:
+        if obj.size < 0:
+            raise ValueError(f"object {obj.key!r}: negative size")
+        try:
+            source = iter(obj.open())
+            first = next(source, b"")
+        except ObjectVanishedError:
+            self._report(ArchivedObjectRecord(obj.key, None, "vanished", 0, None, obj.size, None, False))
+            return
+        tar_path = safe_tar_path(obj.key)
+        stored = is_already_compressed(obj.content_type, first[:SAMPLE_SIZE])
+        level = 0 if stored else self.compress_level
+        yield _tar_header(obj, tar_path), level
+        digest = hashlib.sha256()
+        written = 0
+        remaining = obj.size
+        delivered: int | None = 0
+        piece: bytes = first
+        while True:
+            if piece:
+                assert delivered is not None
+                delivered += len(piece)
+                if len(piece) > remaining:
+                    piece = piece[:remaining]
+                    delivered = None  # longer than declared: stop reading
+                if piece:
+                    digest.update(piece)
+                    written += len(piece)
+                    remaining -= len(piece)
+                    yield piece, level
+            if delivered is None:
+                break
+            if remaining == 0:
+                # Declared size reached: one more read tells whether the object grew.
+                if next((extra for extra in source if extra), b""):
+                    delivered = None
+                break
+            try:
+                piece = next(source)
+            except StopIteration:
+                break
+        if remaining:
+            padding_needed = remaining
+            while padding_needed:
+                step = min(padding_needed, MEMBER_INPUT_SIZE)
+                zeros = bytes(step)
+                digest.update(zeros)
+                yield zeros, level
+                padding_needed -= step
+        status: ObjectStatus = "ok" if delivered == obj.size else "changed"
+        tail = (-obj.size) % BLOCK_SIZE
+        if tail:
+            yield bytes(tail), level
+        self._report(
+            ArchivedObjectRecord(
+                obj.key, tar_path, status, obj.size, digest.hexdigest(), obj.size, delivered, stored
+            )
+        )
+
+
+def _coalesce(pieces: Iterable[tuple[bytes, int]], target: int) -> Iterator[tuple[bytes, int]]:
+    """Group consecutive pieces of the same level into blocks of about ``target`` bytes (one gzip member each)."""
+    pending: list[bytes] = []
+    pending_size = 0
+    pending_level = -1
+    for data, level in pieces:
+        if pending and (level != pending_level or pending_size >= target):
+            yield b"".join(pending), pending_level
+            pending, pending_size = [], 0
+        pending_level = level
+        view = memoryview(data)
+        while pending_size + len(view) > target:
+            cut = target - pending_size
+            pending.append(bytes(view[:cut]))
+            yield b"".join(pending), level
+            pending, pending_size = [], 0
+            view = view[cut:]
+        if len(view):
+            pending.append(bytes(view) if len(view) != len(data) else data)
+            pending_size += len(view)
+    if pending:
+        yield b"".join(pending), pending_level
+
+
+def write_bucket_archive(
+    objects: Iterable[SourceObject],
+    *,
+    compress_level: int,
+    on_object: Callable[[ArchivedObjectRecord], None] | None = None,
+    inventory: list[ArchivedObjectRecord] | None = None,
+    workers: int = 2,
+) -> Iterator[bytes]:
+    """Stream a bucket part's plaintext (``.tar.gz``): pax tar entries as multi-member gzip.
+
+    ``on_object`` (and/or ``inventory.append``) receives one :class:`ArchivedObjectRecord` per
+    source object, with status ``ok``, ``changed`` (length differed from the declared size: the
+    entry was truncated or zero-padded to the declared size) or ``vanished`` (``open`` raised
+    :class:`ObjectVanishedError`; no entry). Compression of ~1 MiB members runs on ``workers``
+    threads; memory is bounded by a few members.
+    """
+    if not 0 <= compress_level <= 9:
+        raise ValueError("compress_level must be in 0..9")
+
+    def report(record: ArchivedObjectRecord) -> None:
+        if inventory is not None:
+            inventory.append(record)
+        if on_object is not None:
+            on_object(record)
+
+    writer = _EntryWriter(compress_level, report)
+    blocks = _coalesce(writer.entries(objects), MEMBER_INPUT_SIZE)
+    return ordered_parallel_map(
+        lambda block: gzip_member(*block), blocks, workers=workers, window=2 * workers + 2
+    )
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArchivedObject:
+    """One object of a bucket part. Read :attr:`fileobj` to the end before asking for the next object."""
+
+    key: str
+    tar_path: str
+    size: int
+    content_type: str | None
+    metadata: dict[str, str]
+    tags: dict[str, str]
+    etag: str | None
+    last_modified: dt.datetime | None
+    fileobj: IO[bytes] = field(repr=False)
+
+    def iter_chunks(self, block_size: int = 1 << 20) -> Iterator[bytes]:
+        while True:
+            block = self.fileobj.read(block_size)
+            if not block:
+                return
+            yield block
+
+
+def _json_dict(raw: str | None, what: str, key: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        raise ArchiveContentError(f"entry {key!r}: the {what} pax record is not JSON") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ArchiveContentError(f"entry {key!r}: the {what} pax record is not an object of strings")
+    return value
+
+
+def read_bucket_archive(chunks: Iterable[bytes]) -> Iterator[ArchivedObject]:
+    """Read a bucket part's plaintext (``.tar.gz`` chunks) object by object, streaming."""
+    stream = io.BufferedReader(IterStream(gunzip_stream(chunks)), buffer_size=1 << 16)
+    try:
+        archive = tarfile.open(  # noqa: SIM115 - closed by the `with` below
+            fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
+        )
+    except tarfile.TarError as exc:
+        raise ArchiveContentError(f"the bucket part is not a tar archive: {exc}") from None
+    with archive:
+        while True:
+            try:
+                member = archive.next()
+            except tarfile.TarError as exc:
+                raise ArchiveContentError(f"corrupt tar stream: {exc}") from None
+            if member is None:
+                return
+            if not member.isreg():
+                raise ArchiveContentError(
+                    f"unexpected tar entry type for {member.name!r} (only regular files)"
+                )
+            pax = member.pax_headers
+            key = pax.get(PAX_KEY, member.name)
+            last_modified_raw = pax.get(PAX_LAST_MODIFIED)
+            fileobj = archive.extractfile(member)
+            assert fileobj is not None
+            yield ArchivedObject(
+                key=key,
+                tar_path=member.name,
+                size=member.size,
+                content_type=pax.get(PAX_CONTENT_TYPE),
+                metadata=_json_dict(pax.get(PAX_METADATA), "metadata", key),
+                tags=_json_dict(pax.get(PAX_TAGS), "tags", key),
+                etag=pax.get(PAX_ETAG),
+                last_modified=dt.datetime.fromisoformat(last_modified_raw) if last_modified_raw else None,
+                fileobj=fileobj,
+            )
