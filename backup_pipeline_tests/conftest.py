@@ -3,5 +3,6 @@
 pytest_plugins = [
     "backup_pipeline_tests.fixtures.postgres",
     "backup_pipeline_tests.fixtures.s3",
+    "backup_pipeline_tests.fixtures.dagster",
     "backup_pipeline_tests.fixtures.alert_receivers",
 ]
