@@ -1,0 +1,295 @@
+"""``retention_job`` and ``delete_backup_job``: thin wiring over ``services/retention.py``.
+
+Ledger events (agreed with ``ledger.py``): a deleted set is recorded as an
+``AssetObservation`` of ``backup_set`` with metadata ``backup_id``, ``event="deleted"``,
+``reason``, ``files``, ``bytes_freed``, ``was_complete`` — logged only after every file of the
+set is gone from the destination. The original materialization stays, so history remains
+truthful ("made then, deleted now").
+"""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from backup_pipeline.audit import AuditLog
+from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
+from backup_pipeline.destinations.base import DestinationError
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
+from backup_pipeline.schedules import IN_PROGRESS_STATUSES, RESTORE_JOB_NAME
+from backup_pipeline.services.backup_parts import is_backup_id
+from backup_pipeline.services.retention import (
+    DeletedSet,
+    RetentionError,
+    apply_retention,
+    check_manual_deletion,
+    delete_backup_set,
+    discover_sets,
+    plan_retention,
+)
+
+BACKUP_SET_ASSET = dg.AssetKey("backup_set")
+BACKUP_ID_TAG = "backup_pipeline/backup_id"
+DELETED_EVENT = "deleted"
+RETENTION_JOB_NAME = "retention_job"
+DELETE_BACKUP_JOB_NAME = "delete_backup_job"
+
+
+def deletion_event(deleted: DeletedSet) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=BACKUP_SET_ASSET,
+        description=f"backup set {deleted.backup_id} deleted: {deleted.reason}",
+        metadata={
+            "backup_id": deleted.backup_id,
+            "event": DELETED_EVENT,
+            "reason": deleted.reason,
+            "files": deleted.files,
+            "bytes_freed": dg.MetadataValue.int(deleted.bytes_freed),
+            "was_complete": deleted.was_complete,
+        },
+    )
+
+
+def backup_ids_in_use(instance: dg.DagsterInstance) -> set[str]:
+    """Backup ids read by restores that are queued or running (tag, else any ``backup_id`` in config)."""
+    in_use: set[str] = set()
+    for run in instance.get_runs(
+        filters=dg.RunsFilter(job_name=RESTORE_JOB_NAME, statuses=IN_PROGRESS_STATUSES)
+    ):
+        tagged = run.tags.get(BACKUP_ID_TAG)
+        if tagged:
+            in_use.add(tagged)
+        in_use.update(_config_backup_ids(run.run_config))
+    return in_use
+
+
+def _config_backup_ids(value: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "backup_id" and isinstance(item, str) and is_backup_id(item):
+                found.add(item)
+            else:
+                found |= _config_backup_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _config_backup_ids(item)
+    return found
+
+
+def ledger_complete_count(instance: dg.DagsterInstance) -> int:
+    return len(instance.fetch_materializations(BACKUP_SET_ASSET, limit=1).records)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+class RetentionConfig(dg.Config):
+    keep_last: int | None = Field(
+        None, description="Override of retention_keep_last for this run (at least 1); empty = the setting."
+    )
+    dry_run: bool = Field(False, description="Only report what would be deleted.")
+
+
+@dg.op(description="Delete backup sets beyond the newest N complete ones, and stale incomplete sets.")
+def apply_retention_op(
+    context: dg.OpExecutionContext,
+    config: RetentionConfig,
+    destination: DestinationResource,
+    backup_policy: BackupPolicyResource,
+    app_db: PostgresResource,
+) -> dict:
+    keep_last = backup_policy.retention_keep_last if config.keep_last is None else config.keep_last
+    if keep_last < 1:
+        raise dg.Failure(
+            description=f"keep_last: must be at least 1 (the newest complete backup is never deleted), got {keep_last}",
+            allow_retries=False,
+        )
+    try:
+        with app_db.data_lock(context.run_id):
+            return _run_retention(context, config, destination, backup_policy, keep_last)
+    except (DataLockBusy, PostgresUnavailable) as exc:
+        raise dg.Failure(description=str(exc), metadata={"error_code": "BACKUP_LOCKED"}) from None
+
+
+def _run_retention(
+    context: dg.OpExecutionContext,
+    config: RetentionConfig,
+    destination_resource: DestinationResource,
+    policy: BackupPolicyResource,
+    keep_last: int,
+) -> dict:
+    destination = destination_resource.get_destination()
+    try:
+        sets = discover_sets(destination, policy.installation_id)
+    except DestinationError as exc:
+        raise dg.Failure(
+            description=f"cannot list backups on {destination.description}: {exc}. Nothing was deleted.",
+            metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+        ) from None
+    if not sets and ledger_complete_count(context.instance) > 0:
+        # An unmounted NAS folder lists as empty: never treat "sees nothing" as "nothing exists".
+        raise dg.Failure(
+            description=f"{destination.description} shows no backup sets although the ledger records complete "
+            "backups: the destination is unreachable, unmounted or misconfigured. Nothing was deleted.",
+            metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+        )
+    plan = plan_retention(
+        sets,
+        keep_last=keep_last,
+        incomplete_grace=timedelta(hours=policy.incomplete_grace_hours),
+        now=datetime.now(UTC),
+        in_use=backup_ids_in_use(context.instance),
+    )
+    context.log.info(
+        f"{len(sets)} sets on {destination.description}; keeping {len(plan.keep)}, "
+        f"deleting {len(plan.delete)}" + (" (dry run)" if config.dry_run else "")
+    )
+    for backup_id, why in plan.protected.items():
+        context.log.info(f"kept {backup_id}: {why}")
+    summary: dict[str, Any] = {
+        "kept": plan.keep,
+        "planned": [d.backup_id for d in plan.delete],
+        "deleted": [],
+        "bytes_freed": 0,
+        "failed": {},
+    }
+    if config.dry_run:
+        for planned in plan.delete:
+            context.log.info(
+                f"would delete {planned.backup_id} ({planned.size_bytes} bytes): {planned.reason}"
+            )
+        return summary
+
+    audit = AuditLog(_state_dir(policy))
+
+    def record(deleted: DeletedSet) -> None:
+        context.log_event(deletion_event(deleted))
+        context.log.info(
+            f"deleted {deleted.backup_id}: {deleted.files} files, {deleted.bytes_freed} bytes freed ({deleted.reason})"
+        )
+        audit.append(
+            "retention_deleted",
+            {
+                "backup_id": deleted.backup_id,
+                "reason": deleted.reason,
+                "files": deleted.files,
+                "bytes_freed": deleted.bytes_freed,
+                "run_id": context.run_id,
+            },
+        )
+
+    result = apply_retention(destination, policy.installation_id, plan, on_deleted=record)
+    summary.update(
+        deleted=[d.backup_id for d in result.deleted], bytes_freed=result.bytes_freed, failed=result.failed
+    )
+    if result.failed:
+        raise dg.Failure(
+            description=f"{len(result.failed)} backup set(s) could not be deleted and stay in the ledger; "
+            "the next retention run retries them: "
+            + "; ".join(f"{bid}: {why}" for bid, why in result.failed.items()),
+            metadata={
+                "error_code": "RETENTION_DELETE_FAILED",
+                "failed": dg.MetadataValue.json(result.failed),
+                "deleted": dg.MetadataValue.json(summary["deleted"]),
+                "bytes_freed": result.bytes_freed,
+            },
+        )
+    context.add_output_metadata(
+        {
+            "kept": dg.MetadataValue.json(plan.keep),
+            "deleted": dg.MetadataValue.json(summary["deleted"]),
+            "bytes_freed": result.bytes_freed,
+        }
+    )
+    return summary
+
+
+def _state_dir(policy: BackupPolicyResource) -> Path:
+    return Path(policy.state_dir)
+
+
+@dg.job(
+    name=RETENTION_JOB_NAME,
+    description="Retention: keep the newest N complete backup sets (N = retention_keep_last), never the newest "
+    "complete one nor one a restore is reading; remove incomplete sets past the grace period. "
+    "Deletions are recorded in the ledger; a failed deletion fails the run and is retried next time.",
+    tags=EXCLUSIVE_RUN_TAGS,
+)
+def retention_job() -> None:
+    apply_retention_op()
+
+
+# --- delete one backup --------------------------------------------------------------------------
+
+
+class DeleteBackupConfig(dg.Config):
+    backup_id: str = Field(description="Id of the backup set to delete, e.g. 20261127T023000Z-1a2b3c4d.")
+    confirm: str = Field(description="Type exactly `delete <backup id>` to confirm.")
+    force: bool = Field(False, description="Allow deleting the newest complete backup.")
+
+
+@dg.op(description="Delete one backup set (manifest first), after checking the typed confirmation.")
+def delete_backup_op(
+    context: dg.OpExecutionContext,
+    config: DeleteBackupConfig,
+    destination: DestinationResource,
+    backup_policy: BackupPolicyResource,
+    app_db: PostgresResource,
+) -> dict:
+    if not is_backup_id(config.backup_id):
+        raise dg.Failure(
+            description=f"backup_id: {config.backup_id!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)",
+            allow_retries=False,
+        )
+    expected = f"delete {config.backup_id}"
+    if config.confirm.strip() != expected:
+        raise dg.Failure(
+            description=f"confirm: type exactly {expected!r} to delete this backup", allow_retries=False
+        )
+    try:
+        with app_db.data_lock(context.run_id):
+            destination_ = destination.get_destination()
+            try:
+                sets = discover_sets(destination_, backup_policy.installation_id)
+                target = check_manual_deletion(
+                    sets, config.backup_id, force=config.force, in_use=backup_ids_in_use(context.instance)
+                )
+                deleted = delete_backup_set(destination_, backup_policy.installation_id, target.backup_id)
+            except RetentionError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
+            except DestinationError as exc:
+                raise dg.Failure(
+                    description=f"deleting {config.backup_id} on {destination_.description} failed: {exc}. "
+                    "The ledger still lists it; run the job again.",
+                    metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+                ) from None
+    except (DataLockBusy, PostgresUnavailable) as exc:
+        raise dg.Failure(description=str(exc), metadata={"error_code": "BACKUP_LOCKED"}) from None
+    context.log_event(deletion_event(deleted))
+    AuditLog(_state_dir(backup_policy)).append(
+        "backup_deleted",
+        {
+            "backup_id": deleted.backup_id,
+            "forced": config.force,
+            "files": deleted.files,
+            "bytes_freed": deleted.bytes_freed,
+            "run_id": context.run_id,
+        },
+    )
+    context.log.info(f"deleted {deleted.backup_id}: {deleted.files} files, {deleted.bytes_freed} bytes freed")
+    return {"backup_id": deleted.backup_id, "files": deleted.files, "bytes_freed": deleted.bytes_freed}
+
+
+@dg.job(
+    name=DELETE_BACKUP_JOB_NAME,
+    description="Delete one backup set. Config: backup_id and confirm: 'delete <backup id>'; the newest "
+    "complete backup is refused unless force: true.",
+    tags=EXCLUSIVE_RUN_TAGS,
+)
+def delete_backup_job() -> None:
+    delete_backup_op()

@@ -1,0 +1,28 @@
+"""Operator policy the retention, delete and backup ops read: no secrets, all from settings."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from backup_pipeline.settings import BackupSettings
+
+POLICY = "backup_policy"  # resource key the ops ask for
+
+
+class BackupPolicyResource(ConfigurableResource):
+    installation_id: str = "backup-pipeline"
+    state_dir: str = Field(default=".backup_pipeline_state", description="Where the audit trail lives.")
+    retention_keep_last: int = 7
+    incomplete_grace_hours: int = 24
+    min_manual_backup_interval_minutes: int = 10
+
+    @classmethod
+    def from_settings(cls, settings: BackupSettings) -> BackupPolicyResource:
+        return cls(
+            installation_id=settings.installation_id,
+            state_dir=str(settings.state_dir),
+            retention_keep_last=settings.retention_keep_last,
+            incomplete_grace_hours=settings.incomplete_grace_hours,
+            min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
+        )
