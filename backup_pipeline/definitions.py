@@ -13,6 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from backup_pipeline.jobs import JOBS
+from backup_pipeline.ops import migration as migration_ops
 from backup_pipeline.resources import build_resources
 from backup_pipeline.settings import ENV_PREFIX, BackupSettings, ExecutorKind, SettingsError, load_settings
 
@@ -33,13 +34,17 @@ def build_executor(settings: BackupSettings) -> dg.ExecutorDefinition:
 def build_definitions(settings: BackupSettings) -> dg.Definitions:
     schedules: list[dg.ScheduleDefinition] = []
     sensors: list[dg.SensorDefinition] = []
-    assets: list[dg.AssetSpec] = []
+    assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC]
     return dg.Definitions(
         jobs=JOBS,
         schedules=schedules,
         sensors=sensors,
         assets=assets,
-        resources=build_resources(settings),
+        asset_checks=[migration_ops.build_storage_status_check(settings.primary_bucket)],
+        resources={
+            **build_resources(settings),
+            migration_ops.LEGACY_DRIVE: migration_ops.build_legacy_drive_resource(settings),
+        },
         executor=build_executor(settings),
     )
 
