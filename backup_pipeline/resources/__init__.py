@@ -18,14 +18,25 @@ from backup_pipeline.settings import (
     BackupSettings,
 )
 
+from .destination import DESTINATION, DestinationResource
+from .keys import BackupKeysResource
+from .policy import POLICY, BackupPolicyResource
 from .postgres import PostgresResource
 from .s3 import S3Resource
 
-__all__ = ["PostgresResource", "S3Resource", "build_resources"]
+__all__ = [
+    "BackupKeysResource",
+    "BackupPolicyResource",
+    "DestinationResource",
+    "PostgresResource",
+    "S3Resource",
+    "build_resources",
+]
 
 # Resource keys the ops require (``required_resource_keys`` / typed op parameters).
 APP_DB = "app_db"
 S3 = "s3"
+KEYS = "keys"
 
 
 def build_postgres_resource(settings: BackupSettings) -> PostgresResource:
@@ -53,4 +64,11 @@ def build_resources(settings: BackupSettings) -> dict[str, Any]:
     return {
         APP_DB: build_postgres_resource(settings),
         S3: build_s3_resource(settings),
+        DESTINATION: DestinationResource.from_settings(settings),
+        POLICY: BackupPolicyResource.from_settings(settings),
+        # Without an org secret file the location still loads (health checks, restores with
+        # the recovery key); a backup then fails naming the missing file.
+        KEYS: BackupKeysResource(
+            org_secret_file=str(settings.org_secret_file or ""), state_dir=str(settings.state_dir)
+        ),
     }
