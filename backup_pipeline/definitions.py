@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from backup_pipeline.executors import executor_for
 from backup_pipeline.jobs import JOBS
+from backup_pipeline.ops import backup as backup_ops
 from backup_pipeline.ops import migration as migration_ops
 from backup_pipeline.resources import build_resources
 from backup_pipeline.settings import ENV_PREFIX, BackupSettings, ExecutorKind, SettingsError, load_settings
@@ -34,9 +36,12 @@ def build_executor(settings: BackupSettings) -> dg.ExecutorDefinition:
 def build_definitions(settings: BackupSettings) -> dg.Definitions:
     schedules: list[dg.ScheduleDefinition] = []
     sensors: list[dg.SensorDefinition] = []
-    assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC]
+    assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC, backup_ops.BACKUP_SET_SPEC]
+    backup_job = backup_ops.build_backup_job(
+        backup_ops.backup_config_from_settings(settings), executor_def=executor_for(settings)
+    )
     return dg.Definitions(
-        jobs=JOBS,
+        jobs=[*JOBS, backup_job],
         schedules=schedules,
         sensors=sensors,
         assets=assets,

@@ -1,0 +1,214 @@
+"""The backup ledger: which backup sets exist, which are complete, which were deleted.
+
+Two sources, one answer shape (:class:`LedgerEntry`):
+
+- ``from_dagster(instance)``: Dagster's records. A ``backup_set`` materialization (logged by
+  ``finalize_backup`` after the manifest verified) is a complete set; an observation of
+  ``backup_set`` with ``event=deleted`` (logged by retention/delete via
+  :func:`deletion_observation`) marks it deleted; a failed or canceled ``backup_job`` run
+  with a backup id tag is an incomplete set (normally removed by its failure hook).
+- ``from_destination(destination, installation_id)``: the destination alone, by file
+  properties (``services/backup_parts.py``), for when the Dagster instance is lost. A set
+  with a manifest file is complete, one without is incomplete; deleted sets are simply gone.
+
+``reconcile`` compares both and says which ledger entries no longer match the destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import dagster as dg
+
+from backup_pipeline.destinations.base import Destination
+from backup_pipeline.services.backup_parts import (
+    PART_MANIFEST,
+    PROP_PART_NAME,
+    backup_id_time,
+    is_backup_id,
+)
+from backup_pipeline.services.backup_upload import list_sets
+
+BACKUP_SET_ASSET = dg.AssetKey("backup_set")
+BACKUP_JOB_NAME = "backup_job"
+BACKUP_ID_TAG = "backup_pipeline/backup_id"
+DELETED_EVENT = "deleted"
+
+
+class SetStatus(StrEnum):
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"  # no manifest: never a backup
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    backup_id: str
+    status: SetStatus
+    created_at: datetime
+    run_id: str | None = None
+    source: str = "dagster"  # or "destination"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    file_ids: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.status is SetStatus.COMPLETE
+
+
+def _plain(value: Any) -> Any:
+    """A MetadataValue's Python value (json/text/int...)."""
+    return getattr(value, "value", value)
+
+
+def _metadata_dict(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in metadata.items()}
+
+
+def deletion_observation(backup_id: str, reason: str, run_id: str | None = None) -> dg.AssetObservation:
+    """What retention/delete logs after removing a set, so the ledger shows it as deleted."""
+    return dg.AssetObservation(
+        asset_key=BACKUP_SET_ASSET,
+        metadata={
+            "backup_id": backup_id,
+            "event": DELETED_EVENT,
+            "reason": reason,
+            "deleted_by_run": run_id or "",
+        },
+    )
+
+
+def _created(backup_id: str, fallback: float | None = None) -> datetime:
+    if is_backup_id(backup_id):
+        return backup_id_time(backup_id)
+    return datetime.fromtimestamp(fallback or 0, UTC)
+
+
+def _page_all(fetch: Any, key: dg.AssetKey, page: int = 500) -> Iterable[Any]:
+    cursor = None
+    while True:
+        result = fetch(key, limit=page, cursor=cursor)
+        yield from result.records
+        if not result.has_more:
+            return
+        cursor = result.cursor
+
+
+def from_dagster(
+    instance: dg.DagsterInstance, *, job_name: str = BACKUP_JOB_NAME, include_failed_runs: bool = True
+) -> list[LedgerEntry]:
+    """Every backup set Dagster knows of, newest first."""
+    entries: dict[str, LedgerEntry] = {}
+    for record in _page_all(instance.fetch_materializations, BACKUP_SET_ASSET):
+        mat = record.asset_materialization
+        if mat is None:
+            continue
+        meta = _metadata_dict(mat.metadata)
+        backup_id = str(meta.get("backup_id", ""))
+        if not backup_id or backup_id in entries:
+            continue  # records come newest first; keep the newest
+        entries[backup_id] = LedgerEntry(
+            backup_id=backup_id,
+            status=SetStatus.COMPLETE,
+            created_at=_created(backup_id, record.timestamp),
+            run_id=record.run_id,
+            metadata=meta,
+            file_ids=tuple(dict(meta.get("part_file_ids") or {}).values()),
+        )
+    for record in _page_all(instance.fetch_observations, BACKUP_SET_ASSET):
+        obs = record.asset_observation
+        if obs is None:
+            continue
+        meta = _metadata_dict(obs.metadata)
+        backup_id = str(meta.get("backup_id", ""))
+        if meta.get("event") != DELETED_EVENT or not backup_id:
+            continue
+        known = entries.get(backup_id)
+        entries[backup_id] = LedgerEntry(
+            backup_id=backup_id,
+            status=SetStatus.DELETED,
+            created_at=known.created_at if known else _created(backup_id, record.timestamp),
+            run_id=known.run_id if known else None,
+            metadata={**(known.metadata if known else {}), "deletion": meta},
+        )
+    if include_failed_runs:
+        failed = instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=job_name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+            )
+        )
+        for run in failed:
+            run_backup_id = run.tags.get(BACKUP_ID_TAG)
+            if run_backup_id and run_backup_id not in entries:
+                backup_id = run_backup_id
+                entries[backup_id] = LedgerEntry(
+                    backup_id=backup_id,
+                    status=SetStatus.INCOMPLETE,
+                    created_at=_created(backup_id),
+                    run_id=run.run_id,
+                    metadata={"run_status": run.status.value},
+                )
+    return sorted(entries.values(), key=lambda e: e.created_at, reverse=True)
+
+
+def complete_sets(instance: dg.DagsterInstance) -> list[LedgerEntry]:
+    """Complete, not deleted sets, newest first (what restore and retention choose from)."""
+    return [e for e in from_dagster(instance, include_failed_runs=False) if e.status is SetStatus.COMPLETE]
+
+
+def latest_complete(instance: dg.DagsterInstance) -> LedgerEntry | None:
+    sets = complete_sets(instance)
+    return sets[0] if sets else None
+
+
+def from_destination(destination: Destination, installation_id: str) -> list[LedgerEntry]:
+    """Every set found on the destination by file properties alone, newest first.
+
+    Complete here means "has its manifest"; whether every part the manifest lists is intact
+    is checked by restore/verification, which decrypt the manifest.
+    """
+    entries = []
+    for backup_id, files in list_sets(destination, installation_id).items():
+        manifest = any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files)
+        created = [f.created.timestamp() for f in files if f.created is not None]
+        entries.append(
+            LedgerEntry(
+                backup_id=backup_id,
+                status=SetStatus.COMPLETE if manifest else SetStatus.INCOMPLETE,
+                created_at=_created(backup_id, min(created) if created else None),
+                source="destination",
+                metadata={
+                    "parts": sorted(f.properties.get(PROP_PART_NAME, "") for f in files),
+                    "total_bytes": sum(f.size for f in files),
+                },
+                file_ids=tuple(f.id for f in files),
+            )
+        )
+    return sorted(entries, key=lambda e: e.created_at, reverse=True)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    missing_on_destination: list[str]  # complete in Dagster, gone (or without manifest) on the destination
+    unknown_to_dagster: list[str]  # complete on the destination, not a complete entry in Dagster
+    incomplete_on_destination: list[str]
+
+
+def reconcile(
+    dagster_entries: Iterable[LedgerEntry], destination_entries: Iterable[LedgerEntry]
+) -> Reconciliation:
+    dag = {e.backup_id: e for e in dagster_entries}
+    dest = {e.backup_id: e for e in destination_entries}
+    return Reconciliation(
+        missing_on_destination=sorted(
+            b for b, e in dag.items() if e.complete and (b not in dest or not dest[b].complete)
+        ),
+        unknown_to_dagster=sorted(
+            b for b, e in dest.items() if e.complete and not (b in dag and dag[b].complete)
+        ),
+        incomplete_on_destination=sorted(b for b, e in dest.items() if not e.complete),
+    )

@@ -1,0 +1,484 @@
+"""``backup_job``: plan → dump_database + export_bucket[bucket] (parallel) → finalize_backup.
+
+Thin wiring: each op gathers its inputs, calls a function of ``services/backup_*.py``,
+reports progress and metadata. The order rules (parts verified, manifest last, then the
+ledger entry) and the failure behaviour are documented in docs/architecture/BACKUP-STRATEGY.md.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from backup_pipeline.concurrency import DATA_LOCK_NAME, EXCLUSIVE_RUN_TAGS
+from backup_pipeline.destinations.base import Destination, DestinationError, QuotaError, ensure_room
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
+from backup_pipeline.services.backup_buckets import (
+    ArchiveWriter,
+    OpenedObject,
+    discover_buckets,
+    export_bucket,
+    summarize_bucket,
+)
+from backup_pipeline.services.backup_database import dump_database, locate_and_check_pg_dump
+from backup_pipeline.services.backup_finalize import FinalizeInput, finalize_backup
+from backup_pipeline.services.backup_parts import (
+    PART_DATABASE,
+    BackupError,
+    ErrorCode,
+    bucket_part_name,
+    mapping_key,
+    new_backup_id,
+)
+from backup_pipeline.services.backup_upload import (
+    Encryptor,
+    remove_incomplete_sets,
+    remove_part,
+    remove_set,
+)
+from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
+
+BACKUP_JOB_NAME = "backup_job"
+BACKUP_SET_ASSET = dg.AssetKey("backup_set")
+BACKUP_ID_TAG = "backup_pipeline/backup_id"
+KEYS = "keys"
+PROGRESS_INTERVAL_SECONDS = 10.0
+
+
+class BackupConfig(dg.Config):
+    """Per-installation choices (from settings); nothing secret."""
+
+    installation_id: str = "backup-pipeline"
+    buckets_include: list[str] = Field(default_factory=list)
+    buckets_exclude: list[str] = Field(default_factory=list)
+    exclude_table_patterns: list[str] = Field(default_factory=lambda: ["public.sessions", "public.*_cache"])
+    schema_version_query: str = "SELECT max(version) FROM schema_migrations"
+    compression_level: int = 1
+    progress_interval_seconds: float = PROGRESS_INTERVAL_SECONDS
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def failure_from(err: BackupError | DataLockBusy | DestinationError) -> dg.Failure:
+    """A dg.Failure with a readable description and the stable code in its metadata."""
+    if isinstance(err, BackupError):
+        code, message, retry = err.code, err.message, err.retryable
+    elif isinstance(err, DataLockBusy):
+        code, message, retry = ErrorCode.LOCKED, str(err), False
+    elif isinstance(err, QuotaError):
+        code, message, retry = ErrorCode.DESTINATION_QUOTA, str(err), False
+    else:
+        code, message, retry = ErrorCode.DESTINATION_UNAVAILABLE, str(err), err.retryable
+    return dg.Failure(
+        description=f"[{code}] {message}",
+        metadata={"error_code": code, "retryable": retry},
+        allow_retries=retry,
+    )
+
+
+@contextlib.contextmanager
+def backup_errors() -> Iterator[None]:
+    try:
+        yield
+    except (BackupError, DataLockBusy, DestinationError) as err:
+        raise failure_from(err) from None
+
+
+@contextlib.contextmanager
+def run_data_lock(context: dg.OpExecutionContext, app_db: PostgresResource) -> Iterator[None]:
+    """Hold the data lock for this step; steps of the *same* run share it (parallel exports)."""
+    owner = f"run {context.run_id}"
+    try:
+        with app_db.data_lock(owner, name=DATA_LOCK_NAME):
+            yield
+    except DataLockBusy as err:
+        if context.run_id in str(err):
+            yield  # a sibling step of this run holds it
+        else:
+            raise failure_from(err) from None
+
+
+def build_encryptor(keys: BackupKeysResource) -> tuple[Encryptor, dict[str, Any]]:
+    """An Encryptor over the org keyring and the recovery public key; plus the key ids (for the ledger)."""
+    from backup_pipeline.archive.stream_crypto import encrypt_stream
+
+    try:
+        keyring = keys.keyring()
+        recovery = keys.recovery_public_key()
+    except Exception as exc:  # key loading errors name the file/setting, never key material
+        raise BackupError(ErrorCode.KEYS_UNAVAILABLE, f"backup keys unavailable: {exc}") from None
+
+    def encryptor(chunks: Iterable[bytes], backup_id: str, part_name: str) -> Iterator[bytes]:
+        return encrypt_stream(
+            chunks,
+            backup_id=backup_id,
+            part_name=part_name,
+            org_keyring=keyring,
+            recovery_public_key=recovery,
+        )
+
+    return encryptor, {"org_key_id": keyring.current_key_id, "recovery_key_id": recovery.key_id}
+
+
+def build_archive_writer(compression_level: int) -> ArchiveWriter:
+    """Opened objects → ``archive.tar_parts.write_bucket_archive`` (pax tar, per-entry gzip members)."""
+    from backup_pipeline.archive.streams import iter_file
+    from backup_pipeline.archive.tar_parts import SourceObject, write_bucket_archive
+
+    def writer(objects: Iterator[OpenedObject]) -> Iterable[bytes]:
+        def sources() -> Iterator[SourceObject]:
+            for obj in objects:
+                # The GET is already under way (its headers gave size and metadata), so open()
+                # hands over that response's body rather than issuing a second request.
+                body = obj.body
+                yield SourceObject(
+                    key=obj.key,
+                    size=obj.size,
+                    content_type=obj.content_type,
+                    metadata=obj.metadata,
+                    tags=obj.tags,
+                    etag=obj.etag,
+                    open=lambda body=body: iter_file(body),  # type: ignore[misc]
+                )
+
+        return write_bucket_archive(sources(), compress_level=compression_level)
+
+    return writer
+
+
+def progress_logger(context: dg.OpExecutionContext) -> Callable[[ProgressSnapshot], None]:
+    return lambda snap: context.log.info(snap.message())
+
+
+def backup_id_of_run(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    run = instance.get_run_by_id(run_id)
+    return run.tags.get(BACKUP_ID_TAG) if run else None
+
+
+def run_has_failed_step(context: dg.OpExecutionContext) -> bool:
+    records = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    return bool(records)
+
+
+def discard_if_run_failed(
+    context: dg.OpExecutionContext, destination: Destination, installation_id: str, backup_id: str, part: str
+) -> None:
+    """A sibling step failed while this one uploaded: its failure hook may have run already, so remove our part."""
+    if run_has_failed_step(context):
+        remove_part(destination, installation_id, backup_id, part)
+        raise dg.Failure(
+            description=f"[{ErrorCode.INTERNAL}] another step of this backup failed; part {part!r} discarded",
+            metadata={"error_code": "SIBLING_STEP_FAILED"},
+            allow_retries=False,
+        )
+
+
+@dg.failure_hook(required_resource_keys={"destination"})
+def remove_partial_set(context: dg.HookContext) -> None:
+    """Any failed step removes the whole set (manifest first): a failed run leaves no partial backup."""
+    backup_id = backup_id_of_run(context.instance, context.run_id)
+    if not backup_id:
+        return
+    run = context.instance.get_run_by_id(context.run_id)
+    installation_id = (run.tags.get("backup_pipeline/installation_id") if run else None) or "backup-pipeline"
+    destination: Destination = context.resources.destination.get_destination()
+    try:
+        removed = remove_set(destination, installation_id, backup_id)
+    except DestinationError as exc:
+        context.log.warning(
+            f"could not remove the partial backup set {backup_id} ({exc}); it has no manifest, so it is not "
+            "a backup, and the next backup or retention removes it"
+        )
+        return
+    context.log.info(f"removed {removed} file(s) of the partial backup set {backup_id}")
+
+
+# --- ops -------------------------------------------------------------------------------------
+
+
+@dg.op(
+    out={"plan": dg.Out(dict), "buckets": dg.DynamicOut(dict)},
+    description="Backup id, pg_dump/server check, bucket discovery with sizes, destination pre-flight, "
+    "removal of incomplete sets of dead runs.",
+)
+def plan_backup(
+    context: dg.OpExecutionContext,
+    config: BackupConfig,
+    app_db: PostgresResource,
+    s3: S3Resource,
+    destination: DestinationResource,
+    keys: BackupKeysResource,
+) -> Iterator[dg.Output[dict] | dg.DynamicOutput[dict]]:
+    with backup_errors(), run_data_lock(context, app_db):
+        run = context.instance.get_run_by_id(context.run_id)
+        started = datetime.now(UTC)
+        backup_id = (run.tags.get(BACKUP_ID_TAG) if run else None) or new_backup_id(started, context.run_id)
+        context.instance.add_run_tags(
+            context.run_id,
+            {BACKUP_ID_TAG: backup_id, "backup_pipeline/installation_id": config.installation_id},
+        )
+        _, key_ids = build_encryptor(keys)
+        tools, _, server_version = locate_and_check_pg_dump(app_db)
+        client = s3.client()
+        buckets = discover_buckets(client, config.buckets_include, config.buckets_exclude)
+        summaries = [summarize_bucket(client, b) for b in buckets]
+        db_size = _database_size(app_db)
+        estimate = db_size + sum(s.bytes for s in summaries)
+        dest = destination.get_destination()
+        ensure_room(dest, estimate)
+        removed = remove_incomplete_sets(dest, config.installation_id, keep=[backup_id])
+        if removed:
+            context.log.info(f"removed incomplete sets of runs that died: {', '.join(removed)}")
+    plan = {
+        "backup_id": backup_id,
+        "installation_id": config.installation_id,
+        "started_at": started.isoformat(timespec="seconds"),
+        "pg_server_version": server_version,
+        "pg_dump_version": tools.pg_dump.version,
+        "buckets": {s.name: {"objects": s.objects, "bytes": s.bytes} for s in summaries},
+        "database_size_bytes": db_size,
+        "estimated_bytes": estimate,
+        "key_ids": key_ids,
+        "exclude_table_patterns": list(config.exclude_table_patterns),
+        "schema_version_query": config.schema_version_query,
+        "compression_level": config.compression_level,
+        "progress_interval_seconds": config.progress_interval_seconds,
+    }
+    context.log.info(
+        f"backup {backup_id}: database ~{db_size} bytes, {len(summaries)} bucket(s) "
+        f"{sum(s.objects for s in summaries)} objects {sum(s.bytes for s in summaries)} bytes; "
+        f"destination {dest.description}"
+    )
+    yield dg.Output(
+        plan,
+        "plan",
+        metadata={
+            "backup_id": backup_id,
+            "buckets": len(summaries),
+            "objects": sum(s.objects for s in summaries),
+            "estimated_bytes": estimate,
+            "removed_incomplete_sets": len(removed),
+        },
+    )
+    taken: set[str] = set()
+    for summary in summaries:
+        yield dg.DynamicOutput(
+            {"bucket": summary.name, "objects": summary.objects, "bytes": summary.bytes},
+            output_name="buckets",
+            mapping_key=mapping_key(summary.name, taken),
+        )
+
+
+def _database_size(app_db: PostgresResource) -> int:
+    with app_db.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0
+
+
+@dg.op(
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    description="pg_dump --format=custom → encrypt → destination (the `database` part), verified.",
+)
+def dump_database_op(
+    context: dg.OpExecutionContext,
+    plan: dict,
+    app_db: PostgresResource,
+    destination: DestinationResource,
+    keys: BackupKeysResource,
+) -> dict:
+    backup_id, installation_id = plan["backup_id"], plan["installation_id"]
+    with backup_errors(), run_data_lock(context, app_db):
+        encryptor, _ = build_encryptor(keys)
+        dest = destination.get_destination()
+        context.log.info(f"encrypting the database dump into part {PART_DATABASE!r} of backup {backup_id}")
+        progress = ProgressTracker(
+            "database dump",
+            progress_logger(context),
+            bytes_total=None,
+            min_interval=plan["progress_interval_seconds"],
+        )
+        result = dump_database(
+            app_db,
+            dest,
+            encryptor,
+            installation_id=installation_id,
+            backup_id=backup_id,
+            exclude_table_data=plan["exclude_table_patterns"],
+            schema_version_query=plan["schema_version_query"],
+            progress=progress,
+            on_start=lambda cmd: context.log.info("running " + " ".join(cmd)),
+        )
+        discard_if_run_failed(context, dest, installation_id, backup_id, PART_DATABASE)
+    out = result.to_dict()
+    context.add_output_metadata(
+        {
+            "part": PART_DATABASE,
+            "file_id": result.part.file_id,
+            "ciphertext_bytes": result.part.size,
+            "dump_bytes": result.part.plaintext_size,
+            "seconds": round(result.seconds, 3),
+            "schema_version": str(result.schema_version),
+            "pg_dump_version": result.pg_dump_version,
+        }
+    )
+    return out
+
+
+@dg.op(
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+    description="Every object of one bucket → pax tar.gz → encrypt → destination (`bucket-<name>`), verified.",
+)
+def export_bucket_op(
+    context: dg.OpExecutionContext,
+    plan: dict,
+    bucket: dict,
+    app_db: PostgresResource,
+    s3: S3Resource,
+    destination: DestinationResource,
+    keys: BackupKeysResource,
+) -> dict:
+    backup_id, installation_id, name = plan["backup_id"], plan["installation_id"], bucket["bucket"]
+    with backup_errors(), run_data_lock(context, app_db):
+        encryptor, _ = build_encryptor(keys)
+        dest = destination.get_destination()
+        context.log.info(
+            f"encrypting bucket {name!r} into part {bucket_part_name(name)!r} of backup {backup_id}"
+        )
+        progress = ProgressTracker(
+            f"bucket {name}",
+            progress_logger(context),
+            bytes_total=bucket["bytes"],
+            objects_total=bucket["objects"],
+            min_interval=plan["progress_interval_seconds"],
+        )
+        result = export_bucket(
+            s3.client(),
+            name,
+            dest,
+            encryptor,
+            build_archive_writer(plan["compression_level"]),
+            installation_id=installation_id,
+            backup_id=backup_id,
+            progress=progress,
+        )
+        discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
+    if result.changed or result.vanished:
+        context.log.warning(
+            f"bucket {name}: {len(result.changed)} object(s) changed and {len(result.vanished)} vanished "
+            "during the backup (recorded in the manifest)"
+        )
+    context.add_output_metadata(
+        {
+            "part": bucket_part_name(name),
+            "file_id": result.part.file_id,
+            "objects": result.object_count,
+            "object_bytes": result.plaintext_bytes,
+            "ciphertext_bytes": result.part.size,
+            "changed_during_backup": len(result.changed),
+            "vanished_during_backup": len(result.vanished),
+            "seconds": round(result.seconds, 3),
+        }
+    )
+    return result.to_dict()
+
+
+@dg.op(
+    description="Verify every part on the destination, write the manifest last, record the backup_set.",
+)
+def finalize_backup_op(
+    context: dg.OpExecutionContext,
+    plan: dict,
+    database: dict,
+    buckets: list[dict],
+    app_db: PostgresResource,
+    destination: DestinationResource,
+    keys: BackupKeysResource,
+) -> dict:
+    with backup_errors(), run_data_lock(context, app_db):
+        encryptor, key_ids = build_encryptor(keys)
+        dest = destination.get_destination()
+        entry = finalize_backup(
+            dest,
+            encryptor,
+            FinalizeInput(
+                installation_id=plan["installation_id"],
+                backup_id=plan["backup_id"],
+                started_at=plan["started_at"],
+                database=database,
+                buckets=sorted(buckets, key=lambda b: b["bucket"]),
+                key_ids=key_ids,
+                versions={"backup_pipeline": _package_version()},
+            ),
+        )
+    entry["run_id"] = context.run_id
+    entry["destination"] = dest.description
+    context.log_event(dg.AssetMaterialization(asset_key=BACKUP_SET_ASSET, metadata=entry))
+    context.log.info(
+        f"backup {entry['backup_id']} complete: {len(entry['part_file_ids'])} files, {entry['total_bytes']} bytes"
+    )
+    return {"backup_id": entry["backup_id"], "manifest_file_id": entry["manifest_file_id"]}
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("backup_pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --- job -------------------------------------------------------------------------------------
+
+
+def build_backup_job(
+    config: BackupConfig | None = None,
+    executor_def: dg.ExecutorDefinition | None = None,
+    name: str = BACKUP_JOB_NAME,
+) -> dg.JobDefinition:
+    """The backup job; ``config`` gives the defaults shown in the Launchpad (from settings)."""
+    defaults = (config or BackupConfig()).model_dump()
+
+    @dg.job(
+        name=name,
+        description="Encrypted backup of the app database and every bucket to the destination: one run = "
+        "one backup set (manifest written last) = one backup_set materialization.",
+        tags={**EXCLUSIVE_RUN_TAGS, "backup_pipeline/kind": "backup"},
+        hooks={remove_partial_set},
+        executor_def=executor_def or dg.multiprocess_executor,
+        config={"ops": {"plan_backup": {"config": defaults}}},
+    )
+    def backup_job() -> None:
+        plan, buckets = plan_backup()
+        database = dump_database_op.alias("dump_database")(plan)
+        exports = buckets.map(lambda b: export_bucket_op.alias("export_bucket")(plan, b))
+        finalize_backup_op.alias("finalize_backup")(plan, database, exports.collect())
+
+    return backup_job
+
+
+def backup_config_from_settings(settings: Any) -> BackupConfig:
+    return BackupConfig(
+        installation_id=settings.installation_id,
+        buckets_include=list(settings.buckets_include),
+        buckets_exclude=list(settings.buckets_exclude),
+        exclude_table_patterns=list(settings.exclude_table_patterns),
+        schema_version_query=settings.schema_version_query,
+        compression_level=settings.compression_level,
+    )
+
+
+BACKUP_SET_SPEC = dg.AssetSpec(
+    BACKUP_SET_ASSET,
+    description="Backup sets on the destination: one materialization per complete set (metadata = ledger "
+    "entry: backup id, files, sizes, per-bucket counts, versions, key ids); an observation with "
+    "event=deleted when retention removes one. See backup_pipeline/ledger.py.",
+    group_name="backups",
+)
