@@ -586,7 +586,9 @@ def _decrypt_payload(source: _ByteSource, aead: AESGCM, header: ArchiveHeader) -
             yield plaintext
             return
         if len(sealed) == sealed_size:
-            if _try_open(aead, index, False, sealed) is not None:
+            plaintext = _try_open(aead, index, False, sealed)
+            if plaintext is not None:
+                yield plaintext
                 raise TruncatedError(
                     f"the part ends after chunk {index}, which is not the final chunk (the end of the part is missing)"
                 )
