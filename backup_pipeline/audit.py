@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,3 +176,11 @@ class _LockedFile:
 
 def audit_log(settings: BackupSettings) -> AuditLog:
     return AuditLog(settings.state_dir)
+
+
+def record_settings_at_load(settings: BackupSettings) -> None:
+    """Record a settings change when the code location loads; never block loading over it."""
+    try:
+        audit_log(settings).record_settings_if_changed(settings)
+    except OSError as exc:
+        warnings.warn(f"audit trail not writable ({audit_path(settings.state_dir)}): {exc.strerror}", stacklevel=2)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import dagster as dg
 
+from backup_pipeline.audit import record_settings_at_load
 from backup_pipeline.executors import executor_for
 from backup_pipeline.jobs import JOBS
 from backup_pipeline.ops import backup as backup_ops
 from backup_pipeline.ops import migration as migration_ops
 from backup_pipeline.resources import build_resources
+from backup_pipeline.schedules import build_backup_schedule
+from backup_pipeline.sensors import build_sensors
 from backup_pipeline.settings import ENV_PREFIX, BackupSettings, ExecutorKind, SettingsError, load_settings
 
 
@@ -34,8 +37,8 @@ def build_executor(settings: BackupSettings) -> dg.ExecutorDefinition:
 
 
 def build_definitions(settings: BackupSettings) -> dg.Definitions:
-    schedules: list[dg.ScheduleDefinition] = []
-    sensors: list[dg.SensorDefinition] = []
+    schedules: list[dg.ScheduleDefinition] = [build_backup_schedule(settings)]
+    sensors: list[dg.SensorDefinition] = build_sensors(settings)
     assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC, backup_ops.BACKUP_SET_SPEC]
     backup_job = backup_ops.build_backup_job(
         backup_ops.backup_config_from_settings(settings), executor_def=executor_for(settings)
@@ -56,3 +59,4 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
 
 settings = load_settings()
 defs = build_definitions(settings)
+record_settings_at_load(settings)

@@ -39,7 +39,7 @@ RETENTION_JOB_NAME = "retention_job"
 DELETE_BACKUP_JOB_NAME = "delete_backup_job"
 
 
-def deletion_event(deleted: DeletedSet) -> dg.AssetObservation:
+def deletion_event(deleted: DeletedSet, run_id: str) -> dg.AssetObservation:
     return dg.AssetObservation(
         asset_key=BACKUP_SET_ASSET,
         description=f"backup set {deleted.backup_id} deleted: {deleted.reason}",
@@ -50,6 +50,7 @@ def deletion_event(deleted: DeletedSet) -> dg.AssetObservation:
             "files": deleted.files,
             "bytes_freed": dg.MetadataValue.int(deleted.bytes_freed),
             "was_complete": deleted.was_complete,
+            "deleted_by_run": run_id,
         },
     )
 
@@ -168,7 +169,7 @@ def _run_retention(
     audit = AuditLog(_state_dir(policy))
 
     def record(deleted: DeletedSet) -> None:
-        context.log_event(deletion_event(deleted))
+        context.log_event(deletion_event(deleted, context.run_id))
         context.log.info(
             f"deleted {deleted.backup_id}: {deleted.files} files, {deleted.bytes_freed} bytes freed ({deleted.reason})"
         )
@@ -270,7 +271,7 @@ def delete_backup_op(
                 ) from None
     except (DataLockBusy, PostgresUnavailable) as exc:
         raise dg.Failure(description=str(exc), metadata={"error_code": "BACKUP_LOCKED"}) from None
-    context.log_event(deletion_event(deleted))
+    context.log_event(deletion_event(deleted, context.run_id))
     AuditLog(_state_dir(backup_policy)).append(
         "backup_deleted",
         {
