@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Write the committed archive test vectors to ``backup_pipeline_tests/vectors/``.
+
+All randomness (data keys, salts, ephemeral X25519 keys) comes from a seeded SHAKE-256 stream,
+so running this again reproduces the same bytes unless the format changed — which is exactly
+what ``backup_pipeline_tests/test_archive_vectors.py`` detects. Re-run it only for a deliberate,
+versioned format change.
+
+    .venv/bin/python scripts/make_test_vectors.py
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
+from backup_pipeline.archive.manifest import InventoryEntry, Manifest, PartRecord
+from backup_pipeline.archive.stream_crypto import encrypt_stream
+from backup_pipeline.archive.tar_parts import SourceObject, write_bucket_archive
+
+VECTORS = Path(__file__).resolve().parent.parent / "backup_pipeline_tests" / "vectors"
+ORG_KEYS_TEXT = (
+    "# test vector org secrets: NOT SECRET\n"
+    "k2024:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+    "k2025:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=\n"
+)
+RECOVERY_RAW = bytes(range(64, 96))
+BACKUP_ID = "vectors-20260101T000000Z"
+
+
+def deterministic_rng(seed: str) -> Callable[[int], bytes]:
+    counter = 0
+
+    def rng(size: int) -> bytes:
+        nonlocal counter
+        counter += 1
+        return hashlib.shake_256(f"{seed}/{counter}".encode()).digest(size)
+
+    return rng
+
+
+def pattern(size: int) -> bytes:
+    return bytes((i * 7 + i // 251) % 256 for i in range(size))
+
+
+def bucket_plaintext() -> bytes:
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    objects = [
+        SourceObject(
+            "hello.txt",
+            13,
+            "text/plain",
+            {"author": "vectors"},
+            {"k": "v"},
+            "e1",
+            when,
+            lambda: [b"Hello, world\n"],
+        ),
+        SourceObject("dir/../odd key.bin", 600, "application/octet-stream", open=lambda: [pattern(600)]),
+    ]
+    return b"".join(write_bucket_archive(objects, compress_level=6, workers=1))
+
+
+def vector_cases() -> list[dict[str, object]]:
+    """(name, part name, chunk size log2, plaintext) of every vector; the test imports this too."""
+    c = 1 << 16
+    manifest = Manifest(
+        backup_id=BACKUP_ID,
+        installation="vectors",
+        started_at="2026-01-01T00:00:00+00:00",
+        finished_at="2026-01-01T00:01:00+00:00",
+        versions={"format": "1"},
+        parts=[PartRecord("database", "database", 1, "0" * 64, 1, "0" * 64)],
+        inventory=[InventoryEntry("photos", "a.jpg", 1, "1" * 64)],
+    )
+    return [
+        {"name": "empty", "part": "database", "log2": 16, "plaintext": b""},
+        {"name": "one-byte", "part": "database", "log2": 16, "plaintext": b"\x2a"},
+        {"name": "chunk-minus-1", "part": "database", "log2": 16, "plaintext": pattern(c - 1)},
+        {"name": "chunk", "part": "database", "log2": 16, "plaintext": pattern(c)},
+        {"name": "chunk-plus-1", "part": "database", "log2": 16, "plaintext": pattern(c + 1)},
+        {"name": "three-chunks", "part": "database", "log2": 16, "plaintext": pattern(3 * c)},
+        {"name": "bucket", "part": "bucket-photos", "log2": 16, "plaintext": bucket_plaintext()},
+        {"name": "manifest", "part": "manifest", "log2": 20, "plaintext": manifest.to_bytes()},
+    ]
+
+
+def encrypt_case(case: dict[str, object], keyring: OrgKeyring, recovery: RecoveryIdentity) -> bytes:
+    return b"".join(
+        encrypt_stream(
+            [case["plaintext"]],  # type: ignore[list-item]
+            backup_id=BACKUP_ID,
+            part_name=str(case["part"]),
+            org_keyring=keyring,
+            recovery_public_key=recovery.public_key,
+            chunk_size_log2=int(case["log2"]),  # type: ignore[call-overload]
+            rng=deterministic_rng(str(case["name"])),
+        )
+    )
+
+
+def main() -> None:
+    VECTORS.mkdir(parents=True, exist_ok=True)
+    keyring = OrgKeyring.from_text(ORG_KEYS_TEXT)
+    recovery = RecoveryIdentity(RECOVERY_RAW)
+    (VECTORS / "org-secret.txt").write_text(ORG_KEYS_TEXT)
+    (VECTORS / "recovery-key.txt").write_text(
+        "# test vector recovery key: NOT SECRET\n" + recovery.to_bech32() + "\n"
+    )
+    index = []
+    for case in vector_cases():
+        part = encrypt_case(case, keyring, recovery)
+        plaintext: bytes = case["plaintext"]  # type: ignore[assignment]
+        (VECTORS / f"{case['name']}.bpa").write_bytes(part)
+        (VECTORS / f"{case['name']}.plain").write_bytes(plaintext)
+        index.append(
+            {
+                "name": case["name"],
+                "backup_id": BACKUP_ID,
+                "part_name": case["part"],
+                "chunk_size_log2": case["log2"],
+                "plaintext_size": len(plaintext),
+                "plaintext_sha256": hashlib.sha256(plaintext).hexdigest(),
+                "ciphertext_sha256": hashlib.sha256(part).hexdigest(),
+            }
+        )
+    (VECTORS / "vectors.json").write_text(json.dumps(index, indent=1) + "\n")
+    print(f"wrote {len(index)} vectors to {VECTORS}")
+
+
+if __name__ == "__main__":
+    main()
