@@ -1,0 +1,96 @@
+"""``backup-pipeline check``: validate the settings and test every connection, without Dagster.
+
+Prints the settings verdict (every bad field named) and exits 2 when the settings are
+invalid; otherwise one line per check (PostgreSQL with pg_dump/pg_restore versions, S3,
+the destination) and exits 1 when any check failed, 0 when all passed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import click
+
+from backup_pipeline.settings import SettingsError, load_settings
+
+
+def _line(ok: bool, name: str, detail: str) -> None:
+    mark = click.style("ok  ", fg="green") if ok else click.style("FAIL", fg="red", bold=True)
+    click.echo(f"{mark} {name:<12} {detail}")
+
+
+def _run_check(name: str, check: Callable[[], str]) -> bool:
+    try:
+        detail = check()
+    except Exception as exc:  # every failure becomes one line; the messages name the endpoint
+        _line(False, name, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return False
+    _line(True, name, detail)
+    return True
+
+
+@click.command("check")
+@click.option(
+    "--settings-file",
+    type=click.Path(dir_okay=False),
+    help="dotenv file (default: $BACKUP_PIPELINE_SETTINGS_FILE).",
+)
+@click.option("--no-connections", is_flag=True, help="Only validate the settings.")
+def check_command(settings_file: str | None, no_connections: bool) -> None:
+    """Validate settings and test the PostgreSQL, S3 and destination connections."""
+    try:
+        settings = load_settings(settings_file=settings_file)
+    except SettingsError as exc:
+        click.echo(click.style("settings: invalid", fg="red", bold=True))
+        for problem in exc.problems:
+            click.echo(f"  - {problem}")
+        raise SystemExit(2) from None
+    click.echo(
+        f"settings: ok (destination={settings.destination.value}, database={settings.app_database_name}, "
+        f"s3={settings.s3_endpoint})"
+    )
+    if no_connections:
+        return
+
+    from backup_pipeline.resources import build_postgres_resource, build_s3_resource
+    from backup_pipeline.services.health import check_postgres, check_s3
+
+    # EnvVar fields resolve only inside Dagster; resolve them here the same way.
+    db = build_postgres_resource(settings)
+    db = db.model_copy(update={"password": os.environ.get("BACKUP_PIPELINE_APP_DATABASE_PASSWORD") or None})
+    s3 = build_s3_resource(settings).model_copy(
+        update={
+            "access_key": os.environ.get("BACKUP_PIPELINE_S3_ACCESS_KEY", ""),
+            "secret_key": os.environ.get("BACKUP_PIPELINE_S3_SECRET_KEY", ""),
+        }
+    )
+
+    def s3_check() -> str:
+        if not s3.access_key or not s3.secret_key:
+            raise RuntimeError(
+                f"S3 endpoint {s3.endpoint}: BACKUP_PIPELINE_S3_ACCESS_KEY and BACKUP_PIPELINE_S3_SECRET_KEY must be set"
+            )
+        return check_s3(s3).summary()
+
+    def destination_check() -> str:
+        from backup_pipeline.resources.destination import DestinationResource
+
+        report = DestinationResource.from_settings(settings).get_destination().check()
+        steps = "; ".join(f"{s.name}: {s.detail}" for s in report.steps)
+        if not report.ok:
+            fix = f" — fix: {report.fix}" if report.fix else ""
+            raise RuntimeError(f"{report.destination}: {steps}{fix}")
+        return f"{report.destination}: {steps}"
+
+    results = [
+        _run_check("postgres", lambda: check_postgres(db, settings.schema_version_query).summary()),
+        _run_check("s3", s3_check),
+        _run_check("destination", destination_check),
+    ]
+    if not all(results):
+        raise SystemExit(1)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(check_command)
