@@ -207,7 +207,9 @@ class GoogleDriveDestination:
                         "authorized-user JSON (client_id, client_secret, refresh_token); use drive_auth_mode="
                         "shared_drive or delegation for a service account"
                     )
-                return user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
+                user = user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
+                # from_authorized_user_info always resets token_uri to Google's (google-auth 2.63).
+                return user.with_token_uri(self.cfg.token_uri) if self.cfg.token_uri else user
             if info.get("type") != "service_account":
                 raise AuthError(
                     f"{path} is not a service-account key (type={info.get('type')!r}); drive_auth_mode="
@@ -381,7 +383,7 @@ class GoogleDriveDestination:
             info = self._key_info()
         except AuthError:
             return "(unknown)"
-        if self.cfg.auth_mode is DriveAuthMode.DELEGATION:
+        if self.cfg.auth_mode is DriveAuthMode.DELEGATION and self.cfg.subject:
             return f"{self.cfg.subject} (via {info.get('client_email', '?')})"
         return str(info.get("client_email") or "the OAuth user")
 

@@ -83,7 +83,7 @@ class LocalFolderDestination:
         hashes = Hashes()
         try:
             with open(tmp_data, "wb") as out:
-                for block in iter_stream(stream, self.read_size):
+                for block in _source(iter_stream(stream, self.read_size)):
                     hashes.update(block)
                     out.write(block)
                 out.flush()
@@ -109,6 +109,8 @@ class LocalFolderDestination:
             _fsync_dir(meta_path.parent)
             _fsync_dir(data_path.parent)
             return stored
+        except _SourceFailed as failed:
+            raise failed.original from None  # the caller's stream broke, not the disk
         except OSError as exc:
             raise _os_error(self.description, exc) from None
         finally:
@@ -240,6 +242,24 @@ class LocalFolderDestination:
             return Capacity(free_bytes=shutil.disk_usage(self.root).free, daily_upload_remaining=None)
         except OSError as exc:
             raise _os_error(self.description, exc) from None
+
+
+class _SourceFailed(Exception):
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+def _source(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Tell the caller's stream errors apart from this folder's own OSErrors."""
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _SourceFailed(exc) from exc
+        yield block
 
 
 def _checked_name(name: str) -> str:
