@@ -1,0 +1,242 @@
+"""``backup-pipeline run backup|history|show|delete|settings``: the client over Dagster's GraphQL API.
+
+Exit codes: 0 ok, 1 the operation failed (run failed, server unreachable), 2 bad input.
+Proxy options: ``--header 'Name: value'`` (repeatable) and ``--user name`` (basic auth; the
+password comes from ``BACKUP_PIPELINE_CLIENT_PASSWORD`` or a prompt, never the command line).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from backup_pipeline.client import ClientError, PipelineClient
+from backup_pipeline.settings import SettingsError, load_settings
+
+URL_ENV = "BACKUP_PIPELINE_URL"
+PASSWORD_ENV = "BACKUP_PIPELINE_CLIENT_PASSWORD"
+RUN_STATUSES = ["queued", "not_started", "starting", "started", "success", "failure", "canceling", "canceled"]
+
+
+def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(fn)
+    fn = click.option(
+        "--user",
+        help="Basic-auth user for an authenticating proxy (password: $" + PASSWORD_ENV + " or prompt).",
+    )(fn)
+    fn = click.option(
+        "--header", "headers", multiple=True, help="Extra HTTP header 'Name: value' (repeatable)."
+    )(fn)
+    fn = click.option(
+        "--url",
+        envvar=URL_ENV,
+        default="http://127.0.0.1:3000",
+        show_default=True,
+        help=f"Dagster webserver (or ${URL_ENV}).",
+    )(fn)
+    return fn
+
+
+def _make_client(url: str, headers: tuple[str, ...], user: str | None) -> PipelineClient:
+    parsed: dict[str, str] = {}
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected 'Name: value', got {header!r}", param_hint="--header")
+        parsed[name.strip()] = value.strip()
+    auth = None
+    if user:
+        password = os.environ.get(PASSWORD_ENV) or click.prompt(f"password for {user}", hide_input=True)
+        auth = (user, password)
+    try:
+        return PipelineClient(url, headers=parsed, basic_auth=auth)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(1)
+
+
+def _ts(value: float | None) -> str:
+    return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds") if value else "-"
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        text()
+
+
+@click.group("run")
+def run_group() -> None:
+    """Launch jobs on the Dagster webserver."""
+
+
+@run_group.command("backup")
+@_client_options
+@click.option("--wait", is_flag=True, help="Wait for the run to finish; exit 1 if it failed.")
+@click.option("--force", is_flag=True, help="Ignore the manual-backup minimum interval.")
+def run_backup(
+    url: str, headers: tuple[str, ...], user: str | None, as_json: bool, wait: bool, force: bool
+) -> None:
+    """Start a backup (a backup_job run)."""
+    client = _make_client(url, headers, user)
+    try:
+        run_id = client.run_backup(force=force)
+        status = client.wait(run_id).value if wait else "QUEUED"
+        backup_id = client.find_backup_id(run_id) if wait else None
+    except ClientError as exc:
+        _fail(exc)
+        return
+    _emit(
+        {"run_id": run_id, "status": status, "backup_id": backup_id},
+        as_json,
+        lambda: click.echo(
+            f"backup run {run_id}: {status}" + (f" (backup {backup_id})" if backup_id else "")
+        ),
+    )
+    if wait and status != "SUCCESS":
+        raise SystemExit(1)
+
+
+@click.command("history")
+@_client_options
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(RUN_STATUSES, case_sensitive=False),
+    help="Filter (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--cursor", help="Run id to continue after (the last run id of the previous page).")
+def history(
+    url: str,
+    headers: tuple[str, ...],
+    user: str | None,
+    as_json: bool,
+    statuses: tuple[str, ...],
+    limit: int,
+    cursor: str | None,
+) -> None:
+    """List backup runs, newest first."""
+    client = _make_client(url, headers, user)
+    try:
+        runs = client.history(statuses=list(statuses), limit=limit, cursor=cursor)
+    except ClientError as exc:
+        _fail(exc)
+        return
+
+    def text() -> None:
+        if not runs:
+            click.echo("no backup runs")
+        for r in runs:
+            click.echo(f"{_ts(r.start_time)}  {r.status:<10} {r.backup_id or '-':<26} run {r.run_id}")
+        if len(runs) == limit:
+            click.echo(f"more: --cursor {runs[-1].run_id}")
+
+    _emit(
+        {"runs": [r.to_json() for r in runs], "next_cursor": runs[-1].run_id if len(runs) == limit else None},
+        as_json,
+        text,
+    )
+
+
+@click.command("show")
+@_client_options
+@click.argument("backup_id")
+def show(url: str, headers: tuple[str, ...], user: str | None, as_json: bool, backup_id: str) -> None:
+    """Status, sizes, counts, parts and errors of one backup."""
+    client = _make_client(url, headers, user)
+    try:
+        detail = client.show(backup_id)
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="BACKUP_ID") from None
+    except ClientError as exc:
+        _fail(exc)
+        return
+
+    def text() -> None:
+        click.echo(f"backup {backup_id}: {detail['status']} (run {detail['run_id']})")
+        click.echo(f"  started {_ts(detail['start_time'])}, ended {_ts(detail['end_time'])}")
+        for key, value in sorted(detail["ledger"].items()):
+            click.echo(f"  {key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+        for step, status in sorted(detail["steps"].items()):
+            click.echo(f"  step {step}: {status}")
+        for error in detail["errors"]:
+            click.echo(f"  error: {error}")
+
+    _emit(detail, as_json, text)
+
+
+@click.command("delete")
+@_client_options
+@click.argument("backup_id")
+@click.option("--force", is_flag=True, help="Allow deleting the newest complete backup.")
+@click.option("--yes", is_flag=True, help="Skip the typed confirmation (scripts).")
+def delete(
+    url: str,
+    headers: tuple[str, ...],
+    user: str | None,
+    as_json: bool,
+    backup_id: str,
+    force: bool,
+    yes: bool,
+) -> None:
+    """Delete one backup set (runs delete_backup_job and waits for it)."""
+    if not yes:
+        typed = click.prompt(f"type 'delete {backup_id}' to confirm", default="", show_default=False)
+        if typed.strip() != f"delete {backup_id}":
+            raise click.BadParameter("confirmation did not match; nothing deleted", param_hint="confirmation")
+    client = _make_client(url, headers, user)
+    try:
+        run_id = client.delete_backup(backup_id, force=force)
+        status = client.wait(run_id)
+        errors = client.errors(run_id) if status.value != "SUCCESS" else []
+    except ClientError as exc:
+        _fail(exc)
+        return
+    _emit(
+        {"run_id": run_id, "status": status.value, "backup_id": backup_id, "errors": errors},
+        as_json,
+        lambda: click.echo(
+            f"delete {backup_id}: {status.value} (run {run_id})" + "".join(f"\n  error: {e}" for e in errors)
+        ),
+    )
+    if status.value != "SUCCESS":
+        raise SystemExit(1)
+
+
+@click.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+def settings_command(as_json: bool) -> None:
+    """Effective settings of this host (secrets are never settings: only env-var names and file paths)."""
+    try:
+        values = load_settings().redacted()
+    except SettingsError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+
+    def text() -> None:
+        for key, value in sorted(values.items()):
+            click.echo(f"{key} = {value}")
+
+    _emit(values, as_json, text)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(run_group)
+    group.add_command(history)
+    group.add_command(show)
+    group.add_command(delete)
+    group.add_command(settings_command)

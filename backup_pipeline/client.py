@@ -1,0 +1,283 @@
+"""A small client for the pipeline's Dagster webserver over GraphQL (the seed's REST endpoints).
+
+Built on ``dagster_graphql.DagsterGraphQLClient`` (run submission, status) plus a few GraphQL
+queries it does not wrap (run history, one run's materialization and step stats). Works
+through an authenticating reverse proxy: pass extra headers and/or basic auth.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from dagster import DagsterRunStatus
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from requests.auth import HTTPBasicAuth
+
+BACKUP_JOB = "backup_job"
+DELETE_JOB = "delete_backup_job"
+BACKUP_ID_TAG = "backup_pipeline/backup_id"
+TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+
+class ClientError(Exception):
+    """The webserver could not be reached, or refused the request; message says which."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    status: str
+    job_name: str
+    backup_id: str | None
+    start_time: float | None
+    end_time: float | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "job_name": self.job_name,
+            "backup_id": self.backup_id,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+        }
+
+
+_RUN_FIELDS = """
+  runId status jobName startTime endTime
+  tags { key value }
+"""
+
+_RUNS_QUERY = (
+    """
+query BackupRuns($filter: RunsFilter, $cursor: String, $limit: Int) {
+  runsOrError(filter: $filter, cursor: $cursor, limit: $limit) {
+    __typename
+    ... on Runs { results { """
+    + _RUN_FIELDS
+    + """ } }
+    ... on PythonError { message }
+    ... on InvalidPipelineRunsFilterError { message }
+  }
+}
+"""
+)
+
+_RUN_DETAIL_QUERY = (
+    """
+query BackupRun($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      """
+    + _RUN_FIELDS
+    + """
+      stepStats { stepKey status }
+      assetMaterializations {
+        assetKey { path }
+        metadataEntries {
+          label
+          ... on TextMetadataEntry { text }
+          ... on IntMetadataEntry { intValue }
+          ... on FloatMetadataEntry { floatValue }
+          ... on BoolMetadataEntry { boolValue }
+          ... on JsonMetadataEntry { jsonString }
+          ... on PathMetadataEntry { path }
+        }
+      }
+    }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+)
+
+_FAILURE_EVENTS_QUERY = """
+query RunFailures($runId: ID!) {
+  logsForRun(runId: $runId, limit: 1000) {
+    __typename
+    ... on EventConnection {
+      events {
+        __typename
+        ... on ExecutionStepFailureEvent { stepKey message error { message } }
+        ... on RunFailureEvent { message }
+      }
+    }
+  }
+}
+"""
+
+
+def parse_url(url: str) -> tuple[str, int | None, bool, str]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url: must be http(s)://host[:port][/prefix], got {url!r}")
+    return parts.hostname, parts.port, parts.scheme == "https", parts.path.rstrip("/")
+
+
+class PipelineClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        timeout: int = 60,
+    ):
+        host, port, https, prefix = parse_url(url)
+        self.url = url
+        try:
+            self.gql = DagsterGraphQLClient(
+                host,
+                port_number=port,
+                use_https=https,
+                timeout=timeout,
+                headers=headers or None,
+                auth=HTTPBasicAuth(*basic_auth) if basic_auth else None,
+                path_prefix=prefix,
+            )
+        except Exception as exc:  # the client connects on construction
+            raise ClientError(f"cannot reach the Dagster webserver at {url}: {_short(exc)}") from None
+
+    def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.gql._execute(query, variables)
+        except DagsterGraphQLClientError as exc:
+            raise ClientError(f"GraphQL request to {self.url} failed: {_short(exc)}") from None
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def submit(
+        self, job_name: str, run_config: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        try:
+            return self.gql.submit_job_execution(job_name, run_config=run_config or {}, tags=tags or {})
+        except DagsterGraphQLClientError as exc:
+            raise ClientError(f"launching {job_name} failed: {_short(exc)}") from None
+
+    def run_backup(self, *, force: bool = False) -> str:
+        config = {"ops": {"plan_backup": {"config": {"force": True}}}} if force else None
+        return self.submit(BACKUP_JOB, config, {"backup_pipeline/trigger": "client"})
+
+    def delete_backup(self, backup_id: str, *, force: bool = False) -> str:
+        config = {
+            "ops": {
+                "delete_backup_op": {
+                    "config": {"backup_id": backup_id, "confirm": f"delete {backup_id}", "force": force}
+                }
+            }
+        }
+        return self.submit(DELETE_JOB, config, {"backup_pipeline/trigger": "client"})
+
+    def status(self, run_id: str) -> DagsterRunStatus:
+        try:
+            return self.gql.get_run_status(run_id)
+        except DagsterGraphQLClientError as exc:
+            raise ClientError(f"status of run {run_id} unavailable: {_short(exc)}") from None
+
+    def wait(self, run_id: str, *, timeout: float = 6 * 3600, poll: float = 2.0) -> DagsterRunStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(run_id)
+            if status in TERMINAL:
+                return status
+            if time.monotonic() > deadline:
+                raise ClientError(f"run {run_id} still {status.value} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def history(
+        self,
+        *,
+        job_name: str = BACKUP_JOB,
+        statuses: list[str] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> list[RunSummary]:
+        run_filter: dict[str, Any] = {"pipelineName": job_name}
+        if statuses:
+            run_filter["statuses"] = [s.upper() for s in statuses]
+        data = self._query(_RUNS_QUERY, {"filter": run_filter, "cursor": cursor, "limit": limit})[
+            "runsOrError"
+        ]
+        if data["__typename"] != "Runs":
+            raise ClientError(f"run history unavailable: {data.get('message', data['__typename'])}")
+        return [_summary(r) for r in data["results"]]
+
+    def find_backup_run(self, backup_id: str) -> RunSummary | None:
+        run_filter = {"pipelineName": BACKUP_JOB, "tags": [{"key": BACKUP_ID_TAG, "value": backup_id}]}
+        data = self._query(_RUNS_QUERY, {"filter": run_filter, "cursor": None, "limit": 1})["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise ClientError(f"run lookup failed: {data.get('message', data['__typename'])}")
+        return _summary(data["results"][0]) if data["results"] else None
+
+    def show(self, backup_id: str) -> dict[str, Any]:
+        """Status, sizes, counts, parts and errors of one backup (by backup id)."""
+        summary = self.find_backup_run(backup_id)
+        if summary is None:
+            raise LookupError(f"no backup run with backup id {backup_id!r}")
+        data = self._query(_RUN_DETAIL_QUERY, {"runId": summary.run_id})["runOrError"]
+        if data["__typename"] != "Run":
+            raise ClientError(f"run {summary.run_id}: {data.get('message', data['__typename'])}")
+        metadata: dict[str, Any] = {}
+        for mat in data["assetMaterializations"]:
+            if mat["assetKey"]["path"] == ["backup_set"]:
+                metadata = {e["label"]: _entry_value(e) for e in mat["metadataEntries"]}
+        return {
+            **summary.to_json(),
+            "steps": {s["stepKey"]: s["status"] for s in data["stepStats"]},
+            "ledger": metadata,
+            "errors": self.errors(summary.run_id) if summary.status == "FAILURE" else [],
+        }
+
+    def find_backup_id(self, run_id: str) -> str | None:
+        data = self._query(_RUN_DETAIL_QUERY, {"runId": run_id})["runOrError"]
+        if data["__typename"] != "Run":
+            return None
+        return _summary(data).backup_id
+
+    def errors(self, run_id: str) -> list[str]:
+        data = self._query(_FAILURE_EVENTS_QUERY, {"runId": run_id})["logsForRun"]
+        if data["__typename"] != "EventConnection":
+            return []
+        out = []
+        for event in data["events"]:
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                message = str((event.get("error") or {}).get("message") or event.get("message") or "failed")
+                message = message.strip().removeprefix("dagster._core.definitions.events.Failure: ")
+                out.append(f"{event.get('stepKey')}: {message}")
+        return out
+
+
+def _summary(run: dict[str, Any]) -> RunSummary:
+    tags = {t["key"]: t["value"] for t in run.get("tags", [])}
+    return RunSummary(
+        run_id=run["runId"],
+        status=run["status"],
+        job_name=run["jobName"],
+        backup_id=tags.get(BACKUP_ID_TAG),
+        start_time=run.get("startTime"),
+        end_time=run.get("endTime"),
+        tags=tags,
+    )
+
+
+def _entry_value(entry: dict[str, Any]) -> Any:
+    for key in ("text", "intValue", "floatValue", "boolValue", "path"):
+        if key in entry and entry[key] is not None:
+            return entry[key]
+    if entry.get("jsonString"):
+        return json.loads(entry["jsonString"])
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    # DagsterGraphQLClientError puts a generic line first and the cause (e.g. connection refused) after it.
+    args = [" ".join(str(a).split()) for a in exc.args if str(a).strip()]
+    text = args[-1] if len(args) > 1 else (args[0] if args else "")
+    return text[:400] if text else type(exc).__name__
