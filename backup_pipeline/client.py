@@ -278,6 +278,9 @@ def _entry_value(entry: dict[str, Any]) -> Any:
 
 def _short(exc: BaseException) -> str:
     # DagsterGraphQLClientError puts a generic line first and the cause (e.g. connection refused) after it.
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "during execution of query" in str(exc):
+        exc = cause
     args = [" ".join(str(a).split()) for a in exc.args if str(a).strip()]
     text = args[-1] if len(args) > 1 else (args[0] if args else "")
     return text[:400] if text else type(exc).__name__
