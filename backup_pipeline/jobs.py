@@ -14,6 +14,7 @@ from dagster import JobDefinition
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS, EXCLUSIVE_TAG_KEY
 from backup_pipeline.ops.health import storage_health_job
 from backup_pipeline.ops.migration import migrate_drive_to_minio
+from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.ops.retention import delete_backup_job, retention_job
 
 __all__ = ["EXCLUSIVE_RUN_TAGS", "EXCLUSIVE_TAG_KEY", "JOBS"]
@@ -23,4 +24,5 @@ JOBS: list[JobDefinition] = [
     migrate_drive_to_minio,
     retention_job,
     delete_backup_job,
+    restore_job,
 ]

@@ -1,0 +1,183 @@
+"""The restore job in Dagster (execute_in_process) against real Postgres, moto and a local
+folder destination, after a real backup job run of the sample app (three buckets)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from backup_pipeline.destinations.local_folder import LocalFolderDestination
+from backup_pipeline.services import restore as svc
+from backup_pipeline.services.backup_parts import PROP_PART_NAME
+from backup_pipeline_tests.fixtures.postgres import PgDatabase
+from backup_pipeline_tests.fixtures.s3 import S3Server
+from backup_pipeline_tests.restore_support import (
+    BUCKETS,
+    Installation,
+    confirm,
+    normalised_dump,
+    s3_snapshot,
+    step_metadata,
+    wipe_database,
+)
+
+
+@pytest.fixture(scope="module")
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture()
+def installation(pg_database: PgDatabase, s3: S3Server, tmp_path: Path) -> Installation:
+    wipe_database(pg_database)
+    inst = Installation(pg_database, s3, tmp_path)
+    inst.seed()
+    return inst
+
+
+def _part_file(inst: Installation, backup_id: str, part: str) -> Path:
+    dest = LocalFolderDestination(str(inst.backups_dir))
+    (stored,) = [f for f in dest.list({"backupId": backup_id}) if f.properties.get(PROP_PART_NAME) == part]
+    return inst.backups_dir / stored.name
+
+
+def test_round_trip_full_restore(installation: Installation, instance: dg.DagsterInstance) -> None:
+    inst = installation
+    client = inst.s3.client()
+    db_before, s3_before = normalised_dump(inst.db.url), s3_snapshot(client)
+    assert {b for b, _ in s3_before} == set(BUCKETS)
+    backup_id = inst.backup(instance)
+
+    inst.s3.reset()
+    wipe_database(inst.db)
+    assert s3_snapshot(client) == {}
+
+    refused = inst.restore(instance, backup_id=backup_id, dry_run=False, confirm="restore latest")
+    assert not refused.success
+    assert "confirm" in _failure_text(refused)
+
+    dry = inst.restore(instance, backup_id="latest")
+    assert dry.success
+    predicted = step_metadata(dry, "restore_bucket_step")
+    assert sum(m["added"] for m in predicted.values()) == len(s3_before)
+    assert s3_snapshot(client) == {}, "a dry run changes nothing"
+
+    result = inst.restore(instance, backup_id=backup_id, dry_run=False, confirm=confirm(backup_id))
+    assert result.success, _failure_text(result)
+    assert normalised_dump(inst.db.url) == db_before
+    assert s3_snapshot(client) == s3_before
+    done = step_metadata(result, "restore_bucket_step")
+    assert {k: v["added"] for k, v in done.items()} == {k: v["added"] for k, v in predicted.items()}
+    finish = step_metadata(result, "finish_restore")["finish_restore"]
+    assert finish["consistency"]["rows_pointing_to_missing_objects"] == 0
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    assert run.tags["backup_pipeline/restore_of"] == backup_id
+    assert run.tags["backup_pipeline/restore_outcome"] == "restored"
+    assert run.tags["backup_pipeline/launched_by"]
+
+
+def test_partial_restore_each_policy_matches_dry_run(
+    installation: Installation, instance: dg.DagsterInstance
+) -> None:
+    inst = installation
+    client = inst.s3.client()
+    bucket = "avatars"
+    backup_id = inst.backup(instance)
+    original = {k: v for k, v in s3_snapshot(client).items() if k[0] == bucket}
+    keys = sorted(k for _, k in original)
+    changed, removed = keys[0], keys[1]
+
+    for policy in svc.ConflictPolicy:
+        # Current state: one object changed, one deleted, one extra object, the rest identical.
+        client.put_object(bucket, changed, io.BytesIO(b"edited after the backup"), 23)
+        client.remove_object(bucket, removed)
+        client.put_object(bucket, "extra-after-backup.txt", io.BytesIO(b"new"), 3)
+        before = s3_snapshot(client)
+
+        options = {
+            "backup_id": backup_id,
+            "scope": "files",
+            "buckets": [bucket],
+            "conflict_policy": policy.value,
+        }
+        dry = inst.restore(instance, **options)
+        assert dry.success, _failure_text(dry)
+        assert s3_snapshot(client) == before
+        real = inst.restore(instance, **options, dry_run=False, confirm=confirm(backup_id))
+        assert real.success, _failure_text(real)
+        (predicted,) = step_metadata(dry, "restore_bucket_step").values()
+        (done,) = step_metadata(real, "restore_bucket_step").values()
+        counts = ("added", "overwritten", "skipped", "kept_both", "failed")
+        assert {c: predicted[c] for c in counts} == {c: done[c] for c in counts}, policy
+
+        after = s3_snapshot(client)
+        n = len(original)
+        expect = {
+            svc.ConflictPolicy.SKIP: (1, 0, n - 1, 0),
+            svc.ConflictPolicy.OVERWRITE: (1, n - 1, 0, 0),
+            svc.ConflictPolicy.IF_DIFFERENT: (1, 1, n - 2, 0),
+            svc.ConflictPolicy.KEEP_BOTH: (1, 0, n - 2, 1),
+        }[policy]
+        assert (done["added"], done["overwritten"], done["skipped"], done["kept_both"]) == expect
+        # Object by object.
+        assert after[(bucket, removed)] == original[(bucket, removed)], "deleted object is back"
+        assert after[(bucket, "extra-after-backup.txt")] == before[(bucket, "extra-after-backup.txt")]
+        if policy in (svc.ConflictPolicy.OVERWRITE, svc.ConflictPolicy.IF_DIFFERENT):
+            assert after[(bucket, changed)] == original[(bucket, changed)]
+        else:
+            assert after[(bucket, changed)] == before[(bucket, changed)]
+        if policy is svc.ConflictPolicy.KEEP_BOTH:
+            copy = (bucket, svc.keep_both_key(changed, backup_id))
+            assert after[copy] == original[(bucket, changed)]
+            client.remove_object(bucket, copy[1])
+        for key in keys[2:]:
+            assert after[(bucket, key)] == original[(bucket, key)]
+        assert {k for k in after if k[0] != bucket} == {k for k in before if k[0] != bucket}
+
+
+def test_flipped_byte_is_refused_before_anything_changes(
+    installation: Installation, instance: dg.DagsterInstance
+) -> None:
+    inst = installation
+    client = inst.s3.client()
+    backup_id = inst.backup(instance)
+    # Change the live data so a restore would be visible.
+    client.put_object("media", "changed-after-backup.txt", io.BytesIO(b"live"), 4)
+    with inst.db.connect() as conn:
+        conn.execute("DELETE FROM comments WHERE id % 2 = 0")
+    db_before, s3_before = normalised_dump(inst.db.url), s3_snapshot(client)
+
+    part = _part_file(inst, backup_id, "bucket-media")
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    part.write_bytes(bytes(data))
+
+    result = inst.restore(
+        instance, backup_id=backup_id, dry_run=False, confirm=confirm(backup_id), conflict_policy="overwrite"
+    )
+    assert not result.success
+    text = _failure_text(result)
+    assert "bucket-media" in text and "nothing was restored" in text
+    assert normalised_dump(inst.db.url) == db_before
+    assert s3_snapshot(client) == s3_before
+    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failed == ["verify_restore_parts"]
+
+
+def _failure_text(result: dg.ExecuteInProcessResult) -> str:
+    texts = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.event_specific_data
+            error = getattr(data, "error", None)
+            user = getattr(data, "user_failure_data", None)
+            texts.append(str(getattr(user, "description", "") or ""))
+            if error is not None:
+                texts.append(error.message)
+    return "\n".join(texts)
