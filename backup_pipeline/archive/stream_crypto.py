@@ -494,8 +494,8 @@ def _unwrap_dek(
 def open_header(
     header: ArchiveHeader,
     *,
-    org_keyring: OrgKeyring | None,
-    recovery_identity: RecoveryIdentity | None,
+    org_keyring: OrgKeyring | None = None,
+    recovery_identity: RecoveryIdentity | None = None,
     expected_backup_id: str | None = None,
     expected_part_name: str | None = None,
 ) -> AESGCM:
