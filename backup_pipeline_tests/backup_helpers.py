@@ -114,9 +114,13 @@ def pg_restore_list(dest: Destination, backup_id: str, identity: RecoveryIdentit
     out = io.BytesIO()
     reader = threading.Thread(target=lambda: out.write(proc.stdout.read()))  # type: ignore[union-attr]
     reader.start()
-    for chunk in decrypt_part(dest, files[PART_DATABASE], backup_id, identity):
-        proc.stdin.write(chunk)
-    proc.stdin.close()
+    try:
+        for chunk in decrypt_part(dest, files[PART_DATABASE], backup_id, identity):
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # --list reads the table of contents and exits without reading the data
+
     reader.join()
     assert proc.wait() == 0
     return out.getvalue().decode()

@@ -1,0 +1,213 @@
+"""backup_job end to end with execute_in_process: real PostgreSQL, moto S3, the Drive v3 test server.
+
+The first test is the issue's "Must show"; the others break one component each and check
+that the run fails with a stable error code, leaves no partial set, and the next backup works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from backup_pipeline import ledger
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.sample_app.seed import MiB, SeedSpec, seed_sample_app
+from backup_pipeline.services.backup_parts import ErrorCode
+
+from . import backup_helpers as h
+from .fixtures.drive import SHARED_DRIVE_ID, DriveFixture
+from .fixtures.postgres import PgDatabase
+from .fixtures.s3 import S3Server
+
+
+def drive_destination(drive: DriveFixture, tmp_path: Path) -> DestinationResource:
+    return DestinationResource(
+        kind="google_drive",
+        installation_id=h.INSTALLATION,
+        state_dir=str(tmp_path / "dest-state"),
+        drive_auth_mode="shared_drive",
+        drive_credentials_file=str(drive.service_account_file),
+        drive_shared_drive_id=SHARED_DRIVE_ID,
+        drive_api_root=drive.server.url,
+        drive_token_uri=drive.server.token_uri,
+        retry_attempts=4,
+        retry_initial_wait_seconds=0.05,
+        retry_max_wait_seconds=0.5,
+    )
+
+
+def failure_codes(result: dg.ExecuteInProcessResult) -> list[str]:
+    codes = []
+    for event in result.all_events:
+        if event.event_type is dg.DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            if data and data.user_failure_data:
+                codes.append(str(data.user_failure_data.metadata["error_code"].value))
+    return codes
+
+
+def run_backup(
+    env: h.BackupEnv, instance: dg.DagsterInstance, executor: Any = dg.in_process_executor, **config: Any
+) -> dg.ExecuteInProcessResult:
+    job = build_backup_job(executor_def=executor)
+    return job.execute_in_process(
+        run_config=h.run_config(**config), resources=env.resources(), instance=instance, raise_on_error=False
+    )
+
+
+def test_backup_of_the_sample_app_to_drive_is_restorable_with_the_recovery_key_alone(
+    fresh_pg_database: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    spec = SeedSpec(small_objects=5000, small_object_max_bytes=8 * 1024, large_object_bytes=(200 * MiB,))
+    with fresh_pg_database.connect() as conn:
+        seeded = seed_sample_app(conn, s3.client(), spec)
+    assert len(seeded.objects) >= 5000 and len({o.bucket for o in seeded.objects}) == 3
+    assert sum(seeded.table_rows.values()) > 5000
+    env = h.make_env(tmp_path, fresh_pg_database, s3, drive_destination(drive, tmp_path))
+
+    with dg.instance_for_test() as instance:
+        result = run_backup(env, instance)
+        assert result.success, failure_codes(result)
+        entries = ledger.complete_sets(instance)
+    assert len(entries) == 1
+    entry = entries[0]
+    backup_id = entry.backup_id
+    assert entry.metadata["object_count"] == len(seeded.objects)
+    assert set(entry.metadata["buckets"]) == {o.bucket for o in seeded.objects}
+
+    dest = env.dest()
+    files = h.set_files(dest, backup_id)
+    assert set(files) == {"database", "manifest"} | {f"bucket-{b}" for b in spec.buckets}
+    assert all(f.properties["installationId"] == h.INSTALLATION for f in files.values())
+    # The manifest is the last file written.
+    created = {name: f.created for name, f in files.items()}
+    if all(created.values()):
+        assert created["manifest"] == max(created.values())  # type: ignore[type-var]
+
+    identity = env.recovery_identity()  # nothing else of the server is used from here on
+    manifest = h.read_manifest(dest, backup_id, identity)
+    assert manifest["backup_id"] == backup_id
+    assert {p["part_name"]: p["sha256"] for p in manifest["parts"]} == {
+        name: f.sha256 for name, f in files.items() if name != "manifest"
+    }
+    listing = h.pg_restore_list(dest, backup_id, identity)
+    assert "TABLE DATA public media_assets" in listing and "TABLE DATA public users" in listing
+
+    for bucket in spec.buckets:
+        expected = {o.key: o for o in seeded.objects_in(bucket)}
+        seen = set()
+        for obj in h.iter_bucket_part(dest, backup_id, bucket, identity):
+            want = expected[obj.key]
+            digest = hashlib.sha256()
+            while block := obj.fileobj.read(1 << 20):
+                digest.update(block)
+            assert digest.hexdigest() == want.sha256, obj.key
+            assert obj.content_type == want.content_type
+            assert obj.metadata == want.metadata
+            assert obj.tags == want.tags
+            seen.add(obj.key)
+        assert seen == set(expected), bucket
+        inventory = {
+            o["key"]: o["sha256"] for b in manifest["buckets"] if b["bucket"] == bucket for o in b["objects"]
+        }
+        assert inventory == {k: o.sha256 for k, o in expected.items()}
+
+
+@pytest.fixture()
+def small_app(fresh_pg_database: PgDatabase, s3: S3Server) -> PgDatabase:
+    spec = SeedSpec(small_objects=60, large_object_bytes=(2 * MiB,), users=20, comments=50, audit_events=50)
+    with fresh_pg_database.connect() as conn:
+        seed_sample_app(conn, s3.client(), spec)
+    return fresh_pg_database
+
+
+def _fake_old_pg_tools(directory: Path) -> Path:
+    directory.mkdir()
+    for name in ("pg_dump", "pg_restore"):
+        path = directory / name
+        path.write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) 9.6.24'\n")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return directory
+
+
+def test_pg_dump_too_old_fails_the_run_with_its_code_and_writes_nothing(
+    small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    good_db = env.app_db
+    env.app_db = PostgresResource(
+        database_url=small_app.url, pg_bin_dir=str(_fake_old_pg_tools(tmp_path / "old"))
+    )
+    with dg.instance_for_test() as instance:
+        result = run_backup(env, instance)
+        assert not result.success
+        assert failure_codes(result) == [ErrorCode.PG_DUMP_TOO_OLD]
+        assert h.only_backup_ids(env.dest()) == []
+        assert ledger.complete_sets(instance) == []
+
+        env.app_db = good_db
+        assert run_backup(env, instance).success
+        assert len(ledger.complete_sets(instance)) == 1
+
+
+def test_destination_quota_mid_backup_removes_the_partial_set_and_the_next_backup_succeeds(
+    small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    # Let two parts through, then every upload start is refused for lack of space.
+    drive.fault("storage_quota", route="upload_start", skip=2, count=100)
+    with dg.instance_for_test() as instance:
+        result = run_backup(env, instance)
+        assert not result.success
+        assert ErrorCode.DESTINATION_QUOTA in failure_codes(result)
+        assert h.only_backup_ids(env.dest()) == []  # the two uploaded parts were removed
+        history = ledger.from_dagster(instance)
+        assert [e.status for e in history] == [ledger.SetStatus.INCOMPLETE]
+
+        drive.clear_faults()
+        assert run_backup(env, instance).success
+        assert next(e.status for e in ledger.from_dagster(instance)) is ledger.SetStatus.COMPLETE
+        assert len(h.only_backup_ids(env.dest())) == 1
+
+
+def test_drive_cutting_mid_upload_is_resumed_and_the_set_is_intact(
+    small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    drive.fault("cut", after_bytes=100_000, count=2)
+    with dg.instance_for_test() as instance:
+        result = run_backup(env, instance)
+        assert result.success, failure_codes(result)
+        backup_id = ledger.complete_sets(instance)[0].backup_id
+    assert drive.stats()["cuts"] >= 1
+    identity = env.recovery_identity()
+    assert "TABLE DATA public users" in h.pg_restore_list(env.dest(), backup_id, identity)
+    assert sum(1 for _ in h.iter_bucket_part(env.dest(), backup_id, "media", identity)) > 0
+
+
+def test_ledger_rebuilt_from_the_destination_alone_matches_dagster(
+    small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    with dg.instance_for_test() as instance:
+        assert run_backup(env, instance).success
+        dagster_view = ledger.from_dagster(instance)
+    from_dest = ledger.from_destination(env.dest(), h.INSTALLATION)
+    assert [e.backup_id for e in from_dest] == [e.backup_id for e in dagster_view]
+    assert from_dest[0].complete
+    assert set(from_dest[0].metadata["parts"]) == {
+        "database",
+        "manifest",
+        "bucket-media",
+        "bucket-avatars",
+        "bucket-documents",
+    }
+    recon = ledger.reconcile(dagster_view, from_dest)
+    assert recon.missing_on_destination == [] and recon.unknown_to_dagster == []
