@@ -257,7 +257,7 @@ def write_bucket_archive(
     writer = _EntryWriter(compress_level, report)
     blocks = _coalesce(writer.entries(objects), MEMBER_INPUT_SIZE)
     return ordered_parallel_map(
-        lambda block: gzip_member(*block), blocks, workers=workers, window=2 * workers + 2
+        lambda block: gzip_member(*block), blocks, workers=workers, window=workers + 2
     )
 
 
