@@ -23,7 +23,6 @@ from backup_pipeline_tests.test_migration_crash import (
     _assert_nothing_points_to_a_missing_object,
     _large_sizes,
     _switched,
-    db,  # noqa: F401  (the fixture)
 )
 
 BUCKET = "media"
@@ -48,8 +47,9 @@ def _cli(database: PgDatabase, s3: S3Server, drive: DriveFixture, *args: str) ->
 
 
 def test_500_assets_from_drive_sigkill_rerun(
-    db: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
-) -> None:  # noqa: F811
+    fresh_pg_database: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    db = fresh_pg_database
     source = drive.destination(chunk_size=8 * MiB)
 
     def put(name: str, stream: GeneratedStream) -> str:
