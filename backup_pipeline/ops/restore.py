@@ -34,6 +34,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.ops.backup import BACKUP_SET_ASSET, build_encryptor, run_data_lock
 from backup_pipeline.resources.destination import DestinationResource
@@ -205,7 +206,7 @@ def start_restore(
                 resolved.versions().get("pg_server"),
                 svc.server_version(target),
             )
-    except svc.RestoreRefused as exc:
+    except (svc.RestoreRefused, ArchiveError) as exc:
         raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
     launched_by = _launched_by(context)
     context.instance.add_run_tags(

@@ -42,7 +42,7 @@ from minio.commonconfig import Tags
 from minio.error import S3Error
 from psycopg import sql
 
-from backup_pipeline.archive.errors import ArchiveError
+from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
 from backup_pipeline.archive.gzip_members import gunzip_stream
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
 from backup_pipeline.archive.manifest import MANIFEST_FORMAT, Manifest
@@ -1017,6 +1017,8 @@ def resolve_backup(
     )
     try:
         manifest = parse_manifest(_read_all(plaintext, MANIFEST_LIMIT_BYTES))
+    except ArchiveKeyError:
+        raise  # wrong or mistyped key: the caller reports it as bad input, apart from damage
     except ArchiveError as exc:
         raise RestoreRefused(
             f"backup {chosen.backup_id}: the manifest does not authenticate: {exc}"
@@ -1244,3 +1246,103 @@ def database_has_tables(target: PgTarget) -> bool:
     except psycopg.OperationalError:
         return False
     return bool(row and row[0])
+
+
+# --------------------------------------------------------------------------------------
+# The whole procedure in one call (the disaster-recovery CLI; the job runs it as steps)
+# --------------------------------------------------------------------------------------
+def run_restore(
+    destination: Destination,
+    keys: RestoreKeys,
+    options: RestoreOptions,
+    *,
+    pg_target: PgTarget | None,
+    pg_restore: Path | None,
+    s3_client: Minio | None,
+    installation_id: str | None = None,
+    consistency_query: str = DEFAULT_CONSISTENCY_QUERY,
+    safety_backup: Callable[[PgTarget], str] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Resolve → confirm → verify every needed part → (safety backup) → database → buckets → report.
+
+    Nothing is changed before every needed part verified. ``safety_backup`` is called with the
+    target before a non-empty database is replaced; without one, such a restore is refused.
+    """
+    resolved = resolve_backup(destination, keys, options.backup_id, installation_id=installation_id)
+    check_confirmation(options, resolved.backup_id)
+    parts = needed_parts(resolved, options)
+    if options.restores_database:
+        if pg_target is None or pg_restore is None:
+            raise RestoreRefused(
+                "target database: no PostgreSQL configured (BACKUP_PIPELINE_APP_DATABASE_URL)"
+            )
+        from backup_pipeline.resources.postgres import tool_version
+
+        check_restore_versions(
+            tool_version(pg_restore),
+            resolved.versions().get("pg_dump"),
+            resolved.versions().get("pg_server"),
+            server_version(pg_target),
+        )
+    if options.restores_files and s3_client is None:
+        raise RestoreRefused("buckets: no S3 endpoint configured (BACKUP_PIPELINE_S3_ENDPOINT)")
+    report: dict[str, Any] = {"backup_id": resolved.backup_id, "dry_run": options.dry_run, "verified": []}
+    for name in parts:
+        log(f"verifying {name} …")
+        report["verified"].append(verify_part(destination, keys, resolved, name))
+    if options.restores_database:
+        assert pg_target is not None and pg_restore is not None
+        dump = open_part(destination, keys, resolved, PART_DATABASE)  # lazy: nothing read yet
+        if options.dry_run:
+            report["database"] = plan_database(dump, pg_target, pg_restore=pg_restore)
+        else:
+            if database_has_tables(pg_target):
+                if safety_backup is None:
+                    raise RestoreRefused(
+                        f"target database {pg_target.dbname!r} is not empty and no safety backup can be made "
+                        "(no org secret): restore into a new database (--target-database) or pass "
+                        "--skip-safety-backup to replace it without one"
+                    )
+                report["safety_backup_id"] = safety_backup(pg_target)
+                log(f"safety backup {report['safety_backup_id']} made")
+            ensure_database(pg_target)
+            log(f"restoring the database into {pg_target.dbname} …")
+            report["database"] = restore_database(
+                dump, pg_target, pg_restore=pg_restore, schema_only=options.schema_only
+            )
+    buckets: dict[str, Any] = {}
+    for name in parts:
+        if name == PART_DATABASE:
+            continue
+        assert s3_client is not None
+        bucket = name.removeprefix(BUCKET_PART_PREFIX)
+        inventory = resolved.inventory(bucket)
+        if options.dry_run:
+            buckets[bucket] = plan_bucket(
+                s3_client, bucket, inventory.values(), options.conflict_policy, options.key_prefix
+            )
+            continue
+        log(f"restoring bucket {bucket} …")
+        summary = restore_bucket(
+            s3_client,
+            bucket,
+            bucket_entries(open_part(destination, keys, resolved, name)),
+            inventory,
+            options.conflict_policy,
+            resolved.backup_id,
+            key_prefix=options.key_prefix,
+        )
+        buckets[bucket] = summary.as_dict()
+    report["buckets"] = buckets
+    if (
+        options.scope is RestoreScope.FULL
+        and not options.dry_run
+        and not options.schema_only
+        and pg_target is not None
+        and s3_client is not None
+    ):
+        report["consistency"] = consistency_report(
+            pg_target.conninfo(), s3_client, list(buckets), query=consistency_query
+        )
+    return report
