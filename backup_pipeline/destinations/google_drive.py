@@ -237,12 +237,43 @@ class GoogleDriveDestination:
             self._local.service = service
         return service
 
+    def _thread_credentials(self) -> Any:
+        creds = getattr(self._local, "credentials", None)
+        if creds is None:
+            creds = self._local.credentials = self._credentials()
+        return creds
+
     def _session(self) -> google.auth.transport.requests.AuthorizedSession:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = google.auth.transport.requests.AuthorizedSession(self._credentials())
+            session = google.auth.transport.requests.AuthorizedSession(self._thread_credentials())
             self._local.session = session
         return session
+
+    def _put_chunk(self, uri: str, body: memoryview, headers: dict[str, str]) -> requests.Response:
+        """PUT one chunk with a fresh bearer token, streaming from ``body`` without copying it.
+
+        Not through AuthorizedSession: its refresh-and-retry after a 401 would re-send a
+        consumed body. A 401 here refreshes the token and is retried by the caller's loop,
+        which first asks Drive where to resume.
+        """
+        creds = self._thread_credentials()
+        session = self._session()
+        auth_request = google.auth.transport.requests.Request(session)
+        headers = dict(headers)
+        creds.before_request(auth_request, "PUT", uri, headers)
+        response = requests.Session.request(
+            session,
+            "PUT",
+            uri,
+            data=_Body(body) if len(body) else b"",
+            headers=headers,
+            timeout=self.cfg.timeout,
+        )
+        if response.status_code == 401:
+            creds.refresh(auth_request)
+            raise RetryableError("the access token expired during the upload; refreshed it, resuming")
+        return response
 
     @property
     def _root(self) -> str:
@@ -695,12 +726,19 @@ class GoogleDriveDestination:
             position = chunk_end
             if is_last:
                 final = result
+            del chunk  # let the next chunk be assembled without this one still alive
         if final is None:
             raise PermanentError(f"upload {name}: Drive did not confirm the end of the upload")
         return self._verified(name, final, hashes)
 
     def _finish_chunk(
-        self, uri: str, chunk: bytes, start: int, total: int | None, name: str, skip_to: int | None = None
+        self,
+        uri: str,
+        chunk: memoryview,
+        start: int,
+        total: int | None,
+        name: str,
+        skip_to: int | None = None,
     ) -> dict[str, Any] | None:
         """Send ``chunk`` (stream offset ``start``) until Drive confirmed all of it.
 
@@ -747,7 +785,7 @@ class GoogleDriveDestination:
                 return final
 
     def _send(
-        self, uri: str, body: bytes, offset: int, total: int | None, name: str
+        self, uri: str, body: memoryview, offset: int, total: int | None, name: str
     ) -> tuple[int, dict[str, Any] | None]:
         total_text = "*" if total is None else str(total)
         if body:
@@ -756,15 +794,13 @@ class GoogleDriveDestination:
             content_range = f"bytes */{total_text}"
         response = self._call(
             f"upload {name}",
-            lambda: self._session().put(
-                uri, data=body, headers={"Content-Range": content_range}, timeout=self.cfg.timeout
-            ),
+            lambda: self._put_chunk(uri, body, {"Content-Range": content_range}),
         )
         return self._upload_reply(response, name)
 
     def _query(self, uri: str, total: int | None, name: str) -> tuple[int, dict[str, Any] | None]:
         """Ask the session how many bytes Drive holds (``Content-Range: bytes */TOTAL``)."""
-        return self._send(uri, b"", 0, total, name)
+        return self._send(uri, memoryview(b""), 0, total, name)
 
     def _upload_reply(self, response: requests.Response, name: str) -> tuple[int, dict[str, Any] | None]:
         if response.status_code == 308:
@@ -901,31 +937,60 @@ def _capacity_text(cap: Capacity | None) -> str:
     return free + daily
 
 
-def _chunks(blocks: Iterator[bytes], size: int) -> Iterator[tuple[bytes, bool]]:
-    """Fixed-size chunks with one chunk of read-ahead, so the last one is known as last.
+def _chunks(blocks: Iterator[bytes], size: int) -> Iterator[tuple[memoryview, bool]]:
+    """Fixed-size chunks in ONE reused buffer, each flagged whether it is the last.
 
-    (An exact multiple of the chunk size would otherwise end with an invalid empty chunk.)
-    Memory: the chunk being sent, one pending chunk and one filling buffer.
+    The yielded view is valid until the next iteration (the caller sends it first). A full
+    chunk is only known to be the last when the source is exhausted, so one more block is
+    pulled before handing it out (an exact multiple of the chunk size must not end with an
+    invalid empty chunk). Memory: one chunk plus one source block; no per-chunk allocation,
+    which keeps glibc from growing the heap by a chunk per round.
     """
-    buffer = bytearray()
-    pending: bytes | None = None
-    for block in blocks:
-        buffer += block
-        while len(buffer) >= size:
-            with memoryview(buffer) as view:
-                chunk = bytes(view[:size])
-            del buffer[:size]
-            if pending is not None:
-                yield pending, False
-            pending = chunk
-    if buffer:
-        if pending is not None:
-            yield pending, False
-        yield bytes(buffer), True
-    elif pending is not None:
-        yield pending, True
-    else:
-        yield b"", True
+    source = iter(blocks)
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    carry = memoryview(b"")
+    exhausted = False
+    while True:
+        filled = min(len(carry), size)
+        view[:filled] = carry[:filled]
+        carry = carry[filled:]
+        while filled < size and not exhausted:
+            try:
+                block = memoryview(next(source))
+            except StopIteration:
+                exhausted = True
+                break
+            take = min(len(block), size - filled)
+            view[filled : filled + take] = block[:take]
+            filled += take
+            carry = block[take:]
+        if filled == size and not carry and not exhausted:
+            try:
+                carry = memoryview(next(source))
+            except StopIteration:
+                exhausted = True
+        last = exhausted and not carry
+        yield view[:filled], last
+        if last:
+            return
+
+
+class _Body:
+    """A read-only file-like view of a chunk: requests streams it with a Content-Length."""
+
+    def __init__(self, view: memoryview):
+        self._view = view
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self._view) - self._position
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
+        data = bytes(self._view[self._position : end])
+        self._position = end
+        return data
 
 
 def _rewinder(stream: ByteStream) -> Callable[[], None] | None:
