@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from backup_pipeline import admin_view
 from backup_pipeline.audit import record_settings_at_load
 from backup_pipeline.executors import executor_for
 from backup_pipeline.jobs import JOBS
 from backup_pipeline.ops import backup as backup_ops
 from backup_pipeline.ops import migration as migration_ops
+from backup_pipeline.ops import verification as verification_ops
 from backup_pipeline.resources import build_resources
-from backup_pipeline.schedules import build_backup_schedule
+from backup_pipeline.schedules import build_backup_schedule, build_verify_schedule
 from backup_pipeline.sensors import build_sensors
 from backup_pipeline.settings import ENV_PREFIX, BackupSettings, ExecutorKind, SettingsError, load_settings
 
@@ -37,18 +39,28 @@ def build_executor(settings: BackupSettings) -> dg.ExecutorDefinition:
 
 
 def build_definitions(settings: BackupSettings) -> dg.Definitions:
-    schedules: list[dg.ScheduleDefinition] = [build_backup_schedule(settings)]
-    sensors: list[dg.SensorDefinition] = build_sensors(settings)
+    schedules: list[dg.ScheduleDefinition] = [build_backup_schedule(settings), build_verify_schedule(settings)]
+    sensors: list[dg.SensorDefinition] = [
+        *build_sensors(settings),
+        verification_ops.build_verification_alert_sensor(settings),
+        admin_view.build_status_sensor(settings),
+    ]
     assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC, backup_ops.BACKUP_SET_SPEC]
     backup_job = backup_ops.build_backup_job(
-        backup_ops.backup_config_from_settings(settings), executor_def=executor_for(settings)
+        backup_ops.backup_config_from_settings(settings),
+        executor_def=executor_for(settings),
+        description=admin_view.backup_job_description(settings),
     )
     return dg.Definitions(
         jobs=[*JOBS, backup_job],
         schedules=schedules,
         sensors=sensors,
         assets=assets,
-        asset_checks=[migration_ops.build_storage_status_check(settings.primary_bucket)],
+        asset_checks=[
+            migration_ops.build_storage_status_check(settings.primary_bucket),
+            verification_ops.build_verification_check(),
+            *admin_view.build_backup_checks(settings),
+        ],
         resources={
             **build_resources(settings),
             migration_ops.LEGACY_DRIVE: migration_ops.build_legacy_drive_resource(settings),

@@ -16,6 +16,7 @@ from backup_pipeline.ops.health import storage_health_job
 from backup_pipeline.ops.migration import migrate_drive_to_minio
 from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.ops.retention import delete_backup_job, retention_job
+from backup_pipeline.ops.verification import verify_backup_job
 
 __all__ = ["EXCLUSIVE_RUN_TAGS", "EXCLUSIVE_TAG_KEY", "JOBS"]
 
@@ -25,4 +26,5 @@ JOBS: list[JobDefinition] = [
     retention_job,
     delete_backup_job,
     restore_job,
+    verify_backup_job,
 ]

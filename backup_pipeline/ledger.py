@@ -165,6 +165,68 @@ def latest_complete(instance: dg.DagsterInstance) -> LedgerEntry | None:
     return sets[0] if sets else None
 
 
+VERIFIED_EVENT = "verified"
+VERIFICATION_FAILED_EVENT = "verification_failed"
+
+
+@dataclass(frozen=True)
+class VerificationStatus:
+    """The latest verification of one set (``services/verification.py`` via ``verify_backup_job``)."""
+
+    backup_id: str
+    verified: bool  # False: the last verification found damage
+    at: datetime
+    run_id: str | None
+    summary: str
+
+
+def verification_observation(
+    backup_id: str, *, ok: bool, summary: str, details: Mapping[str, Any], run_id: str | None = None
+) -> dg.AssetObservation:
+    """What verification logs: an observation of ``backup_set`` with ``event=verified|verification_failed``."""
+    return dg.AssetObservation(
+        asset_key=BACKUP_SET_ASSET,
+        description=summary,
+        metadata={
+            "backup_id": backup_id,
+            "event": VERIFIED_EVENT if ok else VERIFICATION_FAILED_EVENT,
+            "summary": summary,
+            "details": dg.MetadataValue.json(dict(details)),
+            "verified_by_run": run_id or "",
+        },
+    )
+
+
+def verification_statuses(instance: dg.DagsterInstance) -> dict[str, VerificationStatus]:
+    """backup id → its latest verification; sets never verified are absent."""
+    statuses: dict[str, VerificationStatus] = {}
+    for record in _page_all(instance.fetch_observations, BACKUP_SET_ASSET):
+        obs = record.asset_observation
+        if obs is None:
+            continue
+        meta = _metadata_dict(obs.metadata)
+        event, backup_id = meta.get("event"), str(meta.get("backup_id", ""))
+        if event not in (VERIFIED_EVENT, VERIFICATION_FAILED_EVENT) or not backup_id or backup_id in statuses:
+            continue  # records come newest first; keep the latest verdict
+        statuses[backup_id] = VerificationStatus(
+            backup_id=backup_id,
+            verified=event == VERIFIED_EVENT,
+            at=datetime.fromtimestamp(record.timestamp, UTC),
+            run_id=record.run_id,
+            summary=str(meta.get("summary", "")),
+        )
+    return statuses
+
+
+def verified_backup_ids(instance: dg.DagsterInstance) -> frozenset[str] | None:
+    """Sets whose latest verification passed, for retention; ``None`` when nothing was ever verified
+    (verification not in use: retention then counts every complete set, as before)."""
+    statuses = verification_statuses(instance)
+    if not statuses:
+        return None
+    return frozenset(b for b, s in statuses.items() if s.verified)
+
+
 def from_destination(destination: Destination, installation_id: str) -> list[LedgerEntry]:
     """Every set found on the destination by file properties alone, newest first.
 

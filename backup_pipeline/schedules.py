@@ -117,3 +117,37 @@ def build_backup_schedule(settings: BackupSettings, job_name: str = BACKUP_JOB_N
         )
 
     return backup_schedule
+
+
+VERIFY_JOB_NAME = "verify_backup_job"
+VERIFY_SCHEDULE_NAME = "verify_backup_schedule"
+VERIFY_DELAY_HOURS = 3  # after the backup's time of day, so the night's set is usually finished
+
+
+def build_verify_schedule(settings: BackupSettings, job_name: str = VERIFY_JOB_NAME) -> dg.ScheduleDefinition:
+    """Daily verification of the newest unverified complete set, ``VERIFY_DELAY_HOURS`` after the backup time."""
+    _check_schedule_settings(settings)
+    hour, minute = (int(x) for x in settings.schedule_time.split(":"))
+    cron = f"{minute} {(hour + VERIFY_DELAY_HOURS) % 24} * * *"
+
+    @dg.schedule(
+        name=VERIFY_SCHEDULE_NAME,
+        job_name=job_name,
+        cron_schedule=cron,
+        execution_timezone=settings.schedule_timezone,
+        description=f"Daily at {cron} ({settings.schedule_timezone}): verify the newest complete backup set "
+        "not verified yet (download, authenticate, scratch restore, row counts, sampled object hashes).",
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING if settings.schedule_enabled else dg.DefaultScheduleStatus.STOPPED
+        ),
+    )
+    def verify_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        busy = in_progress_runs(context.instance, (job_name,))
+        if busy:
+            return dg.SkipReason(f"skipped: verification run {busy[0].run_id[:8]} is still in progress")
+        tick = context.scheduled_execution_time
+        return dg.RunRequest(
+            run_key=f"verify-{tick.isoformat()}" if tick else None, tags={TRIGGER_TAG: "schedule"}
+        )
+
+    return verify_backup_schedule

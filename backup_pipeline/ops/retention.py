@@ -17,6 +17,7 @@ from pydantic import Field
 from backup_pipeline.audit import AuditLog
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import DestinationError
+from backup_pipeline.ledger import verified_backup_ids
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
@@ -145,6 +146,7 @@ def _run_retention(
         incomplete_grace=timedelta(hours=policy.incomplete_grace_hours),
         now=datetime.now(UTC),
         in_use=backup_ids_in_use(context.instance),
+        verified=verified_backup_ids(context.instance),
     )
     context.log.info(
         f"{len(sets)} sets on {destination.description}; keeping {len(plan.keep)}, "

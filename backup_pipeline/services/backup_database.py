@@ -7,11 +7,12 @@ line (which ``ps`` and logs can show) carries a password-free URL.
 from __future__ import annotations
 
 import collections
+import fnmatch
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,13 @@ def query_schema_version(pg: PostgresResource, query: str) -> str | None:
     return str(row[0])
 
 
-def pg_dump_command(pg_dump: Path, exclude_table_data: Sequence[str]) -> list[str]:
+def pg_dump_command(
+    pg_dump: Path, exclude_table_data: Sequence[str], snapshot: str | None = None
+) -> list[str]:
     """The argv. The connection comes from PG* variables, so it holds no secret and may be logged."""
     cmd = [str(pg_dump), "--format=custom", "--no-password"]
+    if snapshot:
+        cmd.append(f"--snapshot={snapshot}")
     cmd += [f"--exclude-table-data={pattern}" for pattern in exclude_table_data]
     return cmd
 
@@ -94,6 +99,7 @@ def stream_pg_dump(
     *,
     chunk_size: int = DUMP_CHUNK_SIZE,
     on_start: Callable[[list[str]], None] | None = None,
+    snapshot: str | None = None,
 ) -> Generator[bytes, None, None]:
     """Yield pg_dump's stdout chunk by chunk; raise BackupError after the last chunk if it failed.
 
@@ -101,7 +107,7 @@ def stream_pg_dump(
     ``PostgresResource.libpq_env()``). Closing the generator early (the upload failed)
     kills pg_dump, so no orphan keeps a snapshot open on the server.
     """
-    cmd = pg_dump_command(pg_dump, exclude_table_data)
+    cmd = pg_dump_command(pg_dump, exclude_table_data, snapshot)
     if on_start:
         on_start(cmd)
     try:
@@ -166,6 +172,8 @@ class DatabaseDumpResult:
     schema_version: str | None
     exclude_table_data: tuple[str, ...]
     seconds: float
+    # schema.table -> rows in the dump (tables whose data is dumped); what verification compares.
+    table_rows: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,7 +183,48 @@ class DatabaseDumpResult:
             "schema_version": self.schema_version,
             "exclude_table_data": list(self.exclude_table_data),
             "seconds": round(self.seconds, 3),
+            "table_rows": dict(self.table_rows),
         }
+
+
+_USER_TABLES = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+def table_data_excluded(schema: str, table: str, patterns: Sequence[str]) -> bool:
+    """Whether pg_dump's ``--exclude-table-data`` patterns cover the table (``*``/``?`` wildcards;
+    an unqualified pattern matches the table in any schema, a simplification of search_path)."""
+    for pattern in patterns:
+        pat = pattern.replace('"', "").lower()
+        name = f"{schema}.{table}".lower() if "." in pat else table.lower()
+        if fnmatch.fnmatchcase(name, pat):
+            return True
+    return False
+
+
+def count_table_rows(conn: psycopg.Connection, exclude_table_data: Sequence[str]) -> dict[str, int]:
+    """Exact row counts (``ONLY``: each leaf table by itself) of every table whose data is dumped.
+
+    Run inside the transaction whose snapshot pg_dump uses, so they are the dump's counts;
+    the cost is one sequential scan per table.
+    """
+    from psycopg import sql
+
+    counts: dict[str, int] = {}
+    for schema, table in conn.execute(_USER_TABLES).fetchall():
+        if table_data_excluded(schema, table, exclude_table_data):
+            continue
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        ).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
 
 
 def dump_database(
@@ -205,18 +254,37 @@ def dump_database(
                 progress.add(len(chunk))
             yield chunk
 
-    dump = stream_pg_dump(tools.pg_dump.path, pg.libpq_env(), exclude_table_data, on_start=on_start)
+    # pg_dump runs in this transaction's exported snapshot, so the row counts recorded in the
+    # manifest (checked by verification) are exactly what the dump holds.
     try:
-        part = upload_part(
-            destination,
-            encryptor,
-            installation_id=installation_id,
-            backup_id=backup_id,
-            part_name=PART_DATABASE,
-            plaintext=counted(dump),
+        snapshot_conn = pg.connect(application_name="backup_pipeline dump snapshot")
+        snapshot_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        snapshot_conn.read_only = True
+    except PostgresUnavailable as exc:
+        raise BackupError(ErrorCode.DATABASE_UNREACHABLE, str(exc), retryable=True) from None
+    with snapshot_conn:
+        try:
+            row = snapshot_conn.execute("SELECT pg_export_snapshot()").fetchone()
+            snapshot = str(row[0]) if row else None
+            table_rows = count_table_rows(snapshot_conn, exclude_table_data)
+        except psycopg.Error as exc:
+            raise BackupError(
+                ErrorCode.PG_DUMP_FAILED, f"counting table rows for the manifest failed: {_first_line(exc)}"
+            ) from None
+        dump = stream_pg_dump(
+            tools.pg_dump.path, pg.libpq_env(), exclude_table_data, on_start=on_start, snapshot=snapshot
         )
-    finally:
-        dump.close()  # kills pg_dump if the upload failed half-way
+        try:
+            part = upload_part(
+                destination,
+                encryptor,
+                installation_id=installation_id,
+                backup_id=backup_id,
+                part_name=PART_DATABASE,
+                plaintext=counted(dump),
+            )
+        finally:
+            dump.close()  # kills pg_dump if the upload failed half-way
     if progress is not None:
         progress.finish()
     return DatabaseDumpResult(
@@ -226,4 +294,5 @@ def dump_database(
         schema_version=schema_version,
         exclude_table_data=tuple(exclude_table_data),
         seconds=time.monotonic() - started,
+        table_rows=table_rows,
     )

@@ -21,6 +21,13 @@ Rules (MUST):
    parts — and the next retention run finishes it.
 6. The ledger records a deletion only after every file of the set is gone. A failed deletion
    leaves the set in the ledger; the run reports it and fails, and the next run retries it.
+7. With verification in use (``verified`` given: the sets whose latest verification passed),
+   only verified sets count towards ``keep_last``: the newest ``keep_last`` verified sets are
+   kept (so the newest verified one is never deleted), and an unverified or failed complete
+   set is kept while it is newer than the ``keep_last``-th verified set and deleted once it
+   is older. ``verified=None`` (nothing was ever verified, e.g. verification disabled) keeps
+   rule 1 unchanged. If verification stops running, unverified sets accumulate (nothing
+   newer gets counted) until it runs again; the ``backup_set_verified`` check turns red.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from backup_pipeline.services.backup_parts import (
 )
 
 REASON_BEYOND_KEEP = "older than the newest {keep} complete sets"
+REASON_BEYOND_KEEP_VERIFIED = "older than the newest {keep} verified sets"
 REASON_INCOMPLETE = "incomplete (no manifest) and older than {hours} h"
 REASON_SUPERSEDED = "incomplete (no manifest) and older than a complete set"
 REASON_MANUAL = "deleted by request"
@@ -126,13 +134,38 @@ def plan_retention(
     incomplete_grace: timedelta,
     now: datetime,
     in_use: set[str] | frozenset[str] = frozenset(),
+    verified: set[str] | frozenset[str] | None = None,
 ) -> RetentionPlan:
     if keep_last < 1:
         raise RetentionError(f"retention_keep_last: must be at least 1, got {keep_last}")
     ordered = sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
     plan = RetentionPlan()
     complete_seen = 0
+    verified_seen = 0
     for info in ordered:
+        if info.complete and verified is not None:
+            complete_seen += 1
+            if info.backup_id in verified:
+                verified_seen += 1
+                counted_out = verified_seen > keep_last
+            else:
+                # Not counted (rule 7): kept while newer than the keep_last-th verified set.
+                counted_out = verified_seen >= keep_last and complete_seen > 1
+            if not counted_out:
+                plan.keep.append(info.backup_id)
+            elif info.backup_id in in_use:
+                plan.protected[info.backup_id] = "in use by a restore in progress"
+                plan.keep.append(info.backup_id)
+            else:
+                plan.delete.append(
+                    PlannedDeletion(
+                        info.backup_id,
+                        REASON_BEYOND_KEEP_VERIFIED.format(keep=keep_last),
+                        True,
+                        info.size_bytes,
+                    )
+                )
+            continue
         if info.complete:
             complete_seen += 1
             if complete_seen <= keep_last:
