@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from backup_pipeline.archive.keys import (
     RecoveryKeyStore,
     generate_org_secret_file,
 )
+from backup_pipeline.archive.manifest import Manifest
 from backup_pipeline.archive.stream_crypto import decrypt_stream
 from backup_pipeline.archive.tar_parts import read_bucket_archive
 from backup_pipeline.destinations.base import Destination, StoredFile
@@ -99,9 +99,9 @@ def decrypt_part(
     )
 
 
-def read_manifest(dest: Destination, backup_id: str, identity: RecoveryIdentity) -> dict[str, Any]:
+def read_manifest(dest: Destination, backup_id: str, identity: RecoveryIdentity) -> Manifest:
     files = set_files(dest, backup_id)
-    return json.loads(b"".join(decrypt_part(dest, files[PART_MANIFEST], backup_id, identity)))
+    return Manifest.from_json(b"".join(decrypt_part(dest, files[PART_MANIFEST], backup_id, identity)))
 
 
 def pg_restore_list(dest: Destination, backup_id: str, identity: RecoveryIdentity) -> str:

@@ -93,8 +93,8 @@ def test_backup_of_the_sample_app_to_drive_is_restorable_with_the_recovery_key_a
 
     identity = env.recovery_identity()  # nothing else of the server is used from here on
     manifest = h.read_manifest(dest, backup_id, identity)
-    assert manifest["backup_id"] == backup_id
-    assert {p["part_name"]: p["sha256"] for p in manifest["parts"]} == {
+    assert manifest.backup_id == backup_id
+    assert {p.name: p.ciphertext_sha256 for p in manifest.parts} == {
         name: f.sha256 for name, f in files.items() if name != "manifest"
     }
     listing = h.pg_restore_list(dest, backup_id, identity)
@@ -114,9 +114,7 @@ def test_backup_of_the_sample_app_to_drive_is_restorable_with_the_recovery_key_a
             assert obj.tags == want.tags
             seen.add(obj.key)
         assert seen == set(expected), bucket
-        inventory = {
-            o["key"]: o["sha256"] for b in manifest["buckets"] if b["bucket"] == bucket for o in b["objects"]
-        }
+        inventory = {e.key: e.sha256 for e in manifest.inventory if e.bucket == bucket}
         assert inventory == {k: o.sha256 for k, o in expected.items()}
 
 

@@ -61,8 +61,9 @@ class BucketExportReport:
 
     bucket: str
     objects: list[ObjectRecord] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    vanished: list[str] = field(default_factory=list)
+    # {"key", "declared_size" (listing), "actual_size" (GET; None when vanished)}
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    vanished: list[dict[str, Any]] = field(default_factory=list)
     listed: int = 0
 
     @property
@@ -282,10 +283,12 @@ def iter_bucket_objects(
         report.listed += 1
         opened = open_object(client, bucket, listed, on_bytes=on_bytes)
         if opened is None:
-            report.vanished.append(listed.key)
+            report.vanished.append({"key": listed.key, "declared_size": listed.size, "actual_size": None})
             continue
         if opened.etag != listed.etag or opened.size != listed.size:
-            report.changed.append(listed.key)
+            report.changed.append(
+                {"key": listed.key, "declared_size": listed.size, "actual_size": opened.size}
+            )
         try:
             yield opened
             # The consumer must have read the body to its end (the archive writer does).
@@ -319,8 +322,8 @@ class BucketExportResult:
     part: UploadedPart
     object_count: int
     plaintext_bytes: int
-    changed: list[str]
-    vanished: list[str]
+    changed: list[dict[str, Any]]
+    vanished: list[dict[str, Any]]
     inventory: list[dict[str, Any]]
     seconds: float
 

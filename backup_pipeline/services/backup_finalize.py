@@ -6,13 +6,13 @@ say so); once it exists every part it lists has been verified on the destination
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..archive.manifest import BucketSummary, InventoryEntry, Manifest, ObjectAnomaly, PartRecord
 from ..destinations.base import Destination, DestinationError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
@@ -24,13 +24,6 @@ from .backup_parts import (
     set_properties,
 )
 from .backup_upload import Encryptor, UploadedPart, destination_failure, upload_part
-
-#: Builds the manifest's plaintext from the finalize inputs (the archive's manifest writer).
-ManifestWriter = Callable[[dict[str, Any]], Iterable[bytes]]
-
-
-def json_manifest_writer(document: dict[str, Any]) -> Iterator[bytes]:
-    yield json.dumps(document, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
 def verify_parts(destination: Destination, parts: Sequence[UploadedPart]) -> None:
@@ -77,36 +70,63 @@ class FinalizeInput:
     versions: dict[str, Any]
 
 
-def manifest_document(data: FinalizeInput, finished_at: str) -> dict[str, Any]:
-    parts = [data.database["part"], *(b["part"] for b in data.buckets)]
+def _versions(data: FinalizeInput) -> dict[str, str]:
     return {
+        **{k: str(v) for k, v in data.versions.items()},
+        "pg_server": str(data.database["server_version"]),
+        "pg_dump": str(data.database["pg_dump_version"]),
+        "schema_version": str(data.database["schema_version"] or ""),
         "set_format_version": SET_FORMAT_VERSION,
-        "installation_id": data.installation_id,
-        "backup_id": data.backup_id,
-        "started_at": data.started_at,
-        "finished_at": finished_at,
-        "versions": {
-            **data.versions,
-            "pg_server": data.database["server_version"],
-            "pg_dump": data.database["pg_dump_version"],
-            "schema_version": data.database["schema_version"],
-        },
-        "key_ids": data.key_ids,
-        "parts": parts,
-        "database": {k: v for k, v in data.database.items() if k != "part"},
-        "buckets": [
-            {
-                "bucket": b["bucket"],
-                "part_name": b["part"]["part_name"],
-                "object_count": b["object_count"],
-                "object_bytes": b["object_bytes"],
-                "changed_during_backup": b["changed"],
-                "vanished_during_backup": b["vanished"],
-                "objects": b["inventory"],
-            }
+        **{k: str(v) for k, v in data.key_ids.items()},
+    }
+
+
+def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
+    """The archive's Manifest (BACKUP-FORMAT.md) of this set: parts, bucket summaries, inventory, anomalies."""
+
+    def record(part: dict[str, Any], kind: Any, bucket: str | None) -> PartRecord:
+        return PartRecord(
+            name=part["part_name"],
+            kind=kind,
+            ciphertext_size=part["size"],
+            ciphertext_sha256=part["sha256"],
+            plaintext_size=part["plaintext_size"],
+            plaintext_sha256=part["plaintext_sha256"],
+            bucket=bucket,
+            file_name=part["file_name"],
+        )
+
+    parts = [record(data.database["part"], "database", None)]
+    parts += [record(b["part"], "bucket", b["bucket"]) for b in data.buckets]
+    return Manifest(
+        backup_id=data.backup_id,
+        installation=data.installation_id,
+        started_at=data.started_at,
+        finished_at=finished_at,
+        versions=_versions(data),
+        parts=parts,
+        buckets=[
+            BucketSummary(b["bucket"], b["part"]["part_name"], b["object_count"], b["object_bytes"])
             for b in data.buckets
         ],
-    }
+        inventory=[
+            InventoryEntry(b["bucket"], o["key"], o["size"], o["sha256"])
+            for b in data.buckets
+            for o in b["inventory"]
+        ],
+        anomalies=[
+            *(
+                ObjectAnomaly(b["bucket"], a["key"], "changed", a["declared_size"], a["actual_size"])
+                for b in data.buckets
+                for a in b["changed"]
+            ),
+            *(
+                ObjectAnomaly(b["bucket"], a["key"], "vanished", a["declared_size"], a["actual_size"])
+                for b in data.buckets
+                for a in b["vanished"]
+            ),
+        ],
+    )
 
 
 def ledger_entry(
@@ -140,12 +160,7 @@ def ledger_entry(
             for b in data.buckets
         },
         "object_count": sum(b["object_count"] for b in data.buckets),
-        "versions": {
-            **data.versions,
-            "pg_server": data.database["server_version"],
-            "pg_dump": data.database["pg_dump_version"],
-            "schema_version": data.database["schema_version"],
-        },
+        "versions": _versions(data),
         "key_ids": data.key_ids,
     }
 
@@ -154,8 +169,6 @@ def finalize_backup(
     destination: Destination,
     encryptor: Encryptor,
     data: FinalizeInput,
-    *,
-    manifest_writer: ManifestWriter = json_manifest_writer,
 ) -> dict[str, Any]:
     """Verify every part, drop strays, upload the manifest last; return the ledger entry."""
     started = time.monotonic()
@@ -168,13 +181,13 @@ def finalize_backup(
     except DestinationError as exc:
         raise destination_failure(exc, "removing files of failed attempts") from None
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    document = manifest_document(data, finished_at)
+    manifest_bytes = build_manifest(data, finished_at).to_bytes()
     manifest = upload_part(
         destination,
         encryptor,
         installation_id=data.installation_id,
         backup_id=data.backup_id,
         part_name=PART_MANIFEST,
-        plaintext=manifest_writer(document),
+        plaintext=[manifest_bytes],
     )
     return ledger_entry(data, manifest, finished_at, time.monotonic() - started)
