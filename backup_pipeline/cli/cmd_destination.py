@@ -1,0 +1,109 @@
+"""``backup-pipeline destination check|ls``: test the configured destination, list what it holds.
+
+``check`` writes, reads back and deletes a small file (creating a folder proves nothing:
+Drive service accounts may create folders but not store bytes) and prints one line per
+step, the warnings, and for a failure the fix. Exit codes: 0 ok, 1 failed, 2 bad settings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from backup_pipeline.settings import SettingsError, load_settings
+
+
+def _settings(settings_file: str | None):  # type: ignore[no-untyped-def]
+    try:
+        return load_settings(settings_file=settings_file)
+    except SettingsError as exc:
+        click.echo(click.style("settings: invalid", fg="red", bold=True), err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        raise SystemExit(2) from None
+
+
+@click.group("destination")
+def destination_group() -> None:
+    """The backup destination (Google Drive or a local folder)."""
+
+
+_settings_option = click.option(
+    "--settings-file",
+    type=click.Path(dir_okay=False),
+    help="dotenv file (default: $BACKUP_PIPELINE_SETTINGS_FILE).",
+)
+
+
+@destination_group.command("check")
+@_settings_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_command(settings_file: str | None, as_json: bool) -> None:
+    """Write, read back and delete a small file; print a verdict and the fix."""
+    from backup_pipeline.resources.destination import DestinationResource
+
+    settings = _settings(settings_file)
+    report = DestinationResource.from_settings(settings).get_destination().check()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "destination": report.destination,
+                    "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in report.steps],
+                    "warnings": report.warnings,
+                    "fix": report.fix,
+                    "capacity": None
+                    if report.capacity is None
+                    else {
+                        "free_bytes": report.capacity.free_bytes,
+                        "daily_upload_remaining": report.capacity.daily_upload_remaining,
+                    },
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"destination: {report.destination}")
+        for step in report.steps:
+            mark = click.style("ok  ", fg="green") if step.ok else click.style("FAIL", fg="red", bold=True)
+            click.echo(f"  {mark} {step.name:<11} {step.detail}")
+        for warning in report.warnings:
+            click.echo(click.style("  warning: ", fg="yellow") + warning)
+        if report.ok:
+            click.echo(click.style("verdict: OK — backups can be written here", fg="green", bold=True))
+        else:
+            click.echo(click.style("verdict: FAILED", fg="red", bold=True))
+            if report.fix:
+                click.echo(f"fix: {report.fix}")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@destination_group.command("ls")
+@_settings_option
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE", help="Filter (repeatable).")
+def ls_command(settings_file: str | None, properties: tuple[str, ...]) -> None:
+    """List the files on the destination (optionally those with given properties)."""
+    from backup_pipeline.destinations import DestinationError
+    from backup_pipeline.resources.destination import DestinationResource
+
+    wanted: dict[str, str] = {}
+    for item in properties:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--property")
+        wanted[key] = value
+    settings = _settings(settings_file)
+    try:
+        for stored in DestinationResource.from_settings(settings).get_destination().list(wanted or None):
+            created = stored.created.isoformat(timespec="seconds") if stored.created else "-"
+            click.echo(f"{stored.id}\t{stored.size}\t{created}\t{stored.name}")
+    except DestinationError as exc:
+        click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+        raise SystemExit(1) from None
+
+
+def register(group: click.Group) -> None:
+    group.add_command(destination_group)

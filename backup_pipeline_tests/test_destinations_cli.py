@@ -1,0 +1,72 @@
+"""``backup-pipeline destination check|ls`` against the Drive test server and a local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from backup_pipeline.cli import main
+from backup_pipeline.settings import DriveAuthMode
+from backup_pipeline_tests.fixtures.drive import SERVICE_ACCOUNT, DriveFixture
+
+
+def run(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    for key in list(__import__("os").environ):
+        if key.startswith("BACKUP_PIPELINE_"):
+            monkeypatch.delenv(key)
+    result = CliRunner().invoke(main, args, env=env)
+    return result.exit_code, result.output
+
+
+def test_check_ok_on_a_shared_drive(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = run(["destination", "check"], drive.env(DriveAuthMode.SHARED_DRIVE), monkeypatch)
+    assert code == 0, out
+    assert "verdict: OK" in out and "read back" in out and "delete" in out
+    assert "PRIVATE KEY" not in out
+
+
+def test_check_json(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = run(["destination", "check", "--json"], drive.env(DriveAuthMode.OAUTH), monkeypatch)
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True
+    assert any("7 days" in w for w in report["warnings"])
+
+
+def test_check_explains_unauthorized_delegation(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    drive.server.config(unauthorized_delegation=[SERVICE_ACCOUNT])
+    code, out = run(["destination", "check"], drive.env(DriveAuthMode.DELEGATION), monkeypatch)
+    assert code == 1
+    assert (
+        "verdict: FAILED" in out and "unauthorized_client" in out and "domain-wide delegation" in out.lower()
+    )
+
+
+def test_check_explains_missing_organizer_role(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    drive.add_shared_drive("0AtestSharedDrive", {SERVICE_ACCOUNT: "fileOrganizer"})
+    code, out = run(["destination", "check"], drive.env(DriveAuthMode.SHARED_DRIVE), monkeypatch)
+    assert code == 1 and "Manager (organizer) role" in out
+
+
+def test_check_bad_settings_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = run(
+        ["destination", "check"],
+        {"BACKUP_PIPELINE_DESTINATION": "google_drive", "BACKUP_PIPELINE_DRIVE_AUTH_MODE": "delegation"},
+        monkeypatch,
+    )
+    assert code == 2 and "BACKUP_PIPELINE_DRIVE_CREDENTIALS_FILE" in out
+
+
+def test_ls_local_with_property_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backup_pipeline.destinations import LocalFolderDestination
+
+    folder = tmp_path / "backups"
+    LocalFolderDestination(folder).put("a/part", [b"abc"], {"backupId": "x"})
+    LocalFolderDestination(folder).put("b/part", [b"de"], {"backupId": "y"})
+    env = {"BACKUP_PIPELINE_DESTINATION": "local", "BACKUP_PIPELINE_LOCAL_DESTINATION_PATH": str(folder)}
+    code, out = run(["destination", "ls", "--property", "backupId=x"], env, monkeypatch)
+    assert code == 0 and "a/part\t3\t" in out and "b/part" not in out
+    code, out = run(["destination", "ls", "--property", "nonsense"], env, monkeypatch)
+    assert code == 2
