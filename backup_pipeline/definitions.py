@@ -22,24 +22,14 @@ from backup_pipeline.ops import verification as verification_ops
 from backup_pipeline.resources import build_resources
 from backup_pipeline.schedules import build_backup_schedule, build_verify_schedule
 from backup_pipeline.sensors import build_sensors
-from backup_pipeline.settings import ENV_PREFIX, BackupSettings, ExecutorKind, SettingsError, load_settings
-
-
-def build_executor(settings: BackupSettings) -> dg.ExecutorDefinition:
-    if settings.executor is ExecutorKind.IN_PROCESS:
-        return dg.in_process_executor
-    if settings.executor is ExecutorKind.MULTIPROCESS:
-        return dg.multiprocess_executor
-    raise SettingsError(
-        [
-            f"{ENV_PREFIX}EXECUTOR: {settings.executor.value!r} is not available in this installation "
-            "(use in_process or multiprocess)"
-        ]
-    )
+from backup_pipeline.settings import BackupSettings, load_settings
 
 
 def build_definitions(settings: BackupSettings) -> dg.Definitions:
-    schedules: list[dg.ScheduleDefinition] = [build_backup_schedule(settings), build_verify_schedule(settings)]
+    schedules: list[dg.ScheduleDefinition] = [
+        build_backup_schedule(settings),
+        build_verify_schedule(settings),
+    ]
     sensors: list[dg.SensorDefinition] = [
         *build_sensors(settings),
         verification_ops.build_verification_alert_sensor(settings),
@@ -65,7 +55,7 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
             **build_resources(settings),
             migration_ops.LEGACY_DRIVE: migration_ops.build_legacy_drive_resource(settings),
         },
-        executor=build_executor(settings),
+        executor=executor_for(settings),
     )
 
 
