@@ -118,11 +118,12 @@ def confirm(backup_id: str) -> str:
     return svc.confirmation_phrase(backup_id)
 
 
-def normalised_dump(url: str) -> str:
+def normalised_dump(url: str, exclude_tables: tuple[str, ...] = ()) -> str:
     """Schema and data of a database as plain SQL, without the per-dump random tokens."""
     tools = locate_pg_tools()
+    excludes = [f"--exclude-table={t}" for t in exclude_tables]
     out = subprocess.run(
-        [str(tools.pg_dump.path), "--no-owner", "--no-privileges", "-d", url],
+        [str(tools.pg_dump.path), "--no-owner", "--no-privileges", *excludes, "-d", url],
         check=True,
         capture_output=True,
         text=True,
