@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from backup_pipeline import admin_view
 from backup_pipeline.concurrency import DATA_LOCK_NAME, EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import Destination, DestinationError, QuotaError, ensure_room
 from backup_pipeline.resources.destination import DestinationResource
@@ -52,15 +53,32 @@ PROGRESS_INTERVAL_SECONDS = 10.0
 
 
 class BackupConfig(dg.Config):
-    """Per-installation choices (from settings); nothing secret."""
+    """Per-installation choices (defaults from settings); nothing secret. The defaults are right for a
+    normal backup: launch without changing anything."""
 
-    installation_id: str = "backup-pipeline"
-    buckets_include: list[str] = Field(default_factory=list)
-    buckets_exclude: list[str] = Field(default_factory=list)
-    exclude_table_patterns: list[str] = Field(default_factory=lambda: ["public.sessions", "public.*_cache"])
-    schema_version_query: str = "SELECT max(version) FROM schema_migrations"
-    compression_level: int = 1
-    progress_interval_seconds: float = PROGRESS_INTERVAL_SECONDS
+    installation_id: str = Field(
+        default="backup-pipeline",
+        description="Name of this installation; names the backup files. Leave as is.",
+    )
+    buckets_include: list[str] = Field(
+        default_factory=list, description="Buckets to back up; empty = every bucket (recommended)."
+    )
+    buckets_exclude: list[str] = Field(
+        default_factory=list, description="Buckets to leave out of this backup."
+    )
+    exclude_table_patterns: list[str] = Field(
+        default_factory=lambda: ["public.sessions", "public.*_cache"],
+        description="Tables whose rows are not backed up (sessions, caches); their structure still is.",
+    )
+    schema_version_query: str = Field(
+        default="SELECT max(version) FROM schema_migrations",
+        description="Query giving the app's schema version, recorded with the backup. Leave as is.",
+    )
+    compression_level: int = Field(default=1, description="gzip level 1 (fast) to 9 (smaller, slower).")
+    progress_interval_seconds: float = Field(
+        default=PROGRESS_INTERVAL_SECONDS,
+        description="How often progress (bytes, objects, ETA) is written to the log.",
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -205,8 +223,8 @@ def remove_partial_set(context: dg.HookContext) -> None:
 
 @dg.op(
     out={"plan": dg.Out(dict), "buckets": dg.DynamicOut(dict)},
-    description="Backup id, pg_dump/server check, bucket discovery with sizes, destination pre-flight, "
-    "removal of incomplete sets of dead runs.",
+    description="Prepares the backup: gives it an id, checks pg_dump against the database server, lists the "
+    "buckets with their sizes, checks the destination has room, and removes leftovers of backups that died.",
 )
 def plan_backup(
     context: dg.OpExecutionContext,
@@ -222,7 +240,12 @@ def plan_backup(
         backup_id = (run.tags.get(BACKUP_ID_TAG) if run else None) or new_backup_id(started, context.run_id)
         context.instance.add_run_tags(
             context.run_id,
-            {BACKUP_ID_TAG: backup_id, "backup_pipeline/installation_id": config.installation_id},
+            {
+                BACKUP_ID_TAG: backup_id,
+                "backup_pipeline/installation_id": config.installation_id,
+                # The run list reads as a backup history: who started it, which backup, how big.
+                admin_view.TAG_TRIGGER: admin_view.trigger_of(run.tags if run else {}),
+            },
         )
         _, key_ids = build_encryptor(keys)
         tools, _, server_version = locate_and_check_pg_dump(app_db)
@@ -284,7 +307,7 @@ def _database_size(app_db: PostgresResource) -> int:
 
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
-    description="pg_dump --format=custom → encrypt → destination (the `database` part), verified.",
+    description="Backs up the database (pg_dump), encrypted, to the destination, and checks what arrived.",
 )
 def dump_database_op(
     context: dg.OpExecutionContext,
@@ -333,7 +356,8 @@ def dump_database_op(
 
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
-    description="Every object of one bucket → pax tar.gz → encrypt → destination (`bucket-<name>`), verified.",
+    description="Backs up every file of one bucket (one step per bucket), encrypted, to the destination, "
+    "and checks what arrived.",
 )
 def export_bucket_op(
     context: dg.OpExecutionContext,
@@ -390,7 +414,8 @@ def export_bucket_op(
 
 
 @dg.op(
-    description="Verify every part on the destination, write the manifest last, record the backup_set.",
+    description="Checks every part on the destination, then writes the manifest (only then is it a backup) "
+    "and records it on the backup_set asset.",
 )
 def finalize_backup_op(
     context: dg.OpExecutionContext,
@@ -419,7 +444,12 @@ def finalize_backup_op(
         )
     entry["run_id"] = context.run_id
     entry["destination"] = dest.description
-    context.log_event(dg.AssetMaterialization(asset_key=BACKUP_SET_ASSET, metadata=entry))
+    context.instance.add_run_tags(context.run_id, admin_view.backup_run_tags(entry))
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=BACKUP_SET_ASSET, metadata=admin_view.backup_set_metadata(entry, dest)
+        )
+    )
     context.log.info(
         f"backup {entry['backup_id']} complete: {len(entry['part_file_ids'])} files, {entry['total_bytes']} bytes"
     )
@@ -442,13 +472,16 @@ def build_backup_job(
     config: BackupConfig | None = None,
     executor_def: dg.ExecutorDefinition | None = None,
     name: str = BACKUP_JOB_NAME,
+    description: str | None = None,
 ) -> dg.JobDefinition:
-    """The backup job; ``config`` gives the defaults shown in the Launchpad (from settings)."""
+    """The backup job; ``config`` gives the defaults shown in the Launchpad (from settings);
+    ``description`` the administrator-facing text (``admin_view.backup_job_description``)."""
     defaults = (config or BackupConfig()).model_dump()
 
     @dg.job(
         name=name,
-        description="Encrypted backup of the app database and every bucket to the destination: one run = "
+        description=description
+        or "Encrypted backup of the app database and every bucket to the destination: one run = "
         "one backup set (manifest written last) = one backup_set materialization.",
         tags={**EXCLUSIVE_RUN_TAGS, "backup_pipeline/kind": "backup"},
         hooks={remove_partial_set},
@@ -477,8 +510,10 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
 
 BACKUP_SET_SPEC = dg.AssetSpec(
     BACKUP_SET_ASSET,
-    description="Backup sets on the destination: one materialization per complete set (metadata = ledger "
-    "entry: backup id, files, sizes, per-bucket counts, versions, key ids); an observation with "
-    "event=deleted when retention removes one. See backup_pipeline/ledger.py.",
+    description="The backups of the application (database + buckets). Each complete backup appears here as a "
+    "materialization: status, time, size, files, objects, duration, where it is, and links to restore or "
+    "delete it. Checks: backup_set_fresh (is the newest backup recent enough?), backup_destination (is the "
+    "destination reachable, is it off-site?) and backup_set_verified (did the newest backup restore in a "
+    "test?). A deleted backup shows as an observation with event=deleted (backup_pipeline/ledger.py).",
     group_name="backups",
 )
