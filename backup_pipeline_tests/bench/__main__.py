@@ -1,0 +1,3 @@
+from backup_pipeline_tests.bench.harness import main
+
+main()
