@@ -78,6 +78,9 @@ class Manifest:
     inventory: list[InventoryEntry] = field(default_factory=list)
     anomalies: list[ObjectAnomaly] = field(default_factory=list)
     format: str = MANIFEST_FORMAT
+    # "schema.table" -> rows in the dump (counted in pg_dump's snapshot); checked by verification.
+    # Optional: omitted when empty, ignored by readers that predate it.
+    table_rows: dict[str, int] = field(default_factory=dict)
 
     def part(self, name: str) -> PartRecord:
         for record in self.parts:
@@ -86,7 +89,10 @@ class Manifest:
         raise ManifestError(f"the manifest of backup {self.backup_id!r} lists no part {name!r}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        document = asdict(self)
+        if not self.table_rows:
+            del document["table_rows"]
+        return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_bytes(self) -> bytes:
         return self.to_json().encode("utf-8")
@@ -113,8 +119,9 @@ class Manifest:
                 buckets=[_build(BucketSummary, b, "buckets") for b in _list(raw, "buckets")],
                 inventory=[_build(InventoryEntry, e, "inventory") for e in _list(raw, "inventory")],
                 anomalies=[_build(ObjectAnomaly, a, "anomalies") for a in _list(raw, "anomalies")],
+                table_rows={str(k): int(v) for k, v in _dict(raw, "table_rows").items()},
             )
-        except (TypeError, KeyError) as exc:
+        except (TypeError, KeyError, ValueError) as exc:
             raise ManifestError(f"the manifest does not follow the schema: {exc}") from None
         manifest.validate()
         return manifest

@@ -126,6 +126,7 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
                 for a in b["vanished"]
             ),
         ],
+        table_rows=dict(data.database.get("table_rows") or {}),
     )
 
 

@@ -220,7 +220,7 @@ def _drain(blocks: Iterator[bytes]) -> int:
 def read_raw_manifest(
     destination: Destination, keys: rs.RestoreKeys, installation_id: str, backup_id: str
 ) -> dict[str, Any]:
-    """The manifest document as the backup wrote it (``parse_manifest`` normalises away its database section)."""
+    """The manifest document as the backup wrote it (``parse_manifest`` normalises away ``table_rows``)."""
     files = {
         f.properties.get(PROP_PART_NAME, ""): f
         for f in destination.list(set_properties(installation_id, backup_id))
@@ -342,7 +342,7 @@ def _verify_database(
 
 
 def _check_tables(target: rs.PgTarget, raw: Mapping[str, Any], report: VerificationReport) -> None:
-    expected = (raw.get("database") or {}).get("table_rows")
+    expected = raw.get("table_rows")
     restored = restored_table_count(target)
     if not isinstance(expected, dict):
         # Sets made before the backup recorded row counts: the restore itself is the check.
