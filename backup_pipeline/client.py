@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from requests.auth import HTTPBasicAuth
@@ -114,6 +115,18 @@ query RunFailures($runId: ID!) {
 """
 
 
+_JOB_PRESETS_QUERY = """
+query JobPresets($selector: PipelineSelector!) {
+  pipelineOrError(params: $selector) {
+    __typename
+    ... on Pipeline { presets { name runConfigYaml } }
+    ... on PipelineNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
 def parse_url(url: str) -> tuple[str, int | None, bool, str]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -161,8 +174,33 @@ class PipelineClient:
         except DagsterGraphQLClientError as exc:
             raise ClientError(f"launching {job_name} failed: {_short(exc)}") from None
 
+    def default_run_config(self, job_name: str) -> dict[str, Any]:
+        """The job's default run config (what the Launchpad pre-fills, built from the settings)."""
+        try:
+            jobs = self.gql._get_repo_locations_and_names_with_pipeline(job_name)
+        except DagsterGraphQLClientError as exc:
+            raise ClientError(f"looking up {job_name} failed: {_short(exc)}") from None
+        if not jobs:
+            raise ClientError(f"no job named {job_name} on {self.url}")
+        selector = {
+            "repositoryLocationName": jobs[0].repository_location_name,
+            "repositoryName": jobs[0].repository_name,
+            "pipelineName": job_name,
+        }
+        data = self._query(_JOB_PRESETS_QUERY, {"selector": selector})["pipelineOrError"]
+        if data["__typename"] != "Pipeline":
+            raise ClientError(f"{job_name}: {data.get('message', data['__typename'])}")
+        presets = {p["name"]: p["runConfigYaml"] for p in data["presets"]}
+        return dict(yaml.safe_load(presets.get("default") or "") or {})
+
     def run_backup(self, *, force: bool = False) -> str:
-        config = {"ops": {"plan_backup": {"config": {"force": True}}}} if force else None
+        config = None
+        if force:
+            # A run config naming plan_backup replaces the job's whole default op config (installation
+            # id, buckets, interval from the settings), so force is added to the defaults, not sent alone.
+            config = self.default_run_config(BACKUP_JOB)
+            ops = config.setdefault("ops", {})
+            ops.setdefault("plan_backup", {}).setdefault("config", {})["force"] = True
         return self.submit(BACKUP_JOB, config, {"backup_pipeline/trigger": "client"})
 
     def delete_backup(self, backup_id: str, *, force: bool = False) -> str:

@@ -16,6 +16,7 @@ from pydantic import Field
 from backup_pipeline import admin_view
 from backup_pipeline.concurrency import DATA_LOCK_NAME, EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import Destination, DestinationError, QuotaError, ensure_room
+from backup_pipeline.ops.rate_limit import enforce_manual_backup_interval
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource
@@ -79,6 +80,11 @@ class BackupConfig(dg.Config):
         default=PROGRESS_INTERVAL_SECONDS,
         description="How often progress (bytes, objects, ETA) is written to the log.",
     )
+    # 0 (off) unless built from settings: the job's default config carries the operator's value.
+    min_manual_backup_interval_minutes: int = Field(
+        default=0, ge=0, description="A manual backup this soon after the last one is refused unless forced."
+    )
+    force: bool = Field(default=False, description="Run a manual backup even within the minimum interval.")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -234,6 +240,9 @@ def plan_backup(
     destination: DestinationResource,
     keys: BackupKeysResource,
 ) -> Iterator[dg.Output[dict] | dg.DynamicOutput[dict]]:
+    enforce_manual_backup_interval(
+        context, config.min_manual_backup_interval_minutes, force=config.force, state_dir=keys.state_dir
+    )
     with backup_errors(), run_data_lock(context, app_db):
         run = context.instance.get_run_by_id(context.run_id)
         started = datetime.now(UTC)
@@ -505,6 +514,7 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
         exclude_table_patterns=list(settings.exclude_table_patterns),
         schema_version_query=settings.schema_version_query,
         compression_level=settings.compression_level,
+        min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
     )
 
 

@@ -1,0 +1,139 @@
+"""The ``backup-pipeline`` client CLI (the seed's REST endpoints) against a live webserver + daemon.
+
+The installed console script is run as a subprocess, as an operator or a cron job would run it:
+``run backup --wait``, ``history`` (status filter, limit/cursor), ``show <backup id>``; and the
+manual-backup minimum interval: a second manual backup right after the first is refused with
+its reason (exit 1), and ``--force`` runs it anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_pipeline.client import PipelineClient
+from backup_pipeline.destinations.local_folder import LocalFolderDestination
+from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.services.backup_upload import has_manifest, list_sets
+from backup_pipeline_tests.fixtures.dagster import DagsterStack
+from backup_pipeline_tests.fixtures.postgres import PgDatabase
+from backup_pipeline_tests.fixtures.s3 import S3Server
+
+from .e2e_support import INSTALLATION, module_stack, product_env, product_files
+
+pytestmark = pytest.mark.e2e
+
+CLI = str(Path(sys.executable).parent / "backup-pipeline")
+
+
+@dataclass
+class Live:
+    stack: DagsterStack
+    backups_dir: Path
+    object_count: int
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_PIPELINE_")}
+        env["BACKUP_PIPELINE_URL"] = self.stack.url
+        return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    def cli_json(self, *args: str) -> dict[str, Any]:
+        result = self.cli(*args, "--json")
+        assert result.returncode == 0, result.stderr + result.stdout
+        return dict(json.loads(result.stdout))
+
+    def sets(self) -> dict[str, Any]:
+        return list_sets(LocalFolderDestination(str(self.backups_dir)), INSTALLATION)
+
+
+@pytest.fixture(scope="module")
+def live(
+    pg_database: PgDatabase,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+    artifacts_dir: Path,
+) -> Iterator[Live]:
+    if s3_server.process is None or s3_server.process.poll() is not None:
+        s3_server.start()
+    s3_server.reset()
+    with pg_database.connect() as conn:
+        seeded = seed_sample_app(
+            conn,
+            s3_server.client(),
+            SeedSpec(small_objects=15, large_object_bytes=(), users=10, comments=20, audit_events=20),
+        )
+    root = tmp_path_factory.mktemp("e2e_client")
+    files = product_files(root)
+    env = product_env(
+        files,
+        pg_database.url,
+        s3_server.env(),
+        schedule_enabled="false",
+        min_manual_backup_interval_minutes="30",
+    )
+    with module_stack(root, env, artifacts_dir, "e2e-client") as stack:
+        yield Live(stack=stack, backups_dir=files.backups_dir, object_count=len(seeded.objects))
+
+
+def test_run_backup_wait_history_and_show_against_the_live_webserver(live: Live) -> None:
+    first = live.cli_json("run", "backup", "--wait")
+    assert first["status"] == "SUCCESS"
+    backup_id = first["backup_id"]
+    assert backup_id and backup_id in live.sets() and has_manifest(live.sets()[backup_id])
+
+    shown = live.cli_json("show", backup_id)
+    assert shown["status"] == "SUCCESS" and shown["run_id"] == first["run_id"]
+    assert shown["errors"] == []
+    ledger = shown["ledger"]
+    assert ledger["backup_id"] == backup_id
+    assert ledger["object_count"] == live.object_count and ledger["total_bytes"] > 0
+    assert {"plan_backup", "dump_database", "finalize_backup"} <= set(shown["steps"])
+    assert all(status == "SUCCESS" for status in shown["steps"].values())
+    text = live.cli("show", backup_id)
+    assert text.returncode == 0
+    assert f"backup {backup_id}: SUCCESS" in text.stdout and "step finalize_backup: SUCCESS" in text.stdout
+
+    # A manual backup within the minimum interval is refused, with the reason, exit 1.
+    refused = live.cli("run", "backup", "--wait", "--json")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    refused_run = json.loads(refused.stdout)
+    assert refused_run["status"] == "FAILURE"
+    failures = live.cli_json("history", "--status", "failure")["runs"]
+    assert [r["run_id"] for r in failures] == [refused_run["run_id"]]
+    errors = PipelineClient(live.stack.url).errors(refused_run["run_id"])
+    assert any("minimum interval" in e and "force" in e for e in errors), errors
+    assert len(live.sets()) == 1
+
+    # --force runs it anyway, with the installation's settings (same installation id).
+    forced = live.cli_json("run", "backup", "--wait", "--force")
+    assert forced["status"] == "SUCCESS"
+    assert set(live.sets()) == {backup_id, forced["backup_id"]}
+
+    history = live.cli_json("history")["runs"]
+    assert [r["run_id"] for r in history] == [forced["run_id"], refused_run["run_id"], first["run_id"]]
+    successes = live.cli_json("history", "--status", "success")["runs"]
+    assert [r["backup_id"] for r in successes] == [forced["backup_id"], backup_id]
+
+    page1 = live.cli_json("history", "--limit", "2")
+    assert [r["run_id"] for r in page1["runs"]] == [forced["run_id"], refused_run["run_id"]]
+    assert page1["next_cursor"] == refused_run["run_id"]
+    page2 = live.cli_json("history", "--limit", "2", "--cursor", page1["next_cursor"])
+    assert [r["run_id"] for r in page2["runs"]] == [first["run_id"]]
+    assert page2["next_cursor"] is None
+
+    table = live.cli("history")
+    assert table.returncode == 0 and backup_id in table.stdout and "FAILURE" in table.stdout
+
+
+def test_show_of_an_unknown_backup_is_bad_input(live: Live) -> None:
+    result = live.cli("show", "20200101T000000Z-deadbeef")
+    assert result.returncode == 2
+    assert "no backup run with backup id" in result.stderr
