@@ -198,6 +198,15 @@ class BackupSettings(BaseSettings):
     alert_webhook_url: str | None = Field(None, description="URL receiving JSON alerts (HMAC-SHA256 signed).")
     alert_webhook_secret_file: Path | None = Field(None, description="File with the webhook HMAC key.")
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):  # type: ignore[no-untyped-def, override]
+        # load_settings() reads the environment and the settings file itself (comma-separated
+        # lists, one error naming every field); pydantic-settings' own env parsing would expect
+        # JSON for list fields and fail before our validators run.
+        return (init_settings,)
+
     @field_validator("schedule_time")
     @classmethod
     def _check_time(cls, value: str) -> str:
