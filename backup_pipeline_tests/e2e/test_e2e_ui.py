@@ -5,7 +5,9 @@ the Drive v3 test server as the destination, and a second ``--read-only`` webser
 One stack for the module (start-up dominates on 2 cores); the tests run in file order and
 build on each other: backup → asset → schedule → restore (dry run, real, refused) → read-only
 → the "are we safe?" check. Every page visited is searched for every secret of the stack.
-Screenshots go to ``test-artifacts/ui-*.png`` (a few are copied to ``docs/screenshots/``).
+Screenshots go to ``test-artifacts/ui-*.png``; with ``UPDATE_DOC_SCREENSHOTS=1`` the ones the
+docs use (``DOC_SCREENSHOTS``) are also copied to ``docs/screenshots/`` — look at them before
+committing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -55,6 +58,15 @@ from backup_pipeline_tests.fixtures.s3 import S3Server
 pytestmark = pytest.mark.e2e
 
 RESTORED_BUCKET = "avatars"
+DOC_SCREENSHOTS = {
+    "04-run-list",
+    "05-backup-set-asset",
+    "06-restore-launchpad-prefilled",
+    "10-restore-real",
+    "11-restore-refused",
+    "13-backup-set-checks",
+}
+DOCS_DIR = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 LAUNCH = """
 mutation Launch($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
@@ -85,10 +97,14 @@ class UiStack:
     def check_page(self, page: Any, name: str) -> None:
         """Screenshot the page and assert no secret is anywhere in its text or HTML."""
         page.wait_for_timeout(300)  # let lazy panels render before the screenshot
-        page.screenshot(path=str(self.shots / f"ui-{name}.png"), full_page=False)
+        path = self.shots / f"ui-{name}.png"
+        page.screenshot(path=str(path), full_page=False)
         text, html = page.inner_text("body"), page.content()
         for secret in self.secrets:
             assert secret not in text and secret not in html, f"a secret is shown on the {name} page"
+        if name in DOC_SCREENSHOTS and os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":
+            DOCS_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, DOCS_DIR / path.name)
 
 
 def _org_secret_values(path: Path) -> list[str]:
