@@ -21,6 +21,7 @@ from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource
 from backup_pipeline.resources.s3 import S3Resource
+from backup_pipeline.schedules import IN_PROGRESS_STATUSES
 from backup_pipeline.services.backup_buckets import (
     ArchiveWriter,
     OpenedObject,
@@ -49,6 +50,7 @@ from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
 BACKUP_JOB_NAME = "backup_job"
 BACKUP_SET_ASSET = dg.AssetKey("backup_set")
 BACKUP_ID_TAG = "backup_pipeline/backup_id"
+BACKUP_KIND_TAGS = {"backup_pipeline/kind": "backup"}
 KEYS = "keys"
 PROGRESS_INTERVAL_SECONDS = 10.0
 
@@ -186,6 +188,19 @@ def backup_id_of_run(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return run.tags.get(BACKUP_ID_TAG) if run else None
 
 
+def backup_ids_being_written(instance: dg.DagsterInstance, *, except_run_id: str) -> set[str]:
+    """Backup ids of the other backup runs still in progress: their sets have no manifest *yet*.
+
+    The data lock is held per step, so between two steps of a running backup (or while a
+    sibling step keeps writing after the step holding the lock finished) another run's
+    ``plan_backup`` can take it; the lock alone does not make a manifest-less set dead.
+    """
+    runs = instance.get_runs(filters=dg.RunsFilter(tags=BACKUP_KIND_TAGS, statuses=IN_PROGRESS_STATUSES))
+    return {
+        run.tags[BACKUP_ID_TAG] for run in runs if run.run_id != except_run_id and run.tags.get(BACKUP_ID_TAG)
+    }
+
+
 def run_has_failed_step(context: dg.OpExecutionContext) -> bool:
     records = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     return bool(records)
@@ -265,7 +280,8 @@ def plan_backup(
         estimate = db_size + sum(s.bytes for s in summaries)
         dest = destination.get_destination()
         ensure_room(dest, estimate)
-        removed = remove_incomplete_sets(dest, config.installation_id, keep=[backup_id])
+        writing = backup_ids_being_written(context.instance, except_run_id=context.run_id)
+        removed = remove_incomplete_sets(dest, config.installation_id, keep={backup_id, *writing})
         if removed:
             context.log.info(f"removed incomplete sets of runs that died: {', '.join(removed)}")
     plan = {
@@ -492,7 +508,7 @@ def build_backup_job(
         description=description
         or "Encrypted backup of the app database and every bucket to the destination: one run = "
         "one backup set (manifest written last) = one backup_set materialization.",
-        tags={**EXCLUSIVE_RUN_TAGS, "backup_pipeline/kind": "backup"},
+        tags={**EXCLUSIVE_RUN_TAGS, **BACKUP_KIND_TAGS},
         hooks={remove_partial_set},
         executor_def=executor_def or dg.multiprocess_executor,
         config={"ops": {"plan_backup": {"config": defaults}}},

@@ -152,9 +152,10 @@ def remove_incomplete_sets(
 ) -> list[str]:
     """Delete every set without a manifest except ``keep``; returns their backup ids.
 
-    Called under the data lock, when no other backup can be writing: a set without a
-    manifest then belongs to a run that died (SIGKILL, host crash) before its failure
-    hook could clean up.
+    Called under the data lock with ``keep`` naming this backup and every other backup run
+    still in progress (the lock is held per step, so it alone does not exclude them): a set
+    without a manifest then belongs to a run that died (SIGKILL, host crash) before its
+    failure hook could clean up.
     """
     keep_ids = set(keep)
     removed: list[str] = []
