@@ -18,6 +18,8 @@ from backup_pipeline.audit import AuditLog
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import DestinationError
 from backup_pipeline.ledger import verified_backup_ids
+from backup_pipeline.ops.restore import TAG_RESTORE_OF
+from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
@@ -57,15 +59,13 @@ def deletion_event(deleted: DeletedSet, run_id: str) -> dg.AssetObservation:
 
 
 def backup_ids_in_use(instance: dg.DagsterInstance) -> set[str]:
-    """Backup ids read by restores that are queued or running (tag, else any ``backup_id`` in config)."""
+    """Backup ids read by restores and verifications that are queued or running (their tags, else any
+    ``backup_id`` in config). Verification does not take the data lock, so it runs beside retention."""
     in_use: set[str] = set()
-    for run in instance.get_runs(
-        filters=dg.RunsFilter(job_name=RESTORE_JOB_NAME, statuses=IN_PROGRESS_STATUSES)
-    ):
-        tagged = run.tags.get(BACKUP_ID_TAG)
-        if tagged:
-            in_use.add(tagged)
-        in_use.update(_config_backup_ids(run.run_config))
+    for job_name in (RESTORE_JOB_NAME, VERIFY_JOB_NAME):
+        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS_STATUSES)):
+            in_use.update(run.tags[tag] for tag in (BACKUP_ID_TAG, TAG_RESTORE_OF) if run.tags.get(tag))
+            in_use.update(_config_backup_ids(run.run_config))
     return in_use
 
 
