@@ -90,3 +90,36 @@ def test_export_needs_the_org_secret_and_refuses_inside_a_run(
     assert inside.exit_code == 2 and "never inside a Dagster run" in inside.output
     monkeypatch.delenv("DAGSTER_RUN_ID")
     assert json.loads(runner.invoke(main, ["keys", "status", "--json"]).output)["exported"] is False
+
+
+def test_init_creates_secret_and_recovery_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_file = tmp_path / "secrets" / "org.secret"
+    state = tmp_path / "state"
+    monkeypatch.setenv("BACKUP_PIPELINE_STATE_DIR", str(state))
+    monkeypatch.setenv("BACKUP_PIPELINE_ORG_SECRET_FILE", str(secret_file))
+    monkeypatch.delenv("DAGSTER_RUN_ID", raising=False)
+    runner = CliRunner()
+
+    before = runner.invoke(main, ["keys", "status", "--json"])
+    assert before.exit_code == 1
+
+    first = runner.invoke(main, ["keys", "init"])
+    assert first.exit_code == 0, first.output
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    keyring = OrgKeyring.from_file(secret_file)
+    secret_text = secret_file.read_text()
+    status = json.loads(runner.invoke(main, ["keys", "status", "--json"]).output)
+    assert status["exported"] is False
+    # The secret itself is never printed by init.
+    assert secret_text.split(":", 1)[1].strip() not in first.output
+
+    second = runner.invoke(main, ["keys", "init"])
+    assert second.exit_code == 0 and "kept" in second.output
+    assert secret_file.read_text() == secret_text
+    assert OrgKeyring.from_file(secret_file).current_key_id == keyring.current_key_id
+    assert json.loads(runner.invoke(main, ["keys", "status", "--json"]).output)["key_id"] == status["key_id"]
+
+    exported = runner.invoke(main, ["keys", "export-recovery"], input="export recovery key\n")
+    assert exported.exit_code == 0, exported.output
+    actions = [r.action for r in AuditLog(state).records()]
+    assert actions[:2] == ["org_secret_created", "recovery_key_created"]

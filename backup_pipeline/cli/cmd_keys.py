@@ -1,4 +1,4 @@
-"""``backup-pipeline keys export-recovery | status | rotate-recovery`` — on the host only.
+"""``backup-pipeline keys init | export-recovery | status | rotate-recovery`` — on the host only.
 
 The recovery secret never passes through Dagster (run config, logs and compute logs are visible
 to everyone who reaches the UI): it is exported here, from the key store in ``state_dir``,
@@ -20,7 +20,7 @@ from backup_pipeline.archive.errors import (
     RecoveryKeyStoreError,
     RecoverySecretAlreadyExportedError,
 )
-from backup_pipeline.archive.keys import OrgKeyring, RecoveryKeyStore
+from backup_pipeline.archive.keys import OrgKeyring, RecoveryKeyStore, generate_org_secret_file
 from backup_pipeline.audit import AuditLog
 from backup_pipeline.settings import BackupSettings, SettingsError, load_settings
 
@@ -70,6 +70,46 @@ def _org_secret_option(fn: click.decorators.FC) -> click.decorators.FC:
 @click.group("keys")
 def keys_group() -> None:
     """The recovery key: one-time export, status, rotation (host only)."""
+
+
+@keys_group.command("init")
+@_org_secret_option
+def keys_init(org_secret_file: Path | None) -> None:
+    """Set-up: create the org secret file if it does not exist, and the recovery key pair.
+
+    Idempotent: an existing org secret or recovery key is kept. Run it once at installation so the
+    recovery key can be exported before the first backup, and so every backup carries a recovery stanza.
+    """
+    _refuse_inside_dagster()
+    settings = _settings()
+    path = org_secret_file or settings.org_secret_file
+    if path is None:
+        raise click.UsageError("--org-secret-file (or BACKUP_PIPELINE_ORG_SECRET_FILE) is required")
+    audit = AuditLog(settings.state_dir)
+    if path.exists():
+        click.echo(f"org secret file {path} exists; kept")
+    else:
+        key_id = generate_org_secret_file(path)
+        audit.append("org_secret_created", {"key_id": key_id, "path": str(path)})
+        click.echo(f"created org secret file {path} (key id {key_id}, mode 0600); back it up offline too")
+    store = RecoveryKeyStore(settings.state_dir, _keyring(path))
+    try:
+        had_key = store.status() is not None
+    except RecoveryKeyStoreError:
+        had_key = False
+    try:
+        public = store.ensure()
+    except ArchiveKeyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    if had_key:
+        click.echo(f"recovery key {public.key_id} exists; kept")
+    else:
+        audit.append("recovery_key_created", {"key_id": public.key_id})
+        click.echo(f"created recovery key {public.key_id}")
+    click.echo(
+        "next: 'backup-pipeline keys export-recovery' prints the recovery secret once; store it offline"
+    )
 
 
 @keys_group.command("export-recovery")
