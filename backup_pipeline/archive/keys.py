@@ -492,7 +492,7 @@ class RecoveryKeyStore:
         state = self._load()
         if state is None:
             raise RecoveryKeyStoreError(
-                f"no recovery key has been set up in {self.state_dir}; run the set-up (ensure()) first"
+                f"no recovery key has been set up in {self.state_dir}; run 'backup-pipeline keys init' first (or make a first backup)"
             )
         return state
 
