@@ -8,17 +8,23 @@ that run this run's plan_backup can hold it).
 
 from __future__ import annotations
 
+import socket
 import uuid
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from backup_pipeline.ops.backup import BACKUP_ID_TAG, BACKUP_KIND_TAGS, build_backup_job
 from backup_pipeline.ops.restore import TAG_RESTORE_OF
-from backup_pipeline.ops.retention import backup_ids_in_use
+from backup_pipeline.ops.retention import backup_ids_in_use, delete_backup_job, retention_job
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import (
     PART_DATABASE,
+    ErrorCode,
     new_backup_id,
     part_file_name,
     part_properties,
@@ -100,3 +106,40 @@ def test_retention_spares_the_sets_a_running_restore_or_verification_reads() -> 
                 )
             )
         assert backup_ids_in_use(instance) == {restoring, configured, verifying}
+
+
+@pytest.mark.parametrize("job", [retention_job, delete_backup_job], ids=lambda j: j.name)
+def test_retention_and_delete_name_a_busy_lock_and_an_unreachable_database_apart(
+    job: dg.JobDefinition, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    backup_id = new_backup_id(run_id=uuid.uuid4().hex)
+    run_config = (
+        {"ops": {"delete_backup_op": {"config": {"backup_id": backup_id, "confirm": f"delete {backup_id}"}}}}
+        if job is delete_backup_job
+        else {}
+    )
+    policy = BackupPolicyResource(installation_id=h.INSTALLATION, state_dir=str(tmp_path / "state"))
+    destination = DestinationResource(
+        kind="local", local_path=str(tmp_path / "dest"), installation_id=h.INSTALLATION
+    )
+
+    def failure_code(app_db: PostgresResource) -> str:
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(
+                run_config=run_config,
+                resources={"app_db": app_db, "destination": destination, "backup_policy": policy},
+                instance=instance,
+                raise_on_error=False,
+            )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type is dg.DagsterEventType.STEP_FAILURE)
+        assert failure.step_failure_data and failure.step_failure_data.user_failure_data
+        return str(failure.step_failure_data.user_failure_data.metadata["error_code"].value)
+
+    app_db = PostgresResource(database_url=pg_database.url)
+    with app_db.data_lock("another run"):
+        assert failure_code(app_db) == ErrorCode.LOCKED
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = f"postgresql://postgres@127.0.0.1:{unused.getsockname()[1]}/nowhere"
+        assert failure_code(PostgresResource(database_url=closed)) == ErrorCode.DATABASE_UNREACHABLE

@@ -7,6 +7,8 @@ set is gone from the destination. The original materialization stays, so history
 truthful ("made then, deleted now").
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
 from backup_pipeline.schedules import IN_PROGRESS_STATUSES, RESTORE_JOB_NAME
-from backup_pipeline.services.backup_parts import is_backup_id
+from backup_pipeline.services.backup_parts import ErrorCode, is_backup_id
 from backup_pipeline.services.retention import (
     DeletedSet,
     RetentionError,
@@ -87,6 +89,20 @@ def ledger_complete_count(instance: dg.DagsterInstance) -> int:
     return len(instance.fetch_materializations(BACKUP_SET_ASSET, limit=1).records)
 
 
+@contextmanager
+def _data_lock(context: dg.OpExecutionContext, app_db: PostgresResource) -> Iterator[None]:
+    """The data lock for this one-op job; a busy lock or an unreachable database fails the run, naming which."""
+    try:
+        with app_db.data_lock(context.run_id):
+            yield
+    except DataLockBusy as exc:
+        raise dg.Failure(description=str(exc), metadata={"error_code": ErrorCode.LOCKED}) from None
+    except PostgresUnavailable as exc:
+        raise dg.Failure(
+            description=str(exc), metadata={"error_code": ErrorCode.DATABASE_UNREACHABLE}
+        ) from None
+
+
 # --- retention -------------------------------------------------------------------------------
 
 
@@ -111,11 +127,8 @@ def apply_retention_op(
             description=f"keep_last: must be at least 1 (the newest complete backup is never deleted), got {keep_last}",
             allow_retries=False,
         )
-    try:
-        with app_db.data_lock(context.run_id):
-            return _run_retention(context, config, destination, backup_policy, keep_last)
-    except (DataLockBusy, PostgresUnavailable) as exc:
-        raise dg.Failure(description=str(exc), metadata={"error_code": "BACKUP_LOCKED"}) from None
+    with _data_lock(context, app_db):
+        return _run_retention(context, config, destination, backup_policy, keep_last)
 
 
 def _run_retention(
@@ -254,25 +267,22 @@ def delete_backup_op(
         raise dg.Failure(
             description=f"confirm: type exactly {expected!r} to delete this backup", allow_retries=False
         )
-    try:
-        with app_db.data_lock(context.run_id):
-            destination_ = destination.get_destination()
-            try:
-                sets = discover_sets(destination_, backup_policy.installation_id)
-                target = check_manual_deletion(
-                    sets, config.backup_id, force=config.force, in_use=backup_ids_in_use(context.instance)
-                )
-                deleted = delete_backup_set(destination_, backup_policy.installation_id, target.backup_id)
-            except RetentionError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
-            except DestinationError as exc:
-                raise dg.Failure(
-                    description=f"deleting {config.backup_id} on {destination_.description} failed: {exc}. "
-                    "The ledger still lists it; run the job again.",
-                    metadata={"error_code": "DESTINATION_UNAVAILABLE"},
-                ) from None
-    except (DataLockBusy, PostgresUnavailable) as exc:
-        raise dg.Failure(description=str(exc), metadata={"error_code": "BACKUP_LOCKED"}) from None
+    with _data_lock(context, app_db):
+        destination_ = destination.get_destination()
+        try:
+            sets = discover_sets(destination_, backup_policy.installation_id)
+            target = check_manual_deletion(
+                sets, config.backup_id, force=config.force, in_use=backup_ids_in_use(context.instance)
+            )
+            deleted = delete_backup_set(destination_, backup_policy.installation_id, target.backup_id)
+        except RetentionError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        except DestinationError as exc:
+            raise dg.Failure(
+                description=f"deleting {config.backup_id} on {destination_.description} failed: {exc}. "
+                "The ledger still lists it; run the job again.",
+                metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+            ) from None
     context.log_event(deletion_event(deleted, context.run_id))
     AuditLog(_state_dir(backup_policy)).append(
         "backup_deleted",
