@@ -222,7 +222,7 @@ def iter_stream(stream: ByteStream, read_size: int = 1 << 20) -> Iterator[bytes]
                 return
             yield block
     else:
-        for block in stream:  # type: ignore[union-attr]
+        for block in stream:
             if block:
                 yield bytes(block)
 

@@ -207,7 +207,7 @@ class GoogleDriveDestination:
                         "authorized-user JSON (client_id, client_secret, refresh_token); use drive_auth_mode="
                         "shared_drive or delegation for a service account"
                     )
-                user = user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
+                user = user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
                 # from_authorized_user_info always resets token_uri to Google's (google-auth 2.63).
                 return user.with_token_uri(self.cfg.token_uri) if self.cfg.token_uri else user
             if info.get("type") != "service_account":
@@ -215,7 +215,7 @@ class GoogleDriveDestination:
                     f"{path} is not a service-account key (type={info.get('type')!r}); drive_auth_mode="
                     f"{self.cfg.auth_mode.value} needs one. For a user's refresh token use drive_auth_mode=oauth"
                 )
-            creds = service_account.Credentials.from_service_account_info(info, scopes=scopes)
+            creds = service_account.Credentials.from_service_account_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
             if self.cfg.auth_mode is DriveAuthMode.DELEGATION:
                 creds = creds.with_subject(self.cfg.subject)
             return creds
@@ -246,7 +246,7 @@ class GoogleDriveDestination:
     def _session(self) -> google.auth.transport.requests.AuthorizedSession:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = google.auth.transport.requests.AuthorizedSession(self._thread_credentials())
+            session = google.auth.transport.requests.AuthorizedSession(self._thread_credentials())  # type: ignore[no-untyped-call]
             self._local.session = session
         return session
 
