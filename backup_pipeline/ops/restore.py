@@ -25,7 +25,6 @@ Every step that touches data holds the PostgreSQL advisory data lock while it ru
 import getpass
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import Enum
@@ -131,13 +130,6 @@ def options_from_plan(plan: dict[str, Any]) -> svc.RestoreOptions:
 
 def _fail(message: str, **metadata: Any) -> dg.Failure:
     return dg.Failure(description=message, metadata={k: v for k, v in metadata.items() if v is not None})
-
-
-@contextmanager
-def _data_lock(context: dg.OpExecutionContext, app_db: PostgresResource) -> Iterator[None]:
-    """The advisory data lock, per step (each step may be its own process), as the backup job takes it."""
-    with run_data_lock(context, app_db):
-        yield
 
 
 def _keys(keys: Any) -> svc.RestoreKeys:
@@ -284,25 +276,18 @@ def safety_backup(
     if not svc.database_has_tables(target):
         context.log.info(f"database {target.dbname} is missing or empty: nothing to keep")
         return {"skipped": True, "reason": "target database missing or empty"}
-    with _data_lock(context, app_db):
+    with run_data_lock(context, app_db):
         entry = make_safety_backup(context, app_db, destination, keys, target.dbname)
     context.instance.add_run_tags(context.run_id, {TAG_SAFETY_BACKUP: entry["backup_id"]})
     context.log_event(
         dg.AssetMaterialization(
             asset_key=BACKUP_SET_ASSET,
             description=f"pre-restore safety backup of database {target.dbname}",
-            metadata={**_ledger_metadata(entry), "trigger": "pre-restore", "restore_of": plan["backup_id"]},
+            metadata={**_metadata(entry), "trigger": "pre-restore", "restore_of": plan["backup_id"]},
         )
     )
     context.add_output_metadata({"safety_backup_id": entry["backup_id"], "database": target.dbname})
     return {"skipped": False, "backup_id": entry["backup_id"]}
-
-
-def _ledger_metadata(entry: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in entry.items():
-        out[key] = dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value
-    return out
 
 
 def make_safety_backup(
@@ -372,7 +357,7 @@ def restore_database_step(
                 }
             )
             return {"dry_run": True, **result}
-        with _data_lock(context, app_db):
+        with run_data_lock(context, app_db):
             created = svc.ensure_database(target)
             context.log.info(f"pg_restore into {target.dbname} (single transaction)")
             result = svc.restore_database(
@@ -426,7 +411,7 @@ def restore_bucket_step(
             )
         except Exception as exc:
             raise s3.describe_error(exc, f"planning the restore of bucket {bucket}") from None
-        context.add_output_metadata({"dry_run": True, **_summary_metadata(summary)})
+        context.add_output_metadata({"dry_run": True, **_metadata(summary)})
         return {**summary, "dry_run": True}
 
     last_logged = [0]
@@ -439,7 +424,7 @@ def restore_bucket_step(
                 f"{bucket}: {done}/{len(inventory)} objects, {summary.bytes_written} bytes written"
             )
 
-    with _data_lock(context, app_db):
+    with run_data_lock(context, app_db):
         plaintext = svc.open_part(
             destination.get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
         )
@@ -456,24 +441,25 @@ def restore_bucket_step(
             )
         except svc.BucketRestoreFailed as exc:
             raise _fail(
-                str(exc), error_code="RESTORE_BUCKET_FAILED", **_summary_metadata(exc.summary.as_dict())
+                str(exc), error_code="RESTORE_BUCKET_FAILED", **_metadata(exc.summary.as_dict())
             ) from None
     summary = result.as_dict()
-    context.add_output_metadata(_summary_metadata(summary))
+    context.add_output_metadata(_metadata(summary))
     if result.failed:
         raise _fail(
             f"bucket {bucket}: {result.failed} objects failed to restore",
             error_code="RESTORE_BUCKET_FAILED",
-            **_summary_metadata(summary),
+            **_metadata(summary),
         )
     return summary
 
 
-def _summary_metadata(summary: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in summary.items():
-        out[key] = dg.MetadataValue.json(value) if isinstance(value, (list, dict)) else value
-    return out
+def _metadata(values: dict[str, Any]) -> dict[str, Any]:
+    """Event metadata from a small dict: nested dicts and lists as JSON."""
+    return {
+        key: dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value
+        for key, value in values.items()
+    }
 
 
 @dg.op(
@@ -509,13 +495,7 @@ def finish_restore(
     }
     context.instance.add_run_tags(context.run_id, {TAG_OUTCOME: "dry_run" if options.dry_run else "restored"})
     _audit("restore_dry_run" if options.dry_run else "restore", outcome, plan["launched_by"])
-    context.add_output_metadata(
-        {
-            k: dg.MetadataValue.json(v) if isinstance(v, dict) else v
-            for k, v in outcome.items()
-            if v is not None
-        }
-    )
+    context.add_output_metadata(_metadata({k: v for k, v in outcome.items() if v is not None}))
     return outcome
 
 
