@@ -451,6 +451,23 @@ def test_read_only_webserver_refuses_to_launch(ui: UiStack, page: Any) -> None:
         assert len(instance.get_runs()) == before
 
 
+def test_no_secret_in_anything_the_ui_can_show(ui: UiStack) -> None:
+    """Pages render logs lazily, so also search every run's config, tags, full event log and
+    captured stdout/stderr (what the run pages, asset pages and GraphQL serve) for the secrets."""
+    with ui.stack.home.instance() as instance:
+        runs = instance.get_runs()
+        assert len(runs) >= 4  # backup, dry run, restore, refused restore (+ retention, checks)
+        for run in runs:
+            shown = [repr(run.run_config), repr(run.tags)]
+            shown += [repr(record) for record in instance.all_logs(run.run_id)]
+            # Captured stdout/stderr (the run page's stdout/stderr tabs).
+            for log in (ui.stack.home.path / "storage" / run.run_id / "compute_logs").glob("*"):
+                shown.append(log.read_text(errors="replace"))
+            blob = "\n".join(shown)
+            for secret in ui.secrets:
+                assert secret not in blob, f"a secret is in run {run.run_id} ({run.job_name})"
+
+
 def _latest_check(ui: UiStack, name: str) -> Any:
     key = AssetCheckKey(AssetKey("backup_set"), name)
     with ui.stack.home.instance() as instance:
