@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The `bench` command: backup_pipeline's backup and restore jobs against pg_dump/tar/gzip/pigz/age/restic
 # on the same generated data; writes docs/benchmarks.md and docs/bench/throughput.svg.
-#   bash scripts/bench.sh --quick     # small dataset, 1 run each: checks the harness (< 3 min)
+#   bash scripts/bench.sh --quick     # small dataset, 1 run each: checks the harness
 #   bash scripts/bench.sh             # ~1 GiB of objects + pgbench scale 20, 3 runs each
 # Other options: --runs N --scale S --archive-runs N --workdir DIR --keep --no-doc --no-profile
+#
+# The working tree is shared with colleagues editing it, so by default the harness runs on a clean
+# snapshot of HEAD (`git archive`, no uncommitted edits) and copies the two generated files back;
+# --working-tree runs the tree as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in pg_dump pg_restore pgbench age age-keygen pigz restic; do
@@ -11,4 +15,26 @@ for tool in pg_dump pg_restore pgbench age age-keygen pigz restic; do
 done
 pg_isready -q -h 127.0.0.1 -p 5432 || { echo "bench: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 2; }
 echo "bench: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
-exec .venv/bin/python -m backup_pipeline_tests.bench "$@"
+PY="$PWD/.venv/bin/python"
+args=()
+snapshot=1
+for arg in "$@"; do
+  if [ "$arg" = --working-tree ]; then snapshot=0; else args+=("$arg"); fi
+done
+if [ "$snapshot" = 0 ]; then
+  exec "$PY" -m backup_pipeline_tests.bench "${args[@]}"
+fi
+head=$(git rev-parse --short HEAD)
+snap=$(mktemp -d /tmp/bp-bench-code-XXXXXX)
+trap 'rm -rf "$snap"' EXIT
+git archive HEAD | tar -x -C "$snap"
+# The snapshot's packages come first on sys.path (the venv's editable install is a meta-path finder consulted after it).
+status=0
+(cd "$snap" && PYTHONPATH="$snap" BENCH_CODE_REF="git commit $head (clean snapshot via git archive)" \
+  "$PY" -m backup_pipeline_tests.bench "${args[@]}") || status=$?
+if [ -f "$snap/docs/benchmarks.md" ] && ! cmp -s "$snap/docs/benchmarks.md" docs/benchmarks.md; then
+  cp "$snap/docs/benchmarks.md" docs/benchmarks.md
+  mkdir -p docs/bench && cp "$snap"/docs/bench/*.svg docs/bench/
+  echo "bench: wrote docs/benchmarks.md and docs/bench/ (code: $head)"
+fi
+exit "$status"

@@ -698,6 +698,7 @@ class Bench:
             )
             + ".",
             "",
+            f"- Code: {os.environ.get('BENCH_CODE_REF', 'the working tree (uncommitted edits included)')}",
             *self.machine(),
             f"- Dataset: {self.spec.describe()}: {self.object_count} objects, {self.object_bytes / MB:.0f} MB of "
             f"objects + {self.db_bytes / MB:.0f} MB database (`pg_database_size`) = {self.data_bytes / MB:.0f} MB; "
@@ -794,7 +795,7 @@ class Bench:
         """A section of the report, or ``fallback`` when a run it needs failed (noted, never invented)."""
         try:
             return build()
-        except (KeyError, statistics.StatisticsError, ZeroDivisionError, AttributeError) as exc:
+        except (KeyError, ValueError, statistics.StatisticsError, ZeroDivisionError, AttributeError) as exc:
             self.notes.append(
                 f"{getattr(build, '__name__', 'section')}: not produced ({type(exc).__name__}: {exc})"
             )
