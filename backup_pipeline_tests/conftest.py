@@ -6,4 +6,5 @@ pytest_plugins = [
     "backup_pipeline_tests.fixtures.drive",
     "backup_pipeline_tests.fixtures.dagster",
     "backup_pipeline_tests.fixtures.alert_receivers",
+    "backup_pipeline_tests.fixtures.scheduling",
 ]
