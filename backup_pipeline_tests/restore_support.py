@@ -14,6 +14,7 @@ import psycopg
 from minio import Minio
 
 from backup_pipeline.archive.keys import RecoveryKeyStore, generate_org_secret_file
+from backup_pipeline.concurrency import DATA_LEASE_TABLE
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.resources.destination import DestinationResource
@@ -119,9 +120,10 @@ def confirm(backup_id: str) -> str:
 
 
 def normalised_dump(url: str, exclude_tables: tuple[str, ...] = ()) -> str:
-    """Schema and data of a database as plain SQL, without the per-dump random tokens."""
+    """Schema and data of a database as plain SQL, without the per-dump random tokens, and without
+    the pipeline's data lease table (its bookkeeping, which backups leave out too)."""
     tools = locate_pg_tools()
-    excludes = [f"--exclude-table={t}" for t in exclude_tables]
+    excludes = [f"--exclude-table={t}" for t in (*exclude_tables, f"public.{DATA_LEASE_TABLE}")]
     out = subprocess.run(
         [str(tools.pg_dump.path), "--no-owner", "--no-privileges", *excludes, "-d", url],
         check=True,

@@ -2,7 +2,8 @@
 
 ``storage migrate-drive`` runs the same service functions as the ``migrate_drive_to_minio``
 job, in this process (useful from a shell or a maintenance window; the Dagster job is the
-path that records a ``storage_migration`` materialization). It holds the same data lock.
+path that records a ``storage_migration`` materialization). It holds the same data lease for the
+whole migration (heartbeat thread), so it and the data-touching jobs exclude each other.
 Exit codes: 0 nothing left in Drive (or a dry run), 1 assets remain / the run failed, 2 bad input.
 """
 
@@ -124,7 +125,7 @@ def migrate_drive(
             click.echo(f"[{done['n']}] asset {outcome.asset_id} {outcome.result}{detail}", err=True)
 
     try:
-        with app_db.data_lock(run_id):
+        with app_db.data_lock(run_id, job="storage migrate-drive (CLI)"):
             summary = mig.run_migration(ctx, on_asset=on_asset)
     except (DataLockBusy, PostgresUnavailable, mig.MigrationError) as exc:
         click.echo(f"migration failed: {exc}", err=True)

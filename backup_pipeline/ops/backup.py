@@ -14,8 +14,13 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline import admin_view
-from backup_pipeline.concurrency import DATA_LOCK_NAME, EXCLUSIVE_RUN_TAGS
+from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import Destination, DestinationError, QuotaError, ensure_room
+from backup_pipeline.ops.data_lease import (
+    release_data_lease_on_failure,
+    release_run_data_lease,
+    run_data_lease,
+)
 from backup_pipeline.ops.rate_limit import enforce_manual_backup_interval
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
@@ -117,20 +122,6 @@ def backup_errors() -> Iterator[None]:
         raise failure_from(err) from None
 
 
-@contextlib.contextmanager
-def run_data_lock(context: dg.OpExecutionContext, app_db: PostgresResource) -> Iterator[None]:
-    """Hold the data lock for this step; steps of the *same* run share it (parallel exports)."""
-    owner = f"run {context.run_id}"
-    try:
-        with app_db.data_lock(owner, name=DATA_LOCK_NAME):
-            yield
-    except DataLockBusy as err:
-        if context.run_id in str(err):
-            yield  # a sibling step of this run holds it
-        else:
-            raise failure_from(err) from None
-
-
 def build_encryptor(keys: BackupKeysResource) -> tuple[Encryptor, dict[str, Any]]:
     """An Encryptor over the org keyring and the recovery public key; plus the key ids (for the ledger)."""
     from backup_pipeline.archive.stream_crypto import encrypt_stream
@@ -191,9 +182,9 @@ def backup_id_of_run(instance: dg.DagsterInstance, run_id: str) -> str | None:
 def backup_ids_being_written(instance: dg.DagsterInstance, *, except_run_id: str) -> set[str]:
     """Backup ids of the other backup runs still in progress: their sets have no manifest *yet*.
 
-    The data lock is held per step, so between two steps of a running backup (or while a
-    sibling step keeps writing after the step holding the lock finished) another run's
-    ``plan_backup`` can take it; the lock alone does not make a manifest-less set dead.
+    The data lease keeps another backup run out only if both run under it; a run that died
+    without its status being recorded yet, or a lease taken over after a stale heartbeat, must
+    not cost a live run its set, so in-progress runs are spared by their status as well.
     """
     runs = instance.get_runs(filters=dg.RunsFilter(tags=BACKUP_KIND_TAGS, statuses=IN_PROGRESS_STATUSES))
     return {
@@ -258,7 +249,7 @@ def plan_backup(
     enforce_manual_backup_interval(
         context, config.min_manual_backup_interval_minutes, force=config.force, state_dir=keys.state_dir
     )
-    with backup_errors(), run_data_lock(context, app_db):
+    with backup_errors(), run_data_lease(context, app_db):
         run = context.instance.get_run_by_id(context.run_id)
         started = datetime.now(UTC)
         backup_id = (run.tags.get(BACKUP_ID_TAG) if run else None) or new_backup_id(started, context.run_id)
@@ -342,7 +333,7 @@ def dump_database_op(
     keys: BackupKeysResource,
 ) -> dict:
     backup_id, installation_id = plan["backup_id"], plan["installation_id"]
-    with backup_errors(), run_data_lock(context, app_db):
+    with backup_errors(), run_data_lease(context, app_db):
         encryptor, _ = build_encryptor(keys)
         dest = destination.get_destination()
         context.log.info(f"encrypting the database dump into part {PART_DATABASE!r} of backup {backup_id}")
@@ -394,7 +385,7 @@ def export_bucket_op(
     keys: BackupKeysResource,
 ) -> dict:
     backup_id, installation_id, name = plan["backup_id"], plan["installation_id"], bucket["bucket"]
-    with backup_errors(), run_data_lock(context, app_db):
+    with backup_errors(), run_data_lease(context, app_db):
         encryptor, _ = build_encryptor(keys)
         dest = destination.get_destination()
         context.log.info(
@@ -451,7 +442,7 @@ def finalize_backup_op(
     destination: DestinationResource,
     keys: BackupKeysResource,
 ) -> dict:
-    with backup_errors(), run_data_lock(context, app_db):
+    with backup_errors(), run_data_lease(context, app_db):
         encryptor, key_ids = build_encryptor(keys)
         dest = destination.get_destination()
         entry = finalize_backup(
@@ -467,6 +458,7 @@ def finalize_backup_op(
                 versions={"backup_pipeline": _package_version()},
             ),
         )
+    release_run_data_lease(context, app_db)
     entry["run_id"] = context.run_id
     entry["destination"] = dest.description
     context.instance.add_run_tags(context.run_id, admin_view.backup_run_tags(entry))
@@ -509,7 +501,7 @@ def build_backup_job(
         or "Encrypted backup of the app database and every bucket to the destination: one run = "
         "one backup set (manifest written last) = one backup_set materialization.",
         tags={**EXCLUSIVE_RUN_TAGS, **BACKUP_KIND_TAGS},
-        hooks={remove_partial_set},
+        hooks={remove_partial_set, release_data_lease_on_failure},
         executor_def=executor_def or dg.multiprocess_executor,
         config={"ops": {"plan_backup": {"config": defaults}}},
     )

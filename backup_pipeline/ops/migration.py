@@ -4,8 +4,8 @@ plan_drive_migration ──► migrate_batch[batch_0000..N] (dynamic) ──► 
                                                                      └─► storage_migration materialization
 
 The job runs on the in-process executor: batches are steps one after another (each visible
-in the UI, each with ``concurrency`` worker threads), and every step holds the data lock
-while it runs, which sibling steps in other processes could not share.
+in the UI, each with ``concurrency`` worker threads). The run holds the data lease
+(``ops/data_lease.py``) from ``plan_drive_migration`` to ``finish_drive_migration``.
 """
 
 import json
@@ -17,6 +17,11 @@ from pydantic import Field
 
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import DestinationError
+from backup_pipeline.ops.data_lease import (
+    release_data_lease_on_failure,
+    release_run_data_lease,
+    run_data_lease,
+)
 from backup_pipeline.resources import PostgresResource, S3Resource
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresUnavailable
@@ -93,7 +98,7 @@ def plan_drive_migration(
 ) -> Iterator[dg.DynamicOutput[dict] | dg.Output[dict]]:
     try:
         config.options().validate()
-        with app_db.data_lock(context.run_id):
+        with run_data_lease(context, app_db):
             ctx = migration_context(context, config, app_db, s3, legacy_drive)
             if config.dry_run:
                 with app_db.connect() as conn:
@@ -136,7 +141,7 @@ def migrate_batch(
         min_interval=5.0,
     )
     try:
-        with app_db.data_lock(context.run_id):
+        with run_data_lease(context, app_db):
             ctx = migration_context(context, config, app_db, s3, legacy_drive)
             result = mig.migrate_batch(ctx, ids, lambda o: tracker.add(o.bytes, 1))
     except (DataLockBusy, PostgresUnavailable) as exc:
@@ -188,18 +193,20 @@ def finish_drive_migration(
     plan: dict,
 ) -> dict:
     if plan.get("dry_run") is not None:
+        release_run_data_lease(context, app_db)
         return _record(context, plan["dry_run"], dry_run=True)
     total = mig.BatchResult()
     for result in results:
         total.merge(mig.BatchResult.from_dict(result))
     try:
-        with app_db.data_lock(context.run_id):
+        with run_data_lease(context, app_db):
             ctx = migration_context(context, config, app_db, s3, legacy_drive)
             deleted = mig.delete_sources(ctx)
             with app_db.connect() as conn:
                 summary = mig.finalize(conn, total, sources_deleted=deleted)
     except (mig.MigrationError, DataLockBusy, PostgresUnavailable, DestinationError) as exc:
         raise _fail(exc) from None
+    release_run_data_lease(context, app_db)
     (context.log.info if summary.settings_flipped else context.log.warning)(summary.settings_message)
     return _record(context, summary.as_dict(), dry_run=False, metadata=summary_metadata(summary))
 
@@ -232,6 +239,7 @@ def _record(
     "when none is left, fix media_asset_settings to MinIO. Resumable: rerun after any failure.",
     tags={**EXCLUSIVE_RUN_TAGS, "backup_pipeline/kind": "migration"},
     executor_def=dg.in_process_executor,
+    hooks={release_data_lease_on_failure},
 )
 def migrate_drive_to_minio() -> None:
     batches, plan = plan_drive_migration()

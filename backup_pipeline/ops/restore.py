@@ -19,12 +19,14 @@ Graph (one restore = one run)::
   skipped / kept_both / failed as metadata; the dry run predicts the same numbers.
 * ``finish_restore``: consistency report (full restores), audit record, outcome run tags.
 
-Every step that touches data holds the PostgreSQL advisory data lock while it runs.
+A real restore holds the run-level data lease (``ops/data_lease.py``) from ``start_restore``
+(after the request checks) to ``finish_restore``; a dry run touches nothing and takes none.
 """
 
 import getpass
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import Enum
@@ -35,7 +37,13 @@ from pydantic import Field
 
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.ops.backup import BACKUP_SET_ASSET, build_encryptor, run_data_lock
+from backup_pipeline.ops.backup import BACKUP_SET_ASSET, build_encryptor
+from backup_pipeline.ops.data_lease import (
+    acquire_run_data_lease,
+    release_data_lease_on_failure,
+    release_run_data_lease,
+    run_data_lease,
+)
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.postgres import PostgresResource
@@ -200,6 +208,8 @@ def start_restore(
             )
     except (svc.RestoreRefused, ArchiveError) as exc:
         raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
+    if not options.dry_run:
+        acquire_run_data_lease(context, app_db)  # held until finish_restore
     launched_by = _launched_by(context)
     context.instance.add_run_tags(
         context.run_id,
@@ -237,18 +247,14 @@ def start_restore(
 def verify_restore_parts(
     context: dg.OpExecutionContext,
     plan: dict[str, Any],
+    app_db: PostgresResource,
     destination: DestinationResource,
     keys: BackupKeysResource,
 ) -> dict[str, Any]:
     dest = destination.get_destination()
-    try:
-        resolved = _resolve(destination, keys, plan)
-        results = []
-        for name in plan["parts"]:
-            context.log.info(f"verifying part {name} of backup {plan['backup_id']}")
-            results.append(svc.verify_part(dest, _keys(keys), resolved, name))
-    except svc.RestoreRefused as exc:
-        raise _fail(str(exc), error_code="RESTORE_VERIFY_FAILED") from None
+    # A real restore keeps its lease fresh while it reads: retention must not delete these parts.
+    with _lease_unless_dry_run(context, app_db, plan):
+        results = _verify_parts(context, destination, keys, plan, dest)
     context.add_output_metadata(
         {
             "parts_verified": len(results),
@@ -257,6 +263,30 @@ def verify_restore_parts(
         }
     )
     return plan
+
+
+def _lease_unless_dry_run(
+    context: dg.OpExecutionContext, app_db: PostgresResource, plan: dict[str, Any]
+) -> AbstractContextManager[None]:
+    return nullcontext() if options_from_plan(plan).dry_run else run_data_lease(context, app_db)
+
+
+def _verify_parts(
+    context: dg.OpExecutionContext,
+    destination: DestinationResource,
+    keys: BackupKeysResource,
+    plan: dict[str, Any],
+    dest: Any,
+) -> list[dict[str, Any]]:
+    try:
+        resolved = _resolve(destination, keys, plan)
+        results = []
+        for name in plan["parts"]:
+            context.log.info(f"verifying part {name} of backup {plan['backup_id']}")
+            results.append(svc.verify_part(dest, _keys(keys), resolved, name))
+    except svc.RestoreRefused as exc:
+        raise _fail(str(exc), error_code="RESTORE_VERIFY_FAILED") from None
+    return results
 
 
 @dg.op(
@@ -276,7 +306,7 @@ def safety_backup(
     if not svc.database_has_tables(target):
         context.log.info(f"database {target.dbname} is missing or empty: nothing to keep")
         return {"skipped": True, "reason": "target database missing or empty"}
-    with run_data_lock(context, app_db):
+    with run_data_lease(context, app_db):
         entry = make_safety_backup(context, app_db, destination, keys, target.dbname)
     context.instance.add_run_tags(context.run_id, {TAG_SAFETY_BACKUP: entry["backup_id"]})
     context.log_event(
@@ -357,7 +387,7 @@ def restore_database_step(
                 }
             )
             return {"dry_run": True, **result}
-        with run_data_lock(context, app_db):
+        with run_data_lease(context, app_db):
             created = svc.ensure_database(target)
             context.log.info(f"pg_restore into {target.dbname} (single transaction)")
             result = svc.restore_database(
@@ -424,7 +454,7 @@ def restore_bucket_step(
                 f"{bucket}: {done}/{len(inventory)} objects, {summary.bytes_written} bytes written"
             )
 
-    with run_data_lock(context, app_db):
+    with run_data_lease(context, app_db):
         plaintext = svc.open_part(
             destination.get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
         )
@@ -477,9 +507,12 @@ def finish_restore(
     report: dict[str, Any] | None = None
     if options.scope is svc.RestoreScope.FULL and not options.dry_run and not options.schema_only:
         target = _target_db(app_db, options)
-        report = svc.consistency_report(
-            target.conninfo(), s3.client(), plan["buckets"], query=plan["consistency_query"]
-        )
+        with run_data_lease(context, app_db):
+            report = svc.consistency_report(
+                target.conninfo(), s3.client(), plan["buckets"], query=plan["consistency_query"]
+            )
+    if not options.dry_run:
+        release_run_data_lease(context, app_db)
     outcome = {
         "backup_id": plan["backup_id"],
         "dry_run": options.dry_run,
@@ -526,4 +559,5 @@ restore_job = restore_graph.to_job(
         "the current database is backed up first (pre-restore)."
     ),
     tags={**EXCLUSIVE_RUN_TAGS, TAG_PREFIX + "job": "restore"},
+    hooks={release_data_lease_on_failure},
 )

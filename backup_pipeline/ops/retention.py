@@ -20,13 +20,18 @@ from backup_pipeline.audit import AuditLog
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import DestinationError
 from backup_pipeline.ledger import verified_backup_ids
+from backup_pipeline.ops.data_lease import (
+    release_data_lease_on_failure,
+    release_run_data_lease,
+    run_data_lease,
+)
 from backup_pipeline.ops.restore import TAG_RESTORE_OF
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
-from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
+from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.schedules import IN_PROGRESS_STATUSES, RESTORE_JOB_NAME
-from backup_pipeline.services.backup_parts import ErrorCode, is_backup_id
+from backup_pipeline.services.backup_parts import is_backup_id
 from backup_pipeline.services.retention import (
     DeletedSet,
     RetentionError,
@@ -91,16 +96,11 @@ def ledger_complete_count(instance: dg.DagsterInstance) -> int:
 
 @contextmanager
 def _data_lock(context: dg.OpExecutionContext, app_db: PostgresResource) -> Iterator[None]:
-    """The data lock for this one-op job; a busy lock or an unreachable database fails the run, naming which."""
-    try:
-        with app_db.data_lock(context.run_id):
-            yield
-    except DataLockBusy as exc:
-        raise dg.Failure(description=str(exc), metadata={"error_code": ErrorCode.LOCKED}) from None
-    except PostgresUnavailable as exc:
-        raise dg.Failure(
-            description=str(exc), metadata={"error_code": ErrorCode.DATABASE_UNREACHABLE}
-        ) from None
+    """The run's data lease for this one-op job, released when the op is done (a failure: by the hook);
+    a busy lease (``BACKUP_LOCKED``) or an unreachable database (``DATABASE_UNREACHABLE``) fails the run."""
+    with run_data_lease(context, app_db):
+        yield
+    release_run_data_lease(context, app_db)
 
 
 # --- retention -------------------------------------------------------------------------------
@@ -235,6 +235,7 @@ def _state_dir(policy: BackupPolicyResource) -> Path:
     "complete one nor one a restore is reading; remove incomplete sets past the grace period. "
     "Deletions are recorded in the ledger; a failed deletion fails the run and is retried next time.",
     tags=EXCLUSIVE_RUN_TAGS,
+    hooks={release_data_lease_on_failure},
 )
 def retention_job() -> None:
     apply_retention_op()
@@ -303,6 +304,7 @@ def delete_backup_op(
     description="Delete one backup set. Config: backup_id and confirm: 'delete <backup id>'; the newest "
     "complete backup is refused unless force: true.",
     tags=EXCLUSIVE_RUN_TAGS,
+    hooks={release_data_lease_on_failure},
 )
 def delete_backup_job() -> None:
     delete_backup_op()

@@ -1,4 +1,4 @@
-"""The application's PostgreSQL: connections, the pg_dump/pg_restore tools, and the data lock.
+"""The application's PostgreSQL: connections, the pg_dump/pg_restore tools, and the data lease.
 
 Everything here reports the endpoint it talked to as ``user@host:port/dbname`` and never
 the password: the password comes from ``BACKUP_PIPELINE_APP_DATABASE_PASSWORD`` (a Dagster
@@ -9,12 +9,12 @@ through ``PGPASSWORD`` in their environment, never on a command line.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ import psycopg
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from backup_pipeline.concurrency import DATA_LOCK_NAME
+from backup_pipeline.services import data_lease
+from backup_pipeline.services.data_lease import DataLockBusy as DataLockBusy  # the error type callers catch
+from backup_pipeline.services.data_lease import HolderFinished
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -35,10 +37,6 @@ class PostgresUnavailable(Exception):
 
 class PgToolsError(Exception):
     """pg_dump/pg_restore are missing or older than the server."""
-
-
-class DataLockBusy(Exception):
-    """Another run holds the data lock."""
 
 
 @dataclass(frozen=True)
@@ -141,11 +139,6 @@ def check_tools_against_server(tools: PgTools, server_major: int, endpoint: str)
             )
 
 
-def advisory_lock_key(name: str) -> int:
-    """A stable signed 64-bit key for ``pg_try_advisory_lock`` (hashtext() is not guaranteed stable)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
 class PostgresResource(ConfigurableResource):
     """The application's PostgreSQL database.
 
@@ -235,35 +228,48 @@ class PostgresResource(ConfigurableResource):
             env["PGPASSWORD"] = self.password
         return env
 
-    @contextmanager
-    def data_lock(self, owner: str, *, name: str = DATA_LOCK_NAME) -> Iterator[None]:
-        """Hold the session-level advisory lock ``name`` on the application database while the block runs.
+    def _lease_connect(self) -> psycopg.Connection:
+        return self.connect(application_name="backup_pipeline data lease")
 
-        Raises ``DataLockBusy`` at once (no waiting: a queued backup behind a long restore is
-        worse than a clear failure) naming the holder's application_name, which carries
-        ``owner`` (e.g. the run id). The lock lives as long as this dedicated connection, so a
-        killed run worker releases it when its connection drops.
+    def acquire_data_lease(
+        self, run_id: str, *, job: str, holder: str, holder_finished: HolderFinished | None = None
+    ) -> data_lease.Acquisition:
+        """Take (or share, or take over from a dead holder) the run-level data lease; ``DataLockBusy`` at once
+        when a live holder has it (``services/data_lease.py``)."""
+        return data_lease.acquire(
+            self._lease_connect,
+            run_id=run_id,
+            job=job,
+            holder=holder,
+            endpoint=self.endpoint,
+            holder_finished=holder_finished,
+        )
+
+    def data_lease_heartbeat(
+        self,
+        run_id: str,
+        on_lost: Callable[[str], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> data_lease.LeaseHeartbeat:
+        """A context manager refreshing ``run_id``'s lease from a background thread."""
+        return data_lease.LeaseHeartbeat(self._lease_connect, run_id, on_lost=on_lost, on_error=on_error)
+
+    def release_data_lease(self, run_id: str) -> bool:
+        return data_lease.release(self._lease_connect, run_id)
+
+    def data_lease_holder(self) -> data_lease.LeaseHolder | None:
+        return data_lease.current_holder(self._lease_connect)
+
+    @contextmanager
+    def data_lock(self, owner: str, *, job: str = "backup-pipeline (outside Dagster)") -> Iterator[None]:
+        """Hold the data lease as ``owner`` for the block (one process: the CLI migration, tests).
+
+        Raises ``DataLockBusy`` at once (no waiting) naming the holder run and job. A heartbeat
+        thread keeps the lease fresh; if this process dies, the lease is taken over once its
+        heartbeat is older than ``DATA_LEASE_STALE_SECONDS``.
         """
-        key = advisory_lock_key(name)
-        conn = self.connect(autocommit=True, application_name=f"backup_pipeline lock {owner}"[:63])
-        try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            if not row or not row[0]:
-                holder = conn.execute(
-                    "SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s::bigint LIMIT 1",
-                    (key,),
-                ).fetchone()
-                who = f"{holder[0]!r} (pid {holder[1]})" if holder else "another session"
-                raise DataLockBusy(
-                    f"the data lock {name!r} on {self.endpoint} is held by {who}: another backup, "
-                    "restore, retention or migration run is touching the data; try again when it has finished"
-                )
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        finally:
-            conn.close()
+        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        with data_lease.hold(
+            self._lease_connect, run_id=owner, job=job, holder=holder, endpoint=self.endpoint
+        ):
+            yield

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from ..concurrency import DATA_LEASE_TABLE
 from ..destinations.base import Destination
 from ..resources.postgres import (
     PgTools,
@@ -89,6 +90,8 @@ def pg_dump_command(
     if snapshot:
         cmd.append(f"--snapshot={snapshot}")
     cmd += [f"--exclude-table-data={pattern}" for pattern in exclude_table_data]
+    # The data lease is the pipeline's, not the app's: a restore must not bring back an old holder.
+    cmd.append(f"--exclude-table=public.{DATA_LEASE_TABLE}")
     return cmd
 
 
@@ -218,7 +221,10 @@ def count_table_rows(conn: psycopg.Connection, exclude_table_data: Sequence[str]
 
     counts: dict[str, int] = {}
     for schema, table in conn.execute(_USER_TABLES).fetchall():
-        if table_data_excluded(schema, table, exclude_table_data):
+        if table_data_excluded(schema, table, exclude_table_data) or (schema, table) == (
+            "public",
+            DATA_LEASE_TABLE,
+        ):
             continue
         row = conn.execute(
             sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
