@@ -81,6 +81,23 @@ def render(rows: Sequence[Row], command: str, started: datetime, seconds: float,
             f"| {r.group} | {r.name} | {r.fault} | {r.outcome.value} | {r.run_status or '-'} | "
             f"{_yes(r.ledger_true)} | {_yes(r.next_run_ok)} | {r.seconds:.0f} | {notes} |"
         )
+    lines += [
+        "",
+        "## How a dead run is found (what the rows above rely on)",
+        "",
+        "- Run worker SIGKILLed, servers alive: the code server that launched the worker sees it exit and "
+        "the run is marked FAILURE by run monitoring within seconds. The failure hook does not run (the "
+        "process is gone), so the partial set (no manifest) stays on the destination until the next "
+        "backup's `plan_backup` removes it; it is never listed as a backup (no manifest, no "
+        "materialization).",
+        "- The whole Dagster process tree killed and restarted: the new servers know nothing of the old "
+        "worker, and the default run launcher has no worker health check "
+        "(`supports_check_run_worker_health` is false), so only `run_monitoring.max_runtime_seconds` "
+        "ends the run. The drill sets it to a few minutes; the shipped `dagster.yaml` has 43200 s, and "
+        "because backup runs share a tag concurrency limit of 1, **after a host crash the next backup "
+        "waits up to 12 hours** unless an operator marks the dead run failed (UI: Terminate) or the "
+        "backup job carries a tighter `dagster/max_runtime_seconds` tag.",
+    ]
     lines += ["", "## Details (ledger reconciliation after each row)", ""]
     for r in rows:
         lines.append(f"- **{r.name}**: {r.detail.replace('|', '/')}")

@@ -28,7 +28,7 @@ from backup_pipeline.archive.stream_crypto import read_header
 from backup_pipeline.services import restore as rs
 from backup_pipeline.services.backup_parts import PART_DATABASE, PROP_PART_NAME, set_properties
 
-from .world import INSTALLATION, World
+from .world import INSTALLATION, World, differences
 
 OK = dg.DagsterRunStatus.SUCCESS
 
@@ -108,6 +108,8 @@ def judge_backup(world: World, row: Row, run_id: str, hit: bool, next_run: bool 
         if backup_id and (why := verify_set(world, backup_id)):
             lost.append(f"{backup_id} listed complete but {why}")
     else:
+        if reason := world.failure_reason(run_id):
+            row.note(f"failure: {reason}")
         if backup_id in complete:
             lost.append(f"failed run's set {backup_id} is listed as a backup")
         if backup_id and backup_id in world.incomplete_sets():
@@ -340,7 +342,7 @@ def _used(path: Path) -> int:
 @dataclass
 class RestoreBaseline:
     backup_id: str
-    fingerprint: str
+    fingerprint: dict[str, str]
 
 
 def restore_baseline(world: World) -> RestoreBaseline:
@@ -380,7 +382,11 @@ def kill_restore_worker(world: World, row: Row, baseline: RestoreBaseline, phase
     settle(world)
     rerun = world.submit_restore(baseline.backup_id)
     rerun_status = world.wait(rerun)
-    row.next_run_ok = rerun_status is OK and world.fingerprint() == baseline.fingerprint
+    restored = world.fingerprint()
+    row.next_run_ok = rerun_status is OK and restored == baseline.fingerprint
+    if restored != baseline.fingerprint:
+        row.note("differs from the backup: " + "; ".join(differences(baseline.fingerprint, restored)))
+        row.note(f"rerun {rerun} bucket steps: {bucket_counts(world, rerun)}")
     ok, detail = world.ledger_check()
     row.ledger_true = ok
     row.detail = detail
@@ -393,6 +399,19 @@ def kill_restore_worker(world: World, row: Row, baseline: RestoreBaseline, phase
         row.outcome = Outcome.FAILED_CLEANLY if ok else Outcome.DATA_LOST
     settle(world)
     return row
+
+
+def bucket_counts(world: World, run_id: str) -> dict[str, dict[str, object]]:
+    counts = {}
+    for record in world.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        if (record.step_key or "").startswith("restore_bucket_step") and record.dagster_event:
+            metadata = getattr(record.dagster_event.event_specific_data, "metadata", {}) or {}
+            counts[record.step_key or ""] = {
+                k: getattr(v, "value", v)
+                for k, v in metadata.items()
+                if k in ("added", "overwritten", "failed")
+            }
+    return counts
 
 
 # --- tampered parts -------------------------------------------------------------------------

@@ -100,6 +100,7 @@ class World:
     local_path: Path | None = None
     tmpfs: bool = False
     _instance: dg.DagsterInstance | None = None
+    _destination_since: float = 0.0
     _stacks_started: int = 0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -120,7 +121,6 @@ class World:
         self.tmpfs = mount_tmpfs(self.local_path, TMPFS_SIZE)
         self.seed()
         self.home = make_dagster_home(self.root / "dagster_home")
-        fast_monitoring(self.home, self.max_runtime_seconds)
         self.start_stack()
         return self
 
@@ -177,6 +177,8 @@ class World:
         return env
 
     def start_stack(self) -> None:
+        # Multiprocess runs start a process per step: on 2 shared cores they take minutes.
+        fast_monitoring(self.home, self.max_runtime_seconds * (3 if self.executor == "multiprocess" else 1))
         log_dir = self.root / "logs" / f"stack-{self._stacks_started}"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._stacks_started += 1
@@ -186,6 +188,8 @@ class World:
     def reconfigure(self, destination: str | None = None, executor: str | None = None) -> None:
         """Restart the servers with other settings (settings are read when the code location loads)."""
         self.stack.stop()
+        if destination and destination != self.destination_kind:
+            self._destination_since = time.time()
         kind = self.destination_kind = destination or self.destination_kind
         self.executor = executor or self.executor
         if kind == "google_drive":
@@ -283,6 +287,17 @@ class World:
             time.sleep(0.05)
         raise TimeoutError(f"{what} did not happen within {timeout:.0f}s (run {run_id})")
 
+    def failure_reason(self, run_id: str) -> str:
+        """The first failed step's error (its first line), or the run failure message."""
+        for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+            data = record.dagster_event.event_specific_data if record.dagster_event else None
+            error = getattr(data, "error", None)
+            message = getattr(error, "message", None) or record.message or ""
+            return f"{record.step_key}: {message.strip().splitlines()[0][:240]}" if message.strip() else ""
+        for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE):
+            return (record.message or "").strip()[:240]
+        return ""
+
     def step_started(self, run_id: str, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.step_events(run_id, dg.DagsterEventType.STEP_START))
 
@@ -374,7 +389,12 @@ class World:
     def ledger_check(self) -> tuple[bool, str]:
         """The ledger is true when every set Dagster lists as complete has its manifest on the
         destination and every set with a manifest is complete in Dagster."""
-        dag = ledger.from_dagster(self.instance)
+        # Sets made before the servers were switched to another destination live on the old one.
+        dag = [
+            e
+            for e in ledger.from_dagster(self.instance)
+            if e.created_at.timestamp() >= self._destination_since
+        ]
         dest = ledger.from_destination(self.destination(), INSTALLATION)
         rec = ledger.reconcile(dag, dest)
         ok = not rec.missing_on_destination and not rec.unknown_to_dagster
@@ -389,22 +409,45 @@ class World:
             e.backup_id for e in ledger.from_destination(self.destination(), INSTALLATION) if not e.complete
         ]
 
-    def fingerprint(self) -> str:
-        """A digest of the application's data: pg_dump (data, ordered) + every object's key, size, etag."""
-        digest = hashlib.sha256()
-        dump = subprocess.run(
-            ["pg_dump", "--data-only", "--no-owner", "--inserts", "--rows-per-insert=1", "-d", self.db.url],
-            capture_output=True,
-            check=True,
-        ).stdout
-        for line in sorted(dump.splitlines()):
-            if line.startswith(b"INSERT"):
-                digest.update(line + b"\n")
+    def fingerprint(self) -> dict[str, str]:
+        """The application's backed-up data: per table (except the excluded sessions/caches) an
+        order-independent digest of its rows, per object the
+        SHA-256 of its bytes and its size (ETags differ between single and multipart uploads)."""
+        state: dict[str, str] = {}
+        with self.db.connect() as conn:
+            tables = conn.execute(
+                "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables "
+                "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+            ).fetchall()
+            for (table,) in tables:
+                if table == "public.sessions" or table.endswith("_cache"):
+                    continue  # rows not backed up by design (exclude_table_patterns default)
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {} t"
+                    ).format(sql.SQL(table))
+                ).fetchone()
+                state[f"table {table}"] = f"{row[0]}:{row[1]}" if row else ""
         client = self.s3.client()
         for bucket in sorted(b.name for b in client.list_buckets()):
-            for obj in sorted(client.list_objects(bucket, recursive=True), key=lambda o: o.object_name or ""):
-                digest.update(f"{bucket}/{obj.object_name}:{obj.size}:{obj.etag}\n".encode())
-        return digest.hexdigest()
+            for obj in client.list_objects(bucket, recursive=True):
+                response = client.get_object(bucket, obj.object_name or "")
+                try:
+                    digest = hashlib.sha256()
+                    for block in response.stream(1 << 20):
+                        digest.update(block)
+                finally:
+                    response.close()
+                    response.release_conn()
+                state[f"object {bucket}/{obj.object_name}"] = f"{obj.size}:{digest.hexdigest()}"
+        return state
+
+
+def differences(before: dict[str, str], after: dict[str, str], limit: int = 4) -> list[str]:
+    """What differs between two fingerprints (for notes)."""
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    shown = [f"{k}: {before.get(k, 'missing')[:20]} -> {after.get(k, 'missing')[:20]}" for k in keys[:limit]]
+    return shown + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
 
 
 TMPFS_SIZE = 3 << 30
