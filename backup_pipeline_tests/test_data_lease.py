@@ -130,14 +130,16 @@ def test_two_runs_cannot_interleave(app_db: PostgresResource) -> None:
 
 
 def test_sibling_steps_in_parallel_processes_share_the_lease(app_db: PostgresResource) -> None:
-    with dg.instance_for_test() as instance:
-        with dg.execute_job(dg.reconstructable(lease_probe_job), instance=instance) as result:
-            assert result.success
-            assert result.output_for_node("last") == [result.run_id, result.run_id]
-            # The siblings ran in two processes: each shared the lease its run took in `first`.
-            starts = result.filter_events(lambda e: e.event_type == dg.DagsterEventType.STEP_START)
-            pids = {e.pid for e in starts if e.step_key in ("sibling_a", "sibling_b")}
-            assert len(pids) == 2
+    with (
+        dg.instance_for_test() as instance,
+        dg.execute_job(dg.reconstructable(lease_probe_job), instance=instance) as result,
+    ):
+        assert result.success
+        assert result.output_for_node("last") == [result.run_id, result.run_id]
+        # The siblings ran in two processes: each shared the lease its run took in `first`.
+        starts = result.filter_events(lambda e: e.event_type == dg.DagsterEventType.STEP_START)
+        pids = {e.pid for e in starts if e.step_key in ("sibling_a", "sibling_b")}
+        assert len(pids) == 2
     assert app_db.data_lease_holder() is None
 
 
