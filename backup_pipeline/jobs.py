@@ -3,7 +3,7 @@
 Each job is added to ``JOBS`` here (one import + one list entry); ``definitions.py``
 registers the list. Jobs that touch the application's data (backup, restore, retention,
 migration) carry ``backup_pipeline.concurrency.EXCLUSIVE_RUN_TAGS`` so the run queue runs one at a time
-(``dagster.yaml``), and also take ``PostgresResource.data_lock`` inside, because
+(``dagster.yaml``), and also hold the run-level data lease (``ops/data_lease.py``) inside, because
 ``execute_in_process`` bypasses the queue and Launchpad users can edit tags.
 """
 
