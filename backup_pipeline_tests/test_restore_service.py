@@ -162,6 +162,7 @@ def test_s3_stopped_mid_restore_fails_with_summary(s3: S3Server) -> None:
     assert info.value.summary.added == 3
     assert not info.value.summary.completed
     assert "3 added" in str(info.value)
+    assert f"S3 endpoint {s3.endpoint}: writing objects failed" in str(info.value)
     s3.start()
 
 

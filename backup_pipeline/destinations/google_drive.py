@@ -60,7 +60,7 @@ from googleapiclient import discovery, discovery_cache
 from googleapiclient.errors import HttpError
 from googleapiclient.http import build_http
 
-from backup_pipeline.settings import BackupSettings, DriveAuthMode
+from backup_pipeline.settings import DriveAuthMode
 
 from .base import (
     AuthError,
@@ -130,29 +130,6 @@ class GoogleDriveDestination:
         self._folder_id: str | None = config.folder_id
         self._folder_checked = False
         self._info: dict[str, Any] | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: BackupSettings, *, retry: RetryPolicy | None = None
-    ) -> GoogleDriveDestination:
-        return cls(
-            DriveConfig(
-                auth_mode=settings.drive_auth_mode,
-                credentials_file=str(settings.drive_credentials_file)
-                if settings.drive_credentials_file
-                else None,
-                shared_drive_id=settings.drive_shared_drive_id,
-                subject=settings.drive_subject,
-                folder_id=settings.drive_folder_id,
-                folder_name=settings.installation_id,
-                scope=settings.drive_scope,
-                api_root=settings.drive_api_root,
-                token_uri=settings.drive_token_uri,
-                daily_upload_cap_bytes=settings.drive_daily_upload_cap_bytes,
-                state_dir=str(settings.state_dir),
-            ),
-            retry=retry,
-        )
 
     @property
     def description(self) -> str:

@@ -11,8 +11,12 @@ from urllib.parse import urlsplit
 import urllib3
 from dagster import ConfigurableResource
 from minio import Minio
-from minio.error import MinioException, S3Error
 from pydantic import Field
+
+from backup_pipeline.services.errors import S3_ERRORS, s3_error_reason
+
+# minio raises ValueError for an endpoint or name it cannot use, before any request.
+_LISTING_ERRORS: tuple[type[Exception], ...] = (*S3_ERRORS, ValueError)
 
 
 class S3Unavailable(Exception):
@@ -57,18 +61,13 @@ class S3Resource(ConfigurableResource):
         return client
 
     def describe_error(self, exc: BaseException, action: str) -> S3Unavailable:
-        """Turn a minio/urllib3 error into one line naming the endpoint (the secret key is never in it)."""
-        if isinstance(exc, S3Error):
-            reason = f"{exc.code}: {exc.message}"
-        elif isinstance(exc, urllib3.exceptions.MaxRetryError):
-            reason = f"{type(exc.reason).__name__}: {exc.reason}" if exc.reason else str(exc)
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        reason = reason.replace(self.secret_key, "***") if self.secret_key else reason
-        return S3Unavailable(f"S3 endpoint {self.endpoint}: {action} failed: {reason}")
+        """Turn a minio/urllib3 error into one line naming the endpoint (never the keys)."""
+        return S3Unavailable(
+            s3_error_reason(exc, self.endpoint, action, secrets=(self.secret_key, self.access_key))
+        )
 
     def list_bucket_names(self) -> list[str]:
         try:
             return sorted(b.name for b in self.client().list_buckets())
-        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except _LISTING_ERRORS as exc:
             raise self.describe_error(exc, "listing buckets") from None

@@ -15,19 +15,17 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import urllib3
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import S3Error
 
 from ..destinations.base import Destination
 from .backup_parts import BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart, upload_part
+from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
 from .progress import ProgressTracker
 
 READ_SIZE = 1024 * 1024
 _META_PREFIX = "x-amz-meta-"
-# Raised by minio/urllib3 when the endpoint is down or the connection breaks mid-body.
-_S3_ERRORS: tuple[type[Exception], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -76,28 +74,13 @@ class BucketExportReport:
 
 
 def s3_failure(exc: BaseException, action: str, endpoint: str) -> BackupError:
-    """A readable BackupError for a minio/urllib3 error (never carries credentials)."""
-    if isinstance(exc, S3Error):
-        if exc.code == "NoSuchBucket":
-            return BackupError(
-                ErrorCode.BUCKET_NOT_FOUND, f"S3 endpoint {endpoint}: {action}: bucket not found"
-            )
-        return BackupError(
-            ErrorCode.S3_ERROR, f"S3 endpoint {endpoint}: {action} failed: {exc.code}: {exc.message}"
-        )
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        reason = f"{type(exc.reason).__name__}"
-    else:
-        reason = type(exc).__name__
-    return BackupError(
-        ErrorCode.S3_UNREACHABLE,
-        f"S3 endpoint {endpoint}: {action} failed ({reason}); is the S3/MinIO server running and reachable?",
-        retryable=True,
-    )
-
-
-def _endpoint(client: Minio) -> str:
-    return str((getattr(client, "_base_url", None) and client._base_url.host) or "S3")
+    """The backup's error code for a minio/urllib3 error; the text is the shared one (no credentials)."""
+    message = s3_error_reason(exc, endpoint, action)
+    if is_s3_unreachable(exc):
+        return BackupError(ErrorCode.S3_UNREACHABLE, message, retryable=True)
+    if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
+        return BackupError(ErrorCode.BUCKET_NOT_FOUND, message)
+    return BackupError(ErrorCode.S3_ERROR, message)
 
 
 def select_buckets(available: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> list[str]:
@@ -118,8 +101,8 @@ def select_buckets(available: Sequence[str], include: Sequence[str], exclude: Se
 def discover_buckets(client: Minio, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
     try:
         available = sorted(b.name for b in client.list_buckets())
-    except _S3_ERRORS as exc:
-        raise s3_failure(exc, "listing buckets", _endpoint(client)) from None
+    except S3_ERRORS as exc:
+        raise s3_failure(exc, "listing buckets", s3_endpoint(client)) from None
     return select_buckets(available, include, exclude)
 
 
@@ -130,8 +113,8 @@ def iter_listing(client: Minio, bucket: str) -> Iterator[ListedObject]:
             if obj.is_dir or obj.object_name is None:
                 continue
             yield ListedObject(key=obj.object_name, size=int(obj.size or 0), etag=(obj.etag or "").strip('"'))
-    except _S3_ERRORS as exc:
-        raise s3_failure(exc, f"listing bucket {bucket!r}", _endpoint(client)) from None
+    except S3_ERRORS as exc:
+        raise s3_failure(exc, f"listing bucket {bucket!r}", s3_endpoint(client)) from None
 
 
 def summarize_bucket(client: Minio, bucket: str) -> BucketSummary:
@@ -172,7 +155,7 @@ class ObjectBody:
         want = READ_SIZE if n is None or n < 0 else n
         try:
             data = self._response.read(min(want, READ_SIZE))
-        except _S3_ERRORS as exc:
+        except S3_ERRORS as exc:
             raise s3_failure(exc, f"reading {self._what}", self._endpoint) from None
         if not data:
             if self.size != self._expected:
@@ -224,7 +207,7 @@ def open_object(
     client: Minio, bucket: str, listed: ListedObject, *, on_bytes: Callable[[int], None] | None = None
 ) -> OpenedObject | None:
     """GET one object; None when it vanished since the listing."""
-    endpoint = _endpoint(client)
+    endpoint = s3_endpoint(client)
     what = f"s3://{bucket}/{listed.key}"
     try:
         response = client.get_object(bucket, listed.key)
@@ -232,7 +215,7 @@ def open_object(
         if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchVersion"):
             return None
         raise s3_failure(exc, f"reading {what}", endpoint) from None
-    except _S3_ERRORS as exc:
+    except S3_ERRORS as exc:
         raise s3_failure(exc, f"reading {what}", endpoint) from None
     try:
         headers = response.headers
@@ -247,7 +230,7 @@ def open_object(
             else:
                 raise
         tags = dict(tags_obj or {})
-    except _S3_ERRORS as exc:
+    except S3_ERRORS as exc:
         response.close()
         response.release_conn()
         raise s3_failure(exc, f"reading tags of {what}", endpoint) from None

@@ -30,6 +30,7 @@ from ..resources.postgres import (
 )
 from .backup_parts import PART_DATABASE, BackupError, ErrorCode
 from .backup_upload import Encryptor, UploadedPart, upload_part
+from .errors import first_line
 from .progress import ProgressTracker
 
 DUMP_CHUNK_SIZE = 1024 * 1024
@@ -74,7 +75,7 @@ def query_schema_version(pg: PostgresResource, query: str) -> str | None:
     except psycopg.Error as exc:
         raise BackupError(
             ErrorCode.SCHEMA_VERSION_QUERY_FAILED,
-            f"schema version query failed ({_first_line(exc)}); fix BACKUP_PIPELINE_SCHEMA_VERSION_QUERY "
+            f"schema version query failed ({first_line(exc)}); fix BACKUP_PIPELINE_SCHEMA_VERSION_QUERY "
             "or set it empty to skip",
         ) from None
     if row is None or row[0] is None:
@@ -160,11 +161,6 @@ def _drain_lines(stream: Any, sink: collections.deque[str]) -> None:
         if line:
             sink.append(line)
     stream.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -275,7 +271,7 @@ def dump_database(
             table_rows = count_table_rows(snapshot_conn, exclude_table_data)
         except psycopg.Error as exc:
             raise BackupError(
-                ErrorCode.PG_DUMP_FAILED, f"counting table rows for the manifest failed: {_first_line(exc)}"
+                ErrorCode.PG_DUMP_FAILED, f"counting table rows for the manifest failed: {first_line(exc)}"
             ) from None
         dump = stream_pg_dump(
             tools.pg_dump.path, pg.libpq_env(), exclude_table_data, on_start=on_start, snapshot=snapshot

@@ -34,11 +34,11 @@ from importlib import resources
 from typing import Any, Protocol
 
 import psycopg
-import urllib3
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import S3Error
 
 from backup_pipeline.destinations.base import DestinationError, NotFoundError, StoredFile
+from backup_pipeline.services.errors import S3_ERRORS, s3_error_reason
 
 # --- the application's schema, as far as the migration touches it ------------------------
 
@@ -421,18 +421,9 @@ class MigrationContext:
 
 
 def _storage_error(ctx: MigrationContext, exc: BaseException, action: str) -> StorageUnavailable:
-    if isinstance(exc, S3Error):
-        reason = f"{exc.code}: {exc.message}"
-    elif isinstance(exc, urllib3.exceptions.MaxRetryError):
-        reason = f"{type(exc.reason).__name__}" if exc.reason else type(exc).__name__
-    else:
-        reason = type(exc).__name__
     return StorageUnavailable(
-        f"MinIO at {ctx.endpoint}: {action} failed ({reason}); rerun the migration when it is back"
+        f"{s3_error_reason(exc, ctx.endpoint, action)} (rerun the migration once S3 works again)"
     )
-
-
-_S3_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
 
 
 def _stat_object(ctx: MigrationContext, key: str) -> int | None:
@@ -442,7 +433,7 @@ def _stat_object(ctx: MigrationContext, key: str) -> int | None:
         if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
             return None
         raise _storage_error(ctx, exc, f"stat of {key!r}") from None
-    except _S3_ERRORS as exc:
+    except S3_ERRORS as exc:
         raise _storage_error(ctx, exc, f"stat of {key!r}") from None
 
 
@@ -512,7 +503,7 @@ def _copy_verify_switch(
     if existing_size is not None and existing_size == info.size:
         try:
             candidate = _hash_object(ctx.minio, ctx.bucket, key)
-        except _S3_ERRORS as exc:
+        except S3_ERRORS as exc:
             raise _storage_error(ctx, exc, f"read-back of {key!r}") from None
         try:
             _check_against_drive(info, candidate, asset.recorded_sha256)
@@ -582,7 +573,7 @@ def _upload(
             if isinstance(reader.source_error, DestinationError):
                 raise AssetFailed("Google Drive download failed", str(reader.source_error)) from None
             raise
-        if isinstance(exc, _S3_ERRORS):
+        if isinstance(exc, S3_ERRORS):
             raise _storage_error(ctx, exc, f"upload of {key!r}") from None
         raise
     return Digests(reader.size, reader.md5.hexdigest(), reader.sha256.hexdigest())
@@ -592,7 +583,7 @@ def _remove_unverified(ctx: MigrationContext, key: str) -> None:
     """Nothing points at an unverified object; removing it keeps the bucket free of bad copies."""
     try:
         ctx.minio.remove_object(ctx.bucket, key)
-    except _S3_ERRORS as exc:
+    except S3_ERRORS as exc:
         raise _storage_error(ctx, exc, f"removal of unverified {key!r}") from None
 
 
@@ -644,9 +635,8 @@ def ensure_bucket(minio: Minio, bucket: str, endpoint: str) -> None:
     try:
         if not minio.bucket_exists(bucket):
             minio.make_bucket(bucket)
-    except _S3_ERRORS as exc:
-        reason = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else type(exc).__name__
-        raise StorageUnavailable(f"MinIO at {endpoint}: bucket {bucket!r} not usable ({reason})") from None
+    except S3_ERRORS as exc:
+        raise StorageUnavailable(s3_error_reason(exc, endpoint, f"checking bucket {bucket!r}")) from None
 
 
 def abort_stale_uploads(minio: Minio, bucket: str, prefix: str, endpoint: str) -> int:
@@ -659,11 +649,8 @@ def abort_stale_uploads(minio: Minio, bucket: str, prefix: str, endpoint: str) -
         for upload in result.uploads:
             minio._abort_multipart_upload(bucket, upload.object_name, str(upload.upload_id))
             aborted += 1
-    except _S3_ERRORS as exc:
-        reason = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else type(exc).__name__
-        raise StorageUnavailable(
-            f"MinIO at {endpoint}: listing unfinished uploads failed ({reason})"
-        ) from None
+    except S3_ERRORS as exc:
+        raise StorageUnavailable(s3_error_reason(exc, endpoint, "listing unfinished uploads")) from None
     return aborted
 
 
@@ -889,9 +876,8 @@ def storage_status(
                     usage.truncated = True
                     break
             buckets.append(usage)
-    except _S3_ERRORS as exc:
-        reason = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else type(exc).__name__
-        error = f"MinIO at {endpoint} is not usable: {reason}"
+    except S3_ERRORS as exc:
+        error = s3_error_reason(exc, endpoint, "listing buckets and objects")
     in_drive = in_minio = None
     provider = None
     counts: dict[str, int] = {}

@@ -60,6 +60,7 @@ from backup_pipeline.services.backup_parts import (
     PROP_PART_NAME,
     bucket_part_name,
 )
+from backup_pipeline.services.errors import S3_ERRORS, s3_endpoint, s3_error_reason
 
 log = logging.getLogger(__name__)
 
@@ -507,17 +508,24 @@ def restore_bucket(
     except BucketRestoreFailed:
         raise
     except Exception as exc:
-        raise BucketRestoreFailed(summary, exc) from exc
+        raise BucketRestoreFailed(summary, exc, s3_endpoint(client)) from exc
 
 
 class BucketRestoreFailed(RestoreError):
-    def __init__(self, summary: BucketSummary, cause: BaseException):
+    def __init__(self, summary: BucketSummary, cause: BaseException, endpoint: str = "S3"):
         self.summary = summary
         self.cause = cause
+        # An OSError may as well come from reading the backup part; only minio/urllib3 errors are S3's.
+        from_s3 = isinstance(cause, S3_ERRORS) and not isinstance(cause, OSError)
+        why = (
+            s3_error_reason(cause, endpoint, "writing objects")
+            if from_s3
+            else f"{type(cause).__name__}: {_safe(cause)}"
+        )
         super().__init__(
-            f"bucket {summary.bucket}: restore stopped ({type(cause).__name__}: {_safe(cause)}) after "
+            f"bucket {summary.bucket}: restore stopped after "
             f"{summary.added} added, {summary.overwritten} overwritten, {summary.skipped} skipped, "
-            f"{summary.kept_both} kept both, {summary.failed} failed"
+            f"{summary.kept_both} kept both, {summary.failed} failed: {why}"
         )
 
 

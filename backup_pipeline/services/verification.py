@@ -49,6 +49,7 @@ from backup_pipeline.services.backup_parts import (
     PROP_PART_NAME,
     set_properties,
 )
+from backup_pipeline.services.errors import first_line
 
 SCRATCH_PREFIX = "bp_verify_"
 READ_CHUNK = 1 << 20
@@ -155,7 +156,7 @@ def scratch_database(server: rs.PgTarget, name: str) -> Iterator[rs.PgTarget]:
     except psycopg.Error as exc:
         raise VerificationError(
             f"cannot create the scratch database {name!r} on {server.host}:{server.port} "
-            f"(the database user needs CREATEDB): {_first_line(exc)}"
+            f"(the database user needs CREATEDB): {first_line(exc)}"
         ) from None
     try:
         yield rs.PgTarget(server.host, server.port, server.user, name, server.password)
@@ -207,11 +208,6 @@ def choose_sample(keys: Sequence[str], share: float, rng: random.Random) -> set[
 # --------------------------------------------------------------------------------------
 # The procedure
 # --------------------------------------------------------------------------------------
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _drain(blocks: Iterator[bytes]) -> int:
     """Read what a consumer left, so the part's end-to-end SHA-256 check runs."""
     return sum(len(b) for b in blocks)
@@ -258,10 +254,10 @@ def verify_backup_set(
         raise VerificationError(f"the org secret cannot open backup {backup_id}: {exc}") from None
     except DestinationError as exc:
         raise VerificationError(
-            f"cannot read backup {backup_id} from {destination.description}: {_first_line(exc)}"
+            f"cannot read backup {backup_id} from {destination.description}: {first_line(exc)}"
         ) from None
     except psycopg.OperationalError as exc:
-        raise VerificationError(f"scratch database unavailable: {_first_line(exc)}") from None
+        raise VerificationError(f"scratch database unavailable: {first_line(exc)}") from None
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
@@ -282,7 +278,7 @@ def _verify(
     except ArchiveKeyError:
         raise
     except (rs.RestoreRefused, ArchiveError, KeyError, ValueError) as exc:
-        report.add("manifest", False, _first_line(exc))
+        report.add("manifest", False, first_line(exc))
         return
     report.add("manifest", True, f"authenticated; lists {len(resolved.parts)} parts")
     if PART_DATABASE in resolved.parts:
@@ -326,7 +322,7 @@ def _verify_database(
             report.add("database:tables", False, "not checked: the database part did not authenticate")
             return
         except rs.RestoreError as exc:
-            restore_problem = _first_line(exc)
+            restore_problem = first_line(exc)
             try:  # was the part damaged, or does an authentic dump not restore?
                 _drain(blocks)
             except rs.PartVerificationError as damage:
