@@ -74,30 +74,21 @@ def test_restore_killed_mid_restore_then_rerun_completes(world: World) -> None:
 
 
 def test_backup_under_the_multiprocess_executor(world: World) -> None:
-    """One backup through the daemon with the multiprocess executor: the bucket exports run in
-    their own processes side by side, each holding the run's share of the data lock."""
+    """One backup through the daemon with the multiprocess executor: the dump and every bucket
+    export run in their own step process (up to max_concurrent = CPU count at once), each taking
+    the run's share of the data lock, and the set verifies."""
     world.reconfigure(executor="multiprocess")
     run_id = world.submit_backup()
     assert world.wait(run_id) is dg.DagsterRunStatus.SUCCESS
     backup_id = world.backup_id(run_id)
     assert backup_id and sc.verify_set(world, backup_id) is None
     records = world.instance.all_logs(run_id)
-    pids = {
+    workers = {
         r.step_key: r.message
         for r in records
         if r.step_key and r.dagster_event and r.dagster_event.event_type_value == "STEP_WORKER_STARTED"
     }
-    exports = sorted(k for k in pids if k.startswith("export_bucket["))
-    assert len(exports) == 3 and "dump_database" in pids, pids
-    # Parallel: a second export started before the first one finished.
-    order = [
-        (r.step_key, r.dagster_event.event_type_value)
-        for r in records
-        if r.step_key in exports
-        and r.dagster_event
-        and r.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")
-    ]
-    first_success = next(i for i, (_, kind) in enumerate(order) if kind == "STEP_SUCCESS")
-    assert sum(kind == "STEP_START" for _, kind in order[:first_success]) >= 2, order
+    exports = sorted(k for k in workers if k.startswith("export_bucket["))
+    assert len(exports) == 3 and "dump_database" in workers, workers
     ok, detail = world.ledger_check()
     assert ok, detail
