@@ -100,7 +100,6 @@ class World:
     local_path: Path | None = None
     tmpfs: bool = False
     _instance: dg.DagsterInstance | None = None
-    _destination_since: float = 0.0
     _stacks_started: int = 0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -188,8 +187,6 @@ class World:
     def reconfigure(self, destination: str | None = None, executor: str | None = None) -> None:
         """Restart the servers with other settings (settings are read when the code location loads)."""
         self.stack.stop()
-        if destination and destination != self.destination_kind:
-            self._destination_since = time.time()
         kind = self.destination_kind = destination or self.destination_kind
         self.executor = executor or self.executor
         if kind == "google_drive":
@@ -389,11 +386,12 @@ class World:
     def ledger_check(self) -> tuple[bool, str]:
         """The ledger is true when every set Dagster lists as complete has its manifest on the
         destination and every set with a manifest is complete in Dagster."""
-        # Sets made before the servers were switched to another destination live on the old one.
+        # Compare only the sets recorded for the destination in use (rows switch between local and Drive).
+        local = self.destination_kind == "local"
         dag = [
             e
             for e in ledger.from_dagster(self.instance)
-            if e.created_at.timestamp() >= self._destination_since
+            if not e.complete or str(e.metadata.get("destination", "")).startswith("local folder") == local
         ]
         dest = ledger.from_destination(self.destination(), INSTALLATION)
         rec = ledger.reconcile(dag, dest)
@@ -422,6 +420,8 @@ class World:
             for (table,) in tables:
                 if table == "public.sessions" or table.endswith("_cache"):
                     continue  # rows not backed up by design (exclude_table_patterns default)
+                if table.startswith("public.backup_pipeline_"):
+                    continue  # the product's own bookkeeping (data lease), not application data
                 row = conn.execute(
                     sql.SQL(
                         "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {} t"
