@@ -183,4 +183,6 @@ def record_settings_at_load(settings: BackupSettings) -> None:
     try:
         audit_log(settings).record_settings_if_changed(settings)
     except OSError as exc:
-        warnings.warn(f"audit trail not writable ({audit_path(settings.state_dir)}): {exc.strerror}", stacklevel=2)
+        warnings.warn(
+            f"audit trail not writable ({audit_path(settings.state_dir)}): {exc.strerror}", stacklevel=2
+        )

@@ -138,7 +138,9 @@ def build_verify_schedule(settings: BackupSettings, job_name: str = VERIFY_JOB_N
         description=f"Daily at {cron} ({settings.schedule_timezone}): verify the newest complete backup set "
         "not verified yet (download, authenticate, scratch restore, row counts, sampled object hashes).",
         default_status=(
-            dg.DefaultScheduleStatus.RUNNING if settings.schedule_enabled else dg.DefaultScheduleStatus.STOPPED
+            dg.DefaultScheduleStatus.RUNNING
+            if settings.schedule_enabled
+            else dg.DefaultScheduleStatus.STOPPED
         ),
     )
     def verify_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
