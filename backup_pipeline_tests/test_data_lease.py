@@ -257,3 +257,73 @@ def test_migration_cli_and_backup_exclude_each_other(
         assert (step, code) == ("plan_backup", ErrorCode.LOCKED)
         assert "cli-1234" in description and "storage migrate-drive (CLI)" in description
         assert app_db.data_lease_holder() is None  # the CLI's block released it
+
+
+def test_killed_single_process_holder_is_taken_over_at_once(app_db: PostgresResource) -> None:
+    # The CLI migration holds the lease from one process; SIGKILL ends its database sessions, and
+    # the next run must not wait out the staleness bound (a rerun right after a crash is the norm).
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    holder_script = (
+        "import sys, time\n"
+        "from backup_pipeline.resources.postgres import PostgresResource\n"
+        "db = PostgresResource(database_url=sys.argv[1])\n"
+        "with db.data_lock('cli-killed', job='storage migrate-drive (CLI)'):\n"
+        "    print('holding', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder_script, app_db.database_url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+        with pytest.raises(data_lease.DataLockBusy, match="cli-killed"):
+            app_db.acquire_data_lease("next-run", job="backup_job", holder="worker")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    holder = app_db.data_lease_holder()
+    assert holder is not None and holder.run_id == "cli-killed"  # the row outlives the process ...
+    assert holder.heartbeat_age_seconds < 60  # ... with a fresh heartbeat
+    acquisition = app_db.acquire_data_lease("next-run", job="backup_job", holder="worker")
+    assert acquisition.outcome == "taken_over" and acquisition.previous is not None
+    assert acquisition.previous.run_id == "cli-killed"
+
+
+def test_role_without_create_gets_the_setup_sql_and_works_once_the_table_exists(
+    app_db: PostgresResource, fresh_pg_database: PgDatabase
+) -> None:
+    import secrets
+
+    from psycopg import sql
+
+    from .fixtures.postgres import admin_connect
+
+    role = f"bp_lease_{secrets.token_hex(4)}"
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        limited = PostgresResource(database_url=fresh_pg_database.url.replace("postgres@", f"{role}@", 1))
+        with pytest.raises(data_lease.DataLockBusy, match="may not create it") as err:
+            limited.acquire_data_lease("run-x", job="backup_job", holder="worker")
+        assert "GRANT SELECT, INSERT, UPDATE, DELETE" in str(err.value)
+        with fresh_pg_database.connect(autocommit=True) as conn:
+            conn.execute(data_lease.CREATE_LEASE_TABLE)
+            conn.execute(
+                sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                    sql.Identifier(DATA_LEASE_TABLE), sql.Identifier(role)
+                )
+            )
+        assert limited.acquire_data_lease("run-x", job="backup_job", holder="worker").outcome == "acquired"
+    finally:
+        with admin_connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))  # in postgres db only
+        with fresh_pg_database.connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with admin_connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

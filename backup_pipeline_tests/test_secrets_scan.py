@@ -34,7 +34,9 @@ from psycopg import sql
 
 from backup_pipeline.archive.keys import RECOVERY_SECRET_HRP, OrgKeyring, bech32_decode
 from backup_pipeline.audit import audit_path
+from backup_pipeline.concurrency import DATA_LEASE_TABLE
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.services.data_lease import CREATE_LEASE_TABLE
 from backup_pipeline_tests.e2e.e2e_support import product_env, product_files
 from backup_pipeline_tests.fixtures.dagster import DagsterStack, StartDagster
 from backup_pipeline_tests.fixtures.drive import DriveFixture
@@ -120,7 +122,18 @@ def app_role(pg_database: PgDatabase) -> Iterator[tuple[str, str]]:
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
         )
         conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(role)))
+    # Least privilege as documented: the role may not create tables, so the database owner creates
+    # the data-lease table once and grants the role DML on it alone.
+    with pg_database.connect(autocommit=True) as conn:
+        conn.execute(CREATE_LEASE_TABLE)
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{} TO {}").format(
+                sql.Identifier(DATA_LEASE_TABLE), sql.Identifier(role)
+            )
+        )
     yield role, password
+    with pg_database.connect(autocommit=True) as conn:  # its grant on the lease table
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
     with admin_connect() as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

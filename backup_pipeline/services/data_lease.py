@@ -10,8 +10,10 @@ clock). Write ordering and failure behaviour:
   the row ``FOR UPDATE`` and then inserts it, refreshes it (same run: a sibling or later step
   shares it) or takes it over.
 * A lease held by another holder is taken over only when that holder is provably dead: its Dagster
-  run is finished (the caller's ``holder_finished``) or its heartbeat is older than
-  ``DATA_LEASE_STALE_SECONDS``. Otherwise ``DataLockBusy`` is raised at once, naming the holder run
+  run is finished (the caller's ``holder_finished``), its heartbeat is older than
+  ``DATA_LEASE_STALE_SECONDS``, or — for a single-process holder (``hold``: the CLI migration) —
+  the database session it keeps open for exactly that purpose is gone (a killed process frees the
+  lease at once instead of after the staleness bound). Otherwise ``DataLockBusy`` is raised at once, naming the holder run
   and job: no waiting (a queued backup behind a long restore is worse than a clear failure).
 * Every process working under the lease MUST heartbeat (``LeaseHeartbeat``, a background thread);
   a heartbeat that finds the lease gone reports it (``on_lost``) and stops.
@@ -46,6 +48,8 @@ Connect = Callable[[], psycopg.Connection]
 HolderFinished = Callable[[str], bool | None]
 
 _TABLE = sql.Identifier("public", DATA_LEASE_TABLE)
+#: Suffix of ``holder`` for single-process holders whose liveness is a held session advisory lock.
+_SESSION_HOLDER_MARK = " [session]"
 #: The guard is held for milliseconds (one compare-and-set); a longer wait means something is stuck.
 _GUARD_TIMEOUT = "30s"
 
@@ -82,14 +86,29 @@ class Acquisition:
     previous: LeaseHolder | None = None
 
 
+CREATE_LEASE_TABLE = sql.SQL(
+    "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, run_id text NOT NULL, job text NOT NULL, "
+    "holder text NOT NULL, acquired_at timestamptz NOT NULL DEFAULT now(), "
+    "heartbeat_at timestamptz NOT NULL DEFAULT now())"
+).format(_TABLE)
+
+
 def _create_table(conn: psycopg.Connection) -> None:
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, run_id text NOT NULL, job text NOT NULL, "
-            "holder text NOT NULL, acquired_at timestamptz NOT NULL DEFAULT now(), "
-            "heartbeat_at timestamptz NOT NULL DEFAULT now())"
-        ).format(_TABLE)
-    )
+    # CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when the table exists: look first,
+    # so a role without it works once an administrator created the table (see the message below).
+    row = conn.execute("SELECT to_regclass(%s)", (f"public.{DATA_LEASE_TABLE}",)).fetchone()
+    if row and row[0] is not None:
+        return
+    try:
+        with conn.transaction():
+            conn.execute(CREATE_LEASE_TABLE)
+    except errors.InsufficientPrivilege:
+        raise DataLockBusy(
+            f"the data lease table public.{DATA_LEASE_TABLE} does not exist and this database role may not "
+            "create it; as the database owner run once: "
+            + CREATE_LEASE_TABLE.as_string(None)
+            + f"; GRANT SELECT, INSERT, UPDATE, DELETE ON public.{DATA_LEASE_TABLE} TO <backup role>"
+        ) from None
 
 
 def _select_holder(conn: psycopg.Connection, name: str, *, for_update: bool) -> LeaseHolder | None:
@@ -99,6 +118,20 @@ def _select_holder(conn: psycopg.Connection, name: str, *, for_update: bool) -> 
     ).format(_TABLE)
     row = conn.execute(query, (name,)).fetchone()
     return LeaseHolder(row[0], row[1], row[2], row[3], float(row[4])) if row else None
+
+
+def _holder_session_key(name: str, run_id: str) -> int:
+    return advisory_lock_key(f"{name}:holder:{run_id}")
+
+
+def _session_holder_alive(conn: psycopg.Connection, name: str, current: LeaseHolder) -> bool:
+    """A single-process holder keeps a session advisory lock while it lives; free means it died."""
+    key = _holder_session_key(name, current.run_id)
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    if row and row[0]:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        return False
+    return True
 
 
 def busy_message(name: str, endpoint: str, current: LeaseHolder) -> str:
@@ -146,6 +179,8 @@ def acquire(
             )
             return Acquisition("shared")
         finished = holder_finished(current.run_id) if holder_finished else None
+        if current.holder.endswith(_SESSION_HOLDER_MARK) and not _session_holder_alive(conn, name, current):
+            finished = True
         if not finished and current.heartbeat_age_seconds <= stale_after_seconds:
             raise DataLockBusy(busy_message(name, endpoint, current))
         conn.execute(
@@ -251,20 +286,32 @@ def hold(
     name: str = DATA_LOCK_NAME,
     on_lost: Callable[[str], None] | None = None,
 ) -> Iterator[Acquisition]:
-    """Hold the lease for the block (one process, e.g. the CLI migration): take, heartbeat, release."""
-    acquisition = acquire(
-        connect,
-        run_id=run_id,
-        job=job,
-        holder=holder,
-        endpoint=endpoint,
-        holder_finished=holder_finished,
-        name=name,
-    )
+    """Hold the lease for the block (one process, e.g. the CLI migration): take, heartbeat, release.
+
+    A dedicated session holds an advisory lock named after ``run_id`` for the whole block, taken
+    before the lease row is written: if this process is killed, the session ends, and the next
+    ``acquire`` sees the holder dead at once.
+    """
+    liveness = connect()
     try:
-        with LeaseHeartbeat(connect, run_id, name=name, on_lost=on_lost):
-            yield acquisition
+        liveness.autocommit = True
+        liveness.execute("SELECT pg_advisory_lock(%s)", (_holder_session_key(name, run_id),))
+        acquisition = acquire(
+            connect,
+            run_id=run_id,
+            job=job,
+            holder=holder + _SESSION_HOLDER_MARK,
+            endpoint=endpoint,
+            holder_finished=holder_finished,
+            name=name,
+        )
+        try:
+            with LeaseHeartbeat(connect, run_id, name=name, on_lost=on_lost):
+                yield acquisition
+        finally:
+            # Database gone: the lease is taken over once the liveness session is gone.
+            with suppress(Exception):
+                release(connect, run_id, name=name)
     finally:
-        # Database gone: the lease is taken over once its heartbeat is stale.
         with suppress(Exception):
-            release(connect, run_id, name=name)
+            liveness.close()
