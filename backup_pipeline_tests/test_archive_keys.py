@@ -175,3 +175,15 @@ def test_set_completeness_names_missing_unexpected_and_mismatched_parts() -> Non
     assert set(mismatched.mismatched) == {"database", "bucket-photos"}
     no_manifest = check_set_complete(None, good)
     assert not no_manifest.complete and no_manifest.missing == ["manifest"]
+
+
+def test_a_mistyped_case_is_reported_as_a_typo() -> None:
+    from backup_pipeline.archive.errors import RecoveryKeyFormatError
+    from backup_pipeline.archive.keys import RecoveryIdentity
+
+    good = RecoveryIdentity.generate().to_bech32()
+    assert good == good.upper()
+    position = next(i for i in range(len(good) - 1, 0, -1) if good[i].isalpha())
+    mistyped = good[:position] + good[position].lower() + good[position + 1 :]
+    with pytest.raises(RecoveryKeyFormatError, match="typo"):
+        RecoveryIdentity.from_bech32(mistyped)

@@ -97,7 +97,9 @@ def bech32_decode(text: str, *, expected_hrp: str, payload_size: int, what: str)
     """Decode a Bech32 string, telling a typo (checksum) apart from a wrong kind of string."""
     text = text.strip()
     if text.lower() != text and text.upper() != text:
-        raise RecoveryKeyFormatError(f"{what}: mixes upper and lower case")
+        raise RecoveryKeyFormatError(
+            f"{what}: mixes upper and lower case; almost surely a typo (a key is written in one case)"
+        )
     text = text.lower()
     separator = text.rfind("1")
     if separator < 1:

@@ -343,7 +343,7 @@ def make_safety_backup(
     database = dump_database(
         pg, dest, encryptor, installation_id=destination.installation_id, backup_id=backup_id
     )
-    return finalize_backup(
+    entry = finalize_backup(
         dest,
         encryptor,
         FinalizeInput(
@@ -356,6 +356,9 @@ def make_safety_backup(
             versions={"trigger": "pre-restore"},
         ),
     )
+    # The same ledger fields as a scheduled backup's entry: where the set is stored.
+    entry["destination"] = dest.description
+    return entry
 
 
 @dg.op(
