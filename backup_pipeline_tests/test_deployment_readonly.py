@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ import dagster as dg
 import pytest
 import requests
 
-from backup_pipeline_tests.fixtures.ports import free_port, wait_until
+from backup_pipeline_tests.fixtures.ports import free_port, stop_process_groups, wait_until
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,15 +120,7 @@ def webservers(instance_home: Path, pg_database: PgDatabase) -> Iterator[dict[st
             )
         yield urls
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups(procs.values(), timeout=20)
         for log in logs.values():
             log.close()
 

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from backup_pipeline_tests.fixtures.drive import (
     write_oauth_user_file,
     write_service_account_key,
 )
-from backup_pipeline_tests.fixtures.ports import free_port, wait_until
+from backup_pipeline_tests.fixtures.ports import free_port, stop_process_groups, wait_until
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, drop_database
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
@@ -211,9 +210,8 @@ def ui(
             s3=s3_server,
         )
     finally:
-        if read_only is not None and read_only.poll() is None:
-            os.killpg(read_only.pid, signal.SIGTERM)
-            read_only.wait(20)
+        if read_only is not None:
+            stop_process_groups([read_only], timeout=20)
         stack.stop()
         for log in logs.glob("*.log"):
             (artifacts_dir / f"ui-{log.name}").write_bytes(log.read_bytes())
