@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backup_pipeline.archive.errors import (
+    ArchiveKeyError,
     KeyringFormatError,
     RecoveryKeyChecksumError,
     RecoveryKeyFormatError,
@@ -153,6 +154,16 @@ class OrgKey:
         return org_key_fingerprint(self.secret)
 
 
+def _read_key_file(path: str | os.PathLike[str], what: str, error: type[ArchiveKeyError]) -> str:
+    """A key file's text, or ``error`` naming the file and the cause (never its content)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read the {what} {os.fspath(path)}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {os.fspath(path)} is not UTF-8 text") from None
+
+
 class OrgKeyring:
     """The org secrets by key id; the last one is current (used for new backups), older ones decrypt old backups."""
 
@@ -208,14 +219,7 @@ class OrgKeyring:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> OrgKeyring:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise KeyringFormatError(
-                f"cannot read the org secret file {os.fspath(path)}: {exc.strerror}"
-            ) from None
-        except UnicodeDecodeError:
-            raise KeyringFormatError(f"org secret file {os.fspath(path)} is not UTF-8 text") from None
+        text = _read_key_file(path, "org secret file", KeyringFormatError)
         return cls.from_text(text, source=f"org secret file {os.fspath(path)}")
 
     @property
@@ -346,14 +350,7 @@ class RecoveryIdentity:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> RecoveryIdentity:
         """Read a recovery key file: the first line that is not blank or a ``#`` comment."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise RecoveryKeyFormatError(
-                f"cannot read the recovery key file {os.fspath(path)}: {exc.strerror}"
-            ) from None
-        except UnicodeDecodeError:
-            raise RecoveryKeyFormatError(f"recovery key file {os.fspath(path)} is not text") from None
+        text = _read_key_file(path, "recovery key file", RecoveryKeyFormatError)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
         if not lines:
             raise RecoveryKeyFormatError(f"recovery key file {os.fspath(path)} holds no key")
