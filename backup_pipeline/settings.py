@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -114,6 +114,16 @@ class BackupSettings(BaseSettings):
         description="Buckets to back up; empty means every bucket the credentials can list.",
     )
     buckets_exclude: list[str] = Field(default_factory=list, description="Buckets never backed up.")
+    s3_read_ahead: int = Field(
+        8,
+        ge=1,
+        le=15,
+        description="GETs of small objects (up to 4 MiB) in flight at once per bucket export; 1 reads one object at a time.",
+    )
+    s3_tag_reading: Literal["when_counted", "always"] = Field(
+        "when_counted",
+        description="`when_counted`: read an object's tags only when its GET reports some (x-amz-tagging-count: AWS S3, MinIO, Ceph RGW); `always`: one tagging request per object, for servers without that header.",
+    )
     primary_bucket: str = Field(
         "media", description="Bucket that holds application media (migration target)."
     )

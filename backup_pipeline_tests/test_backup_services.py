@@ -8,9 +8,14 @@ from __future__ import annotations
 import io
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import urllib3
+from minio import Minio
 from minio.commonconfig import Tags
 
 from backup_pipeline.archive.stream_crypto import decrypt_stream
@@ -18,7 +23,15 @@ from backup_pipeline.archive.tar_parts import read_bucket_archive
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.ops.backup import build_archive_writer, build_encryptor
 from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.services.backup_buckets import export_bucket, select_buckets
+from backup_pipeline.services.backup_buckets import (
+    NO_READ_AHEAD,
+    BucketExportReport,
+    ReadAhead,
+    TagReading,
+    export_bucket,
+    iter_bucket_objects,
+    select_buckets,
+)
 from backup_pipeline.services.backup_database import (
     dump_database,
     locate_and_check_pg_dump,
@@ -209,10 +222,17 @@ def _fill_bucket(s3: S3Server, bucket: str, n: int, size: int = 2000) -> dict[st
     return content
 
 
+# A window of two objects: the last of twelve is fetched only after the first is archived,
+# so deleting it then is seen (with read-ahead and without).
+SHORT_READ_AHEAD = ReadAhead(workers=2, window_objects=2)
+
+
+@pytest.mark.parametrize("read_ahead", [NO_READ_AHEAD, SHORT_READ_AHEAD], ids=["serial", "read_ahead"])
 def test_export_records_an_object_deleted_during_the_backup(
-    small_db: PgDatabase, s3: S3Server, tmp_path: Path
+    small_db: PgDatabase, s3: S3Server, tmp_path: Path, read_ahead: ReadAhead
 ) -> None:
-    content = _fill_bucket(s3, "photos", 12)
+    bucket = f"photos-{read_ahead.workers}"
+    content = _fill_bucket(s3, bucket, 12)
     keys = sorted(content)
     victim = keys[-1]
     client = s3.client()
@@ -222,18 +242,19 @@ def test_export_records_an_object_deleted_during_the_backup(
 
     def delete_victim_after_first(record: object) -> None:
         if victim in content:
-            client.remove_object("photos", victim)
+            client.remove_object(bucket, victim)
             content.pop(victim)
 
     result = export_bucket(
         client,
-        "photos",
+        bucket,
         dest,
         encryptor,
         build_archive_writer(1),
         installation_id=INSTALLATION,
         backup_id=BACKUP_ID,
         on_object_done=delete_victim_after_first,
+        read_ahead=read_ahead,
     )
     assert [v["key"] for v in result.vanished] == [victim]
     assert result.object_count == len(keys) - 1
@@ -242,7 +263,7 @@ def test_export_records_an_object_deleted_during_the_backup(
     plain = decrypt_stream(
         dest.get(result.part.file_id),
         expected_backup_id=BACKUP_ID,
-        expected_part_name="bucket-photos",
+        expected_part_name=f"bucket-{bucket}",
         recovery_identity=identity,
     )
     for obj in read_bucket_archive(plain):
@@ -283,8 +304,146 @@ def test_s3_stopped_mid_export_fails_and_leaves_no_part(
             installation_id=INSTALLATION,
             backup_id=BACKUP_ID,
             on_object_done=stop_s3,
+            # Objects 4-6 are not fetched yet when S3 stops after the first.
+            read_ahead=SHORT_READ_AHEAD,
         )
     assert err.value.code == ErrorCode.S3_UNREACHABLE
     assert s3.endpoint.split("//")[1] in str(err.value)
     assert list_sets(dest, INSTALLATION) == {}
     del client
+
+
+# --- read-ahead -------------------------------------------------------------------------------
+
+
+class _RecordingPool(urllib3.PoolManager):
+    """A real HTTP client that remembers each request's method and URL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.requests.append((method, url))
+        return super().urlopen(method, url, *args, **kwargs)
+
+
+def _recording_client(s3: S3Server) -> tuple[Minio, _RecordingPool]:
+    pool = _RecordingPool(maxsize=16)
+    client = Minio(
+        f"127.0.0.1:{s3.port}",
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        secure=False,
+        region=s3.region,
+        http_client=pool,
+    )
+    return client, pool
+
+
+def _mixed_bucket(s3: S3Server, bucket: str) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """40 small objects (every third tagged) and three above the test's read-ahead size."""
+    client = s3.client()
+    client.make_bucket(bucket)
+    content: dict[str, tuple[bytes, dict[str, str]]] = {}
+    sizes = [0, 1, 5000, 70_000, 300_000] + [1000 + i * 37 for i in range(38)]
+    for i, size in enumerate(sizes):
+        key = f"{'ab'[i % 2]}/{i:03d} é.bin"
+        data = bytes((i * 7 + j) % 251 for j in range(size))
+        tags: dict[str, str] = {"n": str(i)} if i % 3 == 0 else {}
+        minio_tags = None
+        if tags:
+            minio_tags = Tags.new_object_tags()
+            minio_tags.update(tags)
+        client.put_object(bucket, key, io.BytesIO(data), len(data), metadata={"i": str(i)}, tags=minio_tags)
+        content[key] = (data, tags)
+    return content
+
+
+def _archived(
+    env: Any, dest: Any, result: Any, bucket: str, backup_id: str
+) -> list[tuple[str, bytes, dict, dict]]:
+    plain = decrypt_stream(
+        dest.get(result.part.file_id),
+        expected_backup_id=backup_id,
+        expected_part_name=f"bucket-{bucket}",
+        recovery_identity=env.recovery_identity(),
+    )
+    return [(o.key, o.fileobj.read(), o.metadata, o.tags) for o in read_bucket_archive(plain)]
+
+
+def test_read_ahead_archives_the_same_objects_in_listing_order_as_one_at_a_time(
+    small_db: PgDatabase, s3: S3Server, tmp_path: Path
+) -> None:
+    bucket = "mixed-sizes"
+    content = _mixed_bucket(s3, bucket)
+    listing_order = [o.object_name for o in s3.client().list_objects(bucket, recursive=True)]
+    env = make_env(tmp_path, small_db, s3)
+    encryptor, _ = build_encryptor(env.keys)
+    dest = env.dest()
+    # 64 KiB read-ahead size: the 70 kB and 300 kB objects stream, the rest are read ahead
+    # four at a time in a 128 KiB window.
+    read_ahead = ReadAhead(workers=4, object_max_bytes=64 * 1024, window_bytes=128 * 1024)
+    results = {
+        label: export_bucket(
+            s3.client(),
+            bucket,
+            dest,
+            encryptor,
+            build_archive_writer(1),
+            installation_id=INSTALLATION,
+            backup_id=BACKUP_ID[:-8] + suffix,
+            read_ahead=ahead,
+        )
+        for label, suffix, ahead in (("serial", "0000000a", NO_READ_AHEAD), ("ahead", "0000000b", read_ahead))
+    }
+    ahead_archive = _archived(env, dest, results["ahead"], bucket, BACKUP_ID[:-8] + "0000000b")
+    assert [key for key, *_ in ahead_archive] == listing_order
+    for key, body, meta, tags in ahead_archive:
+        assert body == content[key][0], key
+        assert tags == content[key][1], key
+        assert meta == {"i": str(int(key[2:5]))}
+    assert results["ahead"].inventory == results["serial"].inventory
+    assert results["ahead"].object_count == len(content)
+    assert not results["ahead"].changed and not results["ahead"].vanished
+
+
+@pytest.mark.parametrize("tag_reading", ["when_counted", "always"])
+def test_tags_are_requested_only_for_objects_whose_get_reports_some(
+    small_db: PgDatabase, s3: S3Server, tmp_path: Path, tag_reading: TagReading
+) -> None:
+    bucket = f"tag-count-{tag_reading.replace('_', '-')}"
+    content = _mixed_bucket(s3, bucket)
+    client, pool = _recording_client(s3)
+    report = BucketExportReport(bucket)
+    seen: dict[str, dict[str, str]] = {}
+    for opened in iter_bucket_objects(
+        client, bucket, report, read_ahead=ReadAhead(workers=4), tag_reading=tag_reading
+    ):
+        while opened.body.read(1 << 20):
+            pass
+        seen[opened.key] = opened.tags
+    assert seen == {key: tags for key, (_, tags) in content.items()}
+    tag_requests = [url for method, url in pool.requests if method == "GET" and "tagging" in url]
+    tagged = sum(1 for _, tags in content.values() if tags)
+    assert 0 < tagged < len(content)
+    assert len(tag_requests) == (len(content) if tag_reading == "always" else tagged)
+
+
+def test_closing_the_export_midway_stops_the_read_ahead_threads(s3: S3Server) -> None:
+    bucket = "abandoned"
+    _mixed_bucket(s3, bucket)
+    report = BucketExportReport(bucket)
+    objects = iter_bucket_objects(s3.client(), bucket, report, read_ahead=ReadAhead(workers=4))
+    first = next(objects)
+    first.body.read()
+    objects.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(
+        t.name.startswith(f"s3-read-{bucket}") for t in threading.enumerate()
+    ):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(f"s3-read-{bucket}")]
+    assert report.objects == [] and report.listed == 1

@@ -30,6 +30,7 @@ from backup_pipeline.schedules import IN_PROGRESS_STATUSES
 from backup_pipeline.services.backup_buckets import (
     ArchiveWriter,
     OpenedObject,
+    ReadAhead,
     discover_buckets,
     export_bucket,
     summarize_bucket,
@@ -407,6 +408,8 @@ def export_bucket_op(
             installation_id=installation_id,
             backup_id=backup_id,
             progress=progress,
+            read_ahead=ReadAhead(workers=s3.read_ahead),
+            tag_reading=s3.tag_reading,
         )
         discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
     if result.changed or result.vanished:

@@ -56,6 +56,8 @@ def build_s3_resource(settings: BackupSettings) -> S3Resource:
         access_key=EnvVar(S3_ACCESS_KEY_ENV),
         secret_key=EnvVar(S3_SECRET_KEY_ENV),
         region=settings.s3_region,
+        read_ahead=settings.s3_read_ahead,
+        tag_reading=settings.s3_tag_reading,
     )
 
 

@@ -6,6 +6,7 @@ Credentials come from ``BACKUP_PIPELINE_S3_ACCESS_KEY``/``..._SECRET_KEY`` via D
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
 import urllib3
@@ -34,6 +35,14 @@ class S3Resource(ConfigurableResource):
     # Long enough for a slow multi-GB stream to stall briefly without failing the part.
     read_timeout_seconds: float = Field(default=300.0, gt=0)
     retries: int = Field(default=3, ge=0, description="urllib3 retries on connection errors and 5xx.")
+    # The pool below holds 16 connections: read-ahead threads plus the streaming reader fit.
+    read_ahead: int = Field(
+        default=8, ge=1, le=15, description="GETs of small objects in flight at once per bucket export."
+    )
+    tag_reading: Literal["when_counted", "always"] = Field(
+        default="when_counted",
+        description="Read tags only when a GET reports some (x-amz-tagging-count), or for every object.",
+    )
 
     def client(self) -> Minio:
         """A ``Minio`` client with bounded timeouts (minio's default connect timeout is 5 minutes)."""
