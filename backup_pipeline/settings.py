@@ -118,7 +118,7 @@ class BackupSettings(BaseSettings):
         8,
         ge=1,
         le=15,
-        description="GETs of small objects (up to 4 MiB) in flight at once per bucket export; 1 reads one object at a time.",
+        description="GETs of small objects (up to 2 MiB) in flight at once per bucket export; 1 reads one object at a time.",
     )
     s3_tag_reading: Literal["when_counted", "always"] = Field(
         "when_counted",
@@ -195,7 +195,10 @@ class BackupSettings(BaseSettings):
         ExecutorKind.MULTIPROCESS, description="Dagster executor for the jobs (multiprocess uses both cores)."
     )
     max_concurrent_exports: int = Field(
-        2, ge=1, le=64, description="Bucket exports running at once within a backup run."
+        4,
+        ge=1,
+        le=64,
+        description="Steps (database dump, bucket exports) running at once within a run; they mostly wait on S3 and the destination, so more than the core count pays.",
     )
 
     # --- alerts -------------------------------------------------------------------------

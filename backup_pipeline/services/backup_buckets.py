@@ -53,8 +53,8 @@ class ReadAhead:
     """
 
     workers: int = 8
-    object_max_bytes: int = 4 * 1024 * 1024
-    window_bytes: int = 32 * 1024 * 1024
+    object_max_bytes: int = 2 * 1024 * 1024
+    window_bytes: int = 16 * 1024 * 1024
     window_objects: int = 64
 
     def __post_init__(self) -> None:

@@ -1,15 +1,17 @@
 """Baseline export: download every object of every bucket to disk with the minio client, one stream.
 
-    python -m backup_pipeline_tests.bench.export_objects '{"endpoint": ..., "access_key": ..., "secret_key": ...}' DIR
+    python -m backup_pipeline_tests.bench.export_objects '{"endpoint": ..., "access_key": ..., "secret_key": ...}' DIR [STREAMS]
 
 What an administrator's script would do before ``tar``/``restic`` (plain GETs, no tags); its time
-is also the measure of how fast moto serves the objects at all.
+is also the measure of how fast moto serves the objects at all. STREAMS > 1 downloads on that
+many threads (a reference for what the S3 server allows, not the baseline).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,21 +28,35 @@ def main() -> None:
         secret_key=server["secret_key"],
         secure=url.scheme == "https",
     )
+    streams = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+
+    def download(bucket: str, key: str) -> None:
+        path = target / bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        response = client.get_object(bucket, key)
+        try:
+            with path.open("wb") as handle:
+                for chunk in response.stream(1 << 20):
+                    handle.write(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+
+    listed = (
+        (bucket.name, obj.object_name)
+        for bucket in client.list_buckets()
+        for obj in client.list_objects(bucket.name, recursive=True)
+        if obj.object_name is not None
+    )
     count = 0
-    for bucket in client.list_buckets():
-        for obj in client.list_objects(bucket.name, recursive=True):
-            assert obj.object_name is not None
-            path = target / bucket.name / obj.object_name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            response = client.get_object(bucket.name, obj.object_name)
-            try:
-                with path.open("wb") as handle:
-                    for chunk in response.stream(1 << 20):
-                        handle.write(chunk)
-            finally:
-                response.close()
-                response.release_conn()
+    if streams <= 1:
+        for bucket, key in listed:
+            download(bucket, key)
             count += 1
+    else:
+        with ThreadPoolExecutor(max_workers=streams) as pool:
+            for _ in pool.map(lambda item: download(*item), listed):
+                count += 1
     print(json.dumps({"objects": count}))
 
 

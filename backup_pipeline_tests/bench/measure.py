@@ -1,7 +1,9 @@
 """Measuring a command from outside: wall time, CPU time of its whole process tree, peak RSS per process.
 
-CPU time comes from ``getrusage(RUSAGE_CHILDREN)`` around the run (every descendant that was
-waited for is counted, however short-lived); peak RSS from each process's ``VmHWM`` (the kernel's
+CPU time is the larger of ``getrusage(RUSAGE_CHILDREN)`` around the run (every descendant that
+was waited for) and the sum of each tree member's own CPU time as last sampled (processes a
+forkserver forks are reaped by it, not by us, and a forkserver killed at the end takes its
+children's time with it); peak RSS from each process's ``VmHWM`` (the kernel's
 own high-water mark, so sampling every 0.1 s misses nothing but the last growth of a process that
 exits between two samples). Long-lived servers the command talks to (moto, the Drive test server,
 PostgreSQL) are not in the tree; their CPU time over the run is read separately via ``watch``.
@@ -110,6 +112,7 @@ def run_measured(
     watched_before = {key: _cpu_of(pid) for key, pid in watch.items()}
     cpu_before = _children_cpu()
     peaks: dict[int, tuple[str, int]] = {}
+    own_cpu: dict[int, float] = {}
     started_at = time.time()
     start = time.perf_counter()
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-out-{os.getpid()}-{threading.get_ident()}.log"
@@ -128,6 +131,11 @@ def run_measured(
             except psutil.NoSuchProcess:
                 tree = []
             for member in tree:
+                try:
+                    times = member.cpu_times()
+                    own_cpu[member.pid] = times.user + times.system
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    pass
                 hwm = _hwm_kb(member.pid)
                 if hwm:
                     label = peaks[member.pid][0] if member.pid in peaks else _label(member)
@@ -137,7 +145,7 @@ def run_measured(
         out.seek(0)
         text = out.read().decode(errors="replace")
     out_path.unlink(missing_ok=True)
-    cpu = _children_cpu() - cpu_before
+    cpu = max(_children_cpu() - cpu_before, sum(own_cpu.values()))
     watched = {key: _cpu_of(pid) - watched_before[key] for key, pid in watch.items()}
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: exit {proc.returncode}\n{text[-4000:]}")
