@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from minio import Minio
 from minio.commonconfig import Tags
 
 from backup_pipeline.resources.postgres import locate_pg_tools
@@ -146,7 +150,8 @@ def test_restore_creates_missing_bucket_and_honours_key_prefix(s3: S3Server) -> 
     assert names == ["dir/same-size.txt", "dir/ünïcode name.txt"]
 
 
-def test_s3_stopped_mid_restore_fails_with_summary(s3: S3Server) -> None:
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "parallel"])
+def test_s3_stopped_mid_restore_fails_with_summary(s3: S3Server, streamed: bool) -> None:
     client = s3.client()
     client.make_bucket(BUCKET)
 
@@ -158,12 +163,221 @@ def test_s3_stopped_mid_restore_fails_with_summary(s3: S3Server) -> None:
             yield _entry(f"k{i}", b"x" * 10)
 
     with pytest.raises(svc.BucketRestoreFailed) as info:
-        svc.restore_bucket(client, BUCKET, entries(), {}, svc.ConflictPolicy.OVERWRITE, "bk1")
-    assert info.value.summary.added == 3
+        svc.restore_bucket(
+            client,
+            BUCKET,
+            entries(),
+            {},
+            svc.ConflictPolicy.OVERWRITE,
+            "bk1",
+            small_object_bytes=0 if streamed else svc.SMALL_OBJECT_BYTES,
+        )
+    added = info.value.summary.added
+    if streamed:
+        assert added == 3, "one at a time, the three put before the stop are counted"
+    else:
+        # Puts of the first three may still be under way when the server goes: each counts
+        # only if it completed (test_restore_parallel checks the counts against the bucket).
+        assert added <= 3
     assert not info.value.summary.completed
-    assert "3 added" in str(info.value)
+    assert f"{added} added" in str(info.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("restore-put")], "no put thread left"
     assert f"S3 endpoint {s3.endpoint}: writing objects failed" in str(info.value)
     s3.start()
+
+
+# --- conflict check by one streamed listing (ExistingSizes) ---------------------------------
+
+
+class _Listing:
+    """A listing that records how far it was read, as minio's generator is read page by page."""
+
+    def __init__(self, items: list[tuple[str, int]]) -> None:
+        self.items = items
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        for item in self.items:
+            self.pulled += 1
+            yield item
+
+
+class _Stat:
+    """The per-object fallback: answers from ``present`` and records the keys it was asked."""
+
+    def __init__(self, present: dict[str, int]) -> None:
+        self.present = present
+        self.asked: list[str] = []
+
+    def __call__(self, key: str) -> int | None:
+        self.asked.append(key)
+        return self.present.get(key)
+
+
+def test_existing_sizes_merge_answers_without_a_request_per_object() -> None:
+    listed = [("a", 1), ("b/x", 2), ("b/y", 3), ("c", 4), ("ü", 5)]
+    stat = _Stat(dict(listed))
+    existing = svc.ExistingSizes(_Listing(listed), stat)
+    asked = ["a", "a", "b/0", "b/y", "bb", "zz", "ü", "ü~"]  # repeated, absent; "ü" > "z" as in S3
+    assert [existing.size(k) for k in asked] == [1, 1, None, 3, None, None, 5, None]
+    assert stat.asked == [] and existing.fallback_reason is None
+
+
+def test_existing_sizes_reads_the_listing_lazily() -> None:
+    listing = _Listing([(f"k{i:06d}", i) for i in range(100_000)])
+    existing = svc.ExistingSizes(listing, _Stat({}), lookahead=10)
+    for i in range(0, 100_000, 997):
+        assert existing.size(f"k{i:06d}") == i
+        # At most the lookahead beyond the key just decided was read: memory stays bounded.
+        assert listing.pulled <= i + 1 + 10
+
+
+def test_keys_out_of_order_fall_back_to_stat_for_every_remaining_key() -> None:
+    listed = [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    stat = _Stat(dict(listed))
+    existing = svc.ExistingSizes(_Listing(listed), stat)
+    # An old archive: "b" comes after "c". The merge has passed "b"; it must not call it absent.
+    assert [existing.size(k) for k in ("a", "c", "b", "d", "e")] == [1, 3, 2, 4, None]
+    assert stat.asked == ["b", "d", "e"], "every key from the first out-of-order one on is stat'ed"
+    assert existing.fallback_reason is not None and "archive" in existing.fallback_reason
+
+
+def test_listing_out_of_order_is_caught_before_a_key_is_called_absent() -> None:
+    # Another server's order: "b" is listed after "c". Without the check, asking for "b" would
+    # meet "c" first and answer "absent", and skip would overwrite the object.
+    listed = [("a", 1), ("c", 3), ("b", 2), ("d", 4)]
+    stat = _Stat(dict(listed))
+    existing = svc.ExistingSizes(_Listing(listed), stat)
+    assert [existing.size(k) for k in ("b", "c", "d", "x")] == [2, 3, 4, None]
+    assert stat.asked == ["b", "c", "d", "x"]
+    assert existing.fallback_reason is not None and "listing" in existing.fallback_reason
+
+
+def test_listing_disorder_found_later_switches_the_rest_to_stat() -> None:
+    listed = [("a", 1), ("b", 2), ("c", 3), ("e", 5), ("d", 4), ("f", 6)]
+    stat = _Stat(dict(listed))
+    existing = svc.ExistingSizes(_Listing(listed), stat, lookahead=2)
+    assert existing.size("a") == 1 and existing.size("b") == 2
+    assert stat.asked == []
+    # Deciding "c" holds two items ("c", "e"); "d" < "e" shows up on the way to "d".
+    assert [existing.size(k) for k in ("c", "d", "f")] == [3, 4, 6]
+    assert stat.asked == ["d", "f"]
+
+
+class _CountingMinio(Minio):
+    """The fixture's client, counting the per-object stat requests and optionally reordering listings."""
+
+    def __init__(
+        self, s3: S3Server, *, listing_order: Callable[[list[Any]], list[Any]] | None = None
+    ) -> None:
+        super().__init__(
+            f"127.0.0.1:{s3.port}",
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            secure=False,
+            region=s3.region,
+        )
+        self.stats = 0
+        self._listing_order = listing_order
+
+    def stat_object(self, *args: Any, **kwargs: Any) -> Any:
+        self.stats += 1
+        return super().stat_object(*args, **kwargs)
+
+    def list_objects(self, *args: Any, **kwargs: Any) -> Any:
+        listed = super().list_objects(*args, **kwargs)
+        return iter(self._listing_order(list(listed))) if self._listing_order else listed
+
+
+def _sorted_backup() -> list[svc.RestoreEntry]:
+    return [_entry(k, BACKUP[k], state="restored") for k in sorted(BACKUP)]
+
+
+@pytest.mark.parametrize("policy", list(svc.ConflictPolicy))
+def test_entries_in_listing_order_decide_from_the_listing_alone(
+    s3: S3Server, policy: svc.ConflictPolicy
+) -> None:
+    client = _CountingMinio(s3)
+    client.make_bucket(BUCKET)
+    for key, data in CURRENT.items():
+        client.put_object(BUCKET, key, io.BytesIO(data), len(data), metadata={"state": "current"})
+
+    plan = svc.plan_bucket(client, BUCKET, [_inventory()[k] for k in sorted(BACKUP)], policy)
+    summary = svc.restore_bucket(client, BUCKET, _sorted_backup(), _inventory(), policy, "bk1")
+
+    expected = EXPECTED[policy]
+    counts = {a.value: sum(1 for v in expected.values() if v == a.value) for a in svc.ObjectAction}
+    assert summary.counts() == counts and summary.failed == 0
+    assert {k: plan[k] for k in counts} == counts
+    assert client.stats == 0, "no stat request per object when both orders agree"
+    for key, outcome in expected.items():
+        if outcome == "skipped":
+            assert _read(s3, key) == CURRENT[key]
+        elif outcome in ("added", "overwritten"):
+            assert _read(s3, key) == BACKUP[key]
+
+
+@pytest.mark.parametrize(
+    "listing_order",
+    [lambda objs: objs[::-1], lambda objs: sorted(objs, key=lambda o: o.object_name.upper())],
+    ids=["reversed", "case-insensitive"],
+)
+def test_a_listing_in_another_order_never_overwrites_under_skip(
+    s3: S3Server, listing_order: Callable[[list[Any]], list[Any]]
+) -> None:
+    client = _CountingMinio(s3, listing_order=listing_order)
+    client.make_bucket(BUCKET)
+    current = {f"{c}{i}": f"current {c}{i}".encode() for c in "aBcD" for i in range(3)}
+    for key, data in current.items():
+        client.put_object(BUCKET, key, io.BytesIO(data), len(data))
+    backup = {**{k: b"backup " + k.encode() for k in current}, "bb": b"new", "Zz": b"new too"}
+    inventory = {k: svc.IncomingObject(k, len(v), hashlib.sha256(v).hexdigest()) for k, v in backup.items()}
+
+    plan = svc.plan_bucket(client, BUCKET, [inventory[k] for k in sorted(backup)], svc.ConflictPolicy.SKIP)
+    summary = svc.restore_bucket(
+        client,
+        BUCKET,
+        [_entry(k, backup[k]) for k in sorted(backup)],
+        inventory,
+        svc.ConflictPolicy.SKIP,
+        "bk1",
+    )
+
+    assert summary.skipped == len(current) and summary.added == 2
+    assert plan["skipped"] == len(current) and plan["added"] == 2
+    for key, data in current.items():
+        assert _read(s3, key) == data, f"{key} was overwritten under skip"
+    assert _read(s3, "bb") == b"new" and _read(s3, "Zz") == b"new too"
+    assert client.stats > 0, "the misordered listing made it check object by object"
+
+
+def test_entries_out_of_order_never_overwrite_under_skip(s3: S3Server) -> None:
+    client = _CountingMinio(s3)
+    client.make_bucket(BUCKET)
+    for key, data in CURRENT.items():
+        client.put_object(BUCKET, key, io.BytesIO(data), len(data))
+    # An archive in another order than S3's listing: the merge sees "same.txt" first.
+    order = sorted(BACKUP, reverse=True)
+    plan = svc.plan_bucket(client, BUCKET, [_inventory()[k] for k in order], svc.ConflictPolicy.SKIP)
+    summary = svc.restore_bucket(
+        client, BUCKET, [_entry(k, BACKUP[k]) for k in order], _inventory(), svc.ConflictPolicy.SKIP, "bk1"
+    )
+    assert summary.skipped == plan["skipped"] == 3 and summary.added == plan["added"] == 1
+    for key in ("same.txt", "dir/same-size.txt", "dir/ünïcode name.txt"):
+        assert _read(s3, key) == CURRENT[key]
+    assert _read(s3, "new/only-in-backup.txt") == BACKUP["new/only-in-backup.txt"]
+
+
+def test_object_sha256_keeps_the_connection(s3: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    client = s3.client()
+    client.make_bucket(BUCKET)
+    data = b"0123456789" * 100_000
+    client.put_object(BUCKET, "k", io.BytesIO(data), len(data))
+    with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+        for _ in range(10):
+            assert svc.object_sha256(client, BUCKET, "k") == hashlib.sha256(data).hexdigest()
+    opened = [r for r in caplog.records if "Starting new HTTP connection" in r.getMessage()]
+    assert len(opened) == 0, "the connection of the put is reused by every GET"
 
 
 def test_download_resumes_from_offset_after_a_drop() -> None:
