@@ -1,4 +1,5 @@
-"""Sensors: retention after each backup (+ a daily safety net), failure alerts, freshness alerts.
+"""Sensors: retention after each backup (+ a daily safety net), failure alerts, freshness alerts,
+and failing the run of a dead data-lease holder (a host crash) so the queue moves on.
 
 All are built from validated settings at load and start RUNNING (the UI toggle wins once used).
 Alert delivery failures raise, so the sensor tick shows as failed in the UI rather than
@@ -7,19 +8,27 @@ silently dropping an alert.
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
+import psycopg
 
 from backup_pipeline.alerts import Alert, configured_channels, send_alert
+from backup_pipeline.concurrency import DATA_LEASE_STALE_SECONDS, EXCLUSIVE_TAG_KEY
 from backup_pipeline.ops.retention import BACKUP_SET_ASSET, DELETE_BACKUP_JOB_NAME, retention_job
+from backup_pipeline.resources.postgres import PostgresResource, PostgresUnavailable
 from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
+from backup_pipeline.services.data_lease import LeaseHolder
+from backup_pipeline.services.errors import first_line
 from backup_pipeline.settings import BackupSettings
 
 RETENTION_AFTER_BACKUP_SENSOR = "retention_after_backup"
 RETENTION_DAILY_SENSOR = "retention_daily_safety_net"
 RUN_FAILURE_ALERT_SENSOR = "alert_on_run_failure"
 FRESHNESS_SENSOR = "backup_freshness"
+DEAD_LEASE_HOLDER_SENSOR = "fail_dead_lease_holder"
 MIGRATION_JOB_NAME = "migrate_drive_to_minio"
 
 ALERTED_JOBS = frozenset(
@@ -165,10 +174,156 @@ def build_freshness_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     return backup_freshness
 
 
+#: Run statuses (``DagsterRunStatus`` values) of a run that Dagster thinks is executing. Only such a
+#: run is failed; a finished run's lease is taken over by the next run anyway, and QUEUED/CANCELING
+#: runs are the queue's and run monitoring's business.
+EXECUTING_RUN_STATUSES = frozenset({"STARTED", "STARTING"})
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
+
+
+@dataclass(frozen=True)
+class DeadHolderVerdict:
+    """``fail``: mark the holder's run failed with ``reason`` as the message; else ``reason`` says why not."""
+
+    fail: bool
+    reason: str
+
+
+def dead_lease_holder_verdict(
+    holder: LeaseHolder | None,
+    run_status: str | None,
+    stale_after_seconds: float,
+    *,
+    run_job: str | None = None,
+    last_event_age_seconds: float | None = None,
+) -> DeadHolderVerdict:
+    """Whether the data-lease holder's Dagster run is dead and must be marked failed (no Dagster here).
+
+    ``run_status`` is the holder run's ``DagsterRunStatus`` value in this instance, None when the
+    instance does not know the run (the CLI migration, another Dagster instance): not ours, never
+    failed. ``run_job`` (the run's job name) must match the lease's job when given.
+    ``last_event_age_seconds`` is the age of the run's newest event-log entry (None: no events): a
+    run that logged within the bound is alive even when its heartbeat is stale — while the
+    application database is unreachable the heartbeat thread logs a warning at every failed beat, so
+    a database outage never reads as a dead run.
+    """
+    if holder is None:
+        return DeadHolderVerdict(False, "no run holds the data lease")
+    who = f"run {holder.run_id} of {holder.job}"
+    if run_status is None:
+        return DeadHolderVerdict(
+            False,
+            f"the data lease is held by {holder.run_id} ({holder.job}), which is not a run of this Dagster "
+            "instance (the CLI migration or another instance): left to the lease's staleness rule",
+        )
+    if run_job is not None and run_job != holder.job:
+        return DeadHolderVerdict(
+            False, f"the data lease names {who}, but that run is of job {run_job}: not touched"
+        )
+    if run_status not in EXECUTING_RUN_STATUSES:
+        return DeadHolderVerdict(
+            False,
+            f"the data lease is held by {who}, which is {run_status}: nothing to fail (the next "
+            "data-touching run takes the lease over)",
+        )
+    age = holder.heartbeat_age_seconds
+    if age <= stale_after_seconds:
+        return DeadHolderVerdict(
+            False,
+            f"{who} ({run_status}) holds the data lease; its heartbeat is {age:.0f} s old (stale after "
+            f"{stale_after_seconds:.0f} s): alive",
+        )
+    if last_event_age_seconds is not None and last_event_age_seconds <= stale_after_seconds:
+        return DeadHolderVerdict(
+            False,
+            f"{who} ({run_status}) holds the data lease with a heartbeat {_duration(age)} old, but it "
+            f"logged an event {last_event_age_seconds:.0f} s ago: alive (application database unreachable "
+            "from the run?), not failed",
+        )
+    silent = (
+        f"; it has logged nothing for {_duration(last_event_age_seconds)}"
+        if last_event_age_seconds is not None
+        else ""
+    )
+    return DeadHolderVerdict(
+        True,
+        f"Marked failed by the {DEAD_LEASE_HOLDER_SENSOR} sensor: this run holds the data lease, but its "
+        f"data-lease heartbeat stopped {_duration(age)} ago (stale after {_duration(stale_after_seconds)})"
+        f"{silent}: the run's processes are gone (host crash?). Last holder: {holder.holder}. The lease "
+        "is left for the next backup, restore, retention, delete or migration run to take over.",
+    )
+
+
+def _last_event_age(instance: dg.DagsterInstance, run_id: str, now: float) -> float | None:
+    records = instance.get_records_for_run(run_id, limit=1, ascending=False).records
+    return max(0.0, now - records[0].timestamp) if records else None
+
+
+def build_dead_lease_holder_sensor(
+    *,
+    stale_after_seconds: float = DATA_LEASE_STALE_SECONDS,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    """The sensor that fails the run of a dead data-lease holder (``clock``: tests age the event log)."""
+
+    @dg.sensor(
+        name=DEAD_LEASE_HOLDER_SENSOR,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="After a host crash: marks failed the STARTED run that holds the data lease when its "
+        f"heartbeat is older than {stale_after_seconds / 60:.0f} min and it has logged nothing for as long "
+        "(its processes are gone), so the failure alert goes out and queued backups/restores "
+        f"({EXCLUSIVE_TAG_KEY}, one at a time) can start instead of waiting for run monitoring's "
+        "12 h limit. Reads the lease in the application database; launches nothing.",
+    )
+    def fail_dead_lease_holder(
+        context: dg.SensorEvaluationContext, app_db: PostgresResource
+    ) -> dg.SkipReason:
+        try:
+            holder = app_db.data_lease_holder()
+        except PostgresUnavailable as exc:  # names user@host:port/db, never the password
+            return dg.SkipReason(f"cannot read the data lease: {exc}")
+        except psycopg.Error as exc:
+            return dg.SkipReason(f"cannot read the data lease on {app_db.endpoint}: {first_line(exc)}")
+        run = context.instance.get_run_by_id(holder.run_id) if holder else None
+        verdict = dead_lease_holder_verdict(
+            holder,
+            run.status.value if run else None,
+            stale_after_seconds,
+            run_job=run.job_name if run else None,
+            last_event_age_seconds=_last_event_age(context.instance, run.run_id, clock()) if run else None,
+        )
+        if not verdict.fail or run is None:
+            context.log.info(verdict.reason)
+            return dg.SkipReason(verdict.reason)
+        # Re-read just before writing: a run that finished meanwhile keeps its own ending.
+        current = context.instance.get_run_by_id(run.run_id)
+        if current is None or current.status.value not in EXECUTING_RUN_STATUSES:
+            return dg.SkipReason(f"run {run.run_id} finished while being checked: not touched")
+        # Dagster's own API (as run monitoring does): a RUN_FAILURE event with this message; the run
+        # becomes FAILURE, its tag slot is free, and alert_on_run_failure reports it like any failure.
+        #
+        # The lease row is NOT released here, on purpose: the next data-touching run takes it over at
+        # once (its holder run is now finished, and the heartbeat is stale anyway) and logs "took over
+        # the data lease from a dead holder", naming the crashed run; this sensor only reads the
+        # application database (SELECT suffices) and never competes with a run taking the lease.
+        context.instance.report_run_failed(current, verdict.reason)
+        context.log.warning(f"run {run.run_id} of {run.job_name}: {verdict.reason}")
+        return dg.SkipReason(f"marked run {run.run_id} of {run.job_name} failed: {verdict.reason}")
+
+    return fail_dead_lease_holder
+
+
 def build_sensors(settings: BackupSettings) -> list[dg.SensorDefinition]:
     return [
         build_retention_after_backup_sensor(),
         build_retention_daily_sensor(),
         build_run_failure_alert_sensor(settings),
         build_freshness_sensor(settings),
+        build_dead_lease_holder_sensor(),
     ]
