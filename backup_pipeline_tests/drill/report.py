@@ -92,11 +92,13 @@ def render(rows: Sequence[Row], command: str, started: datetime, seconds: float,
         "materialization).",
         "- The whole Dagster process tree killed and restarted: the new servers know nothing of the old "
         "worker, and the default run launcher has no worker health check "
-        "(`supports_check_run_worker_health` is false), so only `run_monitoring.max_runtime_seconds` "
-        "ends the run. The drill sets it to a few minutes; the shipped `dagster.yaml` has 43200 s, and "
-        "because backup runs share a tag concurrency limit of 1, **after a host crash the next backup "
-        "waits up to 12 hours** unless an operator marks the dead run failed (UI: Terminate) or the "
-        "backup job carries a tighter `dagster/max_runtime_seconds` tag.",
+        "(`supports_check_run_worker_health` is false). The drill ends the run with "
+        "`run_monitoring.max_runtime_seconds` set to a few minutes; the shipped `dagster.yaml` has 43200 s, "
+        "so in production the `fail_dead_lease_holder` sensor does it: a STARTED run holding the data "
+        "lease whose heartbeat and event log have been silent for `DATA_LEASE_STALE_SECONDS` (10 min) is "
+        "marked failed, which frees the one-data-run-at-a-time slot for the queued backup. A run killed "
+        "before it took the lease or after it released it holds none and still waits for the 12 h limit "
+        "or an operator's Terminate.",
     ]
     lines += ["", "## Details (ledger reconciliation after each row)", ""]
     for r in rows:
