@@ -332,14 +332,7 @@ class _RecordingPool(urllib3.PoolManager):
 
 def _recording_client(s3: S3Server) -> tuple[Minio, _RecordingPool]:
     pool = _RecordingPool(maxsize=16)
-    client = Minio(
-        f"127.0.0.1:{s3.port}",
-        access_key=s3.access_key,
-        secret_key=s3.secret_key,
-        secure=False,
-        region=s3.region,
-        http_client=pool,
-    )
+    client = Minio(**s3.client_args(), http_client=pool)
     return client, pool
 
 

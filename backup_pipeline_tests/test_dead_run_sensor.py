@@ -38,6 +38,7 @@ from backup_pipeline.services import data_lease
 from backup_pipeline.services.data_lease import LeaseHolder
 from backup_pipeline.settings import load_settings
 
+from .backup_helpers import evaluate_on_run_failure
 from .fixtures.alert_receivers import WebhookReceiver
 from .fixtures.postgres import PgDatabase
 
@@ -344,18 +345,7 @@ def test_a_killed_run_is_failed_and_the_failure_alert_sees_it(
             "BACKUP_PIPELINE_ALERT_WEBHOOK_SECRET_FILE": str(tmp_path / "hook.key"),
         }
     )
-    alert_sensor = build_run_failure_alert_sensor(settings)
-    [failure] = _run_failures(instance, run_id)
-    run = instance.get_run_by_id(run_id)
-    assert run is not None and failure.dagster_event is not None
-    alert_sensor(
-        dg.build_run_status_sensor_context(
-            sensor_name=alert_sensor.name,
-            dagster_instance=instance,
-            dagster_run=run,
-            dagster_event=failure.dagster_event,
-        ).for_run_failure()
-    )
+    evaluate_on_run_failure(build_run_failure_alert_sensor(settings), instance, run_id)
     [hook] = webhook_receiver.wait_for(1)
     payload = json.loads(hook.body)
     assert payload["run_id"] == run_id and payload["kind"] == "run_failure"

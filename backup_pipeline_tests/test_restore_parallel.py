@@ -71,13 +71,7 @@ class _ProbeMinio(Minio):
     """The fixture's client with hooks around ``put_object`` (runs in the worker threads)."""
 
     def __init__(self, s3: S3Server) -> None:
-        super().__init__(
-            f"127.0.0.1:{s3.port}",
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-            secure=False,
-            region=s3.region,
-        )
+        super().__init__(**s3.client_args())
         self.lock = threading.Lock()
         self.running = 0
         self.running_bytes = 0

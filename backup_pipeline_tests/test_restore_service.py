@@ -270,13 +270,7 @@ class _CountingMinio(Minio):
     def __init__(
         self, s3: S3Server, *, listing_order: Callable[[list[Any]], list[Any]] | None = None
     ) -> None:
-        super().__init__(
-            f"127.0.0.1:{s3.port}",
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-            secure=False,
-            region=s3.region,
-        )
+        super().__init__(**s3.client_args())
         self.stats = 0
         self._listing_order = listing_order
 

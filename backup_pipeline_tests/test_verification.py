@@ -39,6 +39,7 @@ from backup_pipeline.services.backup_parts import PART_DATABASE, PROP_BACKUP_ID,
 from backup_pipeline.services.retention import BackupSetInfo, plan_retention
 from backup_pipeline.services.verification import SCRATCH_PREFIX, choose_sample, scratch_database_name
 from backup_pipeline.settings import BackupSettings, load_settings
+from backup_pipeline_tests.backup_helpers import evaluate_on_run_failure
 from backup_pipeline_tests.fixtures.alert_receivers import SmtpSink, WebhookReceiver
 from backup_pipeline_tests.fixtures.drive import SHARED_DRIVE_ID, DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect
@@ -294,20 +295,7 @@ def test_corrupted_drive_part_caught_alerted_and_not_counted_by_retention(
 
         # The alert reaches the real SMTP server and the real webhook receiver, signed.
         settings = _alert_settings(tmp_path, smtp_server, webhook_receiver)
-        sensor = build_verification_alert_sensor(settings)
-        run = inst.get_run_by_id(failed.run_id)
-        [failure] = [
-            e for e in inst.all_logs(failed.run_id) if e.dagster_event_type == dg.DagsterEventType.RUN_FAILURE
-        ]
-        assert run is not None and failure.dagster_event is not None
-        sensor(
-            dg.build_run_status_sensor_context(
-                sensor_name=sensor.name,
-                dagster_instance=inst,
-                dagster_run=run,
-                dagster_event=failure.dagster_event,
-            ).for_run_failure()
-        )
+        evaluate_on_run_failure(build_verification_alert_sensor(settings), inst, failed.run_id)
         [mail] = smtp_server.wait_for(1)
         assert mail["Subject"] == f"[{INSTALLATION}] backup {newest} failed verification"
         assert "bucket-media" in mail.get_content()

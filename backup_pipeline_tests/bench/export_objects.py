@@ -18,16 +18,21 @@ from urllib.parse import urlparse
 from minio import Minio
 
 
-def main() -> None:
-    server = json.loads(sys.argv[1])
-    target = Path(sys.argv[2])
+def client_from_json(argument: str) -> Minio:
+    """A minio client for the server described by the scripts' JSON argument."""
+    server = json.loads(argument)
     url = urlparse(server["endpoint"])
-    client = Minio(
+    return Minio(
         url.netloc,
         access_key=server["access_key"],
         secret_key=server["secret_key"],
         secure=url.scheme == "https",
     )
+
+
+def main() -> None:
+    client = client_from_json(sys.argv[1])
+    target = Path(sys.argv[2])
     streams = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 
     def download(bucket: str, key: str) -> None:

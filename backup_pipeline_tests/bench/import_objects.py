@@ -12,21 +12,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
-from minio import Minio
+from .export_objects import client_from_json
 
 
 def main() -> None:
-    server = json.loads(sys.argv[1])
+    client = client_from_json(sys.argv[1])
     source = Path(sys.argv[2])
-    url = urlparse(server["endpoint"])
-    client = Minio(
-        url.netloc,
-        access_key=server["access_key"],
-        secret_key=server["secret_key"],
-        secure=url.scheme == "https",
-    )
     count = 0
     for bucket_dir in sorted(p for p in source.iterdir() if p.is_dir()):
         if not client.bucket_exists(bucket_dir.name):
