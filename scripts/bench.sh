@@ -3,7 +3,9 @@
 # on the same generated data; writes docs/benchmarks.md and docs/bench/throughput.svg.
 #   bash scripts/bench.sh --quick     # small dataset, 1 run each: checks the harness
 #   bash scripts/bench.sh             # ~1 GiB of objects + pgbench scale 20, 3 runs each
-# Other options: --runs N --scale S --archive-runs N --workdir DIR --keep --no-doc --no-profile
+#   BENCH_S3_ACCESS_KEY=… BENCH_S3_SECRET_KEY=… bash scripts/bench.sh --s3-endpoint http://minio:9000
+#                                     # against a real MinIO (only the bench-* buckets are touched)
+# Other options: --runs N --scale S --archive-runs N --workdir DIR --keep --no-doc --no-profile --phases LIST
 #
 # The working tree is shared with colleagues editing it, so by default the harness runs on a clean
 # snapshot of HEAD (`git archive`, no uncommitted edits) and copies the two generated files back;

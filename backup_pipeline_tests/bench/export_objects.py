@@ -1,6 +1,6 @@
 """Baseline export: download every object of every bucket to disk with the minio client, one stream.
 
-    python -m backup_pipeline_tests.bench.export_objects '{"endpoint": ..., "access_key": ..., "secret_key": ...}' DIR [STREAMS]
+    python -m backup_pipeline_tests.bench.export_objects '{"endpoint": ..., "access_key": ..., "secret_key": ..., "buckets": [...]}' DIR [STREAMS]
 
 What an administrator's script would do before ``tar``/``restic`` (plain GETs, no tags); its time
 is also the measure of how fast moto serves the objects at all. STREAMS > 1 downloads on that
@@ -47,10 +47,11 @@ def main() -> None:
             response.close()
             response.release_conn()
 
+    buckets = json.loads(sys.argv[1]).get("buckets") or [b.name for b in client.list_buckets()]
     listed = (
-        (bucket.name, obj.object_name)
-        for bucket in client.list_buckets()
-        for obj in client.list_objects(bucket.name, recursive=True)
+        (bucket, obj.object_name)
+        for bucket in buckets
+        for obj in client.list_objects(bucket, recursive=True)
         if obj.object_name is not None
     )
     count = 0

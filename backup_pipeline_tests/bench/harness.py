@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
+from minio import Minio
+from minio.deleteobjects import DeleteObject
 
 from backup_pipeline.archive.keys import generate_org_secret_file
 from backup_pipeline.resources.keys import BackupKeysResource
@@ -94,6 +97,59 @@ class Series:
 
 
 @dataclass
+class ExternalS3:
+    """An S3 server the harness does not run (``--s3-endpoint``, e.g. a real MinIO).
+
+    Only the benchmark's own buckets are ever created, emptied or removed there, and only they
+    are backed up (``BACKUP_PIPELINE_BUCKETS_INCLUDE``). Its CPU time is not measured.
+    """
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    process: None = None
+
+    def client(self) -> Minio:
+        url = urlsplit(self.endpoint)
+        return Minio(
+            url.netloc,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=url.scheme == "https",
+            region=self.region,
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "BACKUP_PIPELINE_S3_ENDPOINT": self.endpoint,
+            "BACKUP_PIPELINE_S3_ACCESS_KEY": self.access_key,
+            "BACKUP_PIPELINE_S3_SECRET_KEY": self.secret_key,
+            "BACKUP_PIPELINE_S3_REGION": self.region,
+            "BACKUP_PIPELINE_BUCKETS_INCLUDE": ",".join(ds.BUCKETS),
+        }
+
+    def reset(self) -> None:
+        """Remove the benchmark's buckets (and nothing else)."""
+        client = self.client()
+        for bucket in ds.BUCKETS:
+            if not client.bucket_exists(bucket):
+                continue
+            doomed = (
+                DeleteObject(o.object_name)
+                for o in client.list_objects(bucket, recursive=True)
+                if o.object_name
+            )
+            errors = list(client.remove_objects(bucket, doomed))
+            if errors:
+                raise RuntimeError(f"could not empty {bucket}: {errors[0]}")
+            client.remove_bucket(bucket)
+
+    def stop(self) -> None:
+        """Nothing to stop: the server is not ours."""
+
+
+@dataclass
 class Goal:
     issue: str
     text: str
@@ -114,7 +170,7 @@ class Bench:
         self.series: dict[str, Series] = {}
         self.notes: list[str] = []
         self.profiles: dict[str, str] = {}
-        self.s3: S3Server | None = None
+        self.s3: S3Server | ExternalS3 | None = None
         self.drive: DriveTestServer | None = None
         self.load_before = os.getloadavg()
         self.started = time.time()
@@ -126,7 +182,16 @@ class Bench:
 
     def setup(self) -> None:
         self.log(f"workdir {self.work}; dataset: {self.spec.describe()}")
-        self.s3 = start_s3_server(self.work)
+        if self.args.s3_endpoint:
+            self.s3 = ExternalS3(
+                self.args.s3_endpoint,
+                os.environ["BENCH_S3_ACCESS_KEY"],
+                os.environ["BENCH_S3_SECRET_KEY"],
+                os.environ.get("BENCH_S3_REGION", "us-east-1"),
+            )
+            self.s3.reset()
+        else:
+            self.s3 = start_s3_server(self.work)
         self.drive = DriveTestServer(
             port=free_port(), data_dir=self.work / "drive-data", log_path=self.work / "drive-server.log"
         )
@@ -170,8 +235,15 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
     def watch(self) -> dict[str, int]:
-        assert self.s3 and self.s3.process and self.drive and self.drive.process
-        return {"moto": self.s3.process.pid, "drive": self.drive.process.pid}
+        assert self.s3 and self.drive and self.drive.process
+        pids = {"drive": self.drive.process.pid}
+        if self.s3.process is not None:
+            pids["moto"] = self.s3.process.pid
+        return pids
+
+    @property
+    def external_s3(self) -> bool:
+        return isinstance(self.s3, ExternalS3)
 
     def env(self, destination: str = "local", **extra: str) -> dict[str, str]:
         assert self.s3 is not None and self.drive is not None
@@ -397,7 +469,12 @@ class Bench:
     def s3_endpoint_args(self) -> str:
         assert self.s3 is not None
         return json.dumps(
-            {"endpoint": self.s3.endpoint, "access_key": self.s3.access_key, "secret_key": self.s3.secret_key}
+            {
+                "endpoint": self.s3.endpoint,
+                "access_key": self.s3.access_key,
+                "secret_key": self.s3.secret_key,
+                "buckets": list(ds.BUCKETS),
+            }
         )
 
     def bench_backups(self) -> None:
@@ -779,8 +856,13 @@ class Bench:
             f"- Code: {os.environ.get('BENCH_CODE_REF', 'the working tree (uncommitted edits included)')}",
             *self.machine(),
             f"- Dataset: {self.spec.describe()}: {self.object_count} objects, {self.object_bytes / MB:.0f} MB of "
-            f"objects + {self.db_bytes / MB:.0f} MB database (`pg_database_size`) = {self.data_bytes / MB:.0f} MB; "
-            "S3 is moto's server (one process), PostgreSQL the machine's server.",
+            f"objects + {self.db_bytes / MB:.0f} MB database (`pg_database_size`) = {self.data_bytes / MB:.0f} MB; "(
+                f"S3 is {self.s3.endpoint if self.s3 else '?'} (an external server given with --s3-endpoint; its CPU "
+                "is not measured, the moto columns read 0)"
+                if self.external_s3
+                else "S3 is moto's server (one process)"
+            )
+            + ", PostgreSQL the machine's server.",
             f"- Runs: {self.runs} per pipeline; tables show the median and (min–max) of wall time. CPU is user+system "
             "of the whole process tree (each member's own CPU as last sampled, or the waited-for descendants' rusage if larger); peak RSS is the largest `VmHWM` of any single "
             "process of the tree (sampled every 0.1 s). Throughput = dataset bytes (or the part restored) / median wall.",
@@ -1020,6 +1102,8 @@ class Bench:
         return lines
 
     def moto_section(self) -> list[str]:
+        if self.external_s3:
+            return []
         s = self.series
         export = s["export"]
         docs = self.spec.small_objects
@@ -1119,6 +1203,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-doc", action="store_true", help="print results, do not write docs/")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile of unmet goals")
+    parser.add_argument(
+        "--s3-endpoint",
+        default=None,
+        help="benchmark against this S3 server (e.g. a real MinIO) instead of a moto process; credentials "
+        "from BENCH_S3_ACCESS_KEY / BENCH_S3_SECRET_KEY; only the bench-* buckets are touched",
+    )
     parser.add_argument(
         "--phases",
         default=None,
