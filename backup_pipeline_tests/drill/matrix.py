@@ -213,7 +213,9 @@ def run_cases(world: World, cases: Sequence[Case], log: Callable[[str], None] = 
         log(f"-- {case.group}: {case.name}")
         try:
             if case.needs_restore_baseline:
-                if baseline is None:
+                # Each row's "next run" adds a backup, so retention (keep last N, pre-restore safety
+                # sets included) eventually prunes the baseline sets: make new ones then.
+                if baseline is None or not sc.database_parts_present(world, baseline.victim, baseline.other):
                     first = sc.restore_baseline(world)
                     second = sc.restore_baseline(world)
                     baseline = TamperBaseline(

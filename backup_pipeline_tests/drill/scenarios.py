@@ -426,6 +426,16 @@ def _part_path(world: World, backup_id: str, part_name: str) -> Path:
     raise FileNotFoundError(f"{part_name} of {backup_id}")
 
 
+def database_parts_present(world: World, *backup_ids: str) -> bool:
+    """Whether every set still has its database part (retention prunes old sets as rows add backups)."""
+    try:
+        for backup_id in backup_ids:
+            _part_path(world, backup_id, PART_DATABASE)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def tamper(kind: str, data: bytes, other: bytes) -> bytes:
     header, _ = read_header(iter([data]))
     start = header.size
