@@ -856,7 +856,8 @@ class Bench:
             f"- Code: {os.environ.get('BENCH_CODE_REF', 'the working tree (uncommitted edits included)')}",
             *self.machine(),
             f"- Dataset: {self.spec.describe()}: {self.object_count} objects, {self.object_bytes / MB:.0f} MB of "
-            f"objects + {self.db_bytes / MB:.0f} MB database (`pg_database_size`) = {self.data_bytes / MB:.0f} MB; "(
+            f"objects + {self.db_bytes / MB:.0f} MB database (`pg_database_size`) = {self.data_bytes / MB:.0f} MB; "
+            + (
                 f"S3 is {self.s3.endpoint if self.s3 else '?'} (an external server given with --s3-endpoint; its CPU "
                 "is not measured, the moto columns read 0)"
                 if self.external_s3
