@@ -40,7 +40,7 @@ from backup_pipeline.resources.keys import BackupKeysResource
 
 from ..fixtures.drive import SERVICE_ACCOUNT, SHARED_DRIVE_ID, DriveTestServer, write_service_account_key
 from ..fixtures.ports import free_port
-from ..fixtures.s3 import S3Server, start_s3_server
+from ..fixtures.s3 import S3Server, s3_settings_env, start_s3_server
 from . import dataset as ds
 from .chart import Bar, throughput_svg
 from .measure import Measurement, run_measured, tree_size
@@ -122,10 +122,7 @@ class ExternalS3:
 
     def env(self) -> dict[str, str]:
         return {
-            "BACKUP_PIPELINE_S3_ENDPOINT": self.endpoint,
-            "BACKUP_PIPELINE_S3_ACCESS_KEY": self.access_key,
-            "BACKUP_PIPELINE_S3_SECRET_KEY": self.secret_key,
-            "BACKUP_PIPELINE_S3_REGION": self.region,
+            **s3_settings_env(self.endpoint, self.access_key, self.secret_key, self.region),
             "BACKUP_PIPELINE_BUCKETS_INCLUDE": ",".join(ds.BUCKETS),
         }
 
