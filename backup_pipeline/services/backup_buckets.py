@@ -185,7 +185,6 @@ class ObjectBody:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.closed = False
-        self._at_end = False
 
     def read(self, n: int = -1) -> bytes:
         if self.closed:
@@ -203,7 +202,6 @@ class ObjectBody:
                     f"{self._expected} bytes",
                     retryable=True,
                 )
-            self._at_end = True
             return b""
         self.size += len(data)
         self.sha256.update(data)
@@ -221,10 +219,9 @@ class ObjectBody:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if not self._at_end:
-                # Unread bytes are still on the wire: the connection cannot be reused.
-                self._response.close()
-            # A fully read response goes back to the pool open (keep-alive).
+            # urllib3 already returned the connection of a fully read body to the pool; close()
+            # drops only one with unread bytes on the wire.
+            self._response.close()
             self._response.release_conn()
 
 

@@ -358,13 +358,11 @@ def object_sha256(client: Minio, bucket: str, key: str) -> str:
     try:
         for block in response.stream(1024 * 1024):
             digest.update(block)
-    except BaseException:
-        # A body left half-read cannot be reused: drop the connection, not just release it.
+    finally:
+        # urllib3 already returned a fully read body's connection to the pool (keep-alive);
+        # close() drops only a connection with unread bytes on the wire.
         response.close()
         response.release_conn()
-        raise
-    # Fully read: hand the connection back to the pool for the next request (keep-alive).
-    response.release_conn()
     return digest.hexdigest()
 
 
