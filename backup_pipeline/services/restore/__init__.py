@@ -1,0 +1,161 @@
+"""Restore: plain functions the restore job and the disaster-recovery CLI call.
+
+Nothing here knows Dagster. The order a caller MUST follow (the ops and the CLI do):
+
+1. ``sets.resolve_backup`` — find the set (ledger or destination), read and authenticate its
+   manifest, refuse an incomplete set naming what is missing.
+2. ``verify_parts`` — stream every needed part once, end to end: download → authenticate
+   every chunk (AEAD) → compare ciphertext and plaintext SHA-256 with the manifest. No
+   plaintext is kept; nothing is touched. Any damage refuses the restore here.
+3. Only then act: ``restore_database`` (one ``pg_restore --single-transaction``) and
+   ``restore_bucket`` per bucket, each streaming the part a second time.
+
+Why stream twice rather than stage: plaintext never touches disk (invariant 1) and no
+staging space is needed. The second pass is as safe as the first for what it emits: every
+chunk is authenticated before a byte is handed on, the header binds backup id and part
+name, and truncation is caught by the final-chunk flag. A part changed on the destination
+between the passes fails the second pass: the database restore is one transaction (left as
+it was); a bucket restore stops with a summary of what it wrote, and a rerun completes it.
+
+The package: ``common`` (options, errors), ``download``, ``sets`` (listing, resolving, opening and
+verifying parts), ``database``, ``buckets``, ``report`` (consistency), ``run`` (the whole procedure).
+Callers use the names re-exported here.
+"""
+
+from backup_pipeline.services.backup_parts import PART_DATABASE
+from backup_pipeline.services.restore.buckets import (
+    LISTING_LOOKAHEAD,
+    PUT_PART_BYTES,
+    PUT_WINDOW_BYTES,
+    PUT_WORKERS,
+    SMALL_OBJECT_BYTES,
+    BucketRestoreFailed,
+    BucketSummary,
+    ExistingSizes,
+    RestoreEntry,
+    bucket_entries,
+    decide,
+    decompress_backup,
+    keep_both_key,
+    object_sha256,
+    plan_bucket,
+    put_entry,
+    restore_bucket,
+)
+from backup_pipeline.services.restore.common import (
+    DEFAULT_CONSISTENCY_QUERY,
+    KEEP_BOTH_SUFFIX,
+    LATEST,
+    ConflictPolicy,
+    IncomingObject,
+    ObjectAction,
+    RestoreError,
+    RestoreOptions,
+    RestoreRefused,
+    RestoreScope,
+    check_confirmation,
+    confirmation_phrase,
+)
+from backup_pipeline.services.restore.database import (
+    PgTarget,
+    check_restore_versions,
+    current_row_counts,
+    database_has_tables,
+    dump_row_counts,
+    ensure_database,
+    plan_database,
+    restore_database,
+    server_version,
+)
+from backup_pipeline.services.restore.download import (
+    DOWNLOAD_CHUNK_BYTES,
+    RangedSource,
+    download_backup,
+)
+from backup_pipeline.services.restore.report import (
+    consistency_report,
+)
+from backup_pipeline.services.restore.run import (
+    run_restore,
+)
+from backup_pipeline.services.restore.sets import (
+    MANIFEST_LIMIT_BYTES,
+    BackupSetInfo,
+    PartRef,
+    PartVerificationError,
+    ResolvedBackup,
+    RestoreKeys,
+    decrypt_backup,
+    list_backups,
+    manifest_inventory,
+    manifest_parts,
+    needed_parts,
+    open_part,
+    parse_manifest,
+    resolve_backup,
+    verify_part,
+    verify_parts,
+)
+
+__all__ = [
+    "DEFAULT_CONSISTENCY_QUERY",
+    "DOWNLOAD_CHUNK_BYTES",
+    "KEEP_BOTH_SUFFIX",
+    "LATEST",
+    "LISTING_LOOKAHEAD",
+    "MANIFEST_LIMIT_BYTES",
+    "PART_DATABASE",
+    "PUT_PART_BYTES",
+    "PUT_WINDOW_BYTES",
+    "PUT_WORKERS",
+    "SMALL_OBJECT_BYTES",
+    "BackupSetInfo",
+    "BucketRestoreFailed",
+    "BucketSummary",
+    "ConflictPolicy",
+    "ExistingSizes",
+    "IncomingObject",
+    "ObjectAction",
+    "PartRef",
+    "PartVerificationError",
+    "PgTarget",
+    "RangedSource",
+    "ResolvedBackup",
+    "RestoreEntry",
+    "RestoreError",
+    "RestoreKeys",
+    "RestoreOptions",
+    "RestoreRefused",
+    "RestoreScope",
+    "bucket_entries",
+    "check_confirmation",
+    "check_restore_versions",
+    "confirmation_phrase",
+    "consistency_report",
+    "current_row_counts",
+    "database_has_tables",
+    "decide",
+    "decompress_backup",
+    "decrypt_backup",
+    "download_backup",
+    "dump_row_counts",
+    "ensure_database",
+    "keep_both_key",
+    "list_backups",
+    "manifest_inventory",
+    "manifest_parts",
+    "needed_parts",
+    "object_sha256",
+    "open_part",
+    "parse_manifest",
+    "plan_bucket",
+    "plan_database",
+    "put_entry",
+    "resolve_backup",
+    "restore_bucket",
+    "restore_database",
+    "run_restore",
+    "server_version",
+    "verify_part",
+    "verify_parts",
+]

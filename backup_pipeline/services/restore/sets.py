@@ -1,0 +1,421 @@
+"""Backup sets: listing, resolving (manifest authenticated, parts present), opening and verifying parts."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
+from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
+from backup_pipeline.archive.manifest import MANIFEST_FORMAT, Manifest
+from backup_pipeline.archive.stream_crypto import decrypt_stream
+from backup_pipeline.destinations.base import Destination, StoredFile
+from backup_pipeline.services.backup_parts import (
+    APP_NAME,
+    BUCKET_PART_PREFIX,
+    PART_DATABASE,
+    PART_MANIFEST,
+    PROP_APP,
+    PROP_BACKUP_ID,
+    PROP_INSTALLATION,
+    PROP_PART_NAME,
+    bucket_part_name,
+)
+from backup_pipeline.services.restore.common import LATEST, IncomingObject, RestoreOptions, RestoreRefused
+from backup_pipeline.services.restore.download import download_backup
+
+
+@dataclass(frozen=True)
+class RestoreKeys:
+    """What can open a part: the org keyring (normal operation) or the recovery key (disaster recovery)."""
+
+    org_keyring: OrgKeyring | None = None
+    recovery_identity: RecoveryIdentity | None = None
+
+    def __post_init__(self) -> None:
+        if self.org_keyring is None and self.recovery_identity is None:
+            raise RestoreRefused("restore needs the org secret file or the recovery key file")
+
+
+@dataclass(frozen=True)
+class BackupSetInfo:
+    """One backup set as found on the destination (or the ledger)."""
+
+    backup_id: str
+    installation_id: str
+    complete: bool  # a manifest exists
+    parts: tuple[str, ...]
+    size: int
+    created: str | None
+    source: str  # "ledger" or "destination"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id,
+            "installation_id": self.installation_id,
+            "complete": self.complete,
+            "parts": list(self.parts),
+            "size": self.size,
+            "created": self.created,
+            "source": self.source,
+        }
+
+
+def list_backups(
+    destination: Destination,
+    *,
+    installation_id: str | None = None,
+    ledger_backup_ids: Sequence[str] | None = None,
+) -> list[BackupSetInfo]:
+    """Backup sets, newest first.
+
+    With ``ledger_backup_ids`` (from Dagster's records) only those sets are listed; without
+    (a fresh installation, the ledger lost) every set is found on the destination by its file
+    properties alone. Either way completeness is judged from the destination: a set without
+    a manifest is listed as incomplete and never chosen as ``latest``.
+    """
+    props = {PROP_APP: APP_NAME}
+    if installation_id:
+        props[PROP_INSTALLATION] = installation_id
+    grouped: dict[tuple[str, str], list[StoredFile]] = {}
+    for stored in destination.list(props):
+        backup_id = stored.properties.get(PROP_BACKUP_ID)
+        if not backup_id:
+            continue
+        key = (stored.properties.get(PROP_INSTALLATION, ""), backup_id)
+        grouped.setdefault(key, []).append(stored)
+    wanted = set(ledger_backup_ids) if ledger_backup_ids is not None else None
+    sets = []
+    for (installation, backup_id), files in grouped.items():
+        if wanted is not None and backup_id not in wanted:
+            continue
+        names = tuple(sorted(f.properties.get(PROP_PART_NAME, f.name) for f in files))
+        created = min((f.created for f in files if f.created is not None), default=None)
+        sets.append(
+            BackupSetInfo(
+                backup_id=backup_id,
+                installation_id=installation,
+                complete=PART_MANIFEST in names,
+                parts=names,
+                size=sum(f.size for f in files),
+                created=created.isoformat() if created else None,
+                source="ledger" if wanted is not None else "destination",
+            )
+        )
+    sets.sort(key=lambda s: s.backup_id, reverse=True)
+    return sets
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """One part as the manifest describes it, with the destination file that holds it."""
+
+    part_name: str
+    file_id: str
+    size: int
+    sha256: str
+    plaintext_size: int
+    plaintext_sha256: str
+
+
+@dataclass
+class ResolvedBackup:
+    """A set whose manifest was authenticated and whose listed parts all exist on the destination."""
+
+    backup_id: str
+    installation_id: str
+    manifest: dict[str, Any]
+    parts: dict[str, PartRef]
+
+    @property
+    def buckets(self) -> list[str]:
+        return sorted(
+            name.removeprefix(BUCKET_PART_PREFIX)
+            for name in self.parts
+            if name.startswith(BUCKET_PART_PREFIX)
+        )
+
+    def inventory(self, bucket: str) -> dict[str, IncomingObject]:
+        return {o.key: o for o in manifest_inventory(self.manifest, bucket)}
+
+    def versions(self) -> dict[str, Any]:
+        return dict(self.manifest.get("versions") or {})
+
+
+def _read_all(blocks: Iterable[bytes], limit: int) -> bytes:
+    out = bytearray()
+    for block in blocks:
+        out += block
+        if len(out) > limit:
+            raise RestoreRefused(f"manifest larger than {limit} bytes: refusing to read it")
+    return bytes(out)
+
+
+MANIFEST_LIMIT_BYTES = 512 * 1024 * 1024
+
+
+def resolve_backup(
+    destination: Destination,
+    keys: RestoreKeys,
+    backup_id: str = LATEST,
+    *,
+    installation_id: str | None = None,
+    ledger_backup_ids: Sequence[str] | None = None,
+) -> ResolvedBackup:
+    """Find the set, authenticate its manifest, and check every part it lists is on the destination.
+
+    Refuses (``RestoreRefused``) an unknown backup id, a set without manifest, and a set
+    whose manifest lists parts that are missing (named) or whose files disagree in size.
+    """
+    sets = list_backups(destination, installation_id=installation_id, ledger_backup_ids=ledger_backup_ids)
+    if backup_id == LATEST:
+        complete = [s for s in sets if s.complete]
+        if not complete:
+            raise RestoreRefused(
+                f"backup_id: no complete backup set found on {destination.description}"
+                + (f" for installation {installation_id!r}" if installation_id else "")
+            )
+        chosen = complete[0]
+    else:
+        matches = [s for s in sets if s.backup_id == backup_id]
+        if not matches:
+            raise RestoreRefused(f"backup_id: no backup {backup_id!r} on {destination.description}")
+        chosen = matches[0]
+        if not chosen.complete:
+            raise RestoreRefused(
+                f"backup {backup_id} is incomplete: it has no manifest (parts found: {', '.join(chosen.parts)}); "
+                "it is not a backup and cannot be restored"
+            )
+    files = {
+        f.properties.get(PROP_PART_NAME, ""): f
+        for f in destination.list(
+            {PROP_APP: APP_NAME, PROP_INSTALLATION: chosen.installation_id, PROP_BACKUP_ID: chosen.backup_id}
+        )
+    }
+    manifest_file = files[PART_MANIFEST]
+    plaintext = decrypt_stream(
+        download_backup(destination, manifest_file.id, manifest_file.size),
+        expected_backup_id=chosen.backup_id,
+        expected_part_name=PART_MANIFEST,
+        org_keyring=keys.org_keyring,
+        recovery_identity=keys.recovery_identity,
+    )
+    try:
+        manifest = parse_manifest(_read_all(plaintext, MANIFEST_LIMIT_BYTES))
+    except ArchiveKeyError:
+        raise  # wrong or mistyped key: the caller reports it as bad input, apart from damage
+    except ArchiveError as exc:
+        raise RestoreRefused(
+            f"backup {chosen.backup_id}: the manifest does not authenticate: {exc}"
+        ) from None
+    parts: dict[str, PartRef] = {}
+    missing: list[str] = []
+    for entry in manifest_parts(manifest):
+        stored = files.get(entry["part_name"])
+        if stored is None:
+            missing.append(entry["part_name"])
+            continue
+        if stored.size != int(entry["size"]):
+            raise RestoreRefused(
+                f"backup {chosen.backup_id}: part {entry['part_name']!r} is {stored.size} bytes on the "
+                f"destination, the manifest says {entry['size']} (truncated or replaced)"
+            )
+        parts[entry["part_name"]] = PartRef(
+            part_name=entry["part_name"],
+            file_id=stored.id,
+            size=int(entry["size"]),
+            sha256=str(entry["sha256"]),
+            plaintext_size=int(entry["plaintext_size"]),
+            plaintext_sha256=str(entry["plaintext_sha256"]),
+        )
+    if missing:
+        raise RestoreRefused(
+            f"backup {chosen.backup_id} is incomplete: the manifest lists parts missing on the destination: "
+            + ", ".join(sorted(missing))
+        )
+    return ResolvedBackup(chosen.backup_id, chosen.installation_id, manifest, parts)
+
+
+def needed_parts(resolved: ResolvedBackup, options: RestoreOptions) -> list[str]:
+    """The parts a restore with ``options`` reads; unknown buckets are refused by name."""
+    names: list[str] = []
+    if options.restores_database:
+        if PART_DATABASE not in resolved.parts:
+            raise RestoreRefused(f"backup {resolved.backup_id} has no database part")
+        names.append(PART_DATABASE)
+    if options.restores_files:
+        available = resolved.buckets
+        unknown = sorted(set(options.buckets) - set(available))
+        if unknown:
+            raise RestoreRefused(
+                f"buckets: {', '.join(unknown)} not in backup {resolved.backup_id} "
+                f"(it has: {', '.join(available) or 'no buckets'})"
+            )
+        names += [bucket_part_name(b) for b in (options.buckets or available)]
+    return names
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def wrap(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self.size += len(block)
+            self.sha256.update(block)
+            yield block
+
+
+def open_part(
+    destination: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    part_name: str,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
+    """The authenticated plaintext of one part, streamed.
+
+    Every chunk is authenticated before it is yielded; after the last one the ciphertext and
+    plaintext SHA-256 and sizes are compared with the manifest, and a mismatch raises
+    ``PartVerificationError`` *before* the iterator ends — so a consumer that acts only once
+    the stream ended cleanly (pg_restore's transaction, the verify pass) never acts on it.
+    """
+    ref = resolved.parts[part_name]
+    cipher, plain = _Counter(), _Counter()
+    try:
+        ciphertext = cipher.wrap(download_backup(destination, ref.file_id, ref.size, on_progress=on_progress))
+        yield from plain.wrap(
+            decrypt_stream(
+                ciphertext,
+                expected_backup_id=resolved.backup_id,
+                expected_part_name=part_name,
+                org_keyring=keys.org_keyring,
+                recovery_identity=keys.recovery_identity,
+            )
+        )
+    except ArchiveError as exc:
+        raise PartVerificationError(resolved.backup_id, part_name, f"{type(exc).__name__}: {exc}") from None
+    problems = []
+    if cipher.size != ref.size or cipher.sha256.hexdigest() != ref.sha256:
+        problems.append(f"ciphertext {cipher.size} bytes / sha256 {cipher.sha256.hexdigest()[:16]}…")
+    if plain.size != ref.plaintext_size or plain.sha256.hexdigest() != ref.plaintext_sha256:
+        problems.append(f"plaintext {plain.size} bytes / sha256 {plain.sha256.hexdigest()[:16]}…")
+    if problems:
+        raise PartVerificationError(
+            resolved.backup_id, part_name, "does not match the manifest: " + "; ".join(problems)
+        )
+
+
+class PartVerificationError(RestoreRefused):
+    def __init__(self, backup_id: str, part_name: str, detail: str):
+        self.part_name = part_name
+        super().__init__(f"backup {backup_id}, part {part_name!r}: {detail}; nothing was restored from it")
+
+
+def verify_part(
+    destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, part_name: str
+) -> dict[str, Any]:
+    """Authenticate one part end to end against the manifest, keeping no plaintext."""
+    started = time.monotonic()
+    size = 0
+    for block in open_part(destination, keys, resolved, part_name):
+        size += len(block)
+    ref = resolved.parts[part_name]
+    return {
+        "part": part_name,
+        "bytes": ref.size,
+        "plaintext_bytes": size,
+        "sha256": ref.sha256,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def verify_parts(
+    destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, part_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every needed part verified before anything is touched (the first failure refuses all)."""
+    return [verify_part(destination, keys, resolved, name) for name in part_names]
+
+
+def decrypt_backup(
+    ciphertext: Iterable[bytes], keys: RestoreKeys, backup_id: str, part_name: str
+) -> Iterator[bytes]:
+    """Authenticated decryption of one part's ciphertext stream (see ``archive.stream_crypto``)."""
+    return decrypt_stream(
+        ciphertext,
+        expected_backup_id=backup_id,
+        expected_part_name=part_name,
+        org_keyring=keys.org_keyring,
+        recovery_identity=keys.recovery_identity,
+    )
+
+
+def parse_manifest(plaintext: bytes) -> dict[str, Any]:
+    """The manifest, normalised to ``{backup_id, versions, parts: [...], inventory: {bucket: [...]}}``.
+
+    Reads the archive's ``Manifest`` schema (``backup_pipeline.manifest/1``) and the backup
+    job's finalize document (``services/backup_finalize.manifest_document``).
+    """
+    import json
+
+    try:
+        raw = json.loads(plaintext.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RestoreRefused(f"the manifest is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RestoreRefused("the manifest is not a JSON object")
+    if raw.get("format") == MANIFEST_FORMAT:
+        try:
+            m = Manifest.from_json(plaintext)
+        except ArchiveError as exc:
+            raise RestoreRefused(str(exc)) from None
+        inventory: dict[str, list[list[Any]]] = {}
+        for e in m.inventory:
+            inventory.setdefault(e.bucket, []).append([e.key, e.size, e.sha256])
+        return {
+            "backup_id": m.backup_id,
+            "versions": dict(m.versions),
+            "parts": [
+                {
+                    "part_name": p.name,
+                    "size": p.ciphertext_size,
+                    "sha256": p.ciphertext_sha256,
+                    "plaintext_size": p.plaintext_size,
+                    "plaintext_sha256": p.plaintext_sha256,
+                }
+                for p in m.parts
+            ],
+            "inventory": inventory,
+        }
+    if not isinstance(raw.get("parts"), list):
+        raise RestoreRefused("the manifest has no list of parts")
+    try:
+        return {
+            "backup_id": str(raw.get("backup_id", "")),
+            "versions": {str(k): str(v) for k, v in (raw.get("versions") or {}).items() if v is not None},
+            "parts": [
+                {k: p[k] for k in ("part_name", "size", "sha256", "plaintext_size", "plaintext_sha256")}
+                for p in raw["parts"]
+            ],
+            "inventory": {
+                str(b["bucket"]): [[o["key"], int(o["size"]), o["sha256"]] for o in b.get("objects", [])]
+                for b in raw.get("buckets", [])
+            },
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RestoreRefused(f"the manifest does not follow the schema: {exc!r}") from None
+
+
+def manifest_parts(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [dict(p) for p in manifest.get("parts", [])]
+
+
+def manifest_inventory(manifest: Mapping[str, Any], bucket: str) -> list[IncomingObject]:
+    return [
+        IncomingObject(str(k), int(n), str(h)) for k, n, h in manifest.get("inventory", {}).get(bucket, [])
+    ]
