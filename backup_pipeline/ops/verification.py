@@ -15,12 +15,11 @@ exclusive run tag nor take the data lock: backups keep running while a long veri
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from backup_pipeline import ledger
+from backup_pipeline import ledger, safety
 from backup_pipeline.alerts import Alert, configured_channels, send_alert
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.audit import AuditLog
@@ -34,9 +33,13 @@ from backup_pipeline.services.backup_parts import is_backup_id
 from backup_pipeline.settings import BackupSettings
 
 VERIFY_JOB_NAME = "verify_backup_job"
-VERIFICATION_CHECK_NAME = "backup_set_verified"
+VERIFICATION_CHECK_NAME = safety.VERIFICATION_CHECK
 VERIFICATION_ALERT_SENSOR = "alert_on_failed_verification"
-DEFAULT_MAX_VERIFICATION_AGE_HOURS = 48
+VERIFY_AFTER_BACKUP_SENSOR = "verify_after_backup"
+BACKUP_JOB_NAME = "backup_job"
+#: verify_backup_schedule runs daily: a newer verified set than this means the schedule keeps up.
+VERIFICATION_INTERVAL_HOURS = 24
+DEFAULT_MAX_VERIFICATION_AGE_HOURS = safety.DEFAULT_MAX_VERIFICATION_AGE_HOURS
 ERROR_VERIFICATION_FAILED = "VERIFICATION_FAILED"
 ERROR_CANNOT_VERIFY = "VERIFICATION_NOT_POSSIBLE"
 
@@ -81,45 +84,14 @@ def verification_check(
     instance: dg.DagsterInstance, max_age_hours: int, now: datetime | None = None
 ) -> dg.AssetCheckResult:
     """Red when the newest complete set's last verification failed, or no set verified recently enough."""
-    now = now or datetime.now(UTC)
-    newest = ledger.latest_complete(instance)
-    if newest is None:
-        return dg.AssetCheckResult(
-            check_name=VERIFICATION_CHECK_NAME,
-            asset_key=ledger.BACKUP_SET_ASSET,
-            passed=True,
-            description="no complete backup set yet: nothing to verify",
-        )
-    statuses = ledger.verification_statuses(instance)
-    live = {e.backup_id for e in ledger.complete_sets(instance)}
-    newest_status = statuses.get(newest.backup_id)
-    fresh = [
-        s
-        for s in statuses.values()
-        if s.verified and s.backup_id in live and now - s.at <= timedelta(hours=max_age_hours)
-    ]
-    problems = []
-    if newest_status is not None and not newest_status.verified:
-        problems.append(
-            f"the newest complete set {newest.backup_id} failed verification: {newest_status.summary}"
-        )
-    if not fresh:
-        problems.append(f"no backup set passed verification in the last {max_age_hours} h")
-    metadata: dict[str, Any] = {
-        "newest_complete": newest.backup_id,
-        "newest_status": "unverified"
-        if newest_status is None
-        else (ledger.VERIFIED_EVENT if newest_status.verified else ledger.VERIFICATION_FAILED_EVENT),
-        "fresh_verified_sets": dg.MetadataValue.json(sorted(s.backup_id for s in fresh)),
-    }
+    verdict = safety.verification_verdict(instance, max_age_hours, now)
     return dg.AssetCheckResult(
         check_name=VERIFICATION_CHECK_NAME,
         asset_key=ledger.BACKUP_SET_ASSET,
-        passed=not problems,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(problems)
-        or f"newest complete set {newest.backup_id}: {metadata['newest_status']}",
-        metadata=metadata,
+        passed=verdict.passed,
+        severity=verdict.severity,
+        description=verdict.description,
+        metadata=verdict.metadata,
     )
 
 
@@ -242,6 +214,64 @@ def build_verification_check(
         return verification_check(context.instance, max_age_hours)
 
     return backup_set_verified
+
+
+def verification_due(
+    instance: dg.DagsterInstance,
+    interval_hours: float = VERIFICATION_INTERVAL_HOURS,
+    now: datetime | None = None,
+) -> str | None:
+    """Why a new backup should be verified at once, or None when a recent verification covers it.
+
+    On a fresh install nothing is verified until the next scheduled verification, up to a day later;
+    after a long gap (schedule off, failures) the same holds. Verifying the new set right away
+    makes ``backup_set_verified`` green (or red) within minutes of the first backup.
+    """
+    now = now or datetime.now(UTC)
+    passed = [s.at for s in ledger.verification_statuses(instance).values() if s.verified]
+    if not passed:
+        return "no backup set has passed verification yet"
+    age = now - max(passed)
+    if age > timedelta(hours=interval_hours):
+        return (
+            f"the newest verification passed {age.total_seconds() / 3600:.0f} h ago, more than the "
+            f"verification interval ({interval_hours:.0f} h)"
+        )
+    return None
+
+
+def build_verify_after_backup_sensor() -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name=VERIFY_AFTER_BACKUP_SENSOR,
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        request_job=verify_backup_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="After a successful backup_job run, requests verify_backup_job for the new set when no set "
+        f"passed verification yet (a fresh install) or the newest verification is older than "
+        f"{VERIFICATION_INTERVAL_HOURS} h; otherwise the daily verify_backup_schedule covers it.",
+    )
+    def verify_after_backup(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        run = context.dagster_run
+        if run.job_name != BACKUP_JOB_NAME:
+            return dg.SkipReason(f"{run.job_name} is not {BACKUP_JOB_NAME}")
+        backup_id = run.tags.get(ledger.BACKUP_ID_TAG)
+        if not backup_id:
+            return dg.SkipReason(f"run {run.run_id} has no backup id tag")
+        why = verification_due(context.instance)
+        if why is None:
+            return dg.SkipReason(
+                f"backup {backup_id}: a set was verified recently; the daily schedule covers it"
+            )
+        context.log.info(f"verifying backup {backup_id} now: {why}")
+        return dg.RunRequest(
+            # One verification per backup run, however often the event is seen.
+            run_key=f"verify-after-{run.run_id}",
+            run_config={"ops": {"verify_backup_set_op": {"config": {"backup_id": backup_id}}}},
+            # The backup id tag makes retention spare the set while it is read.
+            tags={ledger.BACKUP_ID_TAG: backup_id, "backup_pipeline/trigger": "after_backup"},
+        )
+
+    return verify_after_backup
 
 
 def build_verification_alert_sensor(settings: BackupSettings) -> dg.SensorDefinition:
