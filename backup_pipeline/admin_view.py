@@ -205,7 +205,25 @@ def build_backup_checks(settings: BackupSettings) -> list[dg.AssetChecksDefiniti
     def recovery_key_exported() -> dg.AssetCheckResult:
         return safety.recovery_key_verdict(policy.state_dir).result()
 
-    return [backup_set_fresh, backup_destination, recovery_key_exported]
+    @dg.asset_check(
+        asset=safety.HEALTH_ASSET,
+        name=safety.HEALTH_CHECK,
+        description="Red (NOT SAFE) while any safety check of backup_set fails, warnings included (not off-site, "
+        "recovery key not exported, too old, not verified); the description lists which. Recorded by the "
+        "backup_status_checks sensor whenever the answer changes.",
+    )
+    def backup_safe(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return safety.health_verdict(safety.backup_set_verdicts(context.instance, policy)).result()
+
+    return [backup_set_fresh, backup_destination, recovery_key_exported, backup_safe]
+
+
+BACKUP_HEALTH_SPEC = dg.AssetSpec(
+    safety.HEALTH_ASSET,
+    description="Are we safe? Red in this list when NOT: a backup_set safety check fails (too old, not verified, "
+    "destination broken or NOT off-site, recovery key not exported). Its latest event says which.",
+    group_name="backups",
+)
 
 
 def build_record_checks_op(settings: BackupSettings) -> dg.OpDefinition:
@@ -243,12 +261,14 @@ def build_status_sensor(settings: BackupSettings) -> dg.SensorDefinition:
         description="Keeps the backup_set checks current without launching runs: records "
         f"{FRESHNESS_CHECK}, {DESTINATION_CHECK}, {VERIFICATION_CHECK} and {RECOVERY_KEY_CHECK} whenever a "
         "verdict changes (e.g. the newest backup becomes too old, the recovery key is exported) and for every "
-        "new backup_set materialization not judged yet (e.g. a restore's safety backup).",
+        "new backup_set materialization not judged yet (e.g. a restore's safety backup); and the answer on "
+        "backup_health (one materialization + backup_safe check per change of the answer).",
     )
     def backup_status_checks(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         verdicts = safety.backup_set_verdicts(context.instance, policy)
-        events = safety.evaluations_to_record(context.instance, verdicts, seen)
+        events: list[Any] = safety.evaluations_to_record(context.instance, verdicts, seen)
+        events += safety.health_events(verdicts, seen)
         return dg.SensorResult(asset_events=events, cursor=json.dumps(seen))
 
     return backup_status_checks

@@ -36,7 +36,11 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
         verification_ops.build_verify_after_backup_sensor(),
         admin_view.build_status_sensor(settings),
     ]
-    assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC, backup_ops.BACKUP_SET_SPEC]
+    assets: list[dg.AssetSpec] = [
+        migration_ops.STORAGE_MIGRATION_SPEC,
+        backup_ops.BACKUP_SET_SPEC,
+        admin_view.BACKUP_HEALTH_SPEC,
+    ]
     backup_job = backup_ops.build_backup_job(
         backup_ops.backup_config_from_settings(settings),
         executor_def=executor_for(settings),

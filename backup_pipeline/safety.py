@@ -38,6 +38,10 @@ from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.settings import BackupSettings, DestinationKind
 
 BACKUP_SET_ASSET = ledger.BACKUP_SET_ASSET
+#: One asset whose status IS the answer, so the Catalog's asset list shows it: Dagster OSS colours a
+#: row red only for a failed ERROR check, and shows no check column (asset health is Dagster+).
+HEALTH_ASSET = dg.AssetKey("backup_health")
+HEALTH_CHECK = "backup_safe"
 FRESHNESS_CHECK = "backup_set_fresh"
 DESTINATION_CHECK = "backup_destination"
 VERIFICATION_CHECK = "backup_set_verified"
@@ -65,6 +69,7 @@ class Verdict:
     description: str
     metadata: dict[str, Any]
     state: str = ""  # what the sensor compares: a new evaluation is recorded only when it changes
+    summary: str = ""  # one short line for backup_health (default: the description)
 
     def key(self) -> str:
         return f"{self.passed}|{self.severity.value}|{self.state or self.description}"
@@ -176,6 +181,7 @@ def local_destination_verdict(path: str) -> Verdict:
         dg.AssetCheckSeverity.WARN,
         NOT_OFF_SITE.format(path=path),
         {"destination": f"local folder {path}", "off_site": False, "guide": DRIVE_GUIDE},
+        summary=f"backups are NOT off-site (local folder {path}; set up Google Drive: {DRIVE_GUIDE})",
     )
 
 
@@ -285,6 +291,7 @@ def recovery_key_verdict(state_dir: str | Path) -> Verdict:
             f"unreadable. {how}",
             meta,
             "missing",
+            summary=f"no exported recovery key (on the host: {EXPORT_RECOVERY_COMMAND})",
         )
     meta["key_id"] = status.current_key_id
     if status.secret_held:
@@ -295,6 +302,7 @@ def recovery_key_verdict(state_dir: str | Path) -> Verdict:
             f"(or this server) makes every backup unreadable. {how}",
             meta,
             f"held:{status.current_key_id}",
+            summary=f"recovery key {status.current_key_id} never exported (on the host: {EXPORT_RECOVERY_COMMAND})",
         )
     meta["exported_at"] = status.exported_at or ""
     return Verdict(
@@ -325,6 +333,51 @@ def backup_set_verdicts(instance: dg.DagsterInstance, policy: SafetyPolicy) -> d
     if destination is not None:
         verdicts[DESTINATION_CHECK] = destination
     return verdicts
+
+
+def health_verdict(verdicts: Mapping[str, Verdict]) -> Verdict:
+    """The answer to "are we safe?": passes only when every safety check passes.
+
+    ERROR whenever anything fails, warnings included: backups that are not off-site or a
+    recovery key that exists only on this server are not safe, and only an ERROR turns a row red
+    in the Catalog. The severities of the details stay on backup_set's own checks.
+    """
+    failing = {name: v for name, v in verdicts.items() if not v.passed}
+    meta: dict[str, Any] = {
+        "verdict": "NOT SAFE" if failing else "SAFE",
+        **{
+            name: ("OK" if v.passed else f"{v.severity.value}: {v.summary or v.description}")
+            for name, v in verdicts.items()
+        },
+    }
+    if not failing:
+        return Verdict(
+            True, dg.AssetCheckSeverity.ERROR, "SAFE: every safety check of backup_set passes", meta, "SAFE"
+        )
+    reasons = "; ".join(f"{name}: {v.summary or v.description}" for name, v in sorted(failing.items()))
+    return Verdict(
+        False,
+        dg.AssetCheckSeverity.ERROR,
+        f"NOT SAFE ({len(failing)} of {len(verdicts)} checks fail): {reasons}. Details: backup_set → Checks.",
+        meta,
+        "NOT SAFE:" + ",".join(f"{name}={verdicts[name].key()}" for name in sorted(failing)),
+    )
+
+
+def health_events(verdicts: Mapping[str, Verdict], seen: dict[str, str]) -> list[Any]:
+    """A ``backup_health`` materialization + its check when the verdict changed (``seen`` updated).
+
+    The materialization makes the asset's row show a status in the Catalog, and its history is the
+    history of the verdict; the check judging it turns the row red when we are not safe.
+    """
+    verdict = health_verdict(verdicts)
+    if seen.get(HEALTH_CHECK) == verdict.key():
+        return []
+    seen[HEALTH_CHECK] = verdict.key()
+    materialization = dg.AssetMaterialization(
+        asset_key=HEALTH_ASSET, description=verdict.description, metadata=verdict.metadata
+    )
+    return [materialization, verdict.evaluation(HEALTH_CHECK, asset_key=HEALTH_ASSET)]
 
 
 def latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dg.EventLogRecord | None:

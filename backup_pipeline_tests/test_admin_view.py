@@ -58,7 +58,8 @@ def test_status_sensor_records_a_verdict_only_when_it_changes(tmp_path: Path) ->
         first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
         for event in first.asset_events:
             instance.report_runless_asset_event(event)  # what the daemon does with them
-        names = sorted(e.check_name for e in first.asset_events)  # type: ignore[union-attr]
+        checks = [e for e in first.asset_events if getattr(e, "asset_key", None) == safety.BACKUP_SET_ASSET]
+        names = sorted(e.check_name for e in checks)  # type: ignore[union-attr]
         assert names == sorted(
             [
                 admin_view.DESTINATION_CHECK,
@@ -67,7 +68,7 @@ def test_status_sensor_records_a_verdict_only_when_it_changes(tmp_path: Path) ->
                 admin_view.VERIFICATION_CHECK,
             ]
         )
-        verdicts = {e.check_name: e.passed for e in first.asset_events}  # type: ignore[union-attr]
+        verdicts = {e.check_name: e.passed for e in checks}  # type: ignore[union-attr]
         assert not verdicts[admin_view.FRESHNESS_CHECK] and not verdicts[admin_view.DESTINATION_CHECK]
 
         again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
@@ -77,11 +78,17 @@ def test_status_sensor_records_a_verdict_only_when_it_changes(tmp_path: Path) ->
         # runless verdicts as judging it, so only the verdicts that changed are recorded.
         _record_backup(instance, datetime.now(UTC) - timedelta(minutes=5))
         changed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=again.cursor))
-        assert sorted((e.check_name, e.passed) for e in changed.asset_events) == [  # type: ignore[union-attr]
+        changed_checks = [
+            (e.check_name, e.passed)  # type: ignore[union-attr]
+            for e in changed.asset_events
+            if isinstance(e, dg.AssetCheckEvaluation) and e.asset_key == safety.BACKUP_SET_ASSET
+        ]
+        assert sorted(changed_checks) == [
             (admin_view.FRESHNESS_CHECK, True),
             (admin_view.VERIFICATION_CHECK, False),
         ]
         assert set(json.loads(changed.cursor or "{}")) == {
+            safety.HEALTH_CHECK,
             admin_view.FRESHNESS_CHECK,
             admin_view.DESTINATION_CHECK,
             admin_view.RECOVERY_KEY_CHECK,

@@ -170,7 +170,15 @@ def test_status_sensor_records_every_check_again_for_a_new_materialization(tmp_p
 
     with dg.instance_for_test() as instance:
         first = tick(instance)
-        assert {e.check_name for e in first.asset_events} == SAFETY_CHECKS
+        assert {e.check_name for e in _checks_of(first, safety.BACKUP_SET_ASSET)} == SAFETY_CHECKS
+        # backup_health: one materialization + its check, red (ERROR) while anything is unsafe.
+        [health] = _checks_of(first, safety.HEALTH_ASSET)
+        assert not health.passed and health.severity is dg.AssetCheckSeverity.ERROR
+        assert "NOT SAFE" in (health.description or "") and "NOT off-site" in (health.description or "")
+        assert "never exported" in (health.description or "")
+        assert [e.asset_key for e in first.asset_events if isinstance(e, dg.AssetMaterialization)] == [
+            safety.HEALTH_ASSET
+        ]
         quiet = tick(instance, first.cursor)
         assert quiet.asset_events == []
 
@@ -180,7 +188,7 @@ def test_status_sensor_records_every_check_again_for_a_new_materialization(tmp_p
         target = safety.latest_materialization(instance, safety.BACKUP_SET_ASSET)
         assert target is not None
         again = tick(instance, quiet.cursor)
-        recorded = {e.check_name: e for e in again.asset_events}
+        recorded = {e.check_name: e for e in _checks_of(again, safety.BACKUP_SET_ASSET)}
         assert set(recorded) == SAFETY_CHECKS
         assert all(e.target_materialization_data.storage_id == target.storage_id for e in recorded.values())
         latest = _latest_checks(instance)
@@ -189,10 +197,16 @@ def test_status_sensor_records_every_check_again_for_a_new_materialization(tmp_p
         # The recovery key exported on the host: the warning turns green without a click.
         store.export_secret()
         exported = tick(instance, again.cursor)
-        assert [(e.check_name, e.passed) for e in exported.asset_events] == [
+        assert [(e.check_name, e.passed) for e in _checks_of(exported, safety.BACKUP_SET_ASSET)] == [
             (safety.RECOVERY_KEY_CHECK, True)
         ]
-        assert json.loads(exported.cursor or "{}").keys() == SAFETY_CHECKS
+        [health] = _checks_of(exported, safety.HEALTH_ASSET)  # the answer changed (fewer reasons)
+        assert not health.passed and "never exported" not in (health.description or "")
+        assert json.loads(exported.cursor or "{}").keys() == SAFETY_CHECKS | {safety.HEALTH_CHECK}
+
+
+def _checks_of(data: Any, asset: dg.AssetKey) -> list[dg.AssetCheckEvaluation]:
+    return [e for e in data.asset_events if isinstance(e, dg.AssetCheckEvaluation) and e.asset_key == asset]
 
 
 def test_recovery_key_check_without_a_key_store_names_the_host_command(tmp_path: Path) -> None:
@@ -318,3 +332,31 @@ def test_successes_are_announced_only_when_failures_only_is_off(
             assert len(webhook_receiver.requests) == expected
     payload = json.loads(webhook_receiver.requests[0].body)
     assert payload["type"] == "success" and "20261127T023000Z-0a1b2c3d verified" in payload["message"]
+
+
+def test_bad_verification_input_fails_in_one_line_without_a_stack_trace(tmp_path: Path) -> None:
+    from backup_pipeline.resources.destination import DestinationResource
+    from backup_pipeline.resources.keys import BackupKeysResource
+    from backup_pipeline.resources.policy import BackupPolicyResource
+    from backup_pipeline.resources.postgres import PostgresResource
+
+    resources = {
+        "destination": DestinationResource(kind="local", local_path=str(tmp_path / "dest")),
+        "keys": BackupKeysResource(org_secret_file=str(tmp_path / "none"), state_dir=str(tmp_path)),
+        "app_db": PostgresResource(database_url="postgresql://postgres@127.0.0.1:5432/postgres"),
+        "backup_policy": BackupPolicyResource(state_dir=str(tmp_path)),
+    }
+    with dg.instance_for_test() as instance:
+        result = verify_backup_job.execute_in_process(
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"verify_backup_set_op": {"config": {"backup_id": "last tuesday"}}}},
+            raise_on_error=False,
+        )
+    failure = result.failure_data_for_node("verify_backup_set_op")
+    assert failure is not None and failure.error is not None
+    assert (
+        failure.error.message
+        == "[BAD_INPUT] backup_id: 'last tuesday' is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)"
+    )
+    assert failure.error.stack == []

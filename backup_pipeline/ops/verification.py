@@ -7,7 +7,12 @@ set again). The verdict is recorded in the ledger (``ledger.verification_observa
 and the checks as details) and in the audit trail. A failed verdict then fails the run, so the
 run is red and ``alert_on_failed_verification`` sends the alert (e-mail / signed webhook).
 A run that could not verify at all (destination or scratch database unreachable) fails without
-recording a verdict.
+recording a verdict. Every expected failure is one line with its code (``[BAD_INPUT] …``,
+``[VERIFICATION_FAILED] …``) and no stack trace in the run view (``ops/step_errors.py``).
+
+``verify_after_backup`` (a run-status sensor) launches this job for the set a backup just made
+when nothing passed verification yet (a fresh install) or the newest verification is older than
+the verification interval, so ``backup_set_verified`` does not wait for the daily schedule.
 
 The job reads the destination and writes only a scratch database, so it does not carry the
 exclusive run tag nor take the data lock: backups keep running while a long verification does.
@@ -23,6 +28,7 @@ from backup_pipeline import ledger, safety
 from backup_pipeline.alerts import Alert, configured_channels, send_alert
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.audit import AuditLog
+from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.policy import BackupPolicyResource
@@ -42,6 +48,7 @@ VERIFICATION_INTERVAL_HOURS = 24
 DEFAULT_MAX_VERIFICATION_AGE_HOURS = safety.DEFAULT_MAX_VERIFICATION_AGE_HOURS
 ERROR_VERIFICATION_FAILED = "VERIFICATION_FAILED"
 ERROR_CANNOT_VERIFY = "VERIFICATION_NOT_POSSIBLE"
+ERROR_BAD_INPUT = "BAD_INPUT"
 
 
 class VerifyConfig(dg.Config):
@@ -67,14 +74,15 @@ def choose_backup_id(instance: dg.DagsterInstance, requested: str) -> str:
     requested = requested.strip()
     if requested:
         if not is_backup_id(requested):
-            raise dg.Failure(
-                description=f"backup_id: {requested!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)",
-                allow_retries=False,
+            raise quiet_failure(
+                f"backup_id: {requested!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)", ERROR_BAD_INPUT
             )
         return requested
     complete = ledger.complete_sets(instance)
     if not complete:
-        raise dg.Failure(description="backup_id: the ledger records no complete backup set to verify")
+        raise quiet_failure(
+            "backup_id: the ledger records no complete backup set to verify", ERROR_CANNOT_VERIFY
+        )
     statuses = ledger.verification_statuses(instance)
     unverified = [e for e in complete if e.backup_id not in statuses]
     return (unverified or complete)[0].backup_id
@@ -123,14 +131,12 @@ def verify_backup_set_op(
     try:
         options = svc.VerificationOptions(sample_share=config.sample_share, seed=config.seed)
     except ValueError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+        raise quiet_failure(str(exc), ERROR_BAD_INPUT) from None
     try:
         restore_keys = rs.RestoreKeys(org_keyring=keys.keyring())
         tools = app_db.pg_tools(check_server=False)
     except (ArchiveError, OSError, PgToolsError, rs.RestoreRefused) as exc:
-        raise dg.Failure(
-            description=f"cannot verify: {exc}", metadata={"error_code": ERROR_CANNOT_VERIFY}
-        ) from None
+        raise quiet_failure(f"cannot verify: {exc}", ERROR_CANNOT_VERIFY) from None
     scratch = svc.ScratchServer(
         target=rs.PgTarget.from_url(app_db.database_url, password=app_db.password),
         pg_restore=tools.pg_restore.path,
@@ -148,9 +154,8 @@ def verify_backup_set_op(
             log=context.log.info,
         )
     except svc.VerificationError as exc:
-        raise dg.Failure(
-            description=f"backup {backup_id} could not be verified (no verdict recorded): {exc}",
-            metadata={"error_code": ERROR_CANNOT_VERIFY, "backup_id": backup_id},
+        raise quiet_failure(
+            f"backup {backup_id} could not be verified (no verdict recorded): {exc}", ERROR_CANNOT_VERIFY
         ) from None
     details = report.to_dict()
     context.log_event(
@@ -167,15 +172,8 @@ def verify_backup_set_op(
     for check in report.checks:
         (context.log.info if check.ok else context.log.error)(f"{check.name}: {check.detail}")
     if not report.ok:
-        raise dg.Failure(
-            description=report.summary(),
-            metadata={
-                "error_code": ERROR_VERIFICATION_FAILED,
-                "backup_id": backup_id,
-                "failed_checks": dg.MetadataValue.json([c.__dict__ for c in report.failures]),
-            },
-            allow_retries=False,
-        )
+        # The failed checks were each logged above; the step's error is the one-line summary.
+        raise quiet_failure(report.summary(), ERROR_VERIFICATION_FAILED)
     context.add_output_metadata(
         {
             "backup_id": backup_id,
