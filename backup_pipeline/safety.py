@@ -86,23 +86,7 @@ class Verdict:
         asset_key: dg.AssetKey = BACKUP_SET_ASSET,
     ) -> dg.AssetCheckEvaluation:
         """The evaluation to record; ``target``: the materialization it judges (the newest)."""
-        from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-            AssetCheckEvaluationTargetMaterializationData,
-        )
-
-        return dg.AssetCheckEvaluation(
-            asset_key=asset_key,
-            check_name=check_name,
-            passed=self.passed,
-            severity=self.severity,
-            description=self.description,
-            metadata=self.result().metadata,
-            target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
-                storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
-            )
-            if target is not None
-            else None,
-        )
+        return evaluation_of(self.result(), asset_key, check_name, target)
 
 
 @dataclass(frozen=True)
@@ -378,6 +362,33 @@ def health_events(verdicts: Mapping[str, Verdict], seen: dict[str, str]) -> list
         asset_key=HEALTH_ASSET, description=verdict.description, metadata=verdict.metadata
     )
     return [materialization, verdict.evaluation(HEALTH_CHECK, asset_key=HEALTH_ASSET)]
+
+
+def evaluation_of(
+    result: dg.AssetCheckResult,
+    asset_key: dg.AssetKey,
+    check_name: str,
+    target: dg.EventLogRecord | None = None,
+) -> dg.AssetCheckEvaluation:
+    """The evaluation of ``result`` to log from an op or a sensor that does not define the check;
+    ``target``: the materialization it judges (Dagster shows it against that one)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    return dg.AssetCheckEvaluation(
+        asset_key=asset_key,
+        check_name=check_name,
+        passed=result.passed,
+        severity=result.severity,
+        description=result.description,
+        metadata=result.metadata,
+        target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
+            storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
+        )
+        if target is not None
+        else None,
+    )
 
 
 def latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dg.EventLogRecord | None:

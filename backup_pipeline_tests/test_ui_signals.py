@@ -273,18 +273,7 @@ def test_a_failed_ping_is_a_warning_never_an_error(tmp_path: Path, webhook_recei
     )
     with dg.instance_for_test() as instance:
         failed_run = _failing_backup_run(instance)
-        run = instance.get_run_by_id(failed_run)
-        [failure] = instance.all_logs(failed_run, of_type=dg.DagsterEventType.RUN_FAILURE)
-        assert run is not None and failure.dagster_event is not None
-        sensor = build_heartbeat_failure_sensor(settings)
-        result = sensor(
-            dg.build_run_status_sensor_context(
-                sensor_name=sensor.name,
-                dagster_instance=instance,
-                dagster_run=run,
-                dagster_event=failure.dagster_event,
-            ).for_run_failure()
-        )
+        result = h.evaluate_on_run_failure(build_heartbeat_failure_sensor(settings), instance, failed_run)
     assert isinstance(result, dg.SkipReason)
     message = result.skip_message or ""
     assert "heartbeat NOT sent" in message and "HTTP 503" in message

@@ -25,6 +25,7 @@ from backup_pipeline.ops.data_lease import (
 from backup_pipeline.resources import PostgresResource, S3Resource
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresUnavailable
+from backup_pipeline.safety import evaluation_of
 from backup_pipeline.services import migration as mig
 from backup_pipeline.services.progress import ProgressTracker
 from backup_pipeline.settings import BackupSettings
@@ -311,14 +312,7 @@ def record_storage_status(
     except Exception as exc:  # the migration is done; the check stays executable by hand
         context.log.warning(f"could not evaluate {STORAGE_STATUS_CHECK} now: {exc}")
         return
-    evaluation = dg.AssetCheckEvaluation(
-        asset_key=STORAGE_MIGRATION_ASSET,
-        check_name=STORAGE_STATUS_CHECK,
-        passed=result.passed,
-        severity=result.severity,
-        description=result.description,
-        metadata=result.metadata,
-    )
+    evaluation = evaluation_of(result, STORAGE_MIGRATION_ASSET, STORAGE_STATUS_CHECK)
     # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
     context.log_event(evaluation)  # type: ignore[arg-type]
 

@@ -103,17 +103,6 @@ def verification_check(
     )
 
 
-def _evaluation(result: dg.AssetCheckResult) -> dg.AssetCheckEvaluation:
-    return dg.AssetCheckEvaluation(
-        asset_key=ledger.BACKUP_SET_ASSET,
-        check_name=VERIFICATION_CHECK_NAME,
-        passed=result.passed,
-        severity=result.severity,
-        description=result.description,
-        metadata=result.metadata,
-    )
-
-
 @dg.op(
     description="Verify one backup set: authenticate every part, restore the dump into a scratch database "
     "and compare row counts, restore and hash a sample of objects; record the verdict in the ledger."
@@ -167,8 +156,10 @@ def verify_backup_set_op(
         "backup_verified" if report.ok else "backup_verification_failed",
         {"backup_id": backup_id, "run_id": context.run_id, "summary": report.summary()},
     )
+    result = verification_check(context.instance, config.max_verification_age_hours)
+    evaluation = safety.evaluation_of(result, ledger.BACKUP_SET_ASSET, VERIFICATION_CHECK_NAME)
     # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
-    context.log_event(_evaluation(verification_check(context.instance, config.max_verification_age_hours)))  # type: ignore[arg-type]
+    context.log_event(evaluation)  # type: ignore[arg-type]
     for check in report.checks:
         (context.log.info if check.ok else context.log.error)(f"{check.name}: {check.detail}")
     if not report.ok:
