@@ -241,12 +241,11 @@ def build_record_checks_op(settings: BackupSettings) -> dg.OpDefinition:
         try:
             verdicts = safety.backup_set_verdicts(context.instance, policy)
             target = safety.latest_materialization(context.instance, BACKUP_SET_ASSET)
+            for name, verdict in verdicts.items():
+                # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
+                context.log_event(verdict.evaluation(name, target))  # type: ignore[arg-type]
         except Exception as exc:  # the backup is complete; the sensor records the checks within a minute
-            context.log.warning(f"could not evaluate the backup_set checks now ({exc}); the sensor will")
-            return
-        for name, verdict in verdicts.items():
-            # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
-            context.log_event(verdict.evaluation(name, target))  # type: ignore[arg-type]
+            context.log.warning(f"could not record the backup_set checks now ({exc}); the sensor will")
 
     return record_backup_checks
 

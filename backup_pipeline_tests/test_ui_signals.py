@@ -349,3 +349,24 @@ def test_bad_verification_input_fails_in_one_line_without_a_stack_trace(tmp_path
         == "[BAD_INPUT] backup_id: 'last tuesday' is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)"
     )
     assert failure.error.stack == []
+
+
+@dg.op(ins={"finalized": dg.In(dg.Nothing)})
+def failing_after_finalize() -> None:
+    raise RuntimeError("the display step broke after the backup was complete")
+
+
+def test_a_failure_after_finalize_keeps_the_complete_set(
+    app: PgDatabase, s3: S3Server, tmp_path: Path
+) -> None:
+    env = h.make_env(tmp_path, app, s3)
+    job = build_backup_job(executor_def=dg.in_process_executor, record_checks=failing_after_finalize)
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config=h.run_config(), resources=env.resources(), instance=instance, raise_on_error=False
+        )
+        assert not result.success  # the step after finalize failed...
+        [entry] = ledger.complete_sets(instance)
+    # ...but the failure hook must not delete a set whose manifest was written and recorded.
+    assert h.only_backup_ids(env.dest()) == [entry.backup_id]
+    assert "manifest" in h.set_files(env.dest(), entry.backup_id)

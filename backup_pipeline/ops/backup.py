@@ -225,11 +225,24 @@ def installation_id_of_run(run: dg.DagsterRun | None) -> str | None:
     return str(value) if value else None
 
 
+def set_completed_in_run(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether this run already logged its backup_set materialization (the set is complete)."""
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return any(
+        r.asset_materialization and r.asset_materialization.asset_key == BACKUP_SET_ASSET for r in records
+    )
+
+
 @dg.failure_hook(required_resource_keys={"destination"})
 def remove_partial_set(context: dg.HookContext) -> None:
     """Any failed step removes the whole set (manifest first): a failed run leaves no partial backup."""
     backup_id = backup_id_of_run(context.instance, context.run_id)
     if not backup_id:
+        return
+    if set_completed_in_run(context.instance, context.run_id):
+        # A step after finalize_backup (record_backup_checks) failed: the set is complete and
+        # recorded in the ledger; deleting it would lose a good backup.
+        context.log.warning(f"backup set {backup_id} is complete (manifest written, recorded): kept")
         return
     run = context.instance.get_run_by_id(context.run_id)
     installation_id = installation_id_of_run(run) or context.resources.destination.installation_id
