@@ -19,16 +19,22 @@ Control API (no auth; for tests):
   Presets: ``cut`` (close the socket after ``after_bytes`` of the body), ``short`` (keep
   only ``keep_bytes`` of a chunk), ``session_404``, ``session_410``, ``rate_limit``,
   ``daily_cap``, ``too_many_requests`` (429), ``unavailable`` (503), ``timeout_html`` (408,
-  HTML body), ``storage_quota``, ``expired_token`` (401), ``unauthorized_client`` and
+  HTML body), ``storage_quota`` (a service account's write: "Service Accounts do not have
+  storage quota"), ``storage_full`` (the account's storage is full), ``expired_token`` (401), ``unauthorized_client`` and
   ``invalid_grant`` (token route). Or ``{"status": S, "reason": R, "message": M}``.
   Routes: ``token``, ``upload_start``, ``upload_chunk``, ``upload_status``, ``download``,
-  ``metadata``, ``delete``, ``any``. ``DELETE /_control/faults`` disarms all.
+  ``list`` (``GET /drive/v3/files``), ``metadata`` (every other metadata call, and listings
+  too), ``delete``, ``any``. ``DELETE /_control/faults`` disarms all.
 * ``POST /_control/expire_tokens`` — every issued access token becomes invalid (401).
 * ``POST /_control/shared_drives`` — ``{"id", "name", "members": {email or "*": role}}``.
 * ``POST /_control/config`` — ``{"storage_limit": bytes|null, "token_lifetime": s,
-  "revoked_refresh_tokens": [...], "unauthorized_delegation": [sa email...]}``.
+  "revoked_refresh_tokens": [...], "unauthorized_delegation": [sa email...],
+  "list_page_limit": n|null}``. ``list_page_limit`` caps every ``files.list`` page below the
+  requested ``pageSize``, as Drive does when it returns partial pages (a ``nextPageToken``
+  with fewer items than asked for).
 * ``GET /_control/stats`` — counters (``upload_bytes_received``, ``upload_bytes_committed``,
-  ``cuts``, ``faults_fired``, ``status_queries``, ``tokens_issued``, ``requests``…).
+  ``cuts``, ``faults_fired``, ``status_queries`` — of which ``status_queries_unknown_total``
+  asked ``bytes */*`` —, ``tokens_issued``, ``list_pages``, ``requests``…).
 * ``GET /_control/files`` — every file's full record (including trashed ones).
 """
 
@@ -79,6 +85,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "(https://developers.google.com/workspace/drive/api/guides/about-shareddrives), or use OAuth "
         "delegation (http://support.google.com/a/answer/7281227) instead.",
     },
+    "storage_full": {
+        "status": 403,
+        "reason": "storageQuotaExceeded",
+        "message": "The user's Drive storage quota has been exceeded.",
+    },
     "expired_token": {"status": 401, "reason": "authError", "message": "Invalid Credentials"},
     "unauthorized_client": {
         "action": "token_error",
@@ -110,6 +121,7 @@ class Fault:
             self.route == route
             or (self.route == "any" and route != "token")
             or (self.route == "upload" and route.startswith("upload"))
+            or (self.route == "metadata" and route == "list")
         )
 
 
@@ -192,6 +204,7 @@ class DriveState:
             self.token_lifetime = 3600.0
             self.revoked_refresh_tokens: set[str] = set()
             self.unauthorized_delegation: set[str] = set()
+            self.list_page_limit: int | None = None
 
     def take_fault(self, route: str) -> Fault | None:
         with self.lock:
@@ -496,9 +509,10 @@ class DriveHandler(BaseHTTPRequestHandler):
             count = int(self.query.get("count", "10"))
             return self._json(200, {"kind": "drive#generatedIds", "ids": [_new_id() for _ in range(count)]})
         if path == "/drive/v3/files":
-            self._fault("metadata")
             if method == "GET":
+                self._fault("list")
                 return self._list()
+            self._fault("metadata")
             if method == "POST":
                 return self._create()
         match = re.fullmatch(r"/drive/v3/files/([\w\-]+)", path)
@@ -628,9 +642,7 @@ class DriveHandler(BaseHTTPRequestHandler):
                     f.size for f in self.state.files.values() if f.owner == principal.email and not f.drive_id
                 )
             if usage + incoming > self.state.storage_limit:
-                raise ApiError(
-                    403, "storageQuotaExceeded", "The user's Drive storage quota has been exceeded."
-                )
+                raise ApiError(403, "storageQuotaExceeded", PRESETS["storage_full"]["message"])
 
     def _validate_properties(self, props: dict[str, Any]) -> None:
         if len(props) > 30:
@@ -752,7 +764,10 @@ class DriveHandler(BaseHTTPRequestHandler):
             if self.query.get("pageToken")
             else 0
         )
+        if self.state.list_page_limit is not None:
+            page_size = min(page_size, self.state.list_page_limit)  # Drive may return partial pages
         page = candidates[start : start + page_size]
+        self.state.stats["list_pages"] += 1
         result: dict[str, Any] = {
             "kind": "drive#fileList",
             "incompleteSearch": False,
@@ -901,6 +916,8 @@ class DriveHandler(BaseHTTPRequestHandler):
             if status_query:
                 self.state.stats["status_queries"] += 1
                 total = status_query.group(1)
+                if total == "*":
+                    self.state.stats["status_queries_unknown_total"] += 1
                 if self._body_left:
                     raise ApiError(400, "badContentRange", "A status query has no body")
                 if total != "*" and int(total) == session.received:
@@ -1061,6 +1078,8 @@ class DriveHandler(BaseHTTPRequestHandler):
                     state.storage_limit = body["storage_limit"]
                 if "token_lifetime" in body:
                     state.token_lifetime = float(body["token_lifetime"])
+                if "list_page_limit" in body:
+                    state.list_page_limit = body["list_page_limit"]
                 state.revoked_refresh_tokens.update(body.get("revoked_refresh_tokens", []))
                 state.unauthorized_delegation.update(body.get("unauthorized_delegation", []))
             return self._json(200, {"ok": True})
