@@ -426,7 +426,9 @@ def _age_session(path: Path, *, created_days_ago: float | None, idle_hours: floa
 
 
 @pytest.mark.parametrize("created_days_ago", [7.01, None])
-def test_a_session_past_drives_week_is_never_resumed(drive: DriveFixture, created_days_ago: float | None) -> None:
+def test_a_session_past_drives_week_is_never_resumed(
+    drive: DriveFixture, created_days_ago: float | None
+) -> None:
     with pytest.raises(ConnectionResetError):
         drive.destination().put("part", DyingFile(DATA, 4 * CHUNK + 5), {})
     (saved,) = session_files(drive)
@@ -477,7 +479,11 @@ def test_the_restore_listing_survives_a_503_on_page_two(drive: DriveFixture) -> 
 
     dest = RetryingDestination(drive.destination(), FAST_RETRY)
     for i in range(5):
-        props = {"app": "backup_pipeline", "installationId": "acme", "backupId": f"20260101T00000{i}Z-0000000{i}"}
+        props = {
+            "app": "backup_pipeline",
+            "installationId": "acme",
+            "backupId": f"20260101T00000{i}Z-0000000{i}",
+        }
         dest.put(f"acme-{i}.manifest.bpenc", [b"m"], dict(props, partName="manifest"))
     drive.server.config(list_page_limit=2)
     drive.fault("unavailable", route="list", skip=1)
@@ -511,11 +517,18 @@ def test_the_check_fails_when_a_backup_would_be_refused_for_the_daily_cap(drive:
     space = next(s for s in report.steps if s.name == "space")
     assert not space.ok
     assert "a backup would be refused now: nothing is left of today's upload allowance" in space.detail
-    assert f"0 B of today's {human_bytes(cap)} upload allowance left ({human_bytes(cap)} uploaded" in space.detail
+    assert (
+        f"0 B of today's {human_bytes(cap)} upload allowance left ({human_bytes(cap)} uploaded"
+        in space.detail
+    )
     assert report.capacity is not None and report.capacity.daily_upload_remaining == 0
     assert report.fix is not None and "leave the 24-hour window at" in report.fix
     # The rest of the check still ran: the connection itself is fine.
-    assert [(s.name, s.ok) for s in report.steps][-3:] == [("write", True), ("read back", True), ("delete", True)]
+    assert [(s.name, s.ok) for s in report.steps][-3:] == [
+        ("write", True),
+        ("read back", True),
+        ("delete", True),
+    ]
 
 
 def test_the_check_fails_when_the_drive_is_full(drive: DriveFixture) -> None:

@@ -1,9 +1,11 @@
 """``backup-pipeline fetch``: download a backup set (or some parts) to a folder for offline work.
 
 The files are the encrypted parts as stored; ``decrypt``/``verify``/``inspect`` then work on
-them on any machine with the recovery key. Reads no secret but the destination's
-credentials (the Drive credentials file of the settings); ``--recovery-key-file`` or
-``--org-secret-file`` only adds a check of the parts against the set's manifest.
+them on any machine with the recovery key. The destination comes from the settings (the
+environment, or ``BACKUP_PIPELINE_SETTINGS_FILE``) or ``--from-destination``/``--local-path``.
+Reads no secret but the destination's credentials (the Drive credentials file of the
+settings); ``--recovery-key-file`` or ``--org-secret-file`` only adds a check of the parts
+against the set's manifest.
 Downloads are ranged and resumable: run the command again after an interruption.
 
 Exit codes: 0 fetched (or already here), 1 the fetch failed (destination unreachable, a file
@@ -14,23 +16,12 @@ file, an unknown part, an unusable folder).
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from backup_pipeline.settings import DestinationKind, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    from backup_pipeline.services.restore import RestoreKeys
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
+from backup_pipeline.cli.destination_options import fail, load_keys, settings_for
+from backup_pipeline.settings import DestinationKind
 
 _KEY_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -62,11 +53,6 @@ _KEY_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Pat
     "--local-path", type=click.Path(path_type=Path), default=None, help="Folder of the local destination."
 )
 @click.option(
-    "--settings-file",
-    type=click.Path(dir_okay=False),
-    help="dotenv file (default: $BACKUP_PIPELINE_SETTINGS_FILE).",
-)
-@click.option(
     "--recovery-key-file", type=_KEY_FILE, default=None, help="Also check the parts against the manifest."
 )
 @click.option(
@@ -80,7 +66,6 @@ def fetch_command(
     installation_id: str | None,
     destination_kind: str | None,
     local_path: Path | None,
-    settings_file: str | None,
     recovery_key_file: Path | None,
     org_secret_file: Path | None,
     as_json: bool,
@@ -92,16 +77,8 @@ def fetch_command(
     from backup_pipeline.services import fetch as svc
     from backup_pipeline.services.restore import RestoreError
 
-    overrides: dict[str, str] = {}
-    if destination_kind:
-        overrides["BACKUP_PIPELINE_DESTINATION"] = destination_kind
-    if local_path:
-        overrides["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(local_path)
-    try:
-        settings = load_settings({**os.environ, **overrides}, settings_file=settings_file)
-    except SettingsError as exc:
-        _fail(str(exc), 2)
-    keys = _keys(recovery_key_file, org_secret_file)
+    settings = settings_for(destination_kind, local_path)
+    keys = load_keys(recovery_key_file, org_secret_file)
     destination = DestinationResource.from_settings(settings).get_destination()
     try:
         report = svc.fetch_backup(
@@ -114,11 +91,11 @@ def fetch_command(
             log=lambda message: click.echo(message, err=True),
         )
     except svc.FetchInputError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except ArchiveKeyError as exc:
-        _fail(f"key: {exc}", 2)
+        fail(f"key: {exc}", 2)
     except (svc.FetchError, DestinationError, RestoreError, ArchiveError) as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=1))
         return
@@ -135,24 +112,6 @@ def fetch_command(
             click.echo(
                 f"  offline: backup-pipeline verify {fetched_file.path} --manifest {manifest} --recovery-key-file KEY"
             )
-
-
-def _keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> RestoreKeys | None:
-    from backup_pipeline.archive.errors import ArchiveKeyError
-    from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-    from backup_pipeline.services.restore import RestoreKeys
-
-    if recovery_key_file and org_secret_file:
-        _fail("give either --recovery-key-file or --org-secret-file, not both", 2)
-    if not (recovery_key_file or org_secret_file):
-        return None
-    try:
-        return RestoreKeys(
-            org_keyring=OrgKeyring.from_file(org_secret_file) if org_secret_file else None,
-            recovery_identity=RecoveryIdentity.from_file(recovery_key_file) if recovery_key_file else None,
-        )
-    except (ArchiveKeyError, OSError) as exc:
-        _fail(f"key file: {exc}", 2)
 
 
 def register(group: click.Group) -> None:

@@ -9,6 +9,7 @@ Creating a folder proves nothing: a service account may create folders but store
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -42,6 +43,7 @@ def run_check(dest: GoogleDriveDestination) -> CheckReport:
             "for a folder made by a person set BACKUP_PIPELINE_DRIVE_SCOPE=https://www.googleapis.com/auth/drive"
         )
     step = "credentials"
+    leftover: str | None = None  # the test file, until the delete step removed it
     try:
         creds = dest.creds.build()
         dest.retry.call(
@@ -64,6 +66,7 @@ def run_check(dest: GoogleDriveDestination) -> CheckReport:
             {"purpose": "connection-check"},
             payload,
         )
+        leftover = stored.id
         report.add(step, True, f"uploaded {stored.size} bytes as {how}; size, MD5 and SHA-256 match")
         step = "read back"
         half = len(payload) // 2
@@ -79,10 +82,17 @@ def run_check(dest: GoogleDriveDestination) -> CheckReport:
         report.add(step, True, "two ranged downloads match the uploaded bytes")
         step = "delete"
         dest.retry.call(dest.delete, stored.id)
+        leftover = None
         report.add(step, True, "test file permanently deleted")
     except DestinationError as exc:
         report.add(step, False, str(exc))
         report.fix = _also(report.fix, str(exc))
+    finally:
+        if leftover is not None and step != "delete":
+            with contextlib.suppress(
+                DestinationError
+            ):  # best effort: the failed step is what the report says
+                dest.delete(leftover)
     return report
 
 
