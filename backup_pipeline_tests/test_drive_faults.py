@@ -158,6 +158,15 @@ def test_the_daily_cap_is_decided_from_the_ledger_and_drives_message(drive: Driv
     assert session_files(drive) == []
 
 
+def test_the_daily_cap_wording_on_a_listing_is_throttling_even_with_the_allowance_used(
+    drive: DriveFixture,
+) -> None:
+    dest = drive.destination(daily_upload_cap_bytes=len(DATA))
+    dest.put("first", blocks(), {})  # the whole allowance used
+    drive.fault("daily_cap", route="list", count=2)  # the cap limits uploads, not reads
+    assert [f.name for f in RetryingDestination(dest, FAST_RETRY).list()] == ["first"]
+
+
 def test_the_pre_flight_refuses_a_backup_over_the_daily_allowance_with_the_daily_cap_code(
     drive: DriveFixture,
 ) -> None:

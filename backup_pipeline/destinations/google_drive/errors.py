@@ -118,7 +118,8 @@ class DriveErrors:
                 "another shared drive"
             )
         if status in (403, 429) and reason in THROTTLE_REASONS:
-            return self.rate_limited(detail, reason, message, retry_after(headers))
+            uploading = what.startswith(("upload ", "start upload "))
+            return self.rate_limited(detail, reason, message, retry_after(headers), uploading=uploading)
         if status in RETRYABLE_STATUS:
             return RetryableError(
                 f"{detail}; a transient Drive error, retrying with backoff", retry_after=retry_after(headers)
@@ -224,10 +225,10 @@ class DriveErrors:
     # --- throttling and the daily cap ---------------------------------------------------------
 
     def rate_limited(
-        self, detail: str, reason: str | None, message: str | None, wait: float | None
+        self, detail: str, reason: str | None, message: str | None, wait: float | None, *, uploading: bool
     ) -> DestinationError:
         cap_worded = reason == "uploadLimitExceeded" or bool(DAILY_CAP_MESSAGE.match(message or ""))
-        if not cap_worded:
+        if not cap_worded or not uploading:  # the daily cap limits uploads; a listing or read is throttled
             return RetryableError(
                 f"{detail}; Drive is throttling requests, retrying with backoff", retry_after=wait
             )
