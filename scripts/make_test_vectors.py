@@ -138,7 +138,7 @@ def vector_manifest() -> Manifest:
                 "the S3 client library cannot address a key with a '.' or '..' segment",
             ),
         ],
-        table_rows={"public.users": 20, 'app."Weird Table"': 0},
+        table_rows={"public.users": 20, "app.Weird Table": 0},
     )
 
 
