@@ -243,6 +243,10 @@ def _hostile_bucket(s3: S3Server, client: Minio, bucket: str) -> None:
             "x-amz-meta-plain": b"ascii value",
         },
     )
+    # A non-ASCII Content-Type parameter, as raw UTF-8.
+    s3_raw.put_object(
+        s3, bucket, "notes/été.txt", b"summer", {"Content-Type": 'text/plain; name="été.txt"'.encode()}
+    )
     client.put_object(bucket, "folder/", io.BytesIO(b""), 0)
     client.put_object(bucket, "zero-bytes.bin", io.BytesIO(b""), 0, metadata={"kind": "empty"})
     client.put_object(bucket, NFC, io.BytesIO(b"composed"), 8)
@@ -262,7 +266,7 @@ def test_round_trip_keeps_every_key_header_metadata_value_and_tag(
     client = s3.client()
     _hostile_bucket(s3, client, "hostile")
     keys = sorted(o.object_name or "" for o in client.list_objects("hostile", recursive=True))
-    assert len(keys) == 10 and NFC in keys and NFD in keys and "folder/" in keys
+    assert len(keys) == 11 and NFC in keys and NFD in keys and "folder/" in keys
     assert (client.stat_object("hostile", "multipart.bin").etag or "").endswith("-2")
     source = {key: _served(s3, client, "hostile", key) for key in keys}
     env = h.make_env(tmp_path, pg_database, s3)

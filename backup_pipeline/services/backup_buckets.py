@@ -43,7 +43,7 @@ from ..destinations.base import Destination
 from .backup_parts import BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart, upload_part
 from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
-from .object_headers import record_headers
+from .object_headers import record_headers, wire_text
 from .progress import ProgressTracker
 
 READ_SIZE = 1024 * 1024
@@ -445,7 +445,7 @@ def open_object(
         key=listed.key,
         size=size,
         etag=etag,
-        content_type=headers.get("Content-Type") or "application/octet-stream",
+        content_type=wire_text(headers.get("Content-Type") or "application/octet-stream")[0],
         metadata=recorded.metadata,
         tags=tags,
         last_modified=last_modified_of(headers.get("Last-Modified"), listed.last_modified),

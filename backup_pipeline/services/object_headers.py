@@ -92,7 +92,8 @@ class _Utf8HeaderValue(str):
         return str.encode(self, "utf-8", errors)
 
 
-def _wire_value(value: str) -> str:
+def wire_value(value: str) -> str:
+    """``value`` as a request header value that goes out as its UTF-8 bytes (see the module doc)."""
     return value if value.isascii() else _Utf8HeaderValue(value)
 
 
@@ -119,7 +120,7 @@ def put_headers(headers: Mapping[str, str], metadata: Mapping[str, str]) -> Requ
     for name, value in headers.items():
         canonical = _CANONICAL.get(name.lower())
         if canonical is not None:
-            wire[canonical] = _wire_value(value)
+            wire[canonical] = wire_value(value)
     for key, value in metadata.items():
-        wire[META_PREFIX + key.lower()] = _wire_value(value)
+        wire[META_PREFIX + key.lower()] = wire_value(value)
     return RequestHeaders(wire) if wire else None

@@ -20,7 +20,7 @@ from minio.error import S3Error
 from backup_pipeline.archive.gzip_members import gunzip_stream
 from backup_pipeline.archive.tar_parts import read_bucket_archive
 from backup_pipeline.services.errors import S3_ERRORS, s3_endpoint, s3_error_reason
-from backup_pipeline.services.object_headers import put_headers
+from backup_pipeline.services.object_headers import put_headers, wire_value
 from backup_pipeline.services.restore.common import (
     KEEP_BOTH_SUFFIX,
     ConflictPolicy,
@@ -333,7 +333,7 @@ def _put(client: Minio, bucket: str, key: str, entry: RestoreEntry, data: IO[byt
         key,
         data,  # type: ignore[arg-type]
         entry.size,
-        content_type=entry.content_type or "application/octet-stream",
+        content_type=wire_value(entry.content_type or "application/octet-stream"),
         # Headers and user metadata byte for byte, through minio's sse hook (object_headers).
         sse=put_headers(entry.headers, entry.metadata),
         tags=_tags_for(entry.tags),
