@@ -475,3 +475,34 @@ def test_backup_run_warns_about_a_versioned_bucket_in_its_log_and_metadata(
         expected + " version(s) and 0 delete marker(s) are not kept",
         "not versioned",
     ]
+
+
+class _NoVersioningPermission(Minio):
+    """Credentials allowed to list and read objects but not s3:GetBucketVersioning (least privilege)."""
+
+    def get_bucket_versioning(self, bucket_name: str) -> Any:
+        raise S3Error(
+            None,  # type: ignore[arg-type]
+            "AccessDenied",
+            "Access Denied",
+            f"/{bucket_name}",
+            "request-id",
+            "host-id",
+            bucket_name,
+        )
+
+
+def test_credentials_that_may_not_read_versioning_get_a_warning_not_a_failed_backup(
+    pg_database: PgDatabase, s3: S3Server, tmp_path: Path
+) -> None:
+    client = _NoVersioningPermission(**s3.client_args())
+    client.make_bucket("restricted")
+    client.put_object("restricted", "a.txt", io.BytesIO(b"a"), 1)
+    env = h.make_env(tmp_path, pg_database, s3)
+    result = _export(env, client, "restricted")
+    assert [o["key"] for o in result.inventory] == ["a.txt"]
+    assert result.warnings() == [
+        "bucket restricted: its versioning could not be read (S3 answered AccessDenied); if it is "
+        "versioned, only current versions are backed up and noncurrent versions and delete markers "
+        "are not kept"
+    ]

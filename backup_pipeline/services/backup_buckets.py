@@ -183,16 +183,22 @@ def iter_listing(client: Minio, bucket: str) -> Iterator[ListedObject]:
 
 @dataclass(frozen=True)
 class VersioningReport:
-    """A bucket with versioning on (or suspended): the backup keeps only current versions."""
+    """A bucket with versioning on (or suspended, or unknown): the backup keeps only current versions."""
 
     bucket: str
-    status: str  # "Enabled" | "Suspended"
-    noncurrent_versions: int | None  # None: the server would not list versions
+    status: str  # "Enabled" | "Suspended" | "unknown" (the credentials may not read it)
+    noncurrent_versions: int | None  # None: not counted (the server would not list versions)
     delete_markers: int | None
+    reason: str | None = None  # why status or counts are unknown
 
     def message(self) -> str:
+        if self.status == "unknown":
+            return (
+                f"bucket {self.bucket}: its versioning could not be read ({self.reason}); if it is versioned, "
+                "only current versions are backed up and noncurrent versions and delete markers are not kept"
+            )
         if self.noncurrent_versions is None:
-            left_out = "noncurrent versions and delete markers (not counted: the server would not list them)"
+            left_out = f"noncurrent versions and delete markers (not counted: {self.reason})"
         else:
             left_out = (
                 f"{self.noncurrent_versions} noncurrent version(s) and {self.delete_markers} delete marker(s)"
@@ -210,10 +216,15 @@ class VersioningReport:
         }
 
 
+#: Answers meaning "this server or these credentials will not tell": reported, not fatal.
+_VERSIONING_UNANSWERED = frozenset({"NotImplemented", "MethodNotAllowed", "AccessDenied"})
+
+
 def bucket_versioning(client: Minio, bucket: str) -> VersioningReport | None:
     """None for an unversioned bucket (or a server without the versioning API); else what is left out.
 
     Counting costs one listing of every version (1 000 per request), far less than the GETs.
+    Credentials that may not read the versioning state get a warning, not a failed backup.
     """
     endpoint = s3_endpoint(client)
     try:
@@ -221,23 +232,24 @@ def bucket_versioning(client: Minio, bucket: str) -> VersioningReport | None:
     except S3Error as exc:
         if exc.code in ("NotImplemented", "MethodNotAllowed"):
             return None
+        if exc.code == "AccessDenied":
+            return VersioningReport(bucket, "unknown", None, None, f"S3 answered {exc.code}")
         raise s3_failure(exc, f"reading the versioning of bucket {bucket!r}", endpoint) from None
     except S3_ERRORS as exc:
         raise s3_failure(exc, f"reading the versioning of bucket {bucket!r}", endpoint) from None
     if status not in ("Enabled", "Suspended"):
         return None
-    noncurrent: int | None = 0
-    markers: int | None = 0
+    noncurrent = markers = 0
     try:
         for version in client.list_objects(bucket, recursive=True, include_version=True):
             if version.is_delete_marker:
-                markers = (markers or 0) + 1
+                markers += 1
             elif (version.is_latest or "").lower() != "true":
-                noncurrent = (noncurrent or 0) + 1
+                noncurrent += 1
     except S3Error as exc:
-        if exc.code not in ("NotImplemented", "MethodNotAllowed"):
+        if exc.code not in _VERSIONING_UNANSWERED:
             raise s3_failure(exc, f"listing the versions of bucket {bucket!r}", endpoint) from None
-        noncurrent = markers = None
+        return VersioningReport(bucket, status, None, None, f"listing versions: S3 answered {exc.code}")
     except S3_ERRORS as exc:
         raise s3_failure(exc, f"listing the versions of bucket {bucket!r}", endpoint) from None
     return VersioningReport(bucket, status, noncurrent, markers)
