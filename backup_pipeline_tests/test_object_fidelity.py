@@ -36,6 +36,7 @@ from backup_pipeline.archive.tar_parts import (
     write_bucket_archive,
 )
 from backup_pipeline.ops.backup import build_archive_writer, build_backup_job, build_encryptor
+from backup_pipeline.sample_app.seed import read_object
 from backup_pipeline.services import restore as svc
 from backup_pipeline.services.backup_buckets import (
     NO_READ_AHEAD,
@@ -110,15 +111,6 @@ def _restore(env: h.BackupEnv, result: BucketExportResult, client: Minio, target
     )
 
 
-def _raw_body(client: Minio, bucket: str, key: str) -> bytes:
-    response = client.get_object(bucket, key)
-    try:
-        return response.read(decode_content=False)
-    finally:
-        response.close()
-        response.release_conn()
-
-
 def _served(s3: S3Server, client: Minio, bucket: str, key: str) -> dict[str, Any]:
     """What a client is served for ``key``: exact header bytes, body bytes, tags."""
     head = s3_raw.head_object(s3, bucket, key)
@@ -131,7 +123,7 @@ def _served(s3: S3Server, client: Minio, bucket: str, key: str) -> dict[str, Any
     }
     return {
         "headers": headers,
-        "body": _raw_body(client, bucket, key),
+        "body": read_object(client, bucket, key),
         "tags": dict(client.get_object_tags(bucket, key) or {}),
     }
 
@@ -336,7 +328,7 @@ def test_archive_written_before_headers_were_recorded_still_restores(s3: S3Serve
         client, "old-archive", svc.bucket_entries([plaintext]), {}, svc.ConflictPolicy.SKIP, BACKUP_ID
     )
     assert summary.added == 2 and summary.failed == 0
-    assert _raw_body(client, "old-archive", "a/old.txt") == b"old"
+    assert read_object(client, "old-archive", "a/old.txt") == b"old"
     stat = client.stat_object("old-archive", "a/old.txt")
     assert stat.content_type == "text/plain" and stat.metadata.get("x-amz-meta-who") == "old"
 
