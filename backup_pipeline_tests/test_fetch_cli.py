@@ -4,6 +4,7 @@ with nothing but the recovery key; against a local folder and the Drive v3 test 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -136,10 +137,16 @@ def test_a_fetched_set_is_verified_and_decrypted_offline_with_only_the_recovery_
 
     # A second run finds everything in place and downloads nothing.
     code, stdout, stderr = run(
-        ["fetch", "--backup-id", BACKUP, "--to", out], local_env(folder, tmp_path), monkeypatch
+        ["fetch", "--backup-id", BACKUP, "--to", out, "--json"], local_env(folder, tmp_path), monkeypatch
     )
-    assert code == 0 and "(0 bytes downloaded now)" in stdout
-    assert stderr.count("already here") == 3
+    assert code == 0 and stderr.count("already here") == 3
+    result = json.loads(stdout)
+    assert result["backup_id"] == BACKUP and result["complete"] is True
+    assert sorted((f["part"], f["downloaded"]) for f in result["files"]) == [
+        ("bucket-photos", 0),
+        ("database", 0),
+        ("manifest", 0),
+    ]
 
 
 def test_one_part_is_fetched_from_drive_resuming_a_partial_download(
