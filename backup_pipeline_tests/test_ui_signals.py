@@ -370,3 +370,42 @@ def test_a_failure_after_finalize_keeps_the_complete_set(
     # ...but the failure hook must not delete a set whose manifest was written and recorded.
     assert h.only_backup_ids(env.dest()) == [entry.backup_id]
     assert "manifest" in h.set_files(env.dest(), entry.backup_id)
+
+
+def test_a_migration_run_records_primary_storage_status_for_its_materialization(
+    fresh_pg_database: PgDatabase, s3: S3Server, tmp_path: Path
+) -> None:
+    import uuid
+
+    from backup_pipeline.destinations.local_folder import LocalFolderDestination
+    from backup_pipeline.ops import migration as migration_ops
+    from backup_pipeline.resources import PostgresResource, S3Resource
+    from backup_pipeline.resources.destination import DestinationResource
+    from backup_pipeline_tests.migration_data import create_legacy_assets, standard_specs
+
+    drive = LocalFolderDestination(tmp_path / "drive")  # same contract as the Drive client
+    with fresh_pg_database.connect() as conn:
+        create_legacy_assets(
+            conn, standard_specs(4, []), lambda name, stream: drive.put(f"f{uuid.uuid4().hex}", stream, {}).id
+        )
+    resources = {
+        "app_db": PostgresResource(database_url=fresh_pg_database.url),
+        "s3": S3Resource(endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key),
+        migration_ops.LEGACY_DRIVE: DestinationResource(kind="local", local_path=str(tmp_path / "drive")),
+    }
+    config = {"dry_run": True}
+    run_config = {
+        "ops": {
+            n: {"config": config} for n in ("plan_drive_migration", "migrate_batch", "finish_drive_migration")
+        }
+    }
+    with dg.instance_for_test() as instance:
+        result = migration_ops.migrate_drive_to_minio.execute_in_process(
+            run_config=run_config, resources=resources, instance=instance
+        )
+        key = dg.AssetCheckKey(migration_ops.STORAGE_MIGRATION_ASSET, migration_ops.STORAGE_STATUS_CHECK)
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+    # Judged in the same run as the storage_migration materialization: current, not "Not evaluated".
+    assert record is not None and record.run_id == result.run_id
+    assert record.evaluation is not None and not record.evaluation.passed  # assets are still in Drive
+    assert "still in Google Drive" in (record.evaluation.description or "")
