@@ -22,6 +22,7 @@ from backup_pipeline.alerts import Alert, AlertDeliveryError, configured_channel
 from backup_pipeline.concurrency import DATA_LEASE_STALE_SECONDS, EXCLUSIVE_TAG_KEY
 from backup_pipeline.heartbeat import HeartbeatError, configured_heartbeat, ping
 from backup_pipeline.ops.retention import BACKUP_SET_ASSET, DELETE_BACKUP_JOB_NAME, retention_job
+from backup_pipeline.ops.step_errors import is_refused
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.postgres import PostgresResource, PostgresUnavailable
 from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
@@ -108,6 +109,11 @@ def build_run_failure_alert_sensor(settings: BackupSettings) -> dg.SensorDefinit
     def alert_on_run_failure(context: dg.RunFailureSensorContext) -> None:
         run = context.dagster_run
         if run.job_name not in ALERTED_JOBS:
+            return
+        if is_refused(run):
+            # A refusal ends CANCELED; one that still ended FAILURE (its worker died after the
+            # refusal was recorded) is not a failed backup either.
+            context.log.info(f"run {run.run_id} was refused, not failed: no alert")
             return
         message, details = _failure_text(context)
         if run.tags.get("backup_pipeline/backup_id"):
