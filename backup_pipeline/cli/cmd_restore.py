@@ -6,7 +6,9 @@ their file properties, then restores the chosen one into the configured PostgreS
 endpoint with the same verification, conflict policies and dry run as the restore job.
 
 Exit codes: 0 success, 1 the restore failed or was refused (damaged or incomplete set,
-pg_restore error, S3 unreachable), 2 bad input (missing or mistyped key, bad option).
+pg_restore error, destination, S3 or PostgreSQL unreachable), 2 bad input (missing or mistyped
+key, bad option, bad settings). ``--list`` reads only file properties and needs no key. Errors
+not handled here are reported by the group (``cli/__init__.py``): one line, no traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from backup_pipeline.settings import (
     S3_ACCESS_KEY_ENV,
     S3_SECRET_KEY_ENV,
     DestinationKind,
-    SettingsError,
     load_settings,
 )
 
@@ -125,25 +126,22 @@ def restore_command(
         overrides["BACKUP_PIPELINE_DESTINATION"] = destination_kind
     if local_path:
         overrides["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(local_path)
-    try:
-        settings = load_settings({**os.environ, **overrides})
-    except SettingsError as exc:
-        _fail(str(exc), 2)
-    keys = _load_keys(recovery_key_file, org_secret_file)
+    settings = load_settings({**os.environ, **overrides})
     from backup_pipeline.resources.destination import DestinationResource
 
     destination = DestinationResource.from_settings(settings).get_destination()
+    if list_only:  # file properties only: no key is read
+        sets = svc.list_backups(destination, installation_id=installation_id)
+        if as_json:
+            click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
+        else:
+            click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
+            for s in sets:
+                state = "complete" if s.complete else "INCOMPLETE (no manifest)"
+                click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {state}")
+        return
+    keys = _load_keys(recovery_key_file, org_secret_file)
     try:
-        if list_only:
-            sets = svc.list_backups(destination, installation_id=installation_id)
-            if as_json:
-                click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
-            else:
-                click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
-                for s in sets:
-                    state = "complete" if s.complete else "INCOMPLETE (no manifest)"
-                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {state}")
-            return
         options = svc.RestoreOptions(
             backup_id=backup_id,
             scope=svc.RestoreScope(scope),
@@ -165,7 +163,7 @@ def restore_command(
                 password=os.environ.get(APP_DATABASE_PASSWORD_ENV),
             ),
             pg_restore=_pg_restore(settings.pg_bin_dir),
-            s3_client=_s3_client(settings.s3_endpoint, settings.s3_region),
+            s3_client=_s3_client(settings.s3_endpoint, settings.s3_region, scope),
             installation_id=installation_id,
             safety_backup=None if not skip_safety_backup else _no_safety_backup,
             log=lambda message: click.echo(message, err=True),
@@ -198,12 +196,17 @@ def _pg_restore(bin_dir: Path | None) -> Path:
         _fail(str(exc), 1)
 
 
-def _s3_client(endpoint: str, region: str) -> Any:
+def _s3_client(endpoint: str, region: str, scope: str) -> Any:
     from backup_pipeline.resources.s3 import S3Resource
 
     access, secret = os.environ.get(S3_ACCESS_KEY_ENV), os.environ.get(S3_SECRET_KEY_ENV)
     if not access or not secret:
-        return None
+        if svc.RestoreScope(scope) is svc.RestoreScope.DATABASE:
+            return None  # not needed
+        missing = " and ".join(
+            n for n, v in ((S3_ACCESS_KEY_ENV, access), (S3_SECRET_KEY_ENV, secret)) if not v
+        )
+        raise click.UsageError(f"restoring files needs the S3 credentials: set {missing}")
     return S3Resource(endpoint=endpoint, access_key=access, secret_key=secret, region=region).client()
 
 

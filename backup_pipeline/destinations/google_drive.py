@@ -75,6 +75,7 @@ from .base import (
     RetryableError,
     RetryPolicy,
     StoredFile,
+    TrashedError,
     iter_stream,
     validate_properties,
 )
@@ -510,7 +511,7 @@ class GoogleDriveDestination:
             ),
         )
         if item.get("trashed"):
-            raise NotFoundError(f"stat {file_id}: the file is in the trash")
+            raise TrashedError(f"stat {file_id}: the file is in the trash")
         return _stored(item)
 
     def delete(self, file_id: str) -> None:

@@ -144,6 +144,12 @@ class LocalFolderDestination:
 
     def list(self, properties: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[StoredFile]:
         meta_root = self.root / _META
+        for path in (self.root, meta_root):
+            # A file where the folder should be is a misconfiguration, not "no backups yet".
+            if path.exists() and not path.is_dir():
+                raise PermanentError(
+                    f"{self.description}: {path} is not a folder. Check BACKUP_PIPELINE_LOCAL_DESTINATION_PATH."
+                )
         if not meta_root.is_dir():
             return iter(())
         wanted = dict(properties or {})
