@@ -6,6 +6,7 @@ the Drive test server run, the SIGKILL and the MinIO outage are in ``test_migrat
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,9 @@ def test_job_dry_run_then_real_runs(db: PgDatabase, s3: S3Server, tmp_path: Path
         assert dry.success
         summary = _latest_summary(instance)
         assert (summary["would_move"], summary["would_fail"]) == (26, 4)  # what the real run moves
+        warnings = [e.user_message for e in instance.all_logs(dry.run_id) if e.level == logging.WARNING]
+        assert sum("would fail: not found in Google Drive: file" in m for m in warnings) == 3, warnings
+        assert sum("would fail: recorded values differ from Google Drive" in m for m in warnings) == 1
         with db.connect() as conn:
             assert conn.execute("SELECT to_regclass('storage_migration')").fetchone() == (None,)
 
