@@ -160,6 +160,10 @@ def _restore(world: World, *args: str) -> tuple[str, ...]:
     return ("restore", "--recovery-key-file", str(world.recovery_key_file), *args)
 
 
+def _fetch(world: World) -> tuple[str, ...]:
+    return ("fetch", "--backup-id", "latest", "--to", str(world.inst.root / "fetched"))
+
+
 def test_the_installation_works_before_anything_is_broken(world: World) -> None:
     env = world.env()
     listed, dry_run = _run_all(env, [("restore", "--list", "--json"), _restore(world, "--scope", "full")])
@@ -203,7 +207,7 @@ def test_a_settings_file_can_hold_the_secrets_and_the_environment_wins(world: Wo
 
 def test_every_command_against_a_local_destination_that_is_a_file(world: World) -> None:
     env = world.env(BACKUP_PIPELINE_LOCAL_DESTINATION_PATH=str(world.a_file))
-    check, dest_check, dest_ls, listing, restore = _run_all(
+    check, dest_check, dest_ls, listing, restore, fetch = _run_all(
         env,
         [
             ("check",),
@@ -211,6 +215,7 @@ def test_every_command_against_a_local_destination_that_is_a_file(world: World) 
             ("destination", "ls"),
             ("restore", "--list"),
             _restore(world),
+            _fetch(world),
         ],
     )
     _assert_reported(check, 1, in_output="FAIL destination")
@@ -219,6 +224,7 @@ def test_every_command_against_a_local_destination_that_is_a_file(world: World) 
     _assert_one_error_line(dest_ls, 1, mentions="is not a folder")
     _assert_one_error_line(listing, 1, mentions="is not a folder")
     _assert_one_error_line(restore, 1, mentions="is not a folder")
+    _assert_one_error_line(fetch, 1, mentions="is not a folder")
 
 
 def test_every_command_against_an_unreachable_google_drive(world: World) -> None:
@@ -227,7 +233,7 @@ def test_every_command_against_an_unreachable_google_drive(world: World) -> None
         BACKUP_PIPELINE_DESTINATION="google_drive",
         BACKUP_PIPELINE_APP_DATABASE_PASSWORD=DB_PASSWORD,
     )
-    listing, restore, dest_ls, migrate, check, dest_check = _run_all(
+    listing, restore, dest_ls, migrate, check, dest_check, fetch = _run_all(
         env,
         [
             ("restore", "--list"),
@@ -236,6 +242,7 @@ def test_every_command_against_an_unreachable_google_drive(world: World) -> None
             ("storage", "migrate-drive"),
             ("check",),
             ("destination", "check"),
+            _fetch(world),
         ],
     )
     # Not beside the real run: both take the data lease, the second would be refused.
@@ -243,6 +250,7 @@ def test_every_command_against_an_unreachable_google_drive(world: World) -> None
     _assert_one_error_line(listing, 1, mentions="Google Drive")
     _assert_one_error_line(restore, 1, mentions="Google Drive")
     _assert_one_error_line(dest_ls, 1, mentions="Google Drive")
+    _assert_one_error_line(fetch, 1, mentions="Google Drive")
     _assert_reported(dest_check, 1, in_output="verdict: FAILED")
     _assert_one_error_line(dry_run, 1, mentions="Google Drive unavailable")
     # The real run stops at the first asset instead of failing each one after its own retries.

@@ -114,12 +114,12 @@ def test_recorded_size_or_md5_that_differs_from_drive_fails_and_the_row_is_kept(
 
 
 def _trash(drive: DriveFixture, file_id: str) -> None:
-    service = drive.destination()._service()
+    service = drive.destination().client.service()
     service.files().update(fileId=file_id, body={"trashed": True}, supportsAllDrives=True).execute()
 
 
 def _google_doc(drive: DriveFixture) -> str:
-    service = drive.destination()._service()
+    service = drive.destination().client.service()
     created = (
         service.files()
         .create(
@@ -195,7 +195,7 @@ def test_trashed_and_google_docs_files_are_named_as_such_and_the_dry_run_agrees(
     assert trash_error.startswith(f"{mig.REASON_TRASHED}: file {trashed.drive_file_id} is in the trash")
 
     # Restored from the trash, the file moves on the next run.
-    drive.destination()._service().files().update(
+    drive.destination().client.service().files().update(
         fileId=trashed.drive_file_id, body={"trashed": False}, supportsAllDrives=True
     ).execute()
     again = mig.run_migration(_context(db, s3, drive.destination))
