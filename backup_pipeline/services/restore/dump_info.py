@@ -309,15 +309,14 @@ def inspect_dump(dump_blocks: Iterable[bytes], *, pg_restore: Path) -> tuple[Dat
                 head.append(block)
                 size += len(block)
                 if size > PEEK_LIMIT_BYTES:
-                    failure.append(
-                        RestoreError(f"the dump's table of contents exceeds {PEEK_LIMIT_BYTES} bytes")
-                    )
+                    failure.append(RestoreError(f"the dump's table of contents exceeds {PEEK_LIMIT_BYTES} bytes"))
                     proc.kill()
                     return
-                stdin.write(block)
+                try:
+                    stdin.write(block)
+                except OSError:
+                    return  # pg_restore has what it needs and exited (broken pipe)
             finished.set()
-        except (BrokenPipeError, OSError):
-            pass  # pg_restore has what it needs and exited
         except BaseException as exc:  # the source failed: remember it for the replay
             failure.append(exc)
             proc.kill()
