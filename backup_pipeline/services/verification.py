@@ -239,7 +239,7 @@ def _verify(
         return
     report.add("manifest", True, f"authenticated; lists {len(resolved.parts)} parts")
     if PART_DATABASE in resolved.parts:
-        log(f"restoring the database part into scratch database {scratch_database_name(backup_id)} …")
+        log("restoring the database part into a scratch database …")
         _verify_database(destination, keys, resolved, raw, scratch, report)
     rng = random.Random(report.seed)
     for bucket in resolved.buckets:
