@@ -243,8 +243,7 @@ def start_restore(
                 resolved.versions().get("pg_server"),
                 svc.server_version(target),
             )
-            if not options.dry_run:
-                svc.check_privileges(target)
+            svc.check_privileges(target)  # the dry run too: it says what the real run would refuse
     except (svc.RestoreRefused, ArchiveError) as exc:
         raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
     if not options.dry_run:

@@ -93,8 +93,7 @@ def run_restore(
             resolved.versions().get("pg_server"),
             server_version(pg_target),
         )
-        if not options.dry_run:
-            check_privileges(pg_target)
+        check_privileges(pg_target)  # the dry run too: it says what the real run would refuse
     if options.restores_files and s3_client is None:
         raise RestoreRefused("buckets: no S3 endpoint configured (BACKUP_PIPELINE_S3_ENDPOINT)")
     report: dict[str, Any] = {"backup_id": resolved.backup_id, "dry_run": options.dry_run, "verified": []}

@@ -242,7 +242,10 @@ def check_roles(target: Any, facts: DatabaseFacts, ownership: Ownership) -> list
         )
     superuser = bool(superuser_row and superuser_row[0])
     if ownership is Ownership.SOURCE and not superuser:
-        foreign = sorted(role for role in facts.owners if not existing.get(role, False))
+        # pg_database_owner stands for the owner of the database being restored: the restoring role.
+        foreign = sorted(
+            role for role in facts.owners if role != "pg_database_owner" and not existing.get(role, False)
+        )
         if foreign:
             raise RestoreRefused(
                 f"ownership: source gives objects to {_names(foreign)}, which only a superuser or a member "
