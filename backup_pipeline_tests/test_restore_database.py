@@ -38,6 +38,7 @@ from backup_pipeline.services.backup_parts import PART_DATABASE, new_backup_id
 from backup_pipeline.services.backup_upload import upload_part
 from backup_pipeline.services.data_lease import CREATE_LEASE_TABLE
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect, create_database, drop_database
+from backup_pipeline_tests.restore_support import normalised_dump
 
 INSTALLATION = "db-restore-test"
 QUOTED_SCHEMA = 'Weird "Schema" ü'
@@ -93,22 +94,8 @@ def pg_dump_bytes(db: PgDatabase) -> bytes:
 
 
 def schema_sql(dbname: str) -> str:
-    """``pg_dump --schema-only`` without comments, per-dump tokens and the data lease table."""
-    tools = locate_pg_tools()
-    out = subprocess.run(
-        [
-            str(tools.pg_dump.path),
-            "--schema-only",
-            f"--exclude-table=public.{DATA_LEASE_TABLE}",
-            "-d",
-            f"postgresql://postgres@127.0.0.1:5432/{dbname}",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    skip = ("--", "\\restrict", "\\unrestrict")
-    return "\n".join(line for line in out.splitlines() if line.strip() and not line.startswith(skip))
+    """``pg_dump --schema-only`` with owners and grants, normalised (``restore_support``)."""
+    return normalised_dump(f"postgresql://postgres@127.0.0.1:5432/{dbname}", schema_only=True, owners=True)
 
 
 def data_digest(dbname: str) -> dict[str, Any]:
@@ -162,7 +149,7 @@ class Sets:
     def backup(
         self, db: PgDatabase, *, set_kind: str = "regular", versions: dict[str, str] | None = None
     ) -> str:
-        encryptor, key_ids = build_encryptor(self.keys_resource)
+        encryptor, _ = build_encryptor(self.keys_resource)
         backup_id = new_backup_id()
         # The kind only when it is not the default: the same calls then run on code before it existed.
         kind = {} if set_kind == "regular" else {"set_kind": set_kind}
@@ -174,25 +161,12 @@ class Sets:
             backup_id=backup_id,
             **kind,
         )
-        finalize_backup(
-            self.destination,
-            encryptor,
-            FinalizeInput(
-                installation_id=INSTALLATION,
-                backup_id=backup_id,
-                started_at=datetime.now(UTC).isoformat(),
-                database=database.to_dict(),
-                buckets=[],
-                key_ids=key_ids,
-                versions=versions or {},
-                **kind,
-            ),
-        )
+        self._finalize(backup_id, database.to_dict(), versions or {}, **kind)
         return backup_id
 
     def backup_of_dump(self, plaintext: bytes) -> str:
         """An authentic set whose database part is ``plaintext`` (e.g. a truncated dump)."""
-        encryptor, key_ids = build_encryptor(self.keys_resource)
+        encryptor, _ = build_encryptor(self.keys_resource)
         backup_id = new_backup_id()
         part = upload_part(
             self.destination,
@@ -202,7 +176,15 @@ class Sets:
             part_name=PART_DATABASE,
             plaintext=[plaintext],
         )
-        tools = locate_pg_tools()
+        version = locate_pg_tools().pg_dump.version
+        database = {"part": part.to_dict(), "server_version": version, "pg_dump_version": version}
+        self._finalize(backup_id, {**database, "schema_version": None, "seconds": 0, "table_rows": {}}, {})
+        return backup_id
+
+    def _finalize(
+        self, backup_id: str, database: dict[str, Any], versions: dict[str, str], **kind: str
+    ) -> None:
+        encryptor, key_ids = build_encryptor(self.keys_resource)
         finalize_backup(
             self.destination,
             encryptor,
@@ -210,20 +192,13 @@ class Sets:
                 installation_id=INSTALLATION,
                 backup_id=backup_id,
                 started_at=datetime.now(UTC).isoformat(),
-                database={
-                    "part": part.to_dict(),
-                    "server_version": tools.pg_dump.version,
-                    "pg_dump_version": tools.pg_dump.version,
-                    "schema_version": None,
-                    "seconds": 0,
-                    "table_rows": {},
-                },
+                database=database,
                 buckets=[],
                 key_ids=key_ids,
-                versions={},
+                versions=versions,
+                **kind,  # type: ignore[arg-type]
             ),
         )
-        return backup_id
 
     def restore(
         self, backup_id: str, target: str, log: list[str] | None = None, **options: Any

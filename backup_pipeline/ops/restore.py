@@ -656,12 +656,10 @@ def _swap_in(
     try:
         swapped = svc.install_restored_database(
             target,
-            database["scratch_database"],
+            database,
             token=svc.run_token(context.run_id),
             pg_dump=app_db.pg_tools(check_server=False).pg_dump.path,
-            source_facts=svc.DatabaseFacts.from_dict(database["source_database"]),
-            ownership=options.ownership,
-            keep_previous=options.keep_previous_database,
+            options=options,
         )
     except svc.RestoreError as exc:
         raise _fail(str(exc), error_code="RESTORE_DATABASE_FAILED", database=target.dbname) from None

@@ -156,27 +156,25 @@ def plan_retention(
         raise RetentionError(f"retention_keep_last: must be at least 1, got {keep_last}")
     ordered = sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
     plan = RetentionPlan()
+
+    def decide(info: BackupSetInfo, keep: bool, reason: str) -> None:
+        """Keep, protect (in use by a restore, rule 3) or delete one set."""
+        if keep:
+            plan.keep.append(info.backup_id)
+        elif info.backup_id in in_use:
+            plan.protected[info.backup_id] = "in use by a restore in progress"
+            plan.keep.append(info.backup_id)
+        else:
+            plan.delete.append(PlannedDeletion(info.backup_id, reason, info.complete, info.size_bytes))
+
     complete_seen = 0  # complete regular sets, newest first
     verified_seen = 0
     any_complete = False
     for info in ordered:
-        if info.complete and info.is_safety:
-            any_complete = True
-            if complete_seen < keep_last:
-                plan.keep.append(info.backup_id)
-            elif info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-            else:
-                plan.delete.append(
-                    PlannedDeletion(
-                        info.backup_id, REASON_SAFETY.format(keep=keep_last), True, info.size_bytes
-                    )
-                )
-            continue
-        if info.complete:
-            any_complete = True
-        if info.complete and verified is not None:
+        any_complete = any_complete or info.complete
+        if info.complete and info.is_safety:  # rule 8
+            decide(info, complete_seen < keep_last, REASON_SAFETY.format(keep=keep_last))
+        elif info.complete and verified is not None:
             complete_seen += 1
             if info.backup_id in verified:
                 verified_seen += 1
@@ -184,52 +182,17 @@ def plan_retention(
             else:
                 # Not counted (rule 7): kept while newer than the keep_last-th verified set.
                 counted_out = verified_seen >= keep_last and complete_seen > 1
-            if not counted_out:
-                plan.keep.append(info.backup_id)
-            elif info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-            else:
-                plan.delete.append(
-                    PlannedDeletion(
-                        info.backup_id,
-                        REASON_BEYOND_KEEP_VERIFIED.format(keep=keep_last),
-                        True,
-                        info.size_bytes,
-                    )
-                )
-            continue
-        if info.complete:
+            decide(info, not counted_out, REASON_BEYOND_KEEP_VERIFIED.format(keep=keep_last))
+        elif info.complete:
             complete_seen += 1
-            if complete_seen <= keep_last:
-                plan.keep.append(info.backup_id)
-                continue
-            if info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-                continue
-            plan.delete.append(
-                PlannedDeletion(
-                    info.backup_id, REASON_BEYOND_KEEP.format(keep=keep_last), True, info.size_bytes
-                )
-            )
+            decide(info, complete_seen <= keep_last, REASON_BEYOND_KEEP.format(keep=keep_last))
+        elif any_complete:
+            # Backups run one at a time, so an incomplete set older than a complete one
+            # is dead (failed, or a deletion interrupted half-way), whatever its age.
+            decide(info, False, REASON_SUPERSEDED)
         else:
-            if info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-            elif any_complete:
-                # Backups run one at a time, so an incomplete set older than a complete one
-                # is dead (failed, or a deletion interrupted half-way), whatever its age.
-                plan.delete.append(PlannedDeletion(info.backup_id, REASON_SUPERSEDED, False, info.size_bytes))
-            elif now - info.created > incomplete_grace:
-                hours = int(incomplete_grace.total_seconds() // 3600)
-                plan.delete.append(
-                    PlannedDeletion(
-                        info.backup_id, REASON_INCOMPLETE.format(hours=hours), False, info.size_bytes
-                    )
-                )
-            else:
-                plan.keep.append(info.backup_id)
+            hours = int(incomplete_grace.total_seconds() // 3600)
+            decide(info, now - info.created <= incomplete_grace, REASON_INCOMPLETE.format(hours=hours))
     return plan
 
 

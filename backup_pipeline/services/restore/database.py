@@ -18,24 +18,27 @@ The restore never writes into the target (see ``scratch.py`` for the names and t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 
 from backup_pipeline.destinations.base import Destination
 from backup_pipeline.services.backup_parts import PART_DATABASE
-from backup_pipeline.services.restore.common import Ownership, RestoreError, RestoreRefused, _safe
+from backup_pipeline.services.restore.common import (
+    Ownership,
+    RestoreError,
+    RestoreOptions,
+    RestoreRefused,
+    _safe,
+)
 from backup_pipeline.services.restore.dump_info import (
     IDENT,
     DatabaseFacts,
@@ -43,6 +46,7 @@ from backup_pipeline.services.restore.dump_info import (
     inspect_dump,
     unquote_ident,
 )
+from backup_pipeline.services.restore.pipes import FedProcess, StderrTail
 from backup_pipeline.services.restore.scratch import (
     claim_scratch,
     create_scratch,
@@ -149,22 +153,6 @@ def check_restore_versions(
     }
 
 
-class _StderrTail(threading.Thread):
-    """Drains a process's stderr so it never blocks, keeping the last lines for the error."""
-
-    def __init__(self, stream: IO[bytes]):
-        super().__init__(daemon=True)
-        self._stream = stream
-        self.lines: deque[str] = deque(maxlen=30)
-
-    def run(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            self.lines.append(raw.decode("utf-8", "replace").rstrip())
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
 def pg_restore_command(
     pg_restore: Path, dbname: str, *, ownership: Ownership, schema_only: bool
 ) -> list[str]:
@@ -187,7 +175,7 @@ def _run_pg_restore(cmd: list[str], blocks: Iterable[bytes], env: Mapping[str, s
         cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(env)
     )
     assert proc.stdin is not None and proc.stderr is not None
-    tail = _StderrTail(proc.stderr)
+    tail = StderrTail(proc.stderr)
     tail.start()
     written = 0
     try:
@@ -257,21 +245,21 @@ def restore_into_scratch(
 
 def install_restored_database(
     target: PgTarget,
-    scratch: str,
+    restored: Mapping[str, Any],
     *,
     token: str,
     pg_dump: Path,
-    source_facts: DatabaseFacts,
-    ownership: Ownership = Ownership.SOURCE,
-    keep_previous: bool = False,
+    options: RestoreOptions,
     claimed: bool = False,
 ) -> dict[str, Any]:
-    """Swap the checked scratch database in as ``target`` (``scratch.swap_into_place``).
+    """Swap the scratch database ``restore_into_scratch`` returned (``restored``) in as ``target``
+    (``scratch.swap_into_place``), with the options' ownership and keep-previous choice.
 
     The target's own database-level properties (owner, comment, settings, grants), read with
     ``pg_dump --create`` just before, are kept; a target that does not exist yet gets the backup's.
     ``claimed``: the caller holds ``claim_scratch`` already (a single process, the CLI).
     """
+    scratch = str(restored["scratch_database"])
     with nullcontext() if claimed else claim_scratch(target, scratch):
         if not database_exists(target, scratch):
             raise RestoreError(
@@ -286,10 +274,10 @@ def install_restored_database(
             target,
             scratch,
             token=token,
-            source_facts=source_facts,
-            ownership=ownership,
+            source_facts=DatabaseFacts.from_dict(restored["source_database"]),
+            ownership=options.ownership,
             target_facts=target_facts,
-            keep_previous=keep_previous,
+            keep_previous=options.keep_previous_database,
         )
 
 
@@ -338,36 +326,10 @@ def dump_row_counts(dump_blocks: Iterable[bytes], *, pg_restore: Path) -> dict[s
     For sets whose manifest records no ``table_rows``. Table names are read as the SQL
     identifiers pg_dump writes and labelled like ``TableRef.display``.
     """
-    proc = subprocess.Popen(
-        [str(pg_restore), "--data-only", "--file", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    stdin = proc.stdin
-    errors: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            for block in dump_blocks:
-                stdin.write(block)
-        except BrokenPipeError:
-            pass
-        except BaseException as exc:
-            errors.append(exc)
-            proc.kill()
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    tail = _StderrTail(proc.stderr)
-    tail.start()
+    fed = FedProcess([str(pg_restore), "--data-only", "--file", "-"], dump_blocks)
     counts: dict[str, int] = {}
     current: str | None = None
-    for raw in proc.stdout:
+    for raw in fed.stdout:
         if current is None:
             match = _COPY.match(raw.decode("utf-8", "replace").rstrip("\n"))
             if match:
@@ -378,13 +340,11 @@ def dump_row_counts(dump_blocks: Iterable[bytes], *, pg_restore: Path) -> dict[s
             current = None
         else:
             counts[current] += 1
-    code = proc.wait()
-    feeder.join()
-    tail.join(5)
-    if errors:
-        raise errors[0]
+    code = fed.wait()
+    if fed.failure is not None:
+        raise fed.failure
     if code != 0:
-        raise RestoreError(f"pg_restore could not read the dump (exit {code}): {tail.text()}")
+        raise RestoreError(f"pg_restore could not read the dump (exit {code}): {fed.tail.text()}")
     return counts
 
 

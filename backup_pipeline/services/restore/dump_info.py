@@ -23,16 +23,15 @@ identifiers quoted the SQL way); identifiers are parsed as identifiers, never st
 from __future__ import annotations
 
 import codecs
-import contextlib
 import re
 import subprocess
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from backup_pipeline.services.restore.common import Ownership, RestoreError
+from backup_pipeline.services.restore.pipes import FedProcess
 
 #: An SQL identifier as pg_dump's ``fmtId`` writes it: bare lower case, or double-quoted with ``""``.
 IDENT = r'(?:"(?:[^"]|"")*"|[a-z_][a-z0-9_$]*)'
@@ -269,85 +268,33 @@ def parse_rendering(lines: Iterable[bytes]) -> DatabaseFacts:
     return parser.facts()
 
 
-class _StderrTail(threading.Thread):
-    def __init__(self, stream: IO[bytes]):
-        super().__init__(daemon=True)
-        self._stream = stream
-        self.lines: list[str] = []
-
-    def run(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            self.lines = [*self.lines[-19:], raw.decode("utf-8", "replace").rstrip()]
-
-    def text(self) -> str:
-        return " | ".join(line for line in self.lines if line)
-
-
 def inspect_dump(dump_blocks: Iterable[bytes], *, pg_restore: Path) -> tuple[DatabaseFacts, Iterator[bytes]]:
     """The dump's ``DatabaseFacts`` and the whole stream again (head replayed, then the rest).
 
     Reads only as far as ``pg_restore`` needs for the table of contents. A source failing
     during the peek fails the returned stream at the same point, never silently shortens it.
     """
-    source = iter(dump_blocks)
-    proc = subprocess.Popen(
-        [str(pg_restore), "--create", "--schema-only", "--file=-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    fed = FedProcess(
+        [str(pg_restore), "--create", "--schema-only", "--file=-"], dump_blocks, keep_limit=PEEK_LIMIT_BYTES
     )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    stdin = proc.stdin
-    head: list[bytes] = []
-    failure: list[BaseException] = []
-    finished = threading.Event()
-
-    def feed() -> None:
-        size = 0
-        try:
-            for block in source:
-                head.append(block)
-                size += len(block)
-                if size > PEEK_LIMIT_BYTES:
-                    failure.append(RestoreError(f"the dump's table of contents exceeds {PEEK_LIMIT_BYTES} bytes"))
-                    proc.kill()
-                    return
-                try:
-                    stdin.write(block)
-                except OSError:
-                    return  # pg_restore has what it needs and exited (broken pipe)
-            finished.set()
-        except BaseException as exc:  # the source failed: remember it for the replay
-            failure.append(exc)
-            proc.kill()
-        finally:
-            with contextlib.suppress(OSError):
-                stdin.close()
-
-    feeder = threading.Thread(target=feed, name="dump-toc-peek", daemon=True)
-    feeder.start()
-    tail = _StderrTail(proc.stderr)
-    tail.start()
     try:
-        facts = parse_rendering(proc.stdout)
+        facts = parse_rendering(fed.stdout)
     finally:
-        code = proc.wait()
-        feeder.join()
-        tail.join(5)
-    if failure and code != 0:
-        raise failure[0]  # the source failed (or was too large) before the table of contents was read
+        code = fed.wait()
+    if fed.failure is not None and code != 0:
+        raise fed.failure  # the source failed (or was too large) before the table of contents was read
     if code != 0:
         raise RestoreError(
-            f"pg_restore could not read the dump's table of contents (exit {code}): {tail.text()}"
+            f"pg_restore could not read the dump's table of contents (exit {code}): {fed.tail.text()}"
         )
 
     def replay() -> Iterator[bytes]:
-        yield from head
-        head.clear()
-        if failure:
-            raise failure[0]
-        if not finished.is_set():
-            yield from source
+        yield from fed.head
+        fed.head.clear()
+        if fed.failure is not None:
+            raise fed.failure
+        if not fed.source_exhausted:
+            yield from fed.source
 
     return facts, replay()
 

@@ -141,18 +141,16 @@ def run_restore(
             assert pg_target is not None and pg_restore is not None
             log(f"swapping the restored database in as {pg_target.dbname} …")
             database = report["database"]
-            database.update(
-                install_restored_database(
-                    pg_target,
-                    scratch,
-                    token=token,
-                    pg_dump=pg_restore.parent / "pg_dump",
-                    source_facts=DatabaseFacts.from_dict(database.pop("source_database")),
-                    ownership=options.ownership,
-                    keep_previous=options.keep_previous_database,
-                    claimed=True,
-                )
+            swapped = install_restored_database(
+                pg_target,
+                database,
+                token=token,
+                pg_dump=pg_restore.parent / "pg_dump",
+                options=options,
+                claimed=True,
             )
+            database.pop("source_database")
+            database.update(swapped)
     if (
         options.scope is RestoreScope.FULL
         and not options.dry_run
