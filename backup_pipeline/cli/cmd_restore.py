@@ -255,6 +255,8 @@ def _print_report(report: dict[str, Any]) -> None:
             f"  bucket {bucket} {verb}: {summary['added']} added, {summary['overwritten']} overwritten, "
             f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} failed"
         )
+    for note in report.get("would_refuse") or []:
+        click.echo(f"  a real restore would be refused: {note}")
     consistency = report.get("consistency")
     if consistency:
         click.echo(

@@ -234,6 +234,7 @@ def start_restore(
         svc.check_confirmation(options, resolved.backup_id)
         parts = svc.needed_parts(resolved, options)
         versions: dict[str, str] = {}
+        would_refuse: list[str] = []  # dry run: the refusals a real run would make
         if options.restores_database:
             tools = app_db.pg_tools(check_server=False)
             target = _target_db(app_db, options)
@@ -243,7 +244,7 @@ def start_restore(
                 resolved.versions().get("pg_server"),
                 svc.server_version(target),
             )
-            svc.check_privileges(target)  # the dry run too: it says what the real run would refuse
+            svc.check_or_note(options.dry_run, would_refuse, svc.check_privileges, target)
     except (svc.RestoreRefused, ArchiveError) as exc:
         raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
     if not options.dry_run:
@@ -267,6 +268,7 @@ def start_restore(
         "buckets": [p.removeprefix("bucket-") for p in parts if p != svc.PART_DATABASE],
         "consistency_query": config.consistency_query,
         "launched_by": launched_by,
+        "would_refuse": would_refuse,
     }
     context.add_output_metadata(
         {
@@ -311,12 +313,16 @@ def verify_restore_parts(
     dest = destination.get_destination()
     # A real restore keeps its lease fresh while it reads: retention must not delete these parts.
     with _lease_unless_dry_run(context, app_db, plan):
-        results = _verify_parts(context, app_db, destination, keys, plan, dest)
+        results, notes = _verify_parts(context, app_db, destination, keys, plan, dest)
+    plan = {**plan, "would_refuse": [*plan.get("would_refuse", []), *notes]}
+    for note in plan["would_refuse"]:
+        context.log.warning(f"a real restore would be refused: {note}")
     context.add_output_metadata(
         {
             "parts_verified": len(results),
             "bytes_verified": sum(r["bytes"] for r in results),
             "parts": dg.MetadataValue.json(results),
+            **({"would_refuse": dg.MetadataValue.json(plan["would_refuse"])} if plan["would_refuse"] else {}),
         }
     )
     return plan
@@ -335,8 +341,9 @@ def _verify_parts(
     keys: BackupKeysResource,
     plan: dict[str, Any],
     dest: Any,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     options = options_from_plan(plan)
+    notes: list[str] = []
     try:
         resolved = _resolve(destination, keys, plan)
         results = []
@@ -348,14 +355,14 @@ def _verify_parts(
             pg_restore = app_db.pg_tools(check_server=False).pg_restore.path
             verified, facts = svc.verify_database_part(dest, _keys(keys), resolved, pg_restore=pg_restore)
             results.append(verified)
+            target = _target_db(app_db, options)
             try:
-                roles = svc.check_roles(_target_db(app_db, options), facts, options.ownership)
+                svc.check_or_note(options.dry_run, notes, svc.check_roles, target, facts, options.ownership)
             except svc.RestoreRefused as exc:
                 raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
-            context.log.info(f"roles the restore relies on: {', '.join(roles) or 'none'}")
     except svc.RestoreRefused as exc:
         raise _fail(str(exc), error_code="RESTORE_VERIFY_FAILED") from None
-    return results
+    return results, notes
 
 
 @dg.op(
@@ -634,6 +641,7 @@ def finish_restore(
         },
         "consistency": report,
         "launched_by": plan["launched_by"],
+        "would_refuse": plan.get("would_refuse") or None,
     }
     context.instance.add_run_tags(context.run_id, {TAG_OUTCOME: "dry_run" if options.dry_run else "restored"})
     _audit("restore_dry_run" if options.dry_run else "restore", outcome, plan["launched_by"])

@@ -36,6 +36,7 @@ from backup_pipeline.services.restore.dump_info import DatabaseFacts
 from backup_pipeline.services.restore.report import consistency_report
 from backup_pipeline.services.restore.scratch import (
     RESTORE,
+    check_or_note,
     check_privileges,
     check_roles,
     claim_scratch,
@@ -71,7 +72,8 @@ def run_restore(
     scratch database → buckets → swap the database in → report.
 
     Nothing is changed before every needed part verified and the roles and privileges the
-    database restore needs were checked. ``safety_backup`` is called with the target before a
+    database restore needs were checked (a dry run lists what would be refused in
+    ``would_refuse`` instead). ``safety_backup`` is called with the target before a
     non-empty database is replaced; without one, such a restore is refused unless
     ``options.keep_previous_database`` keeps the replaced database on the server. The target
     database changes only at the end, in one swap: a failure before leaves it as it was and
@@ -80,6 +82,7 @@ def run_restore(
     resolved = resolve_backup(destination, keys, options.backup_id, installation_id=installation_id)
     check_confirmation(options, resolved.backup_id)
     parts = needed_parts(resolved, options)
+    would_refuse: list[str] = []  # dry run: the refusals a real run would make
     if options.restores_database:
         if pg_target is None or pg_restore is None:
             raise RestoreRefused(
@@ -93,10 +96,15 @@ def run_restore(
             resolved.versions().get("pg_server"),
             server_version(pg_target),
         )
-        check_privileges(pg_target)  # the dry run too: it says what the real run would refuse
+        check_or_note(options.dry_run, would_refuse, check_privileges, pg_target)
     if options.restores_files and s3_client is None:
         raise RestoreRefused("buckets: no S3 endpoint configured (BACKUP_PIPELINE_S3_ENDPOINT)")
-    report: dict[str, Any] = {"backup_id": resolved.backup_id, "dry_run": options.dry_run, "verified": []}
+    report: dict[str, Any] = {
+        "backup_id": resolved.backup_id,
+        "dry_run": options.dry_run,
+        "verified": [],
+        "would_refuse": would_refuse,
+    }
     facts = DatabaseFacts()
     for name in parts:
         log(f"verifying {name} …")
@@ -104,7 +112,7 @@ def run_restore(
             assert pg_target is not None and pg_restore is not None
             verified, facts = verify_database_part(destination, keys, resolved, pg_restore=pg_restore)
             report["verified"].append(verified)
-            check_roles(pg_target, facts, options.ownership)
+            check_or_note(options.dry_run, would_refuse, check_roles, pg_target, facts, options.ownership)
         else:
             report["verified"].append(verify_part(destination, keys, resolved, name))
     with ExitStack() as held:

@@ -178,6 +178,17 @@ def create_scratch(target: Any, name: str, facts: DatabaseFacts) -> None:
 # --------------------------------------------------------------------------------------
 # Checks before anything is touched
 # --------------------------------------------------------------------------------------
+def check_or_note(dry_run: bool, notes: list[str], check: Callable[..., object], *args: Any) -> None:
+    """A real run: ``check(*args)`` refuses (``RestoreRefused``). A dry run touches nothing and
+    refuses nothing: the refusal is added to ``notes``, what the real run would say."""
+    try:
+        check(*args)
+    except RestoreRefused as exc:
+        if not dry_run:
+            raise
+        notes.append(str(exc))
+
+
 def check_can_create(target: Any) -> tuple[str, bool]:
     """Refuse, naming the fix, when this role cannot create a scratch database: (role, superuser)."""
     with _admin(target) as conn:
