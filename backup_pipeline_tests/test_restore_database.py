@@ -707,3 +707,28 @@ def test_latest_is_the_newest_regular_set_never_a_safety_set(
         only_safety = Sets(tmp_path / "only-safety")
         only_safety.backup(source, set_kind="safety", versions={"trigger": "pre-restore"})
         svc.resolve_backup(only_safety.destination, only_safety.keys)
+
+
+def test_a_swap_that_fails_renames_nothing(populated: PgDatabase) -> None:
+    """The renames and the database-level statements are one transaction."""
+    target = pg_target(populated.name)
+    token = svc.process_token()
+    scratch = svc.scratch_name(svc.RESTORE, token)
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        broken = svc.DatabaseFacts(statements=("ALTER DATABASE nowhere_at_all SET work_mem = '1MB';",))
+        with pytest.raises(svc.RestoreError, match="nothing was renamed"):
+            svc.swap_into_place(
+                target,
+                scratch,
+                token=token,
+                source_facts=svc.DatabaseFacts(),
+                ownership=svc.Ownership.SOURCE,
+                target_facts=broken,
+            )
+        assert svc.database_exists(target, scratch) and svc.database_exists(target, populated.name)
+        assert not svc.database_exists(target, svc.replaced_name(token))
+        assert data_digest(populated.name)["app.t"][0] == 40
+    finally:
+        drop_database(scratch)

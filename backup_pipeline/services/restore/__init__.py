@@ -110,6 +110,7 @@ from backup_pipeline.services.restore.scratch import (
     replaced_name,
     run_token,
     scratch_name,
+    swap_into_place,
 )
 from backup_pipeline.services.restore.sets import (
     MANIFEST_LIMIT_BYTES,
@@ -209,6 +210,7 @@ __all__ = [
     "run_token",
     "scratch_name",
     "server_version",
+    "swap_into_place",
     "verify_database_part",
     "verify_part",
     "verify_parts",
