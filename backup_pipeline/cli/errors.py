@@ -64,7 +64,6 @@ class Failure:
 
     message: str
     exit_code: int
-    expected: bool
 
 
 def _loaded_class(module_name: str, class_name: str) -> type[BaseException] | None:
@@ -92,7 +91,7 @@ def _message(exc: BaseException) -> str:
 
 
 def describe_failure(exc: BaseException) -> Failure:
-    """One line and an exit code for ``exc``; ``expected`` is False for a bug."""
+    """One line and an exit code for ``exc`` (an exception the product does not know is a bug)."""
     settings_error = _loaded_class("backup_pipeline.settings", "SettingsError")
     if settings_error is not None and isinstance(exc, settings_error):
         problems = getattr(exc, "problems", None) or [_message(exc)]
@@ -125,9 +124,8 @@ def describe_failure(exc: BaseException) -> Failure:
             )
         ),
         exit_code=EXIT_FAILED,
-        expected=False,
     )
 
 
 def _failure(text: str, code: int) -> Failure:
-    return Failure(message=mask_secrets(one_line(text)), exit_code=code, expected=True)
+    return Failure(message=mask_secrets(one_line(text)), exit_code=code)
