@@ -47,7 +47,6 @@ DESTINATION_CHECK = "backup_destination"
 VERIFICATION_CHECK = "backup_set_verified"
 RECOVERY_KEY_CHECK = "recovery_key_exported"
 DRIVE_GUIDE = "docs/guides/GOOGLE-DRIVE-SETUP.md"
-PRE_RESTORE = "pre-restore"
 DEFAULT_MAX_VERIFICATION_AGE_HOURS = 48
 #: What an administrator types on the host; the UI can only point at it (DEPLOYMENT.md).
 EXPORT_RECOVERY_COMMAND = "backup-pipeline keys export-recovery"
@@ -112,7 +111,7 @@ class SafetyPolicy:
 
 def _is_safety_backup(entry: ledger.LedgerEntry) -> bool:
     # A pre-restore safety backup holds only the database: it does not make the buckets safe.
-    return entry.metadata.get("trigger") == PRE_RESTORE
+    return entry.is_safety
 
 
 def freshness_verdict(

@@ -112,6 +112,10 @@ def plan_drive_migration(
             if config.dry_run:
                 with app_db.connect() as conn:
                     summary = mig.dry_run(conn, ctx.thread_drive())
+                # Per file, the reason the real run would record (e.g. "in the Google Drive trash: …
+                # restore it"), so they can be dealt with before the real run.
+                for failure in summary.failures:
+                    context.log.warning(f"asset {failure['asset_id']} would fail: {failure['error']}")
                 context.log.info(
                     f"dry run: {summary.would_move} assets ({summary.would_move_bytes} bytes) would move, "
                     f"{summary.would_fail} would fail ({summary.failure_reasons})"

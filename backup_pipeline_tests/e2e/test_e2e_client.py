@@ -118,6 +118,8 @@ def test_run_backup_wait_history_and_show_against_the_live_webserver(live: Live)
     assert [r["run_id"] for r in canceled] == [refused_run["run_id"]]
     errors = PipelineClient(live.stack.url).errors(refused_run["run_id"])
     assert any("minimum interval" in e and "force" in e for e in errors), errors
+    assert refused_run["errors"] == errors  # --wait reports why, and where to look
+    assert refused_run["url"] == f"{live.stack.url.rstrip('/')}/runs/{refused_run['run_id']}"
     assert len(live.sets()) == 1
 
     # --force runs it anyway, with the installation's settings (same installation id).
@@ -139,6 +141,16 @@ def test_run_backup_wait_history_and_show_against_the_live_webserver(live: Live)
 
     table = live.cli("history")
     assert table.returncode == 0 and backup_id in table.stdout and "CANCELED" in table.stdout
+
+    # As text, a run that did not succeed says why (each failed step) and links the run (main: status only).
+    again = live.cli("run", "backup", "--wait")
+    assert again.returncode == 1, again.stdout + again.stderr
+    run_id = again.stdout.split()[2].rstrip(":")
+    assert again.stdout.startswith(f"backup run {run_id}: ")
+    reasons = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert reasons and all("minimum interval" in line for line in reasons), again.stderr
+    assert f"see {live.stack.url.rstrip('/')}/runs/{run_id}" in again.stderr
+    assert "Traceback" not in again.stdout + again.stderr
 
 
 def test_show_of_an_unknown_backup_is_bad_input(live: Live) -> None:
