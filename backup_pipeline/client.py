@@ -89,6 +89,8 @@ query BackupRun($runId: ID!) {
           ... on BoolMetadataEntry { boolValue }
           ... on JsonMetadataEntry { jsonString }
           ... on PathMetadataEntry { path }
+          ... on MarkdownMetadataEntry { mdStr }
+          ... on UrlMetadataEntry { url }
         }
       }
     }
@@ -309,7 +311,7 @@ def _summary(run: dict[str, Any]) -> RunSummary:
 
 
 def _entry_value(entry: dict[str, Any]) -> Any:
-    for key in ("text", "intValue", "floatValue", "boolValue", "path"):
+    for key in ("text", "intValue", "floatValue", "boolValue", "path", "mdStr", "url"):
         if key in entry and entry[key] is not None:
             return entry[key]
     if entry.get("jsonString"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,22 @@ def _report_unsuccessful(what: str, url: str, run_id: str, status: str, errors: 
 
 def _ts(value: float | None) -> str:
     return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds") if value else "-"
+
+
+_MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def _ledger_line(key: str, value: Any, base_url: str) -> str:
+    """One ``show`` line; Markdown links (the ``actions`` entry) become ``label: absolute URL`` lines."""
+    if isinstance(value, dict | list):
+        return f"  {key}: {json.dumps(value)}"
+    links = _MARKDOWN_LINK.findall(value) if isinstance(value, str) else []
+    if links:
+        base = base_url.rstrip("/")
+        return f"  {key}:" + "".join(
+            f"\n    {label}: {base + url if url.startswith('/') else url}" for label, url in links
+        )
+    return f"  {key}: {value}"
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
@@ -182,7 +199,7 @@ def show(url: str, headers: tuple[str, ...], user: str | None, as_json: bool, ba
         click.echo(f"backup {backup_id}: {detail['status']} (run {detail['run_id']})")
         click.echo(f"  started {_ts(detail['start_time'])}, ended {_ts(detail['end_time'])}")
         for key, value in sorted(detail["ledger"].items()):
-            click.echo(f"  {key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+            click.echo(_ledger_line(key, value, url))
         for step, status in sorted(detail["steps"].items()):
             click.echo(f"  step {step}: {status}")
         for error in detail["errors"]:
