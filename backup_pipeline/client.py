@@ -20,7 +20,11 @@ from requests.auth import HTTPBasicAuth
 
 BACKUP_JOB = "backup_job"
 DELETE_JOB = "delete_backup_job"
+RESTORE_JOB = "restore_job"
 BACKUP_ID_TAG = "backup_pipeline/backup_id"
+# Tags of a restore run (ops/restore.py): the safety set it made, and the set it restored.
+SAFETY_BACKUP_TAG = "backup_pipeline/safety_backup_id"
+RESTORE_OF_TAG = "backup_pipeline/restore_of"
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
@@ -37,6 +41,12 @@ class RunSummary:
     start_time: float | None
     end_time: float | None
     tags: dict[str, str] = field(default_factory=dict)
+    creation_time: float | None = None
+
+    @property
+    def safety_backup_id(self) -> str | None:
+        """The safety set a restore run made of the database it replaced (None: it made none)."""
+        return self.tags.get(SAFETY_BACKUP_TAG)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,8 +59,31 @@ class RunSummary:
         }
 
 
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of ``history``: a backup run, or a safety set made inside a restore run."""
+
+    run: RunSummary
+    kind: str  # "backup" | "safety"
+
+    @property
+    def backup_id(self) -> str | None:
+        return self.run.safety_backup_id if self.kind == "safety" else self.run.backup_id
+
+    @property
+    def restore_of(self) -> str | None:
+        """For a safety set: the backup its restore run restored."""
+        return self.run.tags.get(RESTORE_OF_TAG) if self.kind == "safety" else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.run.to_json(), "kind": self.kind, "backup_id": self.backup_id}
+        if self.kind == "safety":
+            data["restore_of"] = self.restore_of
+        return data
+
+
 _RUN_FIELDS = """
-  runId status jobName startTime endTime
+  runId status jobName creationTime startTime endTime
   tags { key value }
 """
 
@@ -249,6 +282,40 @@ class PipelineClient:
             raise ClientError(f"run history unavailable: {data.get('message', data['__typename'])}")
         return [_summary(r) for r in data["results"]]
 
+    def _runs(self, run_filter: dict[str, Any], *, limit: int, cursor: str | None = None) -> list[RunSummary]:
+        data = self._query(_RUNS_QUERY, {"filter": run_filter, "cursor": cursor, "limit": limit})[
+            "runsOrError"
+        ]
+        if data["__typename"] != "Runs":
+            raise ClientError(f"run history unavailable: {data.get('message', data['__typename'])}")
+        return [_summary(r) for r in data["results"]]
+
+    def backup_history(
+        self, *, statuses: list[str] | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[HistoryEntry], str | None]:
+        """A page of backup runs (``limit``, after ``cursor``) with the safety sets that restore runs
+        made in the same period, newest first; and the cursor of the next page (None: last page).
+
+        Safety sets are made inside ``restore_job`` runs, so a listing of ``backup_job`` runs alone
+        never showed them. They are complete sets: listed unless ``statuses`` leaves out success.
+        """
+        runs = self.history(statuses=statuses, limit=limit, cursor=cursor)
+        next_cursor = runs[-1].run_id if len(runs) == limit else None
+        entries = [HistoryEntry(run, "backup") for run in runs]
+        if not statuses or "success" in {s.lower() for s in statuses}:
+            # The page covers the time from its oldest run (all time before it on the last page)
+            # up to the run before it (the cursor): each safety set lands on exactly one page.
+            newer = self._runs({"runIds": [cursor]}, limit=1) if cursor else []
+            window: dict[str, Any] = {"pipelineName": RESTORE_JOB}
+            if newer and newer[0].creation_time is not None:
+                window["createdBefore"] = newer[0].creation_time
+            if next_cursor is not None and runs[-1].creation_time is not None:
+                window["createdAfter"] = runs[-1].creation_time
+            restores = self._runs(window, limit=1000)
+            entries += [HistoryEntry(run, "safety") for run in restores if run.safety_backup_id]
+        entries.sort(key=lambda e: e.run.creation_time or e.run.start_time or 0.0, reverse=True)
+        return entries, next_cursor
+
     def find_backup_run(self, backup_id: str) -> RunSummary | None:
         run_filter = {"pipelineName": BACKUP_JOB, "tags": [{"key": BACKUP_ID_TAG, "value": backup_id}]}
         data = self._query(_RUNS_QUERY, {"filter": run_filter, "cursor": None, "limit": 1})["runsOrError"]
@@ -307,6 +374,7 @@ def _summary(run: dict[str, Any]) -> RunSummary:
         start_time=run.get("startTime"),
         end_time=run.get("endTime"),
         tags=tags,
+        creation_time=run.get("creationTime"),
     )
 
 
