@@ -180,6 +180,7 @@ class PipelineClient:
     ):
         host, port, https, prefix = parse_url(url)
         self.url = url
+        self.address = f"{host}:{port or (443 if https else 80)}"
         try:
             self.gql = DagsterGraphQLClient(
                 host,
@@ -191,13 +192,22 @@ class PipelineClient:
                 path_prefix=prefix,
             )
         except Exception as exc:  # the client connects on construction
-            raise ClientError(f"cannot reach the Dagster webserver at {url}: {_short(exc)}") from None
+            raise self._error(exc, "connecting") from None
 
     def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         try:
             return self.gql._execute(query, variables)
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"GraphQL request to {self.url} failed: {_short(exc)}") from None
+            raise self._error(exc, f"GraphQL request to {self.url}") from None
+
+    def _error(self, exc: BaseException, doing: str) -> ClientError:
+        """One line: the webserver's host, port and why it could not be reached (urllib3's
+        "HTTPConnectionPool(...): Max retries exceeded ... Caused by NewConnectionError(...)" is
+        three layers around a "Connection refused"); any other failure with what was being done."""
+        reason = _connection_reason(exc)
+        if reason is not None:
+            return ClientError(f"cannot reach the Dagster webserver at {self.address}: {reason}")
+        return ClientError(f"{doing} failed: {_short(exc)}")
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -207,14 +217,14 @@ class PipelineClient:
         try:
             return self.gql.submit_job_execution(job_name, run_config=run_config or {}, tags=tags or {})
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"launching {job_name} failed: {_short(exc)}") from None
+            raise self._error(exc, f"launching {job_name}") from None
 
     def default_run_config(self, job_name: str) -> dict[str, Any]:
         """The job's default run config (what the Launchpad pre-fills, built from the settings)."""
         try:
             jobs = self.gql._get_repo_locations_and_names_with_pipeline(job_name)
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"looking up {job_name} failed: {_short(exc)}") from None
+            raise self._error(exc, f"looking up {job_name}") from None
         if not jobs:
             raise ClientError(f"no job named {job_name} on {self.url}")
         selector = {
@@ -252,7 +262,7 @@ class PipelineClient:
         try:
             return self.gql.get_run_status(run_id)
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"status of run {run_id} unavailable: {_short(exc)}") from None
+            raise self._error(exc, f"reading the status of run {run_id}") from None
 
     def wait(self, run_id: str, *, timeout: float = 6 * 3600, poll: float = 2.0) -> DagsterRunStatus:
         deadline = time.monotonic() + timeout
@@ -384,6 +394,27 @@ def _entry_value(entry: dict[str, Any]) -> Any:
             return entry[key]
     if entry.get("jsonString"):
         return json.loads(entry["jsonString"])
+    return None
+
+
+def _connection_reason(exc: BaseException) -> str | None:
+    """The operating system's reason ("Connection refused", "Name or service not known", "timed
+    out") found under the layers requests, urllib3 and gql wrap around a failed connection."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror and type(current).__module__ == "builtins":
+            return current.strerror
+        if isinstance(current, OSError) and type(current).__module__ == "socket":  # gaierror, timeout
+            return current.strerror or str(current) or "timed out"
+        if type(current).__name__ in ("TimeoutError", "ConnectTimeoutError", "ReadTimeoutError"):
+            return "timed out"
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending += [item for item in nested if isinstance(item, BaseException)]
     return None
 
 

@@ -88,11 +88,11 @@ def check_command(settings_file: str | None, no_connections: bool) -> None:
         from backup_pipeline.resources.destination import DestinationResource
 
         report = DestinationResource.from_settings(settings).get_destination().check()
-        steps = "; ".join(f"{s.name}: {s.detail}" for s in report.steps)
         if not report.ok:
-            fix = f" — fix: {report.fix}" if report.fix else ""
-            raise RuntimeError(f"{report.destination}: {steps}{fix}")
-        return f"{report.destination}: {steps}"
+            failed = "; ".join(f"{s.name}: {s.detail}" for s in report.steps if not s.ok)
+            fix = report.fix_to_print()
+            raise RuntimeError(f"{report.destination}: {failed}" + (f" — fix: {fix}" if fix else ""))
+        return f"{report.destination}: " + "; ".join(f"{s.name}: {s.detail}" for s in report.steps)
 
     def postgres_check() -> tuple[str, list[str]]:
         health = check_postgres(db, settings.schema_version_query)

@@ -41,9 +41,9 @@ class DestinationResource(ConfigurableResource):
     drive_chunk_size_mib: int = Field(
         default=8, description="Resumable upload chunk (MiB, 8-16 recommended)."
     )
-    retry_attempts: int = 8
+    retry_attempts: int = Field(8, description="destination_retry_attempts (settings).")
     retry_initial_wait_seconds: float = 1.0
-    retry_max_wait_seconds: float = 60.0
+    retry_max_wait_seconds: float = Field(60.0, description="destination_retry_max_wait_seconds (settings).")
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> DestinationResource:
@@ -63,6 +63,8 @@ class DestinationResource(ConfigurableResource):
             drive_api_root=settings.drive_api_root,
             drive_token_uri=settings.drive_token_uri,
             drive_daily_upload_cap_bytes=settings.drive_daily_upload_cap_bytes,
+            retry_attempts=settings.destination_retry_attempts,
+            retry_max_wait_seconds=settings.destination_retry_max_wait_seconds,
         )
 
     @property
