@@ -546,7 +546,7 @@ def restore_database_step(
                 expected_rows=resolved.table_rows(),
             )
     except svc.RestoreError as exc:
-        raise _fail(context, str(exc), RESTORE_DATABASE_FAILED, database=target.dbname) from None
+        raise _fail(context, str(exc), RESTORE_DATABASE_FAILED) from None
     except _UNAVAILABLE as exc:
         raise _unavailable(context, exc) from None
     context.add_output_metadata(
@@ -729,7 +729,7 @@ def _swap_in(
             options=options,
         )
     except svc.RestoreError as exc:
-        raise _fail(context, str(exc), RESTORE_DATABASE_FAILED, database=target.dbname) from None
+        raise _fail(context, str(exc), RESTORE_DATABASE_FAILED) from None
     if swapped.get("previous_kept"):
         context.log.warning(
             f"the replaced database is kept as {swapped['replaced_database']}: drop it when no longer needed"
