@@ -163,6 +163,13 @@ CREATE TABLE public.media_assets (
     bucket text,
     object_key text
 );
+INSERT INTO public.media_assets (bucket, object_key) VALUES
+    ('hostile-objects', 'folder/'),
+    ('hostile-objects', 'unicode/caf' || U&'\00e9' || '.txt'),
+    ('hostile-objects', 'unicode/cafe' || U&'\0301' || '.txt'),
+    ('hostile-objects', 'dots/../escape.txt'),
+    ('hostile-objects', 'encoded/page.html'),
+    ('hostile.many-keys', 'tenant-0/year-2020/month-00/item 00000.txt');
 
 -- Unusual values: floats, numerics and timestamps at the edges, arrays, jsonb, text that
 -- COPY must escape. bytea and long (TOASTed) text are added by database.py.
