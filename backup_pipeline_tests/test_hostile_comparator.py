@@ -61,7 +61,9 @@ def _copy_of(source: Source) -> PgDatabase:
     drop_database(copy.name)
     with admin_connect() as conn:
         conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy.name), sql.Identifier(source.db.name))
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(copy.name), sql.Identifier(source.db.name)
+            )
         )
     return copy
 
@@ -92,7 +94,12 @@ def test_reference_tools_round_trip_with_zero_differences(source: Source) -> Non
     target = create_database("bp_hostile_ref")
     try:
         dump = subprocess.run(["pg_dump", "-Fc", "-d", source.db.url], check=True, capture_output=True).stdout
-        subprocess.run(["pg_restore", "--single-transaction", "-d", target.url], input=dump, check=True, capture_output=True)
+        subprocess.run(
+            ["pg_restore", "--single-transaction", "-d", target.url],
+            input=dump,
+            check=True,
+            capture_output=True,
+        )
         report = compare_databases(source.snapshot, snapshot_database(target.url))
         assert report.differences == [], report.render()
         assert report.render().startswith("0 difference(s)")
@@ -115,8 +122,14 @@ DB_PLANTS: dict[str, tuple[str, set[str]]] = {
         "WHERE obj_description(oid, 'pg_largeobject') IS NOT NULL",
         {"large object"},
     ),
-    "a populated matview": ('REFRESH MATERIALIZED VIEW "select"."never refreshed"', {"matview populated", "table"}),
-    "an enabled trigger": ('ALTER TABLE "UPPER"."IDENTITIES" ENABLE TRIGGER "never fires"', {"trigger enabled", "schema"}),
+    "a populated matview": (
+        'REFRESH MATERIALIZED VIEW "select"."never refreshed"',
+        {"matview populated", "table"},
+    ),
+    "an enabled trigger": (
+        'ALTER TABLE "UPPER"."IDENTITIES" ENABLE TRIGGER "never fires"',
+        {"trigger enabled", "schema"},
+    ),
     "a validated constraint": (
         'UPDATE "with space"."not valid" SET amount = 5 WHERE id = 1; '
         'ALTER TABLE "with space"."not valid" VALIDATE CONSTRAINT "amount positive"',
@@ -173,7 +186,9 @@ def test_comparator_finds_a_planted_object_difference(s3: S3Server) -> None:
         ),
         (
             "gzip body decoded",
-            dataclasses.replace(specs["encoded/page.html"], headers={"Content-Type": "text/html; charset=utf-8"}),
+            dataclasses.replace(
+                specs["encoded/page.html"], headers={"Content-Type": "text/html; charset=utf-8"}
+            ),
             {"object header"},
         ),
         (
@@ -191,7 +206,9 @@ def test_comparator_finds_a_planted_object_difference(s3: S3Server) -> None:
         ),
         (
             "one tag value",
-            dataclasses.replace(specs["tags/ten.txt"], tags={**specs["tags/ten.txt"].tags, "tag3": "changed"}),
+            dataclasses.replace(
+                specs["tags/ten.txt"], tags={**specs["tags/ten.txt"].tags, "tag3": "changed"}
+            ),
             {"object tags"},
         ),
     ]

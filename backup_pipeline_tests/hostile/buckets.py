@@ -83,7 +83,9 @@ def hostile_objects() -> list[CorpusObject]:
             {"Content-Type": "application/json", "Content-Encoding": "gzip, identity"},
         ),
         CorpusObject("empty.bin", b""),
-        CorpusObject("binary/every-byte.bin", bytes(range(256)) * 16, {"Content-Type": "application/octet-stream"}),
+        CorpusObject(
+            "binary/every-byte.bin", bytes(range(256)) * 16, {"Content-Type": "application/octet-stream"}
+        ),
         CorpusObject(
             "multipart/two-parts.bin",
             rng.randbytes(MULTIPART_PART + 4321),
@@ -185,7 +187,9 @@ def _put(client: Minio, raw: RawS3, bucket: str, obj: CorpusObject) -> str | Non
         if obj.tags:
             from urllib.parse import quote
 
-            headers["x-amz-tagging"] = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in obj.tags.items())
+            headers["x-amz-tagging"] = "&".join(
+                f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in obj.tags.items()
+            )
         response = raw.request("PUT", key_path(bucket, obj.key), headers=headers, body=obj.body)
         if response.status != 200:
             return f"HTTP {response.status} {response.body[:200]!r}"
@@ -223,7 +227,9 @@ def many_keys(count: int = MANY_KEYS) -> list[CorpusObject]:
     ]
 
 
-def _server_notes(bucket: str, specs: list[CorpusObject], stored: BucketSnapshot, refused: dict[str, str]) -> list[str]:
+def _server_notes(
+    bucket: str, specs: list[CorpusObject], stored: BucketSnapshot, refused: dict[str, str]
+) -> list[str]:
     """What the server stored differently from what was sent, object by object."""
     import hashlib
 

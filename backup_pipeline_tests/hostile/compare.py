@@ -73,8 +73,8 @@ class Report:
     differences: list[Difference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, kind: str, where: str, expected: object, actual: object) -> None:
-        self.differences.append(Difference(kind, where, _show(expected), _show(actual)))
+    def add(self, kind: str, where: str, expected: object, actual: object, *, limit: int = 300) -> None:
+        self.differences.append(Difference(kind, where, _show(expected, limit), _show(actual, limit)))
 
     def extend(self, other: Report) -> Report:
         self.differences.extend(other.differences)
@@ -254,11 +254,18 @@ def compare_databases(expected: DbSnapshot, actual: DbSnapshot) -> Report:
     for header in sorted(expected.schema.keys() | actual.schema.keys()):
         want, got = expected.schema.get(header), actual.schema.get(header)
         if want != got:
-            report.add("schema", header, "\n".join(want) if want else "(absent)", "\n".join(got) if got else "(absent)")
+            report.add(
+                "schema",
+                header,
+                "\n".join(want) if want else "(absent)",
+                "\n".join(got) if got else "(absent)",
+            )
     for name in sorted(expected.tables.keys() | actual.tables.keys()):
         want_rows, got_rows = expected.tables.get(name), actual.tables.get(name)
         if want_rows is None or got_rows is None:
-            report.add("table", name, "present" if want_rows else "(absent)", "present" if got_rows else "(absent)")
+            report.add(
+                "table", name, "present" if want_rows else "(absent)", "present" if got_rows else "(absent)"
+            )
             continue
         if want_rows.digests == got_rows.digests:
             continue
@@ -277,12 +284,24 @@ def compare_databases(expected: DbSnapshot, actual: DbSnapshot) -> Report:
     _compare_maps(report, "matview populated", expected.matviews, actual.matviews)
     _compare_maps(report, "row security (enabled, forced)", expected.row_security, actual.row_security)
     _compare_maps(report, "trigger enabled", expected.triggers, actual.triggers)
-    _compare_maps(report, "constraint (validated, deferrable, deferred)", expected.constraints, actual.constraints)
+    _compare_maps(
+        report, "constraint (validated, deferrable, deferred)", expected.constraints, actual.constraints
+    )
     if expected.large_objects != actual.large_objects:
         for item in sorted((expected.large_objects - actual.large_objects).elements(), key=repr):
-            report.add("large object", f"sha256 {item[0][:16]}…", f"comment={item[1]!r} acl={item[2]} owner={item[3]}", "(absent or different)")
+            report.add(
+                "large object",
+                f"sha256 {item[0][:16]}…",
+                f"comment={item[1]!r} acl={item[2]} owner={item[3]}",
+                "(absent or different)",
+            )
         for item in sorted((actual.large_objects - expected.large_objects).elements(), key=repr):
-            report.add("large object", f"sha256 {item[0][:16]}…", "(absent)", f"comment={item[1]!r} acl={item[2]} owner={item[3]}")
+            report.add(
+                "large object",
+                f"sha256 {item[0][:16]}…",
+                "(absent)",
+                f"comment={item[1]!r} acl={item[2]} owner={item[3]}",
+            )
     return report
 
 
@@ -309,7 +328,9 @@ def read_object(raw: RawS3, bucket: str, key: str, *, always_read_tags: bool = F
     segments, and a comparator must see every key the server lists."""
     with raw.open("GET", key_path(bucket, key)) as response:
         if response.status != 200:
-            raise RawS3Error(f"GET s3://{bucket}/{show_key(key)}: HTTP {response.status} {response.read(200)!r}")
+            raise RawS3Error(
+                f"GET s3://{bucket}/{show_key(key)}: HTTP {response.status} {response.read(200)!r}"
+            )
         digest = hashlib.sha256()
         size = 0
         while chunk := response.read(_READ):
@@ -351,7 +372,11 @@ def snapshot_buckets(
     snapshot: BucketSnapshot = {}
     with ThreadPoolExecutor(workers) as pool:
         for bucket in names:
-            keys = [o.object_name for o in client.list_objects(bucket, recursive=True) if o.object_name is not None]
+            keys = [
+                o.object_name
+                for o in client.list_objects(bucket, recursive=True)
+                if o.object_name is not None
+            ]
             objects = pool.map(
                 lambda key, b=bucket: read_object(raw, b, key, always_read_tags=always_read_tags), keys
             )
@@ -380,7 +405,9 @@ def compare_buckets(
             report.add("bucket", bucket, "(absent)", f"present ({len(got)} objects)")
             continue
         for key in sorted(want.keys() - got.keys()):
-            report.add("object missing", f"s3://{bucket}/{show_key(key)}", f"{want[key].size} bytes", "(absent)")
+            report.add(
+                "object missing", f"s3://{bucket}/{show_key(key)}", f"{want[key].size} bytes", "(absent)"
+            )
         for key in sorted(got.keys() - want.keys()):
             where = f"s3://{bucket}/{show_key(key)}"
             if untouched is None:
@@ -396,14 +423,26 @@ def compare_buckets(
 
 def _compare_object(report: Report, where: str, want: StoredObject, got: StoredObject) -> None:
     if (want.size, want.sha256) != (got.size, got.sha256):
-        report.add("object bytes", where, f"{want.size} bytes sha256 {want.sha256[:16]}…", f"{got.size} bytes sha256 {got.sha256[:16]}…")
+        report.add(
+            "object bytes",
+            where,
+            f"{want.size} bytes sha256 {want.sha256[:16]}…",
+            f"{got.size} bytes sha256 {got.sha256[:16]}…",
+        )
     want_h, got_h = dict(want.headers), dict(got.headers)
     for name in COMPARED_HEADERS:
         if want_h.get(name) != got_h.get(name):
-            report.add("object header", f"{where} {name}", want_h.get(name, "(absent)"), got_h.get(name, "(absent)"))
+            report.add(
+                "object header", f"{where} {name}", want_h.get(name, "(absent)"), got_h.get(name, "(absent)")
+            )
     want_m, got_m = dict(want.metadata), dict(got.metadata)
     for name in sorted(want_m.keys() | got_m.keys()):
         if want_m.get(name) != got_m.get(name):
-            report.add("object metadata", f"{where} {name}", want_m.get(name, "(absent)"), got_m.get(name, "(absent)"))
+            report.add(
+                "object metadata",
+                f"{where} {name}",
+                want_m.get(name, "(absent)"),
+                got_m.get(name, "(absent)"),
+            )
     if want.tags != got.tags:
         report.add("object tags", where, dict(want.tags), dict(got.tags))

@@ -89,9 +89,7 @@ def build_database_corpus(url: str) -> DatabaseCorpus:
             corpus.extensions.append(name)
 
         every_byte = bytes(range(256)) * 4
-        conn.execute(
-            'UPDATE "Weird ""Schema"" ü"."odd values" SET blob = %s WHERE id = 1', (every_byte,)
-        )
+        conn.execute('UPDATE "Weird ""Schema"" ü"."odd values" SET blob = %s WHERE id = 1', (every_byte,))
         conn.execute(
             'UPDATE "Weird ""Schema"" ü"."odd values" SET blob = %s WHERE id = 2',
             (_random_bytes(200_000, SEED),),

@@ -52,7 +52,9 @@ class RawS3:
     region: str = "us-east-1"
 
     @classmethod
-    def for_endpoint(cls, endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> RawS3:
+    def for_endpoint(
+        cls, endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1"
+    ) -> RawS3:
         split = urlsplit(endpoint)
         return cls(split.hostname or "127.0.0.1", split.port or 80, access_key, secret_key, region)
 
