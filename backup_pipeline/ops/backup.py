@@ -163,7 +163,9 @@ def build_archive_writer(compression_level: int) -> ArchiveWriter:
                     metadata=obj.metadata,
                     tags=obj.tags,
                     etag=obj.etag,
+                    last_modified=obj.last_modified,
                     open=lambda body=body: iter_file(body),  # type: ignore[misc]
+                    headers=obj.headers,
                 )
 
         return write_bucket_archive(sources(), compress_level=compression_level)
@@ -412,11 +414,9 @@ def export_bucket_op(
             tag_reading=s3.tag_reading,
         )
         discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
-    if result.changed or result.vanished:
-        context.log.warning(
-            f"bucket {name}: {len(result.changed)} object(s) changed and {len(result.vanished)} vanished "
-            "during the backup (recorded in the manifest)"
-        )
+    warnings = result.warnings()
+    for warning in warnings:
+        context.log.warning(warning)
     context.add_output_metadata(
         {
             "part": bucket_part_name(name),
@@ -426,6 +426,10 @@ def export_bucket_op(
             "ciphertext_bytes": result.part.size,
             "changed_during_backup": len(result.changed),
             "vanished_during_backup": len(result.vanished),
+            "not_backed_up": len(result.unreadable),
+            "inexact_headers": len(result.inexact),
+            "versioning": result.versioning.message() if result.versioning else "not versioned",
+            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) or "none"),
             "seconds": round(result.seconds, 3),
         }
     )

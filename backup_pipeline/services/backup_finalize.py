@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..archive.manifest import BucketSummary, InventoryEntry, Manifest, ObjectAnomaly, PartRecord
+from ..archive.manifest import (
+    ANOMALY_KINDS,
+    BucketSummary,
+    InventoryEntry,
+    Manifest,
+    ObjectAnomaly,
+    PartRecord,
+)
 from ..destinations.base import Destination, DestinationError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
@@ -115,16 +122,11 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
             for o in b["inventory"]
         ],
         anomalies=[
-            *(
-                ObjectAnomaly(b["bucket"], a["key"], "changed", a["declared_size"], a["actual_size"])
-                for b in data.buckets
-                for a in b["changed"]
-            ),
-            *(
-                ObjectAnomaly(b["bucket"], a["key"], "vanished", a["declared_size"], a["actual_size"])
-                for b in data.buckets
-                for a in b["vanished"]
-            ),
+            ObjectAnomaly(b["bucket"], a["key"], kind, a["declared_size"], a["actual_size"], a.get("detail"))
+            for kind in ANOMALY_KINDS
+            for b in data.buckets
+            # Results of older code (a retried run's earlier steps) have only changed/vanished.
+            for a in b.get(kind, ())
         ],
         table_rows=dict(data.database.get("table_rows") or {}),
     )
@@ -156,6 +158,8 @@ def ledger_entry(
                 "bytes": b["object_bytes"],
                 "changed": len(b["changed"]),
                 "vanished": len(b["vanished"]),
+                "unreadable": len(b.get("unreadable", ())),
+                "inexact": len(b.get("inexact", ())),
                 "seconds": b["seconds"],
             }
             for b in data.buckets
