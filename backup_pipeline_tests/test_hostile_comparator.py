@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from backup_pipeline_tests import s3_raw
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect, create_database, drop_database
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.buckets import (
@@ -33,7 +34,6 @@ from backup_pipeline_tests.hostile.compare import (
     snapshot_database,
 )
 from backup_pipeline_tests.hostile.database import WANTED_EXTENSIONS, build_database_corpus, dump_toc
-from backup_pipeline_tests.hostile.s3raw import RawS3, key_path
 
 
 @dataclasses.dataclass
@@ -159,15 +159,14 @@ def test_comparator_finds_a_planted_database_difference(source: Source, plant: s
 
 def test_comparator_finds_a_planted_object_difference(s3: S3Server) -> None:
     client = s3.client()
-    raw = RawS3.for_endpoint(s3.endpoint, s3.access_key, s3.secret_key, s3.region)
-    corpus = build_bucket_corpus(client, raw, many=30)
+    corpus = build_bucket_corpus(s3, many=30)
     assert sorted(corpus.stored) == sorted(BUCKETS)
     assert len(corpus.stored[MANY_BUCKET]) == 30 and corpus.stored[EMPTY_BUCKET] == {}
     expected = {OBJECTS_BUCKET: corpus.stored[OBJECTS_BUCKET]}
     specs = {o.key: o for o in hostile_objects()}
 
     def differences_after(plant: object) -> set[str]:
-        report = compare_buckets(expected, snapshot_buckets(client, raw, [OBJECTS_BUCKET]))
+        report = compare_buckets(expected, snapshot_buckets(s3, [OBJECTS_BUCKET]))
         assert report.differences, f"{plant}: nothing found"
         return report.kinds()
 
@@ -213,22 +212,22 @@ def test_comparator_finds_a_planted_object_difference(s3: S3Server) -> None:
         ),
     ]
     for name, planted, kinds in plants:
-        put_object(client, raw, OBJECTS_BUCKET, planted)
+        put_object(s3, OBJECTS_BUCKET, planted)
         assert differences_after(name) == kinds, name
-        put_object(client, raw, OBJECTS_BUCKET, specs[planted.key])  # undo
+        put_object(s3, OBJECTS_BUCKET, specs[planted.key])  # undo
     # A key that differs only by normalization: the NFD object gone, an extra object present.
     nfd = "unicode/cafe\u0301.txt"
-    assert raw.request("DELETE", key_path(OBJECTS_BUCKET, nfd)).status == 204
+    assert s3_raw.request(s3, "DELETE", OBJECTS_BUCKET, nfd).status == 204
     assert differences_after("NFD key deleted") == {"object missing"}
-    put_object(client, raw, OBJECTS_BUCKET, specs[nfd])
+    put_object(s3, OBJECTS_BUCKET, specs[nfd])
     client.put_object(OBJECTS_BUCKET, "planted-extra", __import__("io").BytesIO(b"x"), 1)
     assert differences_after("extra object") == {"object unexpected"}
-    untouched = snapshot_buckets(client, raw, [OBJECTS_BUCKET])
+    untouched = snapshot_buckets(s3, [OBJECTS_BUCKET])
     allowed = compare_buckets(expected, untouched, untouched=untouched)
     assert allowed.differences == [] and any("planted-extra" in n for n in allowed.notes)
     client.remove_object(OBJECTS_BUCKET, "planted-extra")
     # Every plant undone: the comparator is back to zero.
-    final = compare_buckets(corpus.stored, snapshot_buckets(client, raw, BUCKETS))
+    final = compare_buckets(corpus.stored, snapshot_buckets(s3, BUCKETS))
     assert final.differences == [], final.render()
     client.remove_bucket(EMPTY_BUCKET)
-    assert compare_buckets(corpus.stored, snapshot_buckets(client, raw)).kinds() == {"bucket"}
+    assert compare_buckets(corpus.stored, snapshot_buckets(s3)).kinds() == {"bucket"}

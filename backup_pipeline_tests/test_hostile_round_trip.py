@@ -60,7 +60,6 @@ from backup_pipeline_tests.hostile.compare import (
     snapshot_database,
 )
 from backup_pipeline_tests.hostile.database import build_database_corpus
-from backup_pipeline_tests.hostile.s3raw import RawS3
 from backup_pipeline_tests.restore_support import INSTALLATION, Installation, confirm
 
 VENV_BIN = Path(sys.executable).parent
@@ -155,7 +154,7 @@ def hostile_backup(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
         if s3_server.process is None or s3_server.process.poll() is not None:
             s3_server.start()
         s3_server.reset()
-        buckets = build_bucket_corpus(s3_server.client(), _raw(s3_server))
+        buckets = build_bucket_corpus(s3_server)
         backup = HostileBackup(root, source, snapshot_database(source.url), buckets, None, "", None)
         with dg.instance_for_test() as instance:
             result = build_backup_job(executor_def=dg.in_process_executor).execute_in_process(
@@ -183,10 +182,6 @@ def hostile_backup(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
         yield backup
     finally:
         drop_database(source.name)
-
-
-def _raw(s3: S3Server) -> RawS3:
-    return RawS3.for_endpoint(s3.endpoint, s3.access_key, s3.secret_key, s3.region)
 
 
 def _check(report: Report, backup: HostileBackup) -> None:
@@ -227,10 +222,7 @@ def test_a_restore_job_into_an_empty_database_and_empty_buckets(
             if consistency.get("rows_pointing_to_missing_objects"):
                 report.add("consistency report", "finish_restore", 0, consistency)
         report.extend(compare_databases(hostile_backup.database, snapshot_database(target.url)))
-        client = s3_server.client()
-        report.extend(
-            compare_buckets(hostile_backup.buckets.stored, snapshot_buckets(client, _raw(s3_server)))
-        )
+        report.extend(compare_buckets(hostile_backup.buckets.stored, snapshot_buckets(s3_server)))
         _check(report, hostile_backup)
     finally:
         drop_database(target.name)
@@ -258,7 +250,7 @@ CREATE TABLE public.extra_after_backup AS SELECT 1 AS n;
 
 def _populate_buckets(s3: S3Server) -> None:
     """Other data in the corpus's buckets (changed, missing and extra objects) and an extra bucket."""
-    client, raw = s3.client(), _raw(s3)
+    client = s3.client()
     for bucket in (OBJECTS_BUCKET, MANY_BUCKET, EMPTY_BUCKET, "only-in-target"):
         client.make_bucket(bucket)
     specs = {o.key: o for o in hostile_objects()}
@@ -275,16 +267,16 @@ def _populate_buckets(s3: S3Server) -> None:
         dataclasses.replace(specs["unicode/cafe\u0301.txt"], body=b"stale NFD"),
     ]
     for obj in changed:
-        put_object(client, raw, OBJECTS_BUCKET, obj)
+        put_object(s3, OBJECTS_BUCKET, obj)
     for i in range(0, 5_100, 51):
         key = f"tenant-{i % 7}/year-{2020 + i % 5}/month-{i % 12:02d}/item {i:05d}.txt"
-        put_object(client, raw, MANY_BUCKET, dataclasses.replace(specs["empty.bin"], key=key, body=b"old"))
+        put_object(s3, MANY_BUCKET, dataclasses.replace(specs["empty.bin"], key=key, body=b"old"))
     for bucket, key in (
         (OBJECTS_BUCKET, "only-in-target/extra.txt"),
         (EMPTY_BUCKET, "extra"),
         ("only-in-target", "x"),
     ):
-        put_object(client, raw, bucket, dataclasses.replace(specs["empty.bin"], key=key, body=b"extra"))
+        put_object(s3, bucket, dataclasses.replace(specs["empty.bin"], key=key, body=b"extra"))
 
 
 def test_b_restore_job_over_a_populated_database_and_buckets(
@@ -305,8 +297,7 @@ def test_b_restore_job_over_a_populated_database_and_buckets(
         assert compare_databases(hostile_backup.database, snapshot_database(target.url)).differences
         s3_server.reset()
         _populate_buckets(s3_server)
-        client = s3_server.client()
-        populated: BucketSnapshot = snapshot_buckets(client, _raw(s3_server))
+        populated: BucketSnapshot = snapshot_buckets(s3_server)
 
         result = _restore_job(
             hostile_backup.installation(target, s3_server), backup_id, conflict_policy="overwrite"
@@ -316,9 +307,7 @@ def test_b_restore_job_over_a_populated_database_and_buckets(
             report.add("restore run", "restore_job", "success", _failure_text(result), limit=4000)
         report.extend(compare_databases(hostile_backup.database, snapshot_database(target.url)))
         report.extend(
-            compare_buckets(
-                hostile_backup.buckets.stored, snapshot_buckets(client, _raw(s3_server)), untouched=populated
-            )
+            compare_buckets(hostile_backup.buckets.stored, snapshot_buckets(s3_server), untouched=populated)
         )
         _check(report, hostile_backup)
     finally:
@@ -369,11 +358,7 @@ def test_c_disaster_recovery_cli_with_only_the_recovery_key(
             report.extend(compare_databases(hostile_backup.database, snapshot_database(target.url)))
         else:
             report.add("database", new_db, "restored", "(absent)")
-        report.extend(
-            compare_buckets(
-                hostile_backup.buckets.stored, snapshot_buckets(s3_server.client(), _raw(s3_server))
-            )
-        )
+        report.extend(compare_buckets(hostile_backup.buckets.stored, snapshot_buckets(s3_server)))
         _check(report, hostile_backup)
     finally:
         drop_database(new_db)

@@ -1,6 +1,6 @@
 """The hostile bucket corpus: objects S3 servers store but backup tools get wrong.
 
-Uploaded through the minio client, and through signed raw requests (:mod:`.s3raw`) where minio
+Uploaded through the minio client, and through signed raw requests (``backup_pipeline_tests/s3_raw.py``) where minio
 cannot express the object (``..`` and ``.`` path segments, which urllib3 removes; ``Expires``,
 which minio sends as user metadata; non-ASCII metadata, which minio refuses). After upload the
 corpus reads back what the server actually stored: that — not what was sent — is what a round
@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from minio import Minio
 from minio.commonconfig import Tags
 
+from .. import s3_raw
+from ..fixtures.s3 import S3Server
 from .compare import COMPARED_HEADERS, BucketSnapshot, show_key, snapshot_buckets
-from .s3raw import RawS3, key_path
 
 OBJECTS_BUCKET = "hostile-objects"
 MANY_BUCKET = "hostile.many-keys"
@@ -180,17 +181,17 @@ def hostile_objects() -> list[CorpusObject]:
     return objects
 
 
-def _put(client: Minio, raw: RawS3, bucket: str, obj: CorpusObject) -> str | None:
+def _put(s3: S3Server, client: Minio, bucket: str, obj: CorpusObject) -> str | None:
     """Upload one object; the server's refusal as text, or None."""
     if obj.via == "raw":
-        headers = dict(obj.headers)
+        headers: dict[str, bytes | str] = dict(obj.headers)
         if obj.tags:
             from urllib.parse import quote
 
             headers["x-amz-tagging"] = "&".join(
                 f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in obj.tags.items()
             )
-        response = raw.request("PUT", key_path(bucket, obj.key), headers=headers, body=obj.body)
+        response = s3_raw.request(s3, "PUT", bucket, obj.key, headers=headers, body=obj.body)
         if response.status != 200:
             return f"HTTP {response.status} {response.body[:200]!r}"
         return None
@@ -261,25 +262,26 @@ def _server_notes(
     return notes
 
 
-def put_object(client: Minio, raw: RawS3, bucket: str, obj: CorpusObject) -> None:
+def put_object(s3: S3Server, bucket: str, obj: CorpusObject, client: Minio | None = None) -> None:
     """Upload one corpus object (also used to plant and undo differences in the self-test)."""
-    refused = _put(client, raw, bucket, obj)
+    refused = _put(s3, client or s3.client(), bucket, obj)
     if refused:
         raise RuntimeError(f"s3://{bucket}/{show_key(obj.key)}: {refused}")
 
 
-def build_bucket_corpus(client: Minio, raw: RawS3, *, many: int = MANY_KEYS) -> BucketCorpus:
+def build_bucket_corpus(s3: S3Server, *, many: int = MANY_KEYS) -> BucketCorpus:
     """Create the corpus buckets (which must not exist yet) and upload every object; ``many``:
     the number of keys in the many-keys bucket."""
+    client = s3.client()
     for bucket in BUCKETS:
         client.make_bucket(bucket)
     specs = {OBJECTS_BUCKET: hostile_objects(), MANY_BUCKET: many_keys(many)}
     refused: dict[str, dict[str, str]] = {}
     with ThreadPoolExecutor(8) as pool:
         for bucket, objects in specs.items():
-            results = pool.map(lambda o, b=bucket: _put(client, raw, b, o), objects)
+            results = pool.map(lambda o, b=bucket: _put(s3, client, b, o), objects)
             refused[bucket] = {o.key: r for o, r in zip(objects, results, strict=True) if r is not None}
-    stored = snapshot_buckets(client, raw, BUCKETS)
+    stored = snapshot_buckets(s3, BUCKETS)
     notes: list[str] = []
     for bucket, objects in specs.items():
         notes += _server_notes(bucket, objects, stored, refused[bucket])

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from minio import Minio
 from psycopg import sql
 
 from backup_pipeline.concurrency import DATA_LEASE_TABLE
 
-from .s3raw import RawS3, RawS3Error, key_path
+from .. import s3_raw
+from ..fixtures.s3 import S3Server
 
 #: Tables the product itself writes into the application database, left out of every snapshot.
 IGNORED_TABLES = (f"public.{DATA_LEASE_TABLE}",)
@@ -322,14 +322,14 @@ class StoredObject:
 BucketSnapshot = dict[str, dict[str, StoredObject]]
 
 
-def read_object(raw: RawS3, bucket: str, key: str, *, always_read_tags: bool = False) -> StoredObject:
+def read_object(s3: S3Server, bucket: str, key: str, *, always_read_tags: bool = False) -> StoredObject:
     """One object as the server serves it: one GET, body hashed raw (never content-decoded) in
     chunks, plus its tags. Raw requests, because minio refuses to GET keys with ``.``/``..``
     segments, and a comparator must see every key the server lists."""
-    with raw.open("GET", key_path(bucket, key)) as response:
+    with s3_raw.open_request(s3, "GET", bucket, key) as response:
         if response.status != 200:
-            raise RawS3Error(
-                f"GET s3://{bucket}/{show_key(key)}: HTTP {response.status} {response.read(200)!r}"
+            raise AssertionError(
+                f"GET s3://{bucket}/{show_key(key)}: HTTP {response.status} {response.read(300)!r}"
             )
         digest = hashlib.sha256()
         size = 0
@@ -337,14 +337,17 @@ def read_object(raw: RawS3, bucket: str, key: str, *, always_read_tags: bool = F
             digest.update(chunk)
             size += len(chunk)
         headers: dict[str, str] = {}
-        for name, value in response.getheaders():
-            headers.setdefault(name.lower(), value)
+        for name, value in s3_raw.received_headers(response):
+            # Exact bytes compared; UTF-8 where it is, so a report shows "Grüße", not mojibake.
+            headers.setdefault(name.lower(), value.decode("utf-8", "backslashreplace"))
     return StoredObject(
         size=size,
         sha256=digest.hexdigest(),
         headers=tuple((h, headers[h]) for h in COMPARED_HEADERS if h in headers),
         metadata=tuple(sorted((k, v) for k, v in headers.items() if k.startswith(_META_PREFIX))),
-        tags=tuple(sorted(raw.tags(bucket, key).items())) if always_read_tags or _counted(headers) else (),
+        tags=tuple(sorted(s3_raw.get_tags(s3, bucket, key).items()))
+        if always_read_tags or _counted(headers)
+        else (),
         etag=headers.get("etag", "").strip('"'),
     )
 
@@ -355,19 +358,19 @@ def _counted(headers: Mapping[str, str]) -> bool:
 
 
 def snapshot_buckets(
-    client: Minio,
-    raw: RawS3,
+    s3: S3Server,
     buckets: Iterable[str] | None = None,
     *,
     workers: int = 8,
     always_read_tags: bool = False,
 ) -> BucketSnapshot:
     """Every object of ``buckets`` (default: every bucket on the server): the listing through
-    minio (which decodes the server's URL-encoded keys), each object through ``raw``.
+    minio (which decodes the server's URL-encoded keys), each object by a raw signed GET.
 
     Tags are read only for objects whose GET says ``x-amz-tagging-count`` (halves the requests
     on the 5 000-key bucket), unless ``always_read_tags``: the comparator's self-test plants a
     tag on an untagged object, so a server that stopped sending the count fails it."""
+    client = s3.client()
     names = sorted(b.name for b in client.list_buckets()) if buckets is None else sorted(buckets)
     snapshot: BucketSnapshot = {}
     with ThreadPoolExecutor(workers) as pool:
@@ -378,7 +381,7 @@ def snapshot_buckets(
                 if o.object_name is not None
             ]
             objects = pool.map(
-                lambda key, b=bucket: read_object(raw, b, key, always_read_tags=always_read_tags), keys
+                lambda key, b=bucket: read_object(s3, b, key, always_read_tags=always_read_tags), keys
             )
             snapshot[bucket] = dict(zip(keys, objects, strict=True))
     return snapshot
