@@ -185,6 +185,11 @@ def _already_quoted(qualified: str) -> sql.Composable:
     return sql.SQL(qualified)
 
 
+def _ignored(table_and_name: str) -> bool:
+    """Whether a ``<table> <constraint or trigger>`` name belongs to an ignored table."""
+    return table_and_name.split(" ", 1)[0] in IGNORED_TABLES
+
+
 def snapshot_database(url: str) -> DbSnapshot:
     schema = normalised_schema(url)
     tables: dict[str, TableRows] = {}
@@ -220,9 +225,11 @@ def snapshot_database(url: str) -> DbSnapshot:
                     digests[digest] += 1
                     previews.setdefault(digest, preview)
                 tables[name] = TableRows(sum(digests.values()), digests, previews)
-        triggers = {str(k): str(v) for k, v in conn.execute(_TRIGGERS).fetchall()}
+        triggers = {str(k): str(v) for k, v in conn.execute(_TRIGGERS).fetchall() if not _ignored(str(k))}
         constraints = {
-            str(k): (bool(v), bool(d), bool(i)) for k, v, d, i in conn.execute(_CONSTRAINTS).fetchall()
+            str(k): (bool(v), bool(d), bool(i))
+            for k, v, d, i in conn.execute(_CONSTRAINTS).fetchall()
+            if not _ignored(str(k))
         }
         for oid, comment, acl, owner in conn.execute(_LARGE_OBJECTS).fetchall():
             digest = hashlib.sha256()
