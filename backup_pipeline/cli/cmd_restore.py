@@ -20,13 +20,13 @@ from typing import Any, NoReturn
 import click
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
+from backup_pipeline.cli.destination_options import load_keys, settings_for
 from backup_pipeline.services import restore as svc
 from backup_pipeline.settings import (
     APP_DATABASE_PASSWORD_ENV,
     S3_ACCESS_KEY_ENV,
     S3_SECRET_KEY_ENV,
     DestinationKind,
-    SettingsError,
     load_settings,
 )
 
@@ -37,17 +37,10 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> svc.RestoreKeys:
-    from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-
-    if recovery_key_file is None and org_secret_file is None:
+    keys = load_keys(recovery_key_file, org_secret_file)
+    if keys is None:
         _fail("--recovery-key-file (or --org-secret-file) is required", 2)
-    try:
-        return svc.RestoreKeys(
-            org_keyring=OrgKeyring.from_file(org_secret_file) if org_secret_file else None,
-            recovery_identity=RecoveryIdentity.from_file(recovery_key_file) if recovery_key_file else None,
-        )
-    except (ArchiveKeyError, OSError) as exc:
-        _fail(f"key file: {exc}", 2)
+    return keys
 
 
 @click.command("restore")
@@ -120,15 +113,7 @@ def restore_command(
     as_json: bool,
 ) -> None:
     """Disaster recovery: list backup sets on the destination and restore one (dry run by default)."""
-    overrides: dict[str, str] = {}
-    if destination_kind:
-        overrides["BACKUP_PIPELINE_DESTINATION"] = destination_kind
-    if local_path:
-        overrides["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(local_path)
-    try:
-        settings = load_settings({**os.environ, **overrides})
-    except SettingsError as exc:
-        _fail(str(exc), 2)
+    settings = settings_for(destination_kind, local_path)
     keys = _load_keys(recovery_key_file, org_secret_file)
     from backup_pipeline.resources.destination import DestinationResource
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from backup_pipeline import admin_view
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import Destination, DestinationError, QuotaError, ensure_room
+from backup_pipeline.destinations.base import Destination, DestinationError, ensure_room
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -47,6 +47,7 @@ from backup_pipeline.services.backup_parts import (
 )
 from backup_pipeline.services.backup_upload import (
     Encryptor,
+    destination_error_code,
     remove_incomplete_sets,
     remove_part,
     remove_set,
@@ -104,10 +105,8 @@ def failure_from(err: BackupError | DataLockBusy | DestinationError) -> dg.Failu
         code, message, retry = err.code, err.message, err.retryable
     elif isinstance(err, DataLockBusy):
         code, message, retry = ErrorCode.LOCKED, str(err), False
-    elif isinstance(err, QuotaError):
-        code, message, retry = ErrorCode.DESTINATION_QUOTA, str(err), False
     else:
-        code, message, retry = ErrorCode.DESTINATION_UNAVAILABLE, str(err), err.retryable
+        code, message, retry = destination_error_code(err), str(err), err.retryable
     return dg.Failure(
         description=f"[{code}] {message}",
         metadata={"error_code": code, "retryable": retry},

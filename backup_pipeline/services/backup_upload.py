@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..destinations.base import Destination, DestinationError, QuotaError, StoredFile
+from ..destinations.base import DailyCapError, Destination, DestinationError, QuotaError, StoredFile
 from .backup_parts import (
     APP_NAME,
     PART_MANIFEST,
@@ -63,10 +63,17 @@ class _Hashing:
             yield chunk
 
 
-def destination_failure(exc: DestinationError, action: str) -> BackupError:
+def destination_error_code(exc: DestinationError) -> str:
+    """The stable code of a destination failure: the daily upload cap, no space, or unavailable."""
+    if isinstance(exc, DailyCapError):
+        return ErrorCode.DAILY_CAP
     if isinstance(exc, QuotaError):
-        return BackupError(ErrorCode.DESTINATION_QUOTA, f"{action}: {exc}")
-    return BackupError(ErrorCode.DESTINATION_UNAVAILABLE, f"{action}: {exc}", retryable=exc.retryable)
+        return ErrorCode.DESTINATION_QUOTA
+    return ErrorCode.DESTINATION_UNAVAILABLE
+
+
+def destination_failure(exc: DestinationError, action: str) -> BackupError:
+    return BackupError(destination_error_code(exc), f"{action}: {exc}", retryable=exc.retryable)
 
 
 def remove_part(destination: Destination, installation_id: str, backup_id: str, part_name: str) -> int:
