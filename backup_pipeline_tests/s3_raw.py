@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import hmac
 import http.client
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ class RawResponse:
             if key.lower() == name.lower():
                 return value
         return None
+
+
+def _trimall(value: bytes) -> bytes:
+    # SigV4 canonical header value: trimmed, and runs of spaces collapsed to one (servers that
+    # check signatures, e.g. SeaweedFS, refuse a value with "  " signed as is; moto checks none).
+    return re.sub(rb" +", b" ", value.strip())
 
 
 def _hmac(key: bytes, text: str) -> bytes:
@@ -72,7 +79,7 @@ def open_request(
             method.encode(),
             path.encode(),
             query.encode(),
-            b"".join(name.encode() + b":" + wire[name].strip() + b"\n" for name in sorted(wire)),
+            b"".join(name.encode() + b":" + _trimall(wire[name]) + b"\n" for name in sorted(wire)),
             signed.encode(),
             payload.encode(),
         ]
