@@ -12,10 +12,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from backup_pipeline_tests import s3_raw
-from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect, create_database, drop_database
+from backup_pipeline_tests.fixtures.postgres import PgDatabase, create_database, drop_database
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.buckets import (
     BUCKETS,
@@ -33,7 +32,12 @@ from backup_pipeline_tests.hostile.compare import (
     snapshot_buckets,
     snapshot_database,
 )
-from backup_pipeline_tests.hostile.database import WANTED_EXTENSIONS, build_database_corpus, dump_toc
+from backup_pipeline_tests.hostile.database import (
+    WANTED_EXTENSIONS,
+    build_database_corpus,
+    copy_database,
+    dump_toc,
+)
 
 
 @dataclasses.dataclass
@@ -53,19 +57,6 @@ def source() -> Iterator[Source]:
         yield Source(db, snapshot_database(db.url), corpus.extensions)
     finally:
         drop_database(db.name)
-
-
-def _copy_of(source: Source) -> PgDatabase:
-    """A new database with the same content (CREATE DATABASE … TEMPLATE: a file-level copy)."""
-    copy = create_database("bp_hostile_copy")
-    drop_database(copy.name)
-    with admin_connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(copy.name), sql.Identifier(source.db.name)
-            )
-        )
-    return copy
 
 
 def test_corpus_dump_holds_what_makes_restores_hard(source: Source) -> None:
@@ -146,7 +137,7 @@ DB_PLANTS: dict[str, tuple[str, set[str]]] = {
 @pytest.mark.parametrize("plant", sorted(DB_PLANTS))
 def test_comparator_finds_a_planted_database_difference(source: Source, plant: str) -> None:
     statement, kinds = DB_PLANTS[plant]
-    copy = _copy_of(source)
+    copy = copy_database(source.db, "bp_hostile_copy")
     try:
         assert compare_databases(source.snapshot, snapshot_database(copy.url)).differences == []
         with psycopg.connect(copy.url, autocommit=True) as conn:

@@ -36,7 +36,6 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
-from psycopg import sql
 
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect, create_database, drop_database
@@ -59,7 +58,7 @@ from backup_pipeline_tests.hostile.compare import (
     snapshot_buckets,
     snapshot_database,
 )
-from backup_pipeline_tests.hostile.database import build_database_corpus
+from backup_pipeline_tests.hostile.database import build_database_corpus, copy_database
 from backup_pipeline_tests.restore_support import INSTALLATION, Installation, confirm
 
 VENV_BIN = Path(sys.executable).parent
@@ -283,14 +282,7 @@ def test_b_restore_job_over_a_populated_database_and_buckets(
     hostile_backup: HostileBackup, s3_server: S3Server
 ) -> None:
     backup_id = hostile_backup.require_backup()
-    target = create_database("bp_hostile_populated")
-    drop_database(target.name)
-    with admin_connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(target.name), sql.Identifier(hostile_backup.source.name)
-            )
-        )
+    target = copy_database(hostile_backup.source, "bp_hostile_populated")
     try:
         with psycopg.connect(target.url, autocommit=True) as conn:
             conn.execute(POPULATED_DATABASE_CHANGES.encode())

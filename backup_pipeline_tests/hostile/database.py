@@ -9,12 +9,17 @@ objects with comments and grants.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+
+from ..fixtures.postgres import PgDatabase, admin_connect
 
 SQL_FILE = Path(__file__).with_name("database.sql")
 #: Extension schema: extensions in a schema whose name must be quoted.
@@ -111,6 +116,19 @@ def build_database_corpus(url: str) -> DatabaseCorpus:
         corpus.large_objects = len(oids)
         conn.execute("ANALYZE")
     return corpus
+
+
+def copy_database(source: PgDatabase, prefix: str) -> PgDatabase:
+    """A new database with ``source``'s content (CREATE DATABASE … TEMPLATE: a file-level copy,
+    so ``source`` must have no other session open)."""
+    copy = dataclasses.replace(source, name=f"{prefix}_{uuid.uuid4().hex[:10]}")
+    with admin_connect() as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(copy.name), sql.Identifier(source.name)
+            )
+        )
+    return copy
 
 
 def dump_toc(url: str) -> str:
