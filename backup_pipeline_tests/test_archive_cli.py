@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-from backup_pipeline.archive.manifest import Manifest, PartRecord
+from backup_pipeline.archive.manifest import Manifest, ObjectAnomaly, PartRecord
 from backup_pipeline.archive.stream_crypto import encrypt_stream
 from backup_pipeline.archive.streams import HashingCounter
 from backup_pipeline.archive.tar_parts import SourceObject, write_bucket_archive
@@ -74,8 +74,15 @@ def run(*args: object) -> tuple[int, str, str]:
 def test_decrypt_verify_and_inspect(tmp_path: Path, key_files: dict[str, Path]) -> None:
     part = tmp_path / "bucket-photos.bpa"
     record = write_part(part, list(write_bucket_archive(bucket_objects(), compress_level=6)), "bucket-photos")
+    skipped = ObjectAnomaly("photos", "c/../d.jpg", "unreadable", 9, None, "key has a '..' segment")
     manifest = Manifest(
-        BACKUP, "test", "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", {"format": "1"}, [record]
+        BACKUP,
+        "test",
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        {"format": "1"},
+        [record],
+        anomalies=[skipped],
     )
     manifest_part = tmp_path / "manifest.bpa"
     write_part(manifest_part, [manifest.to_bytes()], "manifest")
@@ -96,6 +103,7 @@ def test_decrypt_verify_and_inspect(tmp_path: Path, key_files: dict[str, Path]) 
     assert code == 0 and "NOT authenticated" in stdout and "bucket-photos" in stdout
     code, stdout, _ = run("inspect", manifest_part, "--recovery-key-file", key_files["recovery"])
     assert code == 0 and "authenticated" in stdout and "part bucket-photos (bucket)" in stdout
+    assert "unreadable during backup: photos/c/../d.jpg (key has a '..' segment)" in stdout
 
     # The wrong part against the manifest, a tampered part, a typo in the key.
     code, _, err = run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 from pathlib import Path
@@ -155,6 +156,28 @@ def test_manifest_json_round_trip_and_schema_errors() -> None:
         Manifest.from_json(broken)
     with pytest.raises(e.ManifestError, match="schema"):
         Manifest.from_json(original.to_json().replace('"kind": "database"', '"kind": "database", "extra": 1'))
+
+
+def test_manifest_anomaly_detail_is_absent_when_none_and_kinds_are_checked() -> None:
+    original = manifest()
+    original.anomalies.append(
+        ObjectAnomaly("photos", "b/../c", "unreadable", 7, None, "key has a '..' segment")
+    )
+    document = json.loads(original.to_json())
+    assert document["anomalies"] == [
+        {"bucket": "photos", "key": "y.jpg", "kind": "vanished", "declared_size": 5, "actual_size": None},
+        {
+            "bucket": "photos",
+            "key": "b/../c",
+            "kind": "unreadable",
+            "declared_size": 7,
+            "actual_size": None,
+            "detail": "key has a '..' segment",
+        },
+    ]
+    assert Manifest.from_json(original.to_json()) == original
+    with pytest.raises(e.ManifestError, match="kind must be one of"):
+        Manifest.from_json(original.to_json().replace('"unreadable"', '"lost"'))
 
 
 def test_set_completeness_names_missing_unexpected_and_mismatched_parts() -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -17,7 +18,9 @@ import pytest
 from backup_pipeline.archive.errors import ArchiveContentError
 from backup_pipeline.archive.gzip_members import gunzip_stream, gzip_member, is_already_compressed
 from backup_pipeline.archive.tar_parts import (
+    PAX_HEADERS,
     PAX_KEY,
+    PAX_LAST_MODIFIED,
     ArchivedObjectRecord,
     ObjectVanishedError,
     SourceObject,
@@ -99,6 +102,59 @@ def test_round_trip_with_metadata_tags_and_exact_keys(tmp_path: Path) -> None:
     assert (out / "leading/slash").exists()
     assert not (tmp_path / "escape").exists()
     assert gzip.decompress(data)[:0] == b""  # GNU gzip semantics: every member decompressed
+
+
+HEADERS = {
+    "Cache-Control": "public, max-age=60",
+    "Content-Disposition": "attachment; filename*=UTF-8''%C3%A9t%C3%A9.txt",
+    "Content-Encoding": "gzip",
+    "Content-Language": "fr",
+    "Expires": "Thu, 01 Dec 2094 16:00:00 GMT",
+}
+
+
+def test_headers_and_last_modified_are_pax_records_and_the_tar_mtime() -> None:
+    precise = dt.datetime(2026, 3, 1, 12, 0, 7, 125000, tzinfo=dt.UTC)
+    objects = [
+        SourceObject(
+            "a.txt.gz", 3, "text/plain", last_modified=precise, open=lambda: [b"abc"], headers=HEADERS
+        ),
+        SourceObject("plain", 1, None, open=lambda: [b"p"]),
+        # Before 1970: ustar cannot hold it, the pax record can.
+        SourceObject(
+            "old", 1, None, last_modified=dt.datetime(1960, 1, 1, tzinfo=dt.UTC), open=lambda: [b"o"]
+        ),
+    ]
+    data, _ = archive(objects)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        first, second, third = tar.getmembers()
+        assert json.loads(first.pax_headers[PAX_HEADERS]) == HEADERS
+        assert first.pax_headers[PAX_LAST_MODIFIED] == "2026-03-01T12:00:07.125000+00:00"
+        assert first.mtime == int(precise.timestamp())
+        assert PAX_HEADERS not in second.pax_headers and PAX_LAST_MODIFIED not in second.pax_headers
+        assert second.mtime == 0 and third.mtime == 0
+    read = [(o.key, o.headers, o.last_modified, o.fileobj.read()) for o in read_bucket_archive([data])]
+    assert read == [
+        ("a.txt.gz", HEADERS, precise, b"abc"),
+        ("plain", {}, None, b"p"),
+        ("old", {}, dt.datetime(1960, 1, 1, tzinfo=dt.UTC), b"o"),
+    ]
+
+
+def test_headers_record_holds_only_the_recorded_header_names() -> None:
+    with pytest.raises(ValueError, match="Content-Length"):
+        archive([obj("a", b"x", headers={"Content-Length": "1"})])
+    # A reader rejects a record it cannot honour, naming the entry and the header.
+    info = tarfile.TarInfo("a")
+    info.size = 1
+    info.pax_headers = {PAX_KEY: "a", PAX_HEADERS: json.dumps({"cache-control": "no-cache"})}
+    raw = info.tobuf(tarfile.PAX_FORMAT) + b"x".ljust(512, b"\0") + bytes(1024)
+    with pytest.raises(ArchiveContentError, match=r"'a'.*cache-control"):
+        list(read_bucket_archive([gzip.compress(raw)]))
+    info.pax_headers = {PAX_KEY: "a", PAX_LAST_MODIFIED: "yesterday"}
+    raw = info.tobuf(tarfile.PAX_FORMAT) + b"x".ljust(512, b"\0") + bytes(1024)
+    with pytest.raises(ArchiveContentError, match="last_modified"):
+        list(read_bucket_archive([gzip.compress(raw)]))
 
 
 def test_media_is_stored_and_text_is_compressed() -> None:

@@ -6,6 +6,7 @@ that the run fails with a stable error code, leaves no partial set, and the next
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import stat
 from pathlib import Path
@@ -27,7 +28,7 @@ from .fixtures.postgres import PgDatabase
 from .fixtures.s3 import S3Server
 
 
-def drive_destination(drive: DriveFixture, tmp_path: Path) -> DestinationResource:
+def drive_destination(drive: DriveFixture, tmp_path: Path, **overrides: Any) -> DestinationResource:
     return DestinationResource(
         kind="google_drive",
         installation_id=h.INSTALLATION,
@@ -40,6 +41,7 @@ def drive_destination(drive: DriveFixture, tmp_path: Path) -> DestinationResourc
         retry_attempts=4,
         retry_initial_wait_seconds=0.05,
         retry_max_wait_seconds=0.5,
+        **overrides,
     )
 
 
@@ -173,6 +175,27 @@ def test_destination_quota_mid_backup_removes_the_partial_set_and_the_next_backu
         assert run_backup(env, instance).success
         assert next(e.status for e in ledger.from_dagster(instance)) is ledger.SetStatus.COMPLETE
         assert len(h.only_backup_ids(env.dest())) == 1
+
+
+def test_the_daily_upload_cap_fails_the_backup_with_its_code_and_throttling_in_its_words_does_not(
+    small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
+) -> None:
+    env = h.make_env(
+        tmp_path, small_app, s3, drive_destination(drive, tmp_path, drive_daily_upload_cap_bytes=1000)
+    )
+    with dg.instance_for_test() as instance:
+        result = run_backup(env, instance)
+        assert not result.success
+        assert failure_codes(result) == [ErrorCode.DAILY_CAP]  # refused by the pre-flight, before any upload
+        assert h.only_backup_ids(env.dest()) == []
+
+        # "User rate limit exceeded." at 429 with the allowance unused is throttling: retried, not fatal.
+        env = dataclasses.replace(env, destination=drive_destination(drive, tmp_path))
+        drive.fault("daily_cap", route="upload_chunk", status=429, count=3)
+        result = run_backup(env, instance)
+        assert result.success, failure_codes(result)
+    assert drive.stats()["faults_fired"] == 3
+    assert list((tmp_path / "dest-state" / "drive-upload-sessions").glob("*")) == []
 
 
 def test_drive_cutting_mid_upload_is_resumed_and_the_set_is_intact(

@@ -93,6 +93,25 @@ def test_list_pages_over_more_than_one_page_and_filters_by_properties(destinatio
     assert list(destination.list({"backupId": "nope"})) == []
 
 
+def test_list_page_tokens_can_be_asked_again_without_gaps_or_repeats(destination: Destination) -> None:
+    # What lets RetryingDestination retry one failed page: the same token gives the same page.
+    for i in range(5):
+        destination.put(f"paged/part-{i}", [b"x"], {"backupId": "p"})
+    seen: list[str] = []
+    token: str | None = None
+    while True:
+        page = destination.list_page({"backupId": "p"}, 2, token)
+        again = destination.list_page({"backupId": "p"}, 2, token)
+        assert [f.id for f in again.files] == [f.id for f in page.files]
+        assert again.next_token == page.next_token
+        assert len(page.files) <= 2
+        seen += [f.name for f in page.files]
+        if page.next_token is None:
+            break
+        token = page.next_token
+    assert seen == [f"paged/part-{i}" for i in range(5)]
+
+
 def test_find_a_backup_from_the_destination_alone(destination: Destination) -> None:
     props = {"backupId": "01J9ZK", "part": "manifest", "formatVersion": "1", "installationId": "acme"}
     destination.put("acme-20250101T000000Z-01J9ZK/manifest", [b"{}"], props)
@@ -117,7 +136,7 @@ def test_check_writes_reads_back_and_deletes(destination: Destination) -> None:
     before = {f.id for f in destination.list()}
     report = destination.check()
     assert report.ok, report
-    assert [s.name for s in report.steps][-3:] == ["write", "read back", "delete"]
+    assert [s.name for s in report.steps][-4:] == ["space", "write", "read back", "delete"]
     assert {f.id for f in destination.list()} == before
 
 

@@ -24,8 +24,27 @@ def run(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
 def test_check_ok_on_a_shared_drive(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = run(["destination", "check"], drive.env(DriveAuthMode.SHARED_DRIVE), monkeypatch)
     assert code == 0, out
-    assert "verdict: OK" in out and "read back" in out and "delete" in out
+    assert "verdict: OK — backups can be written here (698.5 GiB of today's upload allowance left)" in out
+    assert "3 chunks in one resumable session" in out and "read back" in out and "delete" in out
     assert "PRIVATE KEY" not in out
+
+
+def test_check_says_a_backup_would_be_refused_with_the_daily_allowance_used(
+    drive: DriveFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = dict(drive.env(DriveAuthMode.SHARED_DRIVE), BACKUP_PIPELINE_DRIVE_DAILY_UPLOAD_CAP_BYTES="1000000")
+    drive.destination(state_dir=env["BACKUP_PIPELINE_STATE_DIR"]).put("earlier", [b"x" * 1_000_000], {})
+    code, out = run(["destination", "check"], env, monkeypatch)
+    assert code == 1, out
+    assert "a backup would be refused now: nothing is left of today's upload allowance" in out
+    assert "verdict: FAILED" in out and "fix: wait: the upload allowance frees up" in out
+
+
+def test_check_explains_an_unknown_shared_drive(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = dict(drive.env(DriveAuthMode.SHARED_DRIVE), BACKUP_PIPELINE_DRIVE_SHARED_DRIVE_ID="0AnoSuchDrive")
+    code, out = run(["destination", "check"], env, monkeypatch)
+    assert code == 1
+    assert "verdict: FAILED" in out and "is not a member of it" in out and "Manage members" in out
 
 
 def test_check_json(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:

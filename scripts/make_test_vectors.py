@@ -18,7 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-from backup_pipeline.archive.manifest import InventoryEntry, Manifest, PartRecord
+from backup_pipeline.archive.manifest import (
+    BucketSummary,
+    InventoryEntry,
+    Manifest,
+    ObjectAnomaly,
+    PartRecord,
+)
 from backup_pipeline.archive.stream_crypto import encrypt_stream
 from backup_pipeline.archive.tar_parts import SourceObject, write_bucket_archive
 
@@ -54,29 +60,91 @@ def bucket_plaintext() -> bytes:
             "hello.txt",
             13,
             "text/plain",
-            {"author": "vectors"},
+            {"author": "vectors", "title": "Résumé"},
             {"k": "v"},
             "e1",
             when,
             lambda: [b"Hello, world\n"],
+            headers={
+                "Cache-Control": "no-cache",
+                "Content-Disposition": "attachment; filename*=UTF-8''h%C3%A9llo.txt",
+                "Content-Language": "en",
+            },
+        ),
+        SourceObject(
+            "folder/",
+            0,
+            "application/octet-stream",
+            etag="d41d8cd98f00b204e9800998ecf8427e",
+            last_modified=dt.datetime(2026, 1, 1, 0, 0, 1, 250000, tzinfo=dt.UTC),
         ),
         SourceObject("dir/../odd key.bin", 600, "application/octet-stream", open=lambda: [pattern(600)]),
     ]
     return b"".join(write_bucket_archive(objects, compress_level=6, workers=1))
 
 
-def vector_cases() -> list[dict[str, object]]:
-    """(name, part name, chunk size log2, plaintext) of every vector; the test imports this too."""
-    c = 1 << 16
-    manifest = Manifest(
+def vector_manifest() -> Manifest:
+    """A manifest with every field in use (BACKUP-FORMAT.md §6 describes each)."""
+    return Manifest(
         backup_id=BACKUP_ID,
         installation="vectors",
         started_at="2026-01-01T00:00:00+00:00",
         finished_at="2026-01-01T00:01:00+00:00",
-        versions={"format": "1"},
-        parts=[PartRecord("database", "database", 1, "0" * 64, 1, "0" * 64)],
-        inventory=[InventoryEntry("photos", "a.jpg", 1, "1" * 64)],
+        versions={
+            "backup_pipeline": "0.1.0",
+            "pg_server": "17.2",
+            "pg_dump": "17.2",
+            "schema_version": "20251231_a",
+            "set_format_version": "1",
+            "org_key_id": "k2025",
+            "recovery_key_id": "0011223344556677",
+        },
+        parts=[
+            PartRecord(
+                "database",
+                "database",
+                1234,
+                "0" * 64,
+                1100,
+                "1" * 64,
+                ciphertext_md5="2" * 32,
+                file_name="vectors-20260101T000000Z-vectors-20260101T000000Z/database.bpa",
+            ),
+            PartRecord(
+                "bucket-photos",
+                "bucket",
+                2048,
+                "3" * 64,
+                2000,
+                "4" * 64,
+                bucket="photos",
+                file_name="vectors-20260101T000000Z-vectors-20260101T000000Z/bucket-photos.bpa",
+            ),
+        ],
+        buckets=[BucketSummary("photos", "bucket-photos", 2, 13)],
+        inventory=[
+            InventoryEntry("photos", "a.jpg", 13, "5" * 64),
+            InventoryEntry("photos", "folder/", 0, hashlib.sha256(b"").hexdigest()),
+        ],
+        anomalies=[
+            ObjectAnomaly("photos", "a.jpg", "changed", 12, 13),
+            ObjectAnomaly("photos", "b.jpg", "vanished", 7, None),
+            ObjectAnomaly(
+                "photos",
+                "c/../d.jpg",
+                "unreadable",
+                9,
+                None,
+                "the S3 client library cannot address a key with a '.' or '..' segment",
+            ),
+        ],
+        table_rows={"public.users": 20, "app.Weird Table": 0},
     )
+
+
+def vector_cases() -> list[dict[str, object]]:
+    """(name, part name, chunk size log2, plaintext) of every vector; the test imports this too."""
+    c = 1 << 16
     return [
         {"name": "empty", "part": "database", "log2": 16, "plaintext": b""},
         {"name": "one-byte", "part": "database", "log2": 16, "plaintext": b"\x2a"},
@@ -85,7 +153,7 @@ def vector_cases() -> list[dict[str, object]]:
         {"name": "chunk-plus-1", "part": "database", "log2": 16, "plaintext": pattern(c + 1)},
         {"name": "three-chunks", "part": "database", "log2": 16, "plaintext": pattern(3 * c)},
         {"name": "bucket", "part": "bucket-photos", "log2": 16, "plaintext": bucket_plaintext()},
-        {"name": "manifest", "part": "manifest", "log2": 20, "plaintext": manifest.to_bytes()},
+        {"name": "manifest", "part": "manifest", "log2": 20, "plaintext": vector_manifest().to_bytes()},
     ]
 
 

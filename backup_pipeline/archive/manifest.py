@@ -24,6 +24,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 PartKind = Literal["database", "bucket"]
+AnomalyKind = Literal["changed", "vanished", "unreadable", "inexact"]
+ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("changed", "vanished", "unreadable", "inexact")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +59,21 @@ class InventoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class ObjectAnomaly:
-    """An object that changed (length differed from the listing) or vanished during the backup."""
+    """An object the backup did not archive exactly as listed.
+
+    ``changed``: its length or ETag differed from the listing (archived as read, padded or cut
+    to the GET's length); ``vanished``: deleted before it was read (not archived);
+    ``unreadable``: skipped for a reason of its own, given in ``detail`` (not archived);
+    ``inexact``: archived, but a header value was not UTF-8 (``detail`` names it).
+    ``detail`` is absent from the JSON when None (manifests of older writers have none).
+    """
 
     bucket: str
     key: str
-    kind: Literal["changed", "vanished"]
+    kind: AnomalyKind
     declared_size: int
     actual_size: int | None
+    detail: str | None = None
 
 
 @dataclass
@@ -92,6 +102,9 @@ class Manifest:
         document = asdict(self)
         if not self.table_rows:
             del document["table_rows"]
+        for anomaly in document["anomalies"]:
+            if anomaly["detail"] is None:
+                del anomaly["detail"]
         return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_bytes(self) -> bytes:
@@ -148,6 +161,11 @@ class Manifest:
         for entry in self.inventory:
             if not _SHA256.match(entry.sha256) or entry.size < 0:
                 raise ManifestError(f"inventory entry {entry.bucket}/{entry.key!r}: bad size or sha256")
+        for anomaly in self.anomalies:
+            if anomaly.kind not in ANOMALY_KINDS:
+                raise ManifestError(
+                    f"anomaly {anomaly.bucket}/{anomaly.key!r}: kind must be one of {', '.join(ANOMALY_KINDS)}"
+                )
 
 
 def _list(raw: Mapping[str, Any], key: str) -> list[Any]:

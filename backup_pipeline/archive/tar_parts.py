@@ -7,8 +7,10 @@ declared, it raises after writing a partial entry — a corrupt tar. Here an obj
 changed during the backup is truncated or zero-padded to the size announced in its header and
 reported as ``changed``, so the tar stays valid.
 
-Each object's exact S3 key, content type, user metadata, tags, ETag and last-modified time are
-pax records (``BACKUP_PIPELINE.*``); the tar path is a safe rendering of the key.
+Each object's exact S3 key, content type, standard headers (Cache-Control, Content-Disposition,
+Content-Encoding, Content-Language, Expires), user metadata, tags, ETag and last-modified time
+are pax records (``BACKUP_PIPELINE.*``); the tar path is a safe rendering of the key and the
+tar mtime the last-modified time in whole seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ PAX_ETAG = "BACKUP_PIPELINE.etag"
 PAX_METADATA = "BACKUP_PIPELINE.metadata"
 PAX_TAGS = "BACKUP_PIPELINE.tags"
 PAX_LAST_MODIFIED = "BACKUP_PIPELINE.last_modified"
+PAX_HEADERS = "BACKUP_PIPELINE.headers"
+#: The only names the headers record may hold (canonical spelling).
+RECORDED_HEADER_NAMES = frozenset(
+    {"Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Expires"}
+)
 BLOCK_SIZE = 512
 # Input size of one gzip member: the unit of parallel compression.
 MEMBER_INPUT_SIZE = 1 << 20
@@ -59,6 +66,8 @@ class SourceObject:
     etag: str | None = None
     last_modified: dt.datetime | None = None
     open: Callable[[], Iterable[bytes]] = field(default=lambda: iter(()), repr=False)
+    #: Standard headers by canonical name (``RECORDED_HEADER_NAMES``), values as S3 sent them.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +122,16 @@ def _tar_header(obj: SourceObject, tar_path: str) -> bytes:
     info.mode = 0o644
     info.type = tarfile.REGTYPE
     info.uname = info.gname = ""
-    info.mtime = int(obj.last_modified.timestamp()) if obj.last_modified else 0
+    # ustar's mtime field cannot hold a time before 1970 (nor fractions): the pax record is exact.
+    info.mtime = max(0, int(obj.last_modified.timestamp())) if obj.last_modified else 0
     pax: dict[str, str] = {PAX_KEY: obj.key}
     if obj.content_type:
         pax[PAX_CONTENT_TYPE] = obj.content_type
+    if obj.headers:
+        unknown = sorted(set(obj.headers) - RECORDED_HEADER_NAMES)
+        if unknown:
+            raise ValueError(f"object {obj.key!r}: headers {unknown} are not recorded headers")
+        pax[PAX_HEADERS] = json.dumps(obj.headers, sort_keys=True, ensure_ascii=False)
     if obj.etag:
         pax[PAX_ETAG] = obj.etag
     if obj.metadata:
@@ -277,6 +292,8 @@ class ArchivedObject:
     etag: str | None
     last_modified: dt.datetime | None
     fileobj: IO[bytes] = field(repr=False)
+    #: Recorded standard headers; empty for archives written before they were recorded.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def iter_chunks(self, block_size: int = 1 << 20) -> Iterator[bytes]:
         while True:
@@ -324,6 +341,19 @@ def read_bucket_archive(chunks: Iterable[bytes]) -> Iterator[ArchivedObject]:
             pax = member.pax_headers
             key = pax.get(PAX_KEY, member.name)
             last_modified_raw = pax.get(PAX_LAST_MODIFIED)
+            headers = _json_dict(pax.get(PAX_HEADERS), "headers", key)
+            unknown = sorted(set(headers) - RECORDED_HEADER_NAMES)
+            if unknown:
+                raise ArchiveContentError(
+                    f"entry {key!r}: the headers pax record holds names that are not recorded headers: "
+                    + ", ".join(unknown)
+                )
+            try:
+                last_modified = dt.datetime.fromisoformat(last_modified_raw) if last_modified_raw else None
+            except ValueError:
+                raise ArchiveContentError(
+                    f"entry {key!r}: the last_modified pax record is not an ISO 8601 time"
+                ) from None
             fileobj = archive.extractfile(member)
             assert fileobj is not None
             yield ArchivedObject(
@@ -334,6 +364,7 @@ def read_bucket_archive(chunks: Iterable[bytes]) -> Iterator[ArchivedObject]:
                 metadata=_json_dict(pax.get(PAX_METADATA), "metadata", key),
                 tags=_json_dict(pax.get(PAX_TAGS), "tags", key),
                 etag=pax.get(PAX_ETAG),
-                last_modified=dt.datetime.fromisoformat(last_modified_raw) if last_modified_raw else None,
+                last_modified=last_modified,
                 fileobj=fileobj,
+                headers=headers,
             )

@@ -257,7 +257,8 @@ def inspect_command(
                 )
             click.echo(f"  inventory: {len(manifest.inventory)} objects")
             for anomaly in manifest.anomalies:
-                click.echo(f"  {anomaly.kind} during backup: {anomaly.bucket}/{anomaly.key}")
+                detail = f" ({anomaly.detail})" if anomaly.detail else ""
+                click.echo(f"  {anomaly.kind} during backup: {anomaly.bucket}/{anomaly.key}{detail}")
 
 
 def register(group: click.Group) -> None:

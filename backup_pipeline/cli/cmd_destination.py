@@ -1,8 +1,12 @@
 """``backup-pipeline destination check|ls``: test the configured destination, list what it holds.
 
 ``check`` writes, reads back and deletes a small file (creating a folder proves nothing:
-Drive service accounts may create folders but not store bytes) and prints one line per
-step, the warnings, and for a failure the fix. Exit codes: 0 ok, 1 failed, 2 bad settings.
+Drive service accounts may create folders but not store bytes; on Drive the write is a
+resumable upload of several chunks with a status query between them), reports the free
+space and what is left of the daily upload allowance, and prints one line per step, the
+warnings, and for a failure the fix. The verdict is FAILED when a backup would be refused
+(nothing free, no upload allowance left), even if the test file went through.
+Exit codes: 0 ok, 1 failed, 2 bad settings.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 
 import click
 
+from backup_pipeline.destinations.base import Capacity, human_bytes
 from backup_pipeline.settings import SettingsError, load_settings
 
 
@@ -72,13 +77,28 @@ def check_command(settings_file: str | None, as_json: bool) -> None:
         for warning in report.warnings:
             click.echo(click.style("  warning: ", fg="yellow") + warning)
         if report.ok:
-            click.echo(click.style("verdict: OK — backups can be written here", fg="green", bold=True))
+            room = _room(report.capacity)
+            click.echo(
+                click.style("verdict: OK — backups can be written here", fg="green", bold=True)
+                + (f" ({room})" if room else "")
+            )
         else:
             click.echo(click.style("verdict: FAILED", fg="red", bold=True))
             if report.fix:
                 click.echo(f"fix: {report.fix}")
     if not report.ok:
         raise SystemExit(1)
+
+
+def _room(capacity: Capacity | None) -> str:
+    if capacity is None:
+        return ""
+    parts = []
+    if capacity.free_bytes is not None:
+        parts.append(f"{human_bytes(capacity.free_bytes)} free")
+    if capacity.daily_upload_remaining is not None:
+        parts.append(f"{human_bytes(capacity.daily_upload_remaining)} of today's upload allowance left")
+    return "; ".join(parts)
 
 
 @destination_group.command("ls")

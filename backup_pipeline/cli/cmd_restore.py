@@ -20,13 +20,13 @@ from typing import Any, NoReturn
 import click
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
+from backup_pipeline.cli.destination_options import load_keys, settings_for
 from backup_pipeline.services import restore as svc
 from backup_pipeline.settings import (
     APP_DATABASE_PASSWORD_ENV,
     S3_ACCESS_KEY_ENV,
     S3_SECRET_KEY_ENV,
     DestinationKind,
-    SettingsError,
     load_settings,
 )
 
@@ -37,17 +37,10 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> svc.RestoreKeys:
-    from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-
-    if recovery_key_file is None and org_secret_file is None:
+    keys = load_keys(recovery_key_file, org_secret_file)
+    if keys is None:
         _fail("--recovery-key-file (or --org-secret-file) is required", 2)
-    try:
-        return svc.RestoreKeys(
-            org_keyring=OrgKeyring.from_file(org_secret_file) if org_secret_file else None,
-            recovery_identity=RecoveryIdentity.from_file(recovery_key_file) if recovery_key_file else None,
-        )
-    except (ArchiveKeyError, OSError) as exc:
-        _fail(f"key file: {exc}", 2)
+    return keys
 
 
 @click.command("restore")
@@ -91,6 +84,20 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
 @click.option("--target-database", default=None, help="Restore into this database (default: the app's).")
 @click.option("--schema-only", is_flag=True, help="Restore the database schema only.")
 @click.option(
+    "--ownership",
+    type=click.Choice([o.value for o in svc.Ownership]),
+    default=svc.Ownership.SOURCE.value,
+    show_default=True,
+    help="source: objects keep the backup's owners and grants (the roles must exist here); "
+    "none: the restoring role owns everything, grants are skipped (a new server without those roles).",
+)
+@click.option(
+    "--keep-previous-database",
+    is_flag=True,
+    help="Keep the database the restore replaces as bp_replaced_<token> (also allows replacing a "
+    "non-empty database without a safety backup).",
+)
+@click.option(
     "--dry-run/--no-dry-run", default=True, show_default=True, help="Only report what would change."
 )
 @click.option("--confirm", default="", help="For --no-dry-run: 'restore <backup id>'.")
@@ -114,21 +121,15 @@ def restore_command(
     conflict_policy: str,
     target_database: str | None,
     schema_only: bool,
+    ownership: str,
+    keep_previous_database: bool,
     dry_run: bool,
     confirm: str,
     skip_safety_backup: bool,
     as_json: bool,
 ) -> None:
     """Disaster recovery: list backup sets on the destination and restore one (dry run by default)."""
-    overrides: dict[str, str] = {}
-    if destination_kind:
-        overrides["BACKUP_PIPELINE_DESTINATION"] = destination_kind
-    if local_path:
-        overrides["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(local_path)
-    try:
-        settings = load_settings({**os.environ, **overrides})
-    except SettingsError as exc:
-        _fail(str(exc), 2)
+    settings = settings_for(destination_kind, local_path)
     keys = _load_keys(recovery_key_file, org_secret_file)
     from backup_pipeline.resources.destination import DestinationResource
 
@@ -141,8 +142,7 @@ def restore_command(
             else:
                 click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
                 for s in sets:
-                    state = "complete" if s.complete else "INCOMPLETE (no manifest)"
-                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {state}")
+                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
             return
         options = svc.RestoreOptions(
             backup_id=backup_id,
@@ -152,6 +152,8 @@ def restore_command(
             conflict_policy=svc.ConflictPolicy(conflict_policy),
             target_database=target_database,
             schema_only=schema_only,
+            ownership=svc.Ownership(ownership),
+            keep_previous_database=keep_previous_database,
             dry_run=dry_run,
             confirm=confirm,
         )
@@ -183,6 +185,13 @@ def restore_command(
         click.echo(json.dumps(report, indent=1, default=str))
     else:
         _print_report(report)
+
+
+def _set_label(info: svc.BackupSetInfo) -> str:
+    state = "complete" if info.complete else "INCOMPLETE (no manifest)"
+    if info.is_safety:
+        return f"{state}, SAFETY backup of a restore (database only; never 'latest': restore it by id)"
+    return state
 
 
 def _no_safety_backup(target: svc.PgTarget) -> str:
@@ -235,12 +244,19 @@ def _print_report(report: dict[str, Any]) -> None:
                     f"{'absent' if table['rows_now'] is None else table['rows_now']} now"
                 )
         else:
-            click.echo(f"  database {database['database']}: restored ({database['bytes']} bytes of dump)")
+            click.echo(
+                f"  database {database['database']}: restored ({database['bytes']} bytes of dump, "
+                f"{len(database['tables'])} tables, {database['rows']} rows checked)"
+            )
+            if database.get("previous_kept"):
+                click.echo(f"  the replaced database is kept as {database['replaced_database']}")
     for bucket, summary in report.get("buckets", {}).items():
         click.echo(
             f"  bucket {bucket} {verb}: {summary['added']} added, {summary['overwritten']} overwritten, "
             f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} failed"
         )
+    for note in report.get("would_refuse") or []:
+        click.echo(f"  a real restore would be refused: {note}")
     consistency = report.get("consistency")
     if consistency:
         click.echo(

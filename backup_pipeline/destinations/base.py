@@ -20,9 +20,16 @@ Semantics every implementation MUST honour
     Names are unique per backup by convention (they embed the backup id); putting a name
     that already exists is undefined (local: replaced, Drive: a second file).
 
+``list_page(properties=None, page_size=..., page_token=None) -> ListPage``
+    One page of the listing below: up to ``page_size`` files (a page MAY hold fewer, even
+    none, while more follow: Drive returns partial pages) and ``next_token``, ``None`` on the
+    last page. A page token is an opaque cursor that MUST stay valid for a repeated request:
+    asking for the same token again returns that page again, so a failed page is retried
+    on its own without skipping or repeating items. Pages are in a stable order (by name).
+
 ``list(properties=None, page_size=...) -> Iterator[StoredFile]``
     Every complete file, or those whose properties contain *all* given key/value pairs
-    (equality). Paging is internal: the iterator follows page tokens lazily.
+    (equality): the pages of ``list_page`` followed lazily (``iterate_pages``).
 
 ``get(file_id, start=0, end=None) -> Iterator[bytes]``
     The bytes ``[start, end)`` (Python slice semantics, ``end`` exclusive, ``None`` = to the
@@ -78,6 +85,12 @@ class DestinationError(Exception):
     """Base of every destination failure. ``str(err)`` names the cause and the fix."""
 
     retryable: bool = False
+    #: Set by :class:`RetryPolicy` when it stopped retrying this error after that many attempts.
+    gave_up_after: int | None = None
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if self.gave_up_after is None else f"{text} (gave up after {self.gave_up_after} attempts)"
 
 
 class NotFoundError(DestinationError):
@@ -103,7 +116,16 @@ class AuthError(PermanentError):
 
 
 class QuotaError(PermanentError):
-    """No space left, or the daily upload cap is reached."""
+    """No space left (or another storage limit of the destination)."""
+
+
+class DailyCapError(QuotaError):
+    """The destination's daily upload allowance (Drive: 750 GB per user per day) is used up.
+
+    Raised only on evidence: before a backup, when its estimate exceeds what the upload
+    ledger says is left; during an upload, when Drive answers with its daily-cap message AND
+    the ledger shows the allowance (nearly) used. Otherwise the same answer is throttling.
+    """
 
 
 # Short aliases, as the contract is often described.
@@ -112,6 +134,7 @@ Retryable = RetryableError
 Permanent = PermanentError
 Auth = AuthError
 Quota = QuotaError
+DailyCap = DailyCapError
 
 
 # --- values ------------------------------------------------------------------------------
@@ -128,6 +151,14 @@ class StoredFile:
     sha256: str | None  # lowercase hex
     properties: dict[str, str] = field(default_factory=dict)
     created: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of a listing; ``next_token`` is ``None`` on the last page."""
+
+    files: list[StoredFile]
+    next_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +207,10 @@ class Destination(Protocol):
         ...
 
     def put(self, name: str, stream: ByteStream, properties: Mapping[str, str]) -> StoredFile: ...
+
+    def list_page(
+        self, properties: Mapping[str, str] | None = None, page_size: int = 100, page_token: str | None = None
+    ) -> ListPage: ...
 
     def list(
         self, properties: Mapping[str, str] | None = None, page_size: int = 100
@@ -241,6 +276,21 @@ class Hashes:
         self.sha256.update(data)
 
 
+def iterate_pages(
+    fetch_page: Callable[[Mapping[str, str] | None, int, str | None], ListPage],
+    properties: Mapping[str, str] | None,
+    page_size: int,
+) -> Iterator[StoredFile]:
+    """Every file of a paged listing, following ``next_token`` lazily (no retries here)."""
+    token: str | None = None
+    while True:
+        page = fetch_page(properties, page_size, token)
+        yield from page.files
+        if not page.next_token:
+            return
+        token = page.next_token
+
+
 def ensure_room(destination: Destination, expected_bytes: int) -> None:
     """Refuse up front an upload that cannot fit (free space, daily upload cap).
 
@@ -252,18 +302,34 @@ def ensure_room(destination: Destination, expected_bytes: int) -> None:
         return
     if cap.free_bytes is not None and expected_bytes > cap.free_bytes:
         raise QuotaError(
-            f"{destination.description}: the backup needs about {_human(expected_bytes)} but only "
-            f"{_human(cap.free_bytes)} is free. Free space (retention: keep fewer backups) or add storage."
+            f"{destination.description}: the backup needs about {human_bytes(expected_bytes)} but only "
+            f"{human_bytes(cap.free_bytes)} is free. Free space (retention: keep fewer backups) or add storage."
         )
     if cap.daily_upload_remaining is not None and expected_bytes > cap.daily_upload_remaining:
-        raise QuotaError(
-            f"{destination.description}: the backup needs about {_human(expected_bytes)} but only "
-            f"{_human(cap.daily_upload_remaining)} remains of today's upload allowance (Google Drive allows "
+        raise DailyCapError(
+            f"{destination.description}: the backup needs about {human_bytes(expected_bytes)} but only "
+            f"{human_bytes(cap.daily_upload_remaining)} remains of today's upload allowance (Google Drive allows "
             "750 GB per user per day). Run the backup after the 24-hour window resets."
         )
 
 
-def _human(n: int) -> str:
+def refusal_reasons(cap: Capacity | None) -> list[str]:
+    """Why any backup would be refused right now: nothing free, or no upload allowance left.
+
+    A backup is refused by :func:`ensure_room` when its estimate exceeds what is left; with
+    nothing left, every backup is. Callers add the numbers they know (usage, ledger).
+    """
+    if cap is None:
+        return []
+    reasons = []
+    if cap.free_bytes is not None and cap.free_bytes <= 0:
+        reasons.append("0 bytes of storage are free")
+    if cap.daily_upload_remaining is not None and cap.daily_upload_remaining <= 0:
+        reasons.append("nothing is left of today's upload allowance")
+    return reasons
+
+
+def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -294,7 +360,14 @@ class RetryPolicy:
         )
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self.retrying()(fn, *args, **kwargs)
+        retrying = self.retrying()
+        try:
+            return retrying(fn, *args, **kwargs)
+        except DestinationError as exc:
+            attempts = int(retrying.statistics.get("attempt_number", 1))
+            if exc.retryable and attempts >= self.attempts and exc.gave_up_after is None:
+                exc.gave_up_after = attempts  # the message then says the retries are over
+            raise
 
 
 class _RetryAfterOrJitter(tenacity.wait.wait_base):
@@ -315,9 +388,13 @@ class RetryingDestination:
     """Wraps any destination: retries idempotent calls on ``RetryableError`` with backoff.
 
     ``get`` is resumed where it broke off (a new ranged request from the last byte
-    delivered), so a consumer sees one uninterrupted stream. ``put`` is passed through
-    (see the module docstring); implementations retry their own idempotent protocol steps
-    with the same :class:`RetryPolicy`.
+    delivered), so a consumer sees one uninterrupted stream. ``list`` is lazy: each page is
+    fetched through ``list_page`` and retried on its own with the same page token (the
+    contract keeps a token valid for a repeated request), so a listing interrupted on any
+    page continues with that page — no item is yielded twice or skipped, and the items
+    already yielded stay valid. ``put`` is passed through (see the module docstring);
+    implementations retry their own idempotent protocol steps with the same
+    :class:`RetryPolicy`. An error that survives every attempt says so in its message.
     """
 
     def __init__(self, inner: Destination, policy: RetryPolicy | None = None):
@@ -331,11 +408,26 @@ class RetryingDestination:
     def put(self, name: str, stream: ByteStream, properties: Mapping[str, str]) -> StoredFile:
         return self.inner.put(name, stream, properties)
 
+    def list_page(
+        self, properties: Mapping[str, str] | None = None, page_size: int = 100, page_token: str | None = None
+    ) -> ListPage:
+        return self.policy.call(self.inner.list_page, properties, page_size, page_token)
+
     def list(self, properties: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[StoredFile]:
-        # A listing restarted from scratch would repeat entries; retry the whole listing only
-        # while nothing has been yielded, then let errors propagate.
-        files = self.policy.call(lambda: _prefetch_first(self.inner.list(properties, page_size)))
-        return files
+        # Each page is retried on its own with the same token (tokens stay valid for a repeated
+        # request), so a failure on page 5 neither restarts the listing (duplicates) nor drops
+        # page 5 (gaps). The first page is fetched now: its errors surface at the call.
+        first = self.list_page(properties, page_size, None)
+        return self._following(first, properties, page_size)
+
+    def _following(
+        self, page: ListPage, properties: Mapping[str, str] | None, page_size: int
+    ) -> Iterator[StoredFile]:
+        while True:
+            yield from page.files
+            if not page.next_token:
+                return
+            page = self.list_page(properties, page_size, page.next_token)
 
     def get(self, file_id: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         first = self.policy.call(self.inner.get, file_id, start, end)
@@ -372,17 +464,3 @@ class RetryingDestination:
 
     def capacity(self) -> Capacity | None:
         return self.policy.call(self.inner.capacity)
-
-
-def _prefetch_first(files: Iterator[StoredFile]) -> Iterator[StoredFile]:
-    """Pull the first item now (so the first page's errors surface inside the retry)."""
-    try:
-        first = next(files)
-    except StopIteration:
-        return iter(())
-
-    def chained() -> Iterator[StoredFile]:
-        yield first
-        yield from files
-
-    return chained()

@@ -30,11 +30,15 @@ from .base import (
     CheckReport,
     DestinationError,
     Hashes,
+    ListPage,
     NotFoundError,
     PermanentError,
     QuotaError,
     StoredFile,
+    human_bytes,
     iter_stream,
+    iterate_pages,
+    refusal_reasons,
     validate_properties,
 )
 
@@ -142,23 +146,37 @@ class LocalFolderDestination:
             except OSError:
                 continue  # another process's put may be using or removing it
 
-    def list(self, properties: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[StoredFile]:
+    def list_page(
+        self, properties: Mapping[str, str] | None = None, page_size: int = 100, page_token: str | None = None
+    ) -> ListPage:
+        """Files by name; the token is the last name returned, so a repeated token gives the same page."""
+        if page_size < 1:
+            raise PermanentError(f"page_size must be at least 1, got {page_size}")
         meta_root = self.root / _META
         if not meta_root.is_dir():
-            return iter(())
+            return ListPage([])
         wanted = dict(properties or {})
+        names = sorted(
+            meta_file.relative_to(meta_root).as_posix().removesuffix(".json")
+            for meta_file in meta_root.rglob("*.json")
+        )
+        files: list[StoredFile] = []
+        for name in names:
+            if page_token is not None and name <= page_token:
+                continue
+            try:
+                stored = self.stat(name)
+            except NotFoundError:
+                continue  # half-deleted or half-written: not a complete file
+            if not all(stored.properties.get(k) == v for k, v in wanted.items()):
+                continue
+            if len(files) == page_size:
+                return ListPage(files, next_token=files[-1].name)
+            files.append(stored)
+        return ListPage(files)
 
-        def walk() -> Iterator[StoredFile]:
-            for meta_file in sorted(meta_root.rglob("*.json")):
-                name = meta_file.relative_to(meta_root).as_posix().removesuffix(".json")
-                try:
-                    stored = self.stat(name)
-                except NotFoundError:
-                    continue  # half-deleted or half-written: not a complete file
-                if all(stored.properties.get(k) == v for k, v in wanted.items()):
-                    yield stored
-
-        return walk()
+    def list(self, properties: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[StoredFile]:
+        return iterate_pages(self.list_page, properties, page_size)
 
     def get(self, file_id: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         stored = self.stat(file_id)
@@ -220,6 +238,17 @@ class LocalFolderDestination:
         name = f".check-{uuid.uuid4().hex}"
         payload = os.urandom(4096)
         try:
+            report.capacity = self.capacity()
+            refused = refusal_reasons(report.capacity)
+            free = report.capacity.free_bytes if report.capacity else None
+            free_text = "free space unknown" if free is None else f"{human_bytes(free)} free"
+            if refused:
+                report.add("space", False, f"a backup would be refused: {'; '.join(refused)}")
+                report.fix = (
+                    f"{self.description}: free space on this disk, or point the destination elsewhere"
+                )
+            else:
+                report.add("space", True, free_text)
             stored = self.put(name, [payload], {"purpose": "connection-check"})
             report.add("write", True, f"wrote {stored.size} bytes")
             back = b"".join(self.get(stored.id))
@@ -230,10 +259,9 @@ class LocalFolderDestination:
             report.add("read back", True, "contents match")
             self.delete(stored.id)
             report.add("delete", True, "test file deleted")
-            report.capacity = self.capacity()
         except DestinationError as exc:
             report.add("write/read/delete", False, str(exc))
-            report.fix = str(exc)
+            report.fix = "\n".join(filter(None, [report.fix, str(exc)]))
         return report
 
     def capacity(self) -> Capacity | None:

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from backup_pipeline import admin_view
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import Destination, DestinationError, QuotaError, ensure_room
+from backup_pipeline.destinations.base import Destination, DestinationError, ensure_room
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -47,6 +47,7 @@ from backup_pipeline.services.backup_parts import (
 )
 from backup_pipeline.services.backup_upload import (
     Encryptor,
+    destination_error_code,
     remove_incomplete_sets,
     remove_part,
     remove_set,
@@ -104,10 +105,8 @@ def failure_from(err: BackupError | DataLockBusy | DestinationError) -> dg.Failu
         code, message, retry = err.code, err.message, err.retryable
     elif isinstance(err, DataLockBusy):
         code, message, retry = ErrorCode.LOCKED, str(err), False
-    elif isinstance(err, QuotaError):
-        code, message, retry = ErrorCode.DESTINATION_QUOTA, str(err), False
     else:
-        code, message, retry = ErrorCode.DESTINATION_UNAVAILABLE, str(err), err.retryable
+        code, message, retry = destination_error_code(err), str(err), err.retryable
     return dg.Failure(
         description=f"[{code}] {message}",
         metadata={"error_code": code, "retryable": retry},
@@ -163,7 +162,9 @@ def build_archive_writer(compression_level: int) -> ArchiveWriter:
                     metadata=obj.metadata,
                     tags=obj.tags,
                     etag=obj.etag,
+                    last_modified=obj.last_modified,
                     open=lambda body=body: iter_file(body),  # type: ignore[misc]
+                    headers=obj.headers,
                 )
 
         return write_bucket_archive(sources(), compress_level=compression_level)
@@ -412,11 +413,9 @@ def export_bucket_op(
             tag_reading=s3.tag_reading,
         )
         discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
-    if result.changed or result.vanished:
-        context.log.warning(
-            f"bucket {name}: {len(result.changed)} object(s) changed and {len(result.vanished)} vanished "
-            "during the backup (recorded in the manifest)"
-        )
+    warnings = result.warnings()
+    for warning in warnings:
+        context.log.warning(warning)
     context.add_output_metadata(
         {
             "part": bucket_part_name(name),
@@ -426,6 +425,10 @@ def export_bucket_op(
             "ciphertext_bytes": result.part.size,
             "changed_during_backup": len(result.changed),
             "vanished_during_backup": len(result.vanished),
+            "not_backed_up": len(result.unreadable),
+            "inexact_headers": len(result.inexact),
+            "versioning": result.versioning.message() if result.versioning else "not versioned",
+            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) or "none"),
             "seconds": round(result.seconds, 3),
         }
     )

@@ -402,7 +402,7 @@ def read_object(client: Minio, bucket: str, key: str) -> bytes:
     """Whole content of a (small) object — for tests."""
     response = client.get_object(bucket, key)
     try:
-        return response.read()
+        return response.read(decode_content=False)
     finally:
         response.close()
         response.release_conn()

@@ -14,10 +14,20 @@ bucket holds. Objects above the read-ahead size are streamed when their turn com
 Tags are read with a second request only for objects whose GET says they have some
 (``x-amz-tagging-count``, sent by AWS S3, MinIO and Ceph RGW); ``always`` reads them for
 every object on a server that does not send that header.
+
+Fidelity: bodies are read raw (``decode_content=False``: an object stored with
+``Content-Encoding: gzip`` is archived as the gzip bytes S3 holds, never inflated); every
+listed key is archived, including keys ending in ``/``; the standard headers and user
+metadata are recorded as the wire carries them (``object_headers``) with the last-modified
+time. An object that cannot be read for a reason of its own (see :data:`UNREADABLE_CODES`,
+keys the S3 client cannot address) is skipped and reported as ``unreadable``, never silently.
+A versioned bucket is reported (:func:`bucket_versioning`): only current versions are kept.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import hashlib
 import time
 from collections import deque
@@ -33,11 +43,14 @@ from ..destinations.base import Destination
 from .backup_parts import BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart, upload_part
 from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
+from .object_headers import record_headers, wire_text
 from .progress import ProgressTracker
 
 READ_SIZE = 1024 * 1024
-_META_PREFIX = "x-amz-meta-"
 _TAG_COUNT_HEADER = "x-amz-tagging-count"
+#: GET errors that concern one object, not the server: the object is skipped and reported.
+#: InvalidObjectState: archived (Glacier-class) objects that must be restored before a GET.
+UNREADABLE_CODES = frozenset({"InvalidObjectState"})
 
 #: ``when_counted``: a tagging request only for objects whose GET reports tags;
 #: ``always``: one for every object (servers that do not send x-amz-tagging-count).
@@ -77,6 +90,7 @@ class ListedObject:
     key: str
     size: int
     etag: str
+    last_modified: dt.datetime | None = None
 
 
 @dataclass
@@ -92,13 +106,19 @@ class ObjectRecord:
 
 @dataclass
 class BucketExportReport:
-    """What an export saw: archived objects, and those that changed or vanished meanwhile."""
+    """What an export saw: archived objects, and the anomalies the manifest records.
+
+    Each anomaly is ``{"key", "declared_size" (listing), "actual_size" (GET; None when not
+    read)}``, plus ``"detail"`` for ``unreadable`` (why it was skipped) and ``inexact``
+    (which headers were not UTF-8; the object itself was archived).
+    """
 
     bucket: str
     objects: list[ObjectRecord] = field(default_factory=list)
-    # {"key", "declared_size" (listing), "actual_size" (GET; None when vanished)}
     changed: list[dict[str, Any]] = field(default_factory=list)
     vanished: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+    inexact: list[dict[str, Any]] = field(default_factory=list)
     listed: int = 0
 
     @property
@@ -146,12 +166,93 @@ def discover_buckets(client: Minio, include: Sequence[str] = (), exclude: Sequen
 def iter_listing(client: Minio, bucket: str) -> Iterator[ListedObject]:
     """Every object of ``bucket`` (minio follows continuation tokens page by page, 1 000 keys each)."""
     try:
+        # No delimiter (recursive): every item is an object, including keys ending in "/"
+        # (minio-py calls those is_dir, but without a delimiter they are not prefixes).
         for obj in client.list_objects(bucket, recursive=True):
-            if obj.is_dir or obj.object_name is None:
+            if obj.object_name is None:
                 continue
-            yield ListedObject(key=obj.object_name, size=int(obj.size or 0), etag=(obj.etag or "").strip('"'))
+            yield ListedObject(
+                key=obj.object_name,
+                size=int(obj.size or 0),
+                etag=(obj.etag or "").strip('"'),
+                last_modified=obj.last_modified,
+            )
     except S3_ERRORS as exc:
         raise s3_failure(exc, f"listing bucket {bucket!r}", s3_endpoint(client)) from None
+
+
+@dataclass(frozen=True)
+class VersioningReport:
+    """A bucket with versioning on (or suspended, or unknown): the backup keeps only current versions."""
+
+    bucket: str
+    status: str  # "Enabled" | "Suspended" | "unknown" (the credentials may not read it)
+    noncurrent_versions: int | None  # None: not counted (the server would not list versions)
+    delete_markers: int | None
+    reason: str | None = None  # why status or counts are unknown
+
+    def message(self) -> str:
+        if self.status == "unknown":
+            return (
+                f"bucket {self.bucket}: its versioning could not be read ({self.reason}); if it is versioned, "
+                "only current versions are backed up and noncurrent versions and delete markers are not kept"
+            )
+        if self.noncurrent_versions is None:
+            left_out = f"noncurrent versions and delete markers (not counted: {self.reason})"
+        else:
+            left_out = (
+                f"{self.noncurrent_versions} noncurrent version(s) and {self.delete_markers} delete marker(s)"
+            )
+        return (
+            f"bucket {self.bucket} is versioned ({self.status}): only current versions are backed up; "
+            f"{left_out} are not kept"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "noncurrent_versions": self.noncurrent_versions,
+            "delete_markers": self.delete_markers,
+        }
+
+
+#: Answers meaning "this server or these credentials will not tell": reported, not fatal.
+_VERSIONING_UNANSWERED = frozenset({"NotImplemented", "MethodNotAllowed", "AccessDenied"})
+
+
+def bucket_versioning(client: Minio, bucket: str) -> VersioningReport | None:
+    """None for an unversioned bucket (or a server without the versioning API); else what is left out.
+
+    Counting costs one listing of every version (1 000 per request), far less than the GETs.
+    Credentials that may not read the versioning state get a warning, not a failed backup.
+    """
+    endpoint = s3_endpoint(client)
+    try:
+        status = client.get_bucket_versioning(bucket).status
+    except S3Error as exc:
+        if exc.code in ("NotImplemented", "MethodNotAllowed"):
+            return None
+        if exc.code == "AccessDenied":
+            return VersioningReport(bucket, "unknown", None, None, f"S3 answered {exc.code}")
+        raise s3_failure(exc, f"reading the versioning of bucket {bucket!r}", endpoint) from None
+    except S3_ERRORS as exc:
+        raise s3_failure(exc, f"reading the versioning of bucket {bucket!r}", endpoint) from None
+    if status not in ("Enabled", "Suspended"):
+        return None
+    noncurrent = markers = 0
+    try:
+        for version in client.list_objects(bucket, recursive=True, include_version=True):
+            if version.is_delete_marker:
+                markers += 1
+            elif (version.is_latest or "").lower() != "true":
+                noncurrent += 1
+    except S3Error as exc:
+        if exc.code not in _VERSIONING_UNANSWERED:
+            raise s3_failure(exc, f"listing the versions of bucket {bucket!r}", endpoint) from None
+        return VersioningReport(bucket, status, None, None, f"listing versions: S3 answered {exc.code}")
+    except S3_ERRORS as exc:
+        raise s3_failure(exc, f"listing the versions of bucket {bucket!r}", endpoint) from None
+    return VersioningReport(bucket, status, noncurrent, markers)
 
 
 def summarize_bucket(client: Minio, bucket: str) -> BucketSummary:
@@ -191,7 +292,8 @@ class ObjectBody:
             return b""
         want = READ_SIZE if n is None or n < 0 else n
         try:
-            data = self._response.read(min(want, READ_SIZE))
+            # Raw: the bytes S3 stores, never inflated per Content-Encoding.
+            data = self._response.read(min(want, READ_SIZE), decode_content=False)
         except S3_ERRORS as exc:
             raise s3_failure(exc, f"reading {self._what}", self._endpoint) from None
         if not data:
@@ -266,17 +368,40 @@ class OpenedObject:
     content_type: str
     metadata: dict[str, str]
     tags: dict[str, str]
-    last_modified: str | None
+    last_modified: dt.datetime | None
     body: ObjectBody | BufferedObjectBody
+    #: Recorded standard headers (``object_headers.RECORDED_HEADERS``).
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Header names whose value was not UTF-8 (recorded with replacements).
+    inexact_headers: list[str] = field(default_factory=list)
 
 
-def _user_metadata(headers: Any) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered.startswith(_META_PREFIX):
-            meta[lowered[len(_META_PREFIX) :]] = value
-    return meta
+@dataclass(frozen=True)
+class UnreadableObject:
+    """A listed object skipped for a reason of its own (reported, never silently dropped)."""
+
+    reason: str
+
+
+def client_cannot_address(key: str) -> bool:
+    """minio-py refuses every request for a key with a ``.`` or ``..`` path segment."""
+    return any(segment in (".", "..") for segment in key.split("/"))
+
+
+def last_modified_of(header: str | None, listed: dt.datetime | None) -> dt.datetime | None:
+    """The object's last-modified time: the listing's (millisecond precision) when it is the
+    same second as the GET's ``Last-Modified``, else the GET's (the listing saw an older version)."""
+    parsed: dt.datetime | None = None
+    if header:
+        try:
+            parsed = email.utils.parsedate_to_datetime(header).astimezone(dt.UTC)
+        except (TypeError, ValueError):
+            parsed = None
+    if listed is not None:
+        listed = listed.astimezone(dt.UTC)
+        if parsed is None or listed.replace(microsecond=0) == parsed:
+            return listed
+    return parsed
 
 
 def _has_tags(headers: Any, tag_reading: TagReading) -> bool:
@@ -293,15 +418,19 @@ def open_object(
     *,
     on_bytes: Callable[[int], None] | None = None,
     tag_reading: TagReading = "when_counted",
-) -> OpenedObject | None:
+) -> OpenedObject | UnreadableObject | None:
     """GET one object; None when it vanished since the listing."""
     endpoint = s3_endpoint(client)
     what = f"s3://{bucket}/{listed.key}"
+    if client_cannot_address(listed.key):
+        return UnreadableObject("the S3 client library cannot address a key with a '.' or '..' segment")
     try:
         response = client.get_object(bucket, listed.key)
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchVersion"):
             return None
+        if exc.code in UNREADABLE_CODES:
+            return UnreadableObject(f"the server refused to read it: {exc.code}")
         raise s3_failure(exc, f"reading {what}", endpoint) from None
     except S3_ERRORS as exc:
         raise s3_failure(exc, f"reading {what}", endpoint) from None
@@ -322,29 +451,32 @@ def open_object(
         response.close()
         response.release_conn()
         raise s3_failure(exc, f"reading tags of {what}", endpoint) from None
+    recorded = record_headers(headers.items())
     return OpenedObject(
         bucket=bucket,
         key=listed.key,
         size=size,
         etag=etag,
-        content_type=headers.get("Content-Type") or "application/octet-stream",
-        metadata=_user_metadata(headers),
+        content_type=wire_text(headers.get("Content-Type") or "application/octet-stream")[0],
+        metadata=recorded.metadata,
         tags=tags,
-        last_modified=headers.get("Last-Modified"),
+        last_modified=last_modified_of(headers.get("Last-Modified"), listed.last_modified),
         body=ObjectBody(response, size, what=what, endpoint=endpoint, on_bytes=on_bytes),
+        headers=recorded.headers,
+        inexact_headers=recorded.inexact,
     )
 
 
 def read_object_ahead(
     client: Minio, bucket: str, listed: ListedObject, read_ahead: ReadAhead, tag_reading: TagReading
-) -> OpenedObject | None:
+) -> OpenedObject | UnreadableObject | None:
     """GET one object on a read-ahead thread; a body within ``object_max_bytes`` is read into memory.
 
     An object that grew beyond that since the listing keeps its streaming body: the consumer
     reads it when its turn comes, as it would a large object.
     """
     opened = open_object(client, bucket, listed, tag_reading=tag_reading)
-    if opened is None or opened.size > read_ahead.object_max_bytes:
+    if not isinstance(opened, OpenedObject) or opened.size > read_ahead.object_max_bytes:
         return opened
     streaming = opened.body
     assert isinstance(streaming, ObjectBody)
@@ -353,12 +485,12 @@ def read_object_ahead(
     return opened
 
 
-def _discard_result(future: Future[OpenedObject | None]) -> None:
+def _discard_result(future: Future[OpenedObject | UnreadableObject | None]) -> None:
     """Done-callback of an abandoned read-ahead: close its body so its connection is freed."""
     if future.cancelled() or future.exception() is not None:
         return
     opened = future.result()
-    if opened is not None:
+    if isinstance(opened, OpenedObject):
         opened.body.close()
 
 
@@ -381,7 +513,9 @@ class _ReadAheadQueue:
         self._listing = iter_listing(client, bucket)
         self._held: ListedObject | None = None
         self._exhausted = False
-        self._pending: deque[tuple[ListedObject, Future[OpenedObject | None] | None]] = deque()
+        self._pending: deque[tuple[ListedObject, Future[OpenedObject | UnreadableObject | None] | None]] = (
+            deque()
+        )
         self._pending_bytes = 0
 
     def _fill(self) -> None:
@@ -407,7 +541,7 @@ class _ReadAheadQueue:
                 self._pending_bytes += listed.size
             self._held = None
 
-    def next(self) -> tuple[ListedObject, OpenedObject | None] | None:
+    def next(self) -> tuple[ListedObject, OpenedObject | UnreadableObject | None] | None:
         """The next listed object and its opened GET (None when it vanished); None at the end."""
         self._fill()
         if not self._pending:
@@ -460,9 +594,28 @@ def iter_bucket_objects(
             if opened is None:
                 report.vanished.append({"key": listed.key, "declared_size": listed.size, "actual_size": None})
                 continue
+            if isinstance(opened, UnreadableObject):
+                report.unreadable.append(
+                    {
+                        "key": listed.key,
+                        "declared_size": listed.size,
+                        "actual_size": None,
+                        "detail": opened.reason,
+                    }
+                )
+                continue
             if opened.etag != listed.etag or opened.size != listed.size:
                 report.changed.append(
                     {"key": listed.key, "declared_size": listed.size, "actual_size": opened.size}
+                )
+            if opened.inexact_headers:
+                report.inexact.append(
+                    {
+                        "key": listed.key,
+                        "declared_size": listed.size,
+                        "actual_size": opened.size,
+                        "detail": "not UTF-8, recorded with U+FFFD: " + ", ".join(opened.inexact_headers),
+                    }
                 )
             opened.body.on_bytes = on_bytes
             try:
@@ -507,6 +660,31 @@ class BucketExportResult:
     vanished: list[dict[str, Any]]
     inventory: list[dict[str, Any]]
     seconds: float
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+    inexact: list[dict[str, Any]] = field(default_factory=list)
+    versioning: VersioningReport | None = None
+
+    def warnings(self) -> list[str]:
+        """What the operator must be told about this bucket's part (empty when it is exact)."""
+        found = []
+        if self.changed or self.vanished:
+            found.append(
+                f"bucket {self.bucket}: {len(self.changed)} object(s) changed and {len(self.vanished)} "
+                "vanished during the backup (recorded in the manifest)"
+            )
+        if self.unreadable:
+            found.append(
+                f"bucket {self.bucket}: {len(self.unreadable)} object(s) NOT backed up (recorded in the "
+                "manifest): " + _some_anomalies(self.unreadable)
+            )
+        if self.inexact:
+            found.append(
+                f"bucket {self.bucket}: {len(self.inexact)} object(s) backed up with a header that is not "
+                "UTF-8 and could not be recorded exactly: " + _some_anomalies(self.inexact)
+            )
+        if self.versioning is not None:
+            found.append(self.versioning.message())
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -516,9 +694,17 @@ class BucketExportResult:
             "object_bytes": self.plaintext_bytes,
             "changed": self.changed,
             "vanished": self.vanished,
+            "unreadable": self.unreadable,
+            "inexact": self.inexact,
+            "versioning": self.versioning.to_dict() if self.versioning else None,
             "inventory": self.inventory,
             "seconds": round(self.seconds, 3),
         }
+
+
+def _some_anomalies(anomalies: list[dict[str, Any]], shown: int = 5) -> str:
+    named = "; ".join(f"{a['key']!r} ({a['detail']})" for a in anomalies[:shown])
+    return named + (f"; and {len(anomalies) - shown} more" if len(anomalies) > shown else "")
 
 
 def export_bucket(
@@ -538,6 +724,7 @@ def export_bucket(
     """The ``bucket-<name>`` part: listing → GET per object → tar.gz → encrypt → destination, verified."""
     started = time.monotonic()
     report = BucketExportReport(bucket)
+    versioning = bucket_versioning(client, bucket)
 
     def object_done(record: ObjectRecord) -> None:
         if progress is not None:
@@ -576,4 +763,7 @@ def export_bucket(
         vanished=report.vanished,
         inventory=[{"key": o.key, "size": o.size, "sha256": o.sha256} for o in report.objects],
         seconds=time.monotonic() - started,
+        unreadable=report.unreadable,
+        inexact=report.inexact,
+        versioning=versioning,
     )

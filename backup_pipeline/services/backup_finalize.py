@@ -12,12 +12,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..archive.manifest import BucketSummary, InventoryEntry, Manifest, ObjectAnomaly, PartRecord
+from ..archive.manifest import (
+    ANOMALY_KINDS,
+    BucketSummary,
+    InventoryEntry,
+    Manifest,
+    ObjectAnomaly,
+    PartRecord,
+)
 from ..destinations.base import Destination, DestinationError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
     PROP_PART_NAME,
     SET_FORMAT_VERSION,
+    SET_KIND_REGULAR,
     BackupError,
     ErrorCode,
     set_name,
@@ -68,6 +76,7 @@ class FinalizeInput:
     buckets: list[dict[str, Any]]  # BucketExportResult.to_dict() per bucket
     key_ids: dict[str, Any]
     versions: dict[str, Any]
+    set_kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup
 
 
 def _versions(data: FinalizeInput) -> dict[str, str]:
@@ -115,16 +124,11 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
             for o in b["inventory"]
         ],
         anomalies=[
-            *(
-                ObjectAnomaly(b["bucket"], a["key"], "changed", a["declared_size"], a["actual_size"])
-                for b in data.buckets
-                for a in b["changed"]
-            ),
-            *(
-                ObjectAnomaly(b["bucket"], a["key"], "vanished", a["declared_size"], a["actual_size"])
-                for b in data.buckets
-                for a in b["vanished"]
-            ),
+            ObjectAnomaly(b["bucket"], a["key"], kind, a["declared_size"], a["actual_size"], a.get("detail"))
+            for kind in ANOMALY_KINDS
+            for b in data.buckets
+            # Results of older code (a retried run's earlier steps) have only changed/vanished.
+            for a in b.get(kind, ())
         ],
         table_rows=dict(data.database.get("table_rows") or {}),
     )
@@ -142,6 +146,7 @@ def ledger_entry(
         "installation_id": data.installation_id,
         "set_name": set_name(data.installation_id, data.backup_id),
         "set_format_version": SET_FORMAT_VERSION,
+        "set_kind": data.set_kind,
         "started_at": data.started_at,
         "finished_at": finished_at,
         "finalize_seconds": round(seconds, 3),
@@ -156,6 +161,8 @@ def ledger_entry(
                 "bytes": b["object_bytes"],
                 "changed": len(b["changed"]),
                 "vanished": len(b["vanished"]),
+                "unreadable": len(b.get("unreadable", ())),
+                "inexact": len(b.get("inexact", ())),
                 "seconds": b["seconds"],
             }
             for b in data.buckets
@@ -190,5 +197,6 @@ def finalize_backup(
         backup_id=data.backup_id,
         part_name=PART_MANIFEST,
         plaintext=[manifest_bytes],
+        set_kind=data.set_kind,
     )
     return ledger_entry(data, manifest, finished_at, time.monotonic() - started)

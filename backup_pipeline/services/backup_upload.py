@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..destinations.base import Destination, DestinationError, QuotaError, StoredFile
+from ..destinations.base import DailyCapError, Destination, DestinationError, QuotaError, StoredFile
 from .backup_parts import (
     APP_NAME,
     PART_MANIFEST,
@@ -20,6 +20,7 @@ from .backup_parts import (
     PROP_BACKUP_ID,
     PROP_INSTALLATION,
     PROP_PART_NAME,
+    SET_KIND_REGULAR,
     BackupError,
     ErrorCode,
     part_file_name,
@@ -63,10 +64,17 @@ class _Hashing:
             yield chunk
 
 
-def destination_failure(exc: DestinationError, action: str) -> BackupError:
+def destination_error_code(exc: DestinationError) -> str:
+    """The stable code of a destination failure: the daily upload cap, no space, or unavailable."""
+    if isinstance(exc, DailyCapError):
+        return ErrorCode.DAILY_CAP
     if isinstance(exc, QuotaError):
-        return BackupError(ErrorCode.DESTINATION_QUOTA, f"{action}: {exc}")
-    return BackupError(ErrorCode.DESTINATION_UNAVAILABLE, f"{action}: {exc}", retryable=exc.retryable)
+        return ErrorCode.DESTINATION_QUOTA
+    return ErrorCode.DESTINATION_UNAVAILABLE
+
+
+def destination_failure(exc: DestinationError, action: str) -> BackupError:
+    return BackupError(destination_error_code(exc), f"{action}: {exc}", retryable=exc.retryable)
 
 
 def remove_part(destination: Destination, installation_id: str, backup_id: str, part_name: str) -> int:
@@ -87,6 +95,7 @@ def upload_part(
     backup_id: str,
     part_name: str,
     plaintext: Iterable[bytes],
+    set_kind: str = SET_KIND_REGULAR,
 ) -> UploadedPart:
     """plaintext → encrypt → destination.put; the put verifies size and SHA-256 of what it stored.
 
@@ -102,7 +111,7 @@ def upload_part(
         stored = destination.put(
             part_file_name(installation_id, backup_id, part_name),
             ciphertext,
-            part_properties(installation_id, backup_id, part_name),
+            part_properties(installation_id, backup_id, part_name, set_kind),
         )
     except DestinationError as exc:
         raise destination_failure(exc, action) from None

@@ -332,7 +332,8 @@ class Digests:
 def _hash_object(client: Minio, bucket: str, key: str) -> Digests:
     response = client.get_object(bucket, key)
     try:
-        reader = HashingReader(response.stream(_HASH_READ))
+        # Raw bytes: a Content-Encoding the object was stored with must not be undone.
+        reader = HashingReader(response.stream(_HASH_READ, decode_content=False))
         while reader.read(_HASH_READ):
             pass
         return Digests(reader.size, reader.md5.hexdigest(), reader.sha256.hexdigest())

@@ -8,6 +8,10 @@ grants), ``GET /drive/v3/about``, ``GET/POST /drive/v3/files``, ``GET/PATCH/DELE
 with Drive's 308 semantics; ``fields``, ``q``, ``pageSize``/``pageToken``, shared drives
 with member roles, service accounts without storage.
 
+The package: ``state`` (presets, faults, files, sessions, the shared state), ``query``
+(``fields=``, ``q=``, multipart bodies), ``uploads`` (the upload routes), ``server`` (this
+module: plumbing, metadata routes, downloads, the control API).
+
 Not checked: JWT signatures and the ``aud`` claim (google-auth always sends Google's
 token URL as ``aud``), OAuth client secrets, per-file ACLs other than shared-drive roles.
 
@@ -19,16 +23,22 @@ Control API (no auth; for tests):
   Presets: ``cut`` (close the socket after ``after_bytes`` of the body), ``short`` (keep
   only ``keep_bytes`` of a chunk), ``session_404``, ``session_410``, ``rate_limit``,
   ``daily_cap``, ``too_many_requests`` (429), ``unavailable`` (503), ``timeout_html`` (408,
-  HTML body), ``storage_quota``, ``expired_token`` (401), ``unauthorized_client`` and
+  HTML body), ``storage_quota`` (a service account's write: "Service Accounts do not have
+  storage quota"), ``storage_full`` (the account's storage is full), ``expired_token`` (401), ``unauthorized_client`` and
   ``invalid_grant`` (token route). Or ``{"status": S, "reason": R, "message": M}``.
   Routes: ``token``, ``upload_start``, ``upload_chunk``, ``upload_status``, ``download``,
-  ``metadata``, ``delete``, ``any``. ``DELETE /_control/faults`` disarms all.
+  ``list`` (``GET /drive/v3/files``), ``metadata`` (every other metadata call, and listings
+  too), ``delete``, ``any``. ``DELETE /_control/faults`` disarms all.
 * ``POST /_control/expire_tokens`` — every issued access token becomes invalid (401).
 * ``POST /_control/shared_drives`` — ``{"id", "name", "members": {email or "*": role}}``.
 * ``POST /_control/config`` — ``{"storage_limit": bytes|null, "token_lifetime": s,
-  "revoked_refresh_tokens": [...], "unauthorized_delegation": [sa email...]}``.
+  "revoked_refresh_tokens": [...], "unauthorized_delegation": [sa email...],
+  "list_page_limit": n|null}``. ``list_page_limit`` caps every ``files.list`` page below the
+  requested ``pageSize``, as Drive does when it returns partial pages (a ``nextPageToken``
+  with fewer items than asked for).
 * ``GET /_control/stats`` — counters (``upload_bytes_received``, ``upload_bytes_committed``,
-  ``cuts``, ``faults_fired``, ``status_queries``, ``tokens_issued``, ``requests``…).
+  ``cuts``, ``faults_fired``, ``status_queries`` — of which ``status_queries_unknown_total``
+  asked ``bytes */*`` —, ``tokens_issued``, ``list_pages``, ``requests``…).
 * ``GET /_control/files`` — every file's full record (including trashed ones).
 """
 
@@ -41,305 +51,37 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
-import threading
 import time
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-UNIT = 256 * 1024
-FOLDER_MIME = "application/vnd.google-apps.folder"
-MULTIPART_LIMIT = 5 * 1024 * 1024 + 64 * 1024
+from .query import parse_fields, parse_query, project, query_matches
+from .state import (
+    FOLDER_MIME,
+    MULTIPART_LIMIT,
+    PRESETS,
+    ApiError,
+    Cut,
+    DriveState,
+    Fault,
+    FileRecord,
+    Handled,
+    Principal,
+    new_id,
+    now_rfc3339,
+)
+from .uploads import UploadRoutes
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "cut": {"action": "cut", "route": "upload_chunk"},
-    "short": {"action": "short", "route": "upload_chunk"},
-    "session_404": {"action": "session_gone", "status": 404, "route": "upload_chunk"},
-    "session_410": {"action": "session_gone", "status": 410, "route": "upload_chunk"},
-    "rate_limit": {
-        "status": 403,
-        "reason": "userRateLimitExceeded",
-        "message": "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.",
-    },
-    "daily_cap": {"status": 403, "reason": "userRateLimitExceeded", "message": "User rate limit exceeded."},
-    "too_many_requests": {"status": 429, "reason": "rateLimitExceeded", "message": "Rate Limit Exceeded"},
-    "unavailable": {"status": 503, "reason": "backendError", "message": "Backend Error"},
-    "timeout_html": {"status": 408, "html": True},
-    "storage_quota": {
-        "status": 403,
-        "reason": "storageQuotaExceeded",
-        "message": "Service Accounts do not have storage quota. Leverage shared drives "
-        "(https://developers.google.com/workspace/drive/api/guides/about-shareddrives), or use OAuth "
-        "delegation (http://support.google.com/a/answer/7281227) instead.",
-    },
-    "expired_token": {"status": 401, "reason": "authError", "message": "Invalid Credentials"},
-    "unauthorized_client": {
-        "action": "token_error",
-        "route": "token",
-        "status": 401,
-        "error": "unauthorized_client",
-    },
-    "invalid_grant": {"action": "token_error", "route": "token", "status": 400, "error": "invalid_grant"},
-}
-
-
-@dataclass
-class Fault:
-    action: str = "status"
-    route: str = "any"
-    count: int = 1
-    skip: int = 0
-    status: int = 503
-    reason: str | None = None
-    message: str | None = None
-    html: bool = False
-    after_bytes: int | None = None
-    keep_bytes: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-
-    def matches(self, route: str) -> bool:
-        return (
-            self.route == route
-            or (self.route == "any" and route != "token")
-            or (self.route == "upload" and route.startswith("upload"))
-        )
-
-
-@dataclass
-class Principal:
-    email: str
-    service_account: bool  # True: a service account acting as itself (no storage)
-
-
-@dataclass
-class FileRecord:
-    id: str
-    name: str
-    mime_type: str
-    parents: list[str]
-    app_properties: dict[str, str]
-    owner: str
-    drive_id: str | None
-    created: str
-    size: int = 0
-    md5: str | None = None
-    sha256: str | None = None
-    trashed: bool = False
-    blob: Path | None = None
-
-    def resource(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "kind": "drive#file",
-            "id": self.id,
-            "name": self.name,
-            "mimeType": self.mime_type,
-            "parents": self.parents,
-            "appProperties": self.app_properties,
-            "createdTime": self.created,
-            "modifiedTime": self.created,
-            "trashed": self.trashed,
-            "owners": [{"emailAddress": self.owner}] if not self.drive_id else None,
-        }
-        if self.drive_id:
-            out["driveId"] = self.drive_id
-        if self.mime_type != FOLDER_MIME:
-            out.update(size=str(self.size), md5Checksum=self.md5, sha256Checksum=self.sha256)
-        return {k: v for k, v in out.items() if v is not None}
-
-
-@dataclass
-class UploadSession:
-    id: str
-    metadata: dict[str, Any]
-    owner: Principal
-    drive_id: str | None
-    fields: str | None
-    path: Path
-    received: int = 0
-    md5: Any = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
-    sha256: Any = field(default_factory=hashlib.sha256)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    done: FileRecord | None = None
-
-
-class DriveState:
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self.lock = threading.RLock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            blobs = self.data_dir / "blobs"
-            shutil.rmtree(blobs, ignore_errors=True)
-            blobs.mkdir(parents=True, exist_ok=True)
-            self.files: dict[str, FileRecord] = {}
-            self.sessions: dict[str, UploadSession] = {}
-            self.tokens: dict[str, tuple[Principal, float]] = {}
-            self.shared_drives: dict[str, dict[str, Any]] = {}
-            self.faults: list[Fault] = []
-            self.stats: Counter[str] = Counter()
-            self.requests: Counter[str] = Counter()
-            self.storage_limit: int | None = 15 * 1024**3
-            self.token_lifetime = 3600.0
-            self.revoked_refresh_tokens: set[str] = set()
-            self.unauthorized_delegation: set[str] = set()
-
-    def take_fault(self, route: str) -> Fault | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault.count > 0 and fault.matches(route):
-                    if fault.skip > 0:
-                        fault.skip -= 1
-                        return None
-                    fault.count -= 1
-                    self.stats["faults_fired"] += 1
-                    self.stats[f"faults_fired_{route}"] += 1
-                    return fault
-            return None
-
-    def drive_of(self, parent: str) -> str | None:
-        """The shared drive a parent id belongs to (walking up folders), or None."""
-        seen = 0
-        while parent and seen < 100:
-            if parent in self.shared_drives:
-                return parent
-            record = self.files.get(parent)
-            if record is None or not record.parents:
-                return None
-            parent = record.parents[0]
-            seen += 1
-        return None
-
-    def role(self, principal: Principal, drive_id: str) -> str | None:
-        members = self.shared_drives.get(drive_id, {}).get("members", {})
-        return members.get(principal.email) or members.get("*")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.reason, self.message, self.headers = status, reason, message, headers or {}
-
-
-class _Cut(Exception):
-    """Close the connection without a reply."""
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-# --- fields= projection ------------------------------------------------------------------------
-
-
-def parse_fields(spec: str) -> dict[str, Any]:
-    """``nextPageToken,files(id,name)`` → ``{"nextPageToken": {}, "files": {"id": {}, "name": {}}}``."""
-    result: dict[str, Any] = {}
-    i = 0
-    while i < len(spec):
-        match = re.match(r"\s*([A-Za-z_*][\w*]*(?:/[\w*]+)*)\s*", spec[i:])
-        if not match:
-            raise ApiError(400, "invalidParameter", f"Invalid field selection {spec}")
-        name = match.group(1)
-        i += match.end()
-        sub: dict[str, Any] = {}
-        if i < len(spec) and spec[i] == "(":
-            depth, j = 1, i + 1
-            while j < len(spec) and depth:
-                depth += {"(": 1, ")": -1}.get(spec[j], 0)
-                j += 1
-            sub = parse_fields(spec[i + 1 : j - 1])
-            i = j
-        parts = name.split("/")
-        node = result
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = sub
-        while i < len(spec) and spec[i] in " ,":
-            i += 1
-    return result
-
-
-def project(value: Any, selection: dict[str, Any]) -> Any:
-    if not selection or "*" in selection:
-        return value
-    if isinstance(value, list):
-        return [project(v, selection) for v in value]
-    if isinstance(value, dict):
-        return {k: project(value[k], sub) for k, sub in selection.items() if k in value}
-    return value
-
-
-# --- q= ------------------------------------------------------------------------------------------
-
-_LITERAL = r"'((?:[^'\\]|\\.)*)'"
-_TERMS = [
-    ("in_parents", re.compile(rf"{_LITERAL}\s+in\s+parents")),
-    ("trashed", re.compile(r"trashed\s*(=|!=)\s*(true|false)")),
-    ("name", re.compile(rf"name\s*(=|!=|contains)\s*{_LITERAL}")),
-    ("mime", re.compile(rf"mimeType\s*(=|!=)\s*{_LITERAL}")),
-    (
-        "app_prop",
-        re.compile(rf"appProperties\s+has\s*\{{\s*key\s*=\s*{_LITERAL}\s+and\s+value\s*=\s*{_LITERAL}\s*\}}"),
-    ),
-]
-
-
-def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
-
-
-def parse_query(q: str) -> list[tuple[str, tuple[str, ...]]]:
-    terms: list[tuple[str, tuple[str, ...]]] = []
-    rest = q.strip()
-    while rest:
-        for kind, pattern in _TERMS:
-            match = pattern.match(rest)
-            if match:
-                terms.append((kind, match.groups()))
-                rest = rest[match.end() :].strip()
-                break
-        else:
-            raise ApiError(400, "invalid", f"Invalid Value: unsupported query near {rest[:40]!r}")
-        if rest:
-            joiner = re.match(r"and\s+", rest)
-            if not joiner:
-                raise ApiError(400, "invalid", f"Invalid Value: only 'and' is supported near {rest[:40]!r}")
-            rest = rest[joiner.end() :]
-    return terms
-
-
-def query_matches(record: FileRecord, terms: list[tuple[str, tuple[str, ...]]]) -> bool:
-    for kind, groups in terms:
-        if kind == "in_parents" and _unescape(groups[0]) not in record.parents:
-            return False
-        if kind == "trashed" and (record.trashed == (groups[1] == "true")) != (groups[0] == "="):
-            return False
-        if kind == "name":
-            value = _unescape(groups[1])
-            ok = value in record.name if groups[0] == "contains" else record.name == value
-            if ok != (groups[0] != "!="):
-                return False
-        if kind == "mime" and (record.mime_type == _unescape(groups[1])) != (groups[0] == "="):
-            return False
-        if kind == "app_prop" and record.app_properties.get(_unescape(groups[0])) != _unescape(groups[1]):
-            return False
-    return True
+__all__ = ["PRESETS", "DriveHandler", "DriveServer", "serve"]
 
 
 # --- the handler -----------------------------------------------------------------------------
 
 
-class DriveHandler(BaseHTTPRequestHandler):
+class DriveHandler(UploadRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: DriveServer
 
@@ -365,7 +107,7 @@ class DriveHandler(BaseHTTPRequestHandler):
                 self._control(path)
             else:
                 self._api(path)
-        except _Cut:
+        except Cut:
             self.state.stats["cuts"] += 1
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -451,7 +193,7 @@ class DriveHandler(BaseHTTPRequestHandler):
         if fault.html:
             page = b"<!DOCTYPE html><html><title>Error 408 (Request Timeout)!!1</title><p>Your client has taken too long to issue its request.</p></html>"
             self._send(fault.status, page, headers, ctype="text/html; charset=UTF-8")
-            raise _Handled
+            raise Handled
         raise ApiError(fault.status, fault.reason or "error", fault.message or "fault", headers)
 
     def _principal(self) -> Principal:
@@ -474,7 +216,7 @@ class DriveHandler(BaseHTTPRequestHandler):
     # -- routes --
 
     def _api(self, path: str) -> None:
-        with contextlib.suppress(_Handled):
+        with contextlib.suppress(Handled):
             self._route(path)
 
     def _route(self, path: str) -> None:
@@ -494,11 +236,12 @@ class DriveHandler(BaseHTTPRequestHandler):
             self._fault("metadata")
             self._principal()
             count = int(self.query.get("count", "10"))
-            return self._json(200, {"kind": "drive#generatedIds", "ids": [_new_id() for _ in range(count)]})
+            return self._json(200, {"kind": "drive#generatedIds", "ids": [new_id() for _ in range(count)]})
         if path == "/drive/v3/files":
-            self._fault("metadata")
             if method == "GET":
+                self._fault("list")
                 return self._list()
+            self._fault("metadata")
             if method == "POST":
                 return self._create()
         match = re.fullmatch(r"/drive/v3/files/([\w\-]+)", path)
@@ -609,7 +352,7 @@ class DriveHandler(BaseHTTPRequestHandler):
         self, principal: Principal, meta: dict[str, Any], drive_id: str | None, parents: list[str]
     ) -> FileRecord:
         return FileRecord(
-            id=str(meta.get("id") or _new_id()),
+            id=str(meta.get("id") or new_id()),
             name=str(meta.get("name") or "Untitled"),
             mime_type=str(meta.get("mimeType") or "application/octet-stream"),
             parents=parents,
@@ -628,9 +371,7 @@ class DriveHandler(BaseHTTPRequestHandler):
                     f.size for f in self.state.files.values() if f.owner == principal.email and not f.drive_id
                 )
             if usage + incoming > self.state.storage_limit:
-                raise ApiError(
-                    403, "storageQuotaExceeded", "The user's Drive storage quota has been exceeded."
-                )
+                raise ApiError(403, "storageQuotaExceeded", PRESETS["storage_full"]["message"])
 
     def _validate_properties(self, props: dict[str, Any]) -> None:
         if len(props) > 30:
@@ -752,7 +493,10 @@ class DriveHandler(BaseHTTPRequestHandler):
             if self.query.get("pageToken")
             else 0
         )
+        if self.state.list_page_limit is not None:
+            page_size = min(page_size, self.state.list_page_limit)  # Drive may return partial pages
         page = candidates[start : start + page_size]
+        self.state.stats["list_pages"] += 1
         result: dict[str, Any] = {
             "kind": "drive#fileList",
             "incompleteSearch": False,
@@ -804,208 +548,11 @@ class DriveHandler(BaseHTTPRequestHandler):
                     n = min(n, cut_at - sent)
                     if n <= 0:
                         self.wfile.flush()
-                        raise _Cut
+                        raise Cut
                 data = blob.read(n)
                 self.wfile.write(data)
                 sent += len(data)
         self.state.stats["download_bytes_sent"] += sent
-
-    # -- uploads --
-
-    def _upload_start(self) -> None:
-        principal = self._principal()
-        upload_type = self.query.get("uploadType", "media")
-        if upload_type == "resumable":
-            meta = self._json_body()
-            self._validate_properties(meta.get("appProperties") or {})
-            parents, drive_id = self._resolve_parents(principal, meta.get("parents"))
-            length = self.headers.get("X-Upload-Content-Length")
-            self._check_storage(principal, drive_id, int(length) if length else None)
-            upload_id = secrets.token_urlsafe(18)
-            session = UploadSession(
-                id=upload_id,
-                metadata=dict(meta, parents=parents),
-                owner=principal,
-                drive_id=drive_id,
-                fields=self.query.get("fields"),
-                path=self.state.data_dir / "blobs" / f"upload-{upload_id}",
-            )
-            session.path.touch()
-            with self.state.lock:
-                self.state.sessions[upload_id] = session
-                self.state.stats["sessions_started"] += 1
-            location = f"{self._base_url()}/upload/drive/v3/files?uploadType=resumable&upload_id={upload_id}"
-            return self._send(200, b"", {"Location": location, "X-GUploader-UploadID": upload_id})
-        if upload_type == "media":
-            parents, drive_id = self._resolve_parents(principal, None)
-            self._check_storage(principal, drive_id, self._body_left)
-            record = self._create_record(principal, {}, drive_id, parents)
-            self._store_blob(record, self._body_chunks(self._body_left))
-        elif upload_type == "multipart":
-            if self._body_left > MULTIPART_LIMIT:
-                raise ApiError(
-                    413, "uploadTooLarge", "Multipart uploads are limited to 5 MB; use a resumable upload."
-                )
-            meta, media = _parse_multipart(self.headers.get("Content-Type", ""), self._read(self._body_left))
-            self._validate_properties(meta.get("appProperties") or {})
-            parents, drive_id = self._resolve_parents(principal, meta.get("parents"))
-            self._check_storage(principal, drive_id, len(media))
-            record = self._create_record(principal, meta, drive_id, parents)
-            self._store_blob(record, iter([media]))
-        else:
-            raise ApiError(400, "invalid", f"Invalid uploadType {upload_type}")
-        self._json(200, self._file_json(record))
-
-    def _body_chunks(self, n: int) -> Any:
-        while n > 0:
-            data = self._read(min(n, 1 << 20))
-            n -= len(data)
-            yield data
-
-    def _store_blob(self, record: FileRecord, chunks: Any) -> None:
-        path = self.state.data_dir / "blobs" / record.id
-        md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        size = 0
-        with open(path, "wb") as out:
-            for data in chunks:
-                md5.update(data)
-                sha.update(data)
-                out.write(data)
-                size += len(data)
-        record.size, record.md5, record.sha256, record.blob = size, md5.hexdigest(), sha.hexdigest(), path
-        with self.state.lock:
-            self.state.files[record.id] = record
-
-    def _upload_put(self, route: str) -> None:
-        upload_id = self.query.get("upload_id", "")
-        with self.state.lock:
-            session = self.state.sessions.get(upload_id)
-        fault = self._fault(route)
-        if session is None:
-            raise ApiError(404, "notFound", "The upload session was not found or has expired.")
-        if fault is not None and fault.action == "session_gone":
-            with self.state.lock:
-                self.state.sessions.pop(upload_id, None)
-            session.path.unlink(missing_ok=True)
-            raise ApiError(
-                fault.status, "notFound" if fault.status == 404 else "gone", "The upload session has expired."
-            )
-        header = self.headers.get("Content-Range", "")
-        status_query = re.fullmatch(r"bytes \*/(\d+|\*)", header)
-        chunk = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", header)
-        if not (status_query or chunk):
-            raise ApiError(400, "badContentRange", f"Invalid Content-Range {header!r}")
-        with session.lock:
-            if session.done is not None:
-                return self._json(200, self._session_json(session, session.done))
-            if status_query:
-                self.state.stats["status_queries"] += 1
-                total = status_query.group(1)
-                if self._body_left:
-                    raise ApiError(400, "badContentRange", "A status query has no body")
-                if total != "*" and int(total) == session.received:
-                    return self._finish(session)
-                return self._incomplete(session)
-            assert chunk is not None
-            first, last, total_text = int(chunk.group(1)), int(chunk.group(2)), chunk.group(3)
-            total = None if total_text == "*" else int(total_text)
-            length = last - first + 1
-            if length != self._body_left or length <= 0:
-                raise ApiError(400, "badContentRange", "Content-Range does not match Content-Length")
-            if first > session.received:
-                raise ApiError(
-                    400,
-                    "badContentRange",
-                    f"Chunk starts at {first} but only {session.received} bytes were received",
-                )
-            is_final = total is not None and last + 1 == total
-            if not is_final and length % UNIT:
-                raise ApiError(
-                    400,
-                    "invalid",
-                    "Invalid request. The chunk size must be a multiple of 256 KiB except for the final chunk.",
-                )
-            if total is not None and last + 1 > total:
-                raise ApiError(400, "badContentRange", "Chunk ends after the declared total")
-            self._receive_chunk(session, first, length, fault)
-            if total is not None and session.received == total:
-                return self._finish(session)
-            return self._incomplete(session)
-
-    def _receive_chunk(self, session: UploadSession, first: int, length: int, fault: Fault | None) -> None:
-        """Read the body; commit bytes to disk + hashes in 256 KiB units (all of them once the body is complete)."""
-        stats = self.state.stats
-        skip = session.received - first  # bytes of this chunk the server already holds
-        cut_at = None
-        keep = None
-        if fault is not None and fault.action == "cut":
-            cut_at = fault.after_bytes if fault.after_bytes is not None else length // 2
-        if fault is not None and fault.action == "short":
-            keep = fault.keep_bytes if fault.keep_bytes is not None else (length // 2) // UNIT * UNIT
-        pending = bytearray()
-        read = 0
-        kept = 0
-        with open(session.path, "ab") as out:
-            while read < length:
-                want = min(UNIT, length - read)
-                if cut_at is not None:
-                    want = min(want, cut_at - read)
-                    if want <= 0:
-                        stats["upload_bytes_received"] += read
-                        raise _Cut  # whatever was pending is lost, like a real dropped request
-                data = self._read(want)
-                read += len(data)
-                if skip > 0:
-                    dropped = min(skip, len(data))
-                    data, skip = data[dropped:], skip - dropped
-                if keep is not None:
-                    data = data[: max(0, keep - kept)]
-                    kept += len(data)
-                pending += data
-                if len(pending) >= UNIT and read < length:
-                    self._commit(session, out, bytes(pending))
-                    pending.clear()
-            self._commit(session, out, bytes(pending))
-        stats["upload_bytes_received"] += read
-        stats["upload_chunks"] += 1
-
-    def _commit(self, session: UploadSession, out: Any, data: bytes) -> None:
-        if not data:
-            return
-        out.write(data)
-        session.md5.update(data)
-        session.sha256.update(data)
-        session.received += len(data)
-        self.state.stats["upload_bytes_committed"] += len(data)
-
-    def _incomplete(self, session: UploadSession) -> None:
-        headers = {"X-GUploader-UploadID": session.id}
-        if session.received:
-            headers["Range"] = f"bytes=0-{session.received - 1}"
-        self._send(308, b"", headers)  # never a Location on a 308
-
-    def _finish(self, session: UploadSession) -> None:
-        principal = session.owner
-        self._check_storage(principal, session.drive_id, session.received)
-        record = self._create_record(
-            principal, session.metadata, session.drive_id, session.metadata["parents"]
-        )
-        final_path = self.state.data_dir / "blobs" / record.id
-        os.replace(session.path, final_path)
-        record.size, record.md5, record.sha256, record.blob = (
-            session.received,
-            session.md5.hexdigest(),
-            session.sha256.hexdigest(),
-            final_path,
-        )
-        with self.state.lock:
-            self.state.files[record.id] = record
-            self.state.stats["uploads_completed"] += 1
-        session.done = record
-        self._json(200, self._session_json(session, record))
-
-    def _session_json(self, session: UploadSession, record: FileRecord) -> Any:
-        return project(record.resource(), parse_fields(session.fields or "kind,id,name,mimeType"))
 
     # -- control --
 
@@ -1061,45 +608,12 @@ class DriveHandler(BaseHTTPRequestHandler):
                     state.storage_limit = body["storage_limit"]
                 if "token_lifetime" in body:
                     state.token_lifetime = float(body["token_lifetime"])
+                if "list_page_limit" in body:
+                    state.list_page_limit = body["list_page_limit"]
                 state.revoked_refresh_tokens.update(body.get("revoked_refresh_tokens", []))
                 state.unauthorized_delegation.update(body.get("unauthorized_delegation", []))
             return self._json(200, {"ok": True})
         raise ApiError(404, "notFound", f"unknown control endpoint {path}")
-
-
-class _Handled(Exception):
-    """A reply was already sent (e.g. an HTML error page)."""
-
-
-def _new_id() -> str:
-    return (
-        "1"
-        + base64.urlsafe_b64encode(uuid.uuid4().bytes + os.urandom(8))
-        .decode()
-        .rstrip("=")
-        .replace("-", "A")
-        .replace("_", "B")[:32]
-    )
-
-
-def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], bytes]:
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        raise ApiError(400, "badContent", "multipart upload without a boundary")
-    boundary = b"--" + match.group(1).encode()
-    parts = [p for p in body.split(boundary) if p.strip() not in (b"", b"--")]
-    if len(parts) < 2:
-        raise ApiError(400, "badContent", "multipart upload needs metadata and media parts")
-
-    def payload(part: bytes) -> bytes:
-        _head, _, data = part.partition(b"\r\n\r\n")
-        return data.removesuffix(b"\r\n")
-
-    try:
-        meta = json.loads(payload(parts[0]) or b"{}")
-    except ValueError:
-        raise ApiError(400, "parseError", "metadata part is not JSON") from None
-    return meta, payload(parts[1])
 
 
 class DriveServer(ThreadingHTTPServer):

@@ -20,6 +20,7 @@ from minio.error import S3Error
 from backup_pipeline.archive.gzip_members import gunzip_stream
 from backup_pipeline.archive.tar_parts import read_bucket_archive
 from backup_pipeline.services.errors import S3_ERRORS, s3_endpoint, s3_error_reason
+from backup_pipeline.services.object_headers import put_headers, wire_value
 from backup_pipeline.services.restore.common import (
     KEEP_BOTH_SUFFIX,
     ConflictPolicy,
@@ -49,6 +50,7 @@ def bucket_entries(plaintext: Iterable[bytes]) -> Iterator[RestoreEntry]:
             metadata=obj.metadata,
             tags=obj.tags,
             fileobj=obj.fileobj,
+            headers=obj.headers,
         )
 
 
@@ -146,7 +148,8 @@ def object_sha256(client: Minio, bucket: str, key: str) -> str:
     digest = hashlib.sha256()
     response = client.get_object(bucket, key)
     try:
-        for block in response.stream(1024 * 1024):
+        # Raw bytes, as the backup hashed them (a gzip-encoded object is never inflated).
+        for block in response.stream(1024 * 1024, decode_content=False):
             digest.update(block)
     finally:
         # urllib3 already returned a fully read body's connection to the pool (keep-alive);
@@ -296,6 +299,8 @@ class RestoreEntry:
     metadata: Mapping[str, str]
     tags: Mapping[str, str]
     fileobj: IO[bytes]
+    #: Recorded standard headers (Cache-Control, Content-Disposition, …); none in older archives.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class _HashingReader:
@@ -328,8 +333,9 @@ def _put(client: Minio, bucket: str, key: str, entry: RestoreEntry, data: IO[byt
         key,
         data,  # type: ignore[arg-type]
         entry.size,
-        content_type=entry.content_type or "application/octet-stream",
-        metadata=dict(entry.metadata) or None,  # type: ignore[arg-type]
+        content_type=wire_value(entry.content_type or "application/octet-stream"),
+        # Headers and user metadata byte for byte, through minio's sse hook (object_headers).
+        sse=put_headers(entry.headers, entry.metadata),
         tags=_tags_for(entry.tags),
         part_size=PUT_PART_BYTES,
         num_parallel_uploads=1,
