@@ -81,6 +81,8 @@ def backup_job_description(settings: BackupSettings) -> str:
     where = (
         "Google Drive (off-site)."
         if settings.drive_configured
+        else f"S3 bucket {settings.s3_destination_bucket} (off-site; immutable when the bucket has object lock: see the backup_destination check)."
+        if settings.destination is DestinationKind.S3
         else NOT_OFF_SITE.format(path=settings.local_destination_path)
     )
     return (
@@ -267,7 +269,7 @@ def local_destination_verdict(settings_path: str) -> Verdict:
 
 def destination_verdict(destination: DestinationResource) -> Verdict:
     """The destination's own connection check (Drive: token, folder, space, a test upload/read/delete)."""
-    if DestinationKind(destination.kind) is not DestinationKind.GOOGLE_DRIVE:
+    if DestinationKind(destination.kind) is DestinationKind.LOCAL:
         local = local_destination_verdict(destination.local_path)
         report = destination.get_destination().check()
         steps = "; ".join(f"{s.name}: {'ok' if s.ok else 'FAILED'} ({s.detail})" for s in report.steps)
@@ -317,7 +319,7 @@ def build_backup_checks(settings: BackupSettings) -> list[dg.AssetChecksDefiniti
 
 def build_status_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     max_age = 2 * settings.schedule_interval_hours
-    local_path = None if settings.drive_configured else str(settings.local_destination_path)
+    local_path = None if settings.off_site_destination else str(settings.local_destination_path)
 
     @dg.sensor(
         name=STATUS_SENSOR,

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from backup_pipeline import admin_view
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import Destination, DestinationError, ensure_room
+from backup_pipeline.destinations.base import Destination, DestinationError, LockedError, ensure_room
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -204,7 +204,9 @@ def discard_if_run_failed(
 ) -> None:
     """A sibling step failed while this one uploaded: its failure hook may have run already, so remove our part."""
     if run_has_failed_step(context):
-        remove_part(destination, installation_id, backup_id, part)
+        # A part the destination keeps (object lock) stays: without a manifest it is no backup.
+        with contextlib.suppress(LockedError):
+            remove_part(destination, installation_id, backup_id, part)
         raise dg.Failure(
             description=f"[{ErrorCode.INTERNAL}] another step of this backup failed; part {part!r} discarded",
             metadata={"error_code": "SIBLING_STEP_FAILED"},
