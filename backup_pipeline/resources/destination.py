@@ -9,6 +9,8 @@ destination first connects and never enters run config, logs or metadata.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -126,6 +128,13 @@ class DestinationResource(ConfigurableResource):
             inner = LocalFolderDestination(self.local_path)
         return RetryingDestination(inner, self.retry_policy)
 
+    def bucket_on(self, endpoint: str) -> str | None:
+        """The destination's bucket when it lives on the S3 server at ``endpoint`` (the application's):
+        the backup must not back up its own backups."""
+        if DestinationKind(self.kind) is not DestinationKind.S3 or not self.s3_endpoint:
+            return None
+        return self.s3_bucket if _same_server(self.s3_endpoint, endpoint) else None
+
     def _s3_destination(self) -> Destination:
         from backup_pipeline.destinations.s3 import LockMode, S3Config, S3Destination, credentials_from
 
@@ -144,3 +153,12 @@ class DestinationResource(ConfigurableResource):
             read_timeout=self.s3_read_timeout_seconds,
         )
         return S3Destination(config, credentials_from(self.s3_credentials_file), retry=self.retry_policy)
+
+
+def _same_server(a: str, b: str) -> bool:
+    def norm(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+    return norm(a) == norm(b)

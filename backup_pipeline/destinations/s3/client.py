@@ -140,8 +140,10 @@ class S3Client:
                 f"{where}: the server refused the credentials ({said}); check the access key pair"
             )
         if code == "AccessDenied":
+            # A HEAD answer has no body: a wrong secret and a missing permission look the same.
             return AuthError(
-                f"{where}: access denied ({said}); the credentials lack a permission this needs ({GUIDE} lists them)"
+                f"{where}: access denied ({said}): a wrong access key pair, or credentials without a permission "
+                f"this needs ({GUIDE} lists them)"
             )
         if code in QUOTA:
             return QuotaError(f"{where}: storage quota reached ({said}); free space or raise the quota")
