@@ -140,7 +140,7 @@ def _remove_stale_probes(dest: S3Destination) -> None:
     """Probes of earlier checks (kept while locked, or by credentials that may not delete)."""
     cutoff = datetime.now(UTC) - STALE_PROBE_AGE
     with contextlib.suppress(DestinationError):
-        for entry in dest.client.versions(dest.layout.probe_prefix()):
+        for entry in dest.client.versions(dest.layout.probe_prefix(), versioned=dest.protection().versioned):
             if entry.is_delete_marker or entry.last_modified is None or entry.last_modified > cutoff:
                 continue
             with contextlib.suppress(DestinationError):

@@ -165,29 +165,44 @@ class S3Client:
             ),
         )
 
-    def versions(self, prefix: str, start_after: str | None = None) -> Iterator[VersionEntry]:
-        """Every version and delete marker below ``prefix``, newest first within a key (lazy, paged)."""
+    def versions(
+        self, prefix: str, start_after: str | None = None, *, versioned: bool = True
+    ) -> Iterator[VersionEntry]:
+        """Every version and delete marker below ``prefix``, newest first within a key (lazy, paged).
+
+        ``versioned=False`` (a bucket without versioning) lists with ListObjectsV2 instead: one
+        entry per key, no version id — servers without versioning (Garage) answer no
+        ListObjectVersions at all.
+        """
         listing = self.minio.list_objects(
-            self.cfg.bucket, prefix=prefix, recursive=True, include_version=True, start_after=start_after
+            self.cfg.bucket, prefix=prefix, recursive=True, include_version=versioned, start_after=start_after
         )
+        first = True
         while True:
             try:
                 item = self.call(f"listing {prefix or '/'}", lambda: next(listing))
             except StopIteration:
                 return
+            except PermanentError as exc:
+                if not (versioned and first and "NotImplemented" in str(exc)):
+                    raise
+                # Versioning state unknown and no ListObjectVersions on this server: it keeps no versions.
+                yield from self.versions(prefix, start_after, versioned=False)
+                return
+            first = False
             if item.object_name is None:
                 continue
             yield VersionEntry(
                 key=item.object_name,
-                version_id=item.version_id,
+                version_id=item.version_id if versioned else None,
                 is_delete_marker=bool(item.is_delete_marker),
                 size=int(item.size or 0),
                 last_modified=item.last_modified,
             )
 
-    def key_versions(self, key: str) -> list[VersionEntry]:
+    def key_versions(self, key: str, *, versioned: bool = True) -> list[VersionEntry]:
         """The versions of exactly ``key`` (a prefix listing also returns longer keys)."""
-        return [v for v in self.versions(key) if v.key == key]
+        return [v for v in self.versions(key, versioned=versioned) if v.key == key]
 
     def delete_version(self, key: str, version_id: str | None, action: str) -> None:
         self.call(

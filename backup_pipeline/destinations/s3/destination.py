@@ -164,7 +164,7 @@ class S3Destination:
 
     def delete(self, file_id: str) -> None:
         key, _ = self.layout.parse_id(file_id)
-        versions = self.client.key_versions(key)
+        versions = self.client.key_versions(key, versioned=self.protection().versioned)
         if not versions:
             return
         live = [v for v in versions if not v.is_delete_marker]
@@ -215,7 +215,8 @@ class S3Destination:
 
     def _listed_versions(self, prefix: str, start_after: str | None) -> Iterator[VersionEntry]:
         """Per key (in listing order), its oldest version that is not a delete marker."""
-        grouped = itertools.groupby(self.client.versions(prefix, start_after), key=lambda v: v.key)
+        listing = self.client.versions(prefix, start_after, versioned=self.protection().versioned)
+        grouped = itertools.groupby(listing, key=lambda v: v.key)
         for key, versions in grouped:
             if self.layout.name_of(key) is None:
                 continue

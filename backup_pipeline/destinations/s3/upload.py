@@ -113,7 +113,7 @@ class Uploader:
         encode_properties(props, "0" * 32, "0" * 64)  # the 2 KB metadata limit, before any byte is read
         protection = self._protection()
         self._sweep_once()
-        self._refuse_existing(key)
+        self._refuse_existing(key, protection)
         self.last_resumed_bytes = 0
         headers = self._object_headers(protection, retain_until)
         chunks = fixed_chunks(iter_stream(stream, 1 << 20), self.cfg.part_size)
@@ -131,8 +131,9 @@ class Uploader:
             headers["x-amz-object-lock-retain-until-date"] = _s3_time(retain_until or self.cfg.retain_until())
         return headers
 
-    def _refuse_existing(self, key: str) -> None:
-        live = [v for v in self.retry.call(self.client.key_versions, key) if not v.is_delete_marker]
+    def _refuse_existing(self, key: str, protection: Protection) -> None:
+        versions = self.retry.call(self.client.key_versions, key, versioned=protection.versioned)
+        live = [v for v in versions if not v.is_delete_marker]
         if live:
             raise PermanentError(
                 f"{self.cfg.description}: {key} already exists ({len(live)} version(s)); S3 files are written "
@@ -401,7 +402,7 @@ class Uploader:
         (its answer was lost) when the object holds exactly what was sent; else re-raise."""
         if attempts < 2:
             raise exc
-        for version in self.retry.call(self.client.key_versions, key):
+        for version in self.retry.call(self.client.key_versions, key, versioned=self._protection().versioned):
             if version.is_delete_marker:
                 continue
             response = self.client.head(key, version.version_id, f"checking {key}")
