@@ -438,3 +438,84 @@ def test_unfinished_uploads_of_dead_processes_are_swept(
         dest.put("other/part", [b"x"], {"backupId": "other"})
     assert _unfinished_uploads(plain_bucket) == []
     assert not session_file.exists()
+
+
+# --- memory, the backup's cleanup paths, the UI check ----------------------------------------------
+
+_BIG_UPLOADER = """
+import hashlib, json, os, re, sys
+from pathlib import Path
+from backup_pipeline_tests.fixtures import s3_destination as sd
+from backup_pipeline.destinations.s3 import Credentials
+
+endpoint, state, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+access, secret = os.environ["S3_ADMIN"].split(":")
+expected = hashlib.sha256()
+
+class Server:
+    region = "us-east-1"
+
+def generated():
+    seed = hashlib.shake_256(b"s3dest-big").digest(1 << 20)
+    for i in range(size >> 20):
+        block = i.to_bytes(8, "big") + seed[8:]
+        expected.update(block)
+        yield block
+
+dest = sd.destination(Server(), Path(state), endpoint=endpoint, credentials=Credentials(access, secret),
+                      part_size=16 * 1024 * 1024)
+stored = dest.put("big/part", generated(), {"backupId": "big"})
+print(json.dumps({"size": stored.size, "sha256": stored.sha256, "expected": expected.hexdigest(),
+                  "peak_rss_bytes": int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024}))
+"""
+
+
+@pytest.mark.slow
+def test_a_large_part_streams_in_bounded_memory_through_a_cut(
+    plain_bucket: SeaweedFSServer, tmp_path: Path
+) -> None:
+    size = 256 * MiB
+    with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
+        proxy.cut_after(size // 2 + 12345)
+        done = subprocess.run(
+            [sys.executable, "-c", _BIG_UPLOADER, proxy.endpoint, str(tmp_path / "state"), str(size)],
+            env={**os.environ, "S3_ADMIN": f"{plain_bucket.access_key}:{plain_bucket.secret_key}"},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        sent, cuts = proxy.upstream_bytes, proxy.cuts
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({"uploader": report, "upstream_bytes": sent, "cuts": cuts}))
+    assert report["size"] == size and report["sha256"] == report["expected"]
+    assert cuts == 1 and sent < size + 16 * MiB + OVERHEAD  # one part sent twice at most
+    # 16 MiB parts: the chunk buffer, its bytes copy and the request body; never the whole part set.
+    assert report["peak_rss_bytes"] < 192 * MiB, report
+
+
+def test_a_locked_leftover_never_fails_the_next_backups_cleanup(
+    locked_bucket: SeaweedFSServer, tmp_path: Path
+) -> None:
+    """A failed backup's part under object lock: the next backup's cleanup leaves it (retention reports it)."""
+    from backup_pipeline.services.backup_parts import part_file_name, part_properties
+    from backup_pipeline.services.backup_upload import list_sets, remove_incomplete_sets
+
+    dest = RetryingDestination(sd.destination(locked_bucket, tmp_path / "state", lock_days=1))
+    dead = "20260101T000000Z-0000dead"
+    dest.put(
+        part_file_name("acme", dead, "database"),
+        [b"half a backup"],
+        part_properties("acme", dead, "database"),
+    )
+    assert remove_incomplete_sets(dest, "acme", keep={"20260102T000000Z-0000a11e"}) == []
+    assert list(list_sets(dest, "acme")) == [dead]
+
+
+def test_the_backup_destination_check_of_the_ui_says_off_site_and_locked(
+    locked_bucket: SeaweedFSServer, tmp_path: Path
+) -> None:
+    from backup_pipeline.admin_view import destination_verdict
+
+    verdict = destination_verdict(sd.writer_resource(locked_bucket, tmp_path / "state", "acme"))
+    assert verdict.passed, verdict.description
+    assert verdict.metadata["off_site"] is True
+    assert "object lock: enabled" in verdict.metadata["checks"]
