@@ -63,6 +63,28 @@ def _sessions(state_dir: Path) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
 
 
+def _fail_put(
+    proxy: CuttingProxy,
+    server: SeaweedFSServer,
+    state: Path,
+    name: str,
+    data: bytes,
+    *,
+    after: int,
+    attempts: int = 2,
+) -> RetryableError:
+    """A put of a seekable source through a path that goes down ``after`` bytes in (and stays
+    down for its retries): it fails and leaves its multipart upload and session behind."""
+    few = RetryPolicy(attempts=attempts, initial_wait=0.01, max_wait=0.02)
+    proxy.cut_after(after, repeat=True)
+    with pytest.raises(RetryableError) as failed:
+        sd.destination(server, state, endpoint=proxy.endpoint, retry=few).put(
+            name, io.BytesIO(data), {"backupId": name.split("/")[0]}
+        )
+    proxy.heal()
+    return failed.value
+
+
 @pytest.fixture()
 def plain_bucket(s3: SeaweedFSServer) -> SeaweedFSServer:
     sd.make_bucket(s3, object_lock=False)
@@ -73,6 +95,49 @@ def plain_bucket(s3: SeaweedFSServer) -> SeaweedFSServer:
 def locked_bucket(s3: SeaweedFSServer) -> SeaweedFSServer:
     sd.make_bucket(s3, object_lock=True)
     return s3
+
+
+# A put in a process of its own (to be killed, or to measure its peak RSS alone): of a file, or
+# of a generated stream of SIZE bytes (not seekable, like the encryption pipeline).
+_WORKER = """
+import hashlib, json, os, re, sys
+from pathlib import Path
+from backup_pipeline_tests.fixtures import s3_destination as sd
+from backup_pipeline.destinations.s3 import Credentials
+
+endpoint, state, name, backup_id, source, part_mib = sys.argv[1:7]
+access, secret = os.environ["S3_ADMIN"].split(":")
+expected = hashlib.sha256()
+
+class Server:
+    region = "us-east-1"
+
+def generated(size):
+    seed = hashlib.shake_256(b"s3dest-big").digest(1 << 20)
+    for i in range(size >> 20):
+        block = i.to_bytes(8, "big") + seed[8:]
+        expected.update(block)
+        yield block
+
+dest = sd.destination(Server(), Path(state), endpoint=endpoint, credentials=Credentials(access, secret),
+                      part_size=int(part_mib) * 1024 * 1024)
+props = {"backupId": backup_id}
+if source.isdigit():
+    stored = dest.put(name, generated(int(source)), props)
+else:
+    with open(source, "rb") as f:
+        stored = dest.put(name, f, props)
+print(json.dumps({"size": stored.size, "sha256": stored.sha256, "expected": expected.hexdigest(),
+                  "peak_rss_bytes": int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024}))
+"""
+
+
+def _worker(endpoint: str, state: Path, name: str, backup_id: str, source: str, part_mib: int) -> list[str]:
+    return [sys.executable, "-c", _WORKER, endpoint, str(state), name, backup_id, source, str(part_mib)]
+
+
+def _worker_env(server: SeaweedFSServer) -> dict[str, str]:
+    return {**os.environ, "S3_ADMIN": f"{server.access_key}:{server.secret_key}"}
 
 
 # --- multipart: checksums, cuts, resume, abort ---------------------------------------------------
@@ -118,8 +183,9 @@ def test_a_killed_process_leaves_an_upload_the_next_put_resumes(
     with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
         proxy.freeze_after(int(2.5 * PART))  # part 3 hangs; parts 1 and 2 were confirmed
         worker = subprocess.Popen(
-            [sys.executable, "-c", _PUT_WORKER, proxy.endpoint, str(state), str(source)],
-            env={**os.environ, "S3_ADMIN": f"{plain_bucket.access_key}:{plain_bucket.secret_key}"},
+            _worker(proxy.endpoint, state, "killed/part", "k", str(source), 5),
+            env=_worker_env(plain_bucket),
+            stdout=subprocess.DEVNULL,
         )
         try:
             assert proxy.frozen.wait(timeout=120), "the worker never reached part 3"
@@ -143,43 +209,18 @@ def test_a_killed_process_leaves_an_upload_the_next_put_resumes(
     assert _sessions(state) == [] and _unfinished_uploads(plain_bucket) == []
 
 
-_PUT_WORKER = """
-import os, sys
-from pathlib import Path
-from backup_pipeline_tests.fixtures import s3_destination as sd
-from backup_pipeline.destinations.s3 import Credentials
-
-endpoint, state, source = sys.argv[1:4]
-access, secret = os.environ["S3_ADMIN"].split(":")
-
-class Server:
-    region = "us-east-1"
-    access_key, secret_key = access, secret
-    endpoint = endpoint
-
-dest = sd.destination(Server(), Path(state), endpoint=endpoint, credentials=Credentials(access, secret))
-with open(source, "rb") as f:
-    dest.put("killed/part", f, {"backupId": "k"})
-"""
-
-
 def test_a_seekable_source_keeps_its_upload_after_a_failure_and_resumes(
     plain_bucket: SeaweedFSServer, tmp_path: Path
 ) -> None:
     data = _data(16 * MiB, b"seekable")
     state = tmp_path / "state"
     with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
-        few = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02)
-        dest = sd.destination(plain_bucket, state, endpoint=proxy.endpoint, retry=few)
-        proxy.cut_after(int(2.5 * PART), repeat=True)  # the path stays down from part 3 on
-        with pytest.raises(RetryableError, match="kept for a later put of the same file to resume"):
-            dest.put("seek/part", io.BytesIO(data), {"backupId": "s"})
+        failed = _fail_put(proxy, plain_bucket, state, "seek/part", data, after=int(2.5 * PART))
+        assert "kept for a later put of the same file to resume" in str(failed)
         assert [p["number"] for p in _sessions(state)[0]["parts"]] == [1, 2]  # type: ignore[index]
-
-        proxy.heal()
         before = proxy.upstream_bytes
         stored = sd.destination(plain_bucket, state, endpoint=proxy.endpoint).put(
-            "seek/part", io.BytesIO(data), {"backupId": "s"}
+            "seek/part", io.BytesIO(data), {"backupId": "seek"}
         )
         resent = proxy.upstream_bytes - before
     assert resent < len(data) - 2 * PART + OVERHEAD
@@ -207,13 +248,9 @@ def test_an_encrypted_stream_never_resumes_a_saved_upload_it_does_not_match(
     """A saved upload whose first part differs (a fresh encryption salt) is aborted, not mixed in."""
     state = tmp_path / "state"
     with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
-        few = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02)
-        proxy.cut_after(int(1.5 * PART), repeat=True)
-        with pytest.raises(RetryableError):
-            sd.destination(plain_bucket, state, endpoint=proxy.endpoint, retry=few).put(
-                "salt/part", io.BytesIO(_data(12 * MiB, b"first salt")), {"backupId": "salt"}
-            )
-        proxy.heal()
+        _fail_put(
+            proxy, plain_bucket, state, "salt/part", _data(12 * MiB, b"first salt"), after=int(1.5 * PART)
+        )
         other = _data(12 * MiB, b"second salt")
         dest = sd.destination(plain_bucket, state, endpoint=proxy.endpoint)
         stored = dest.put("salt/part", io.BytesIO(other), {"backupId": "salt"})
@@ -423,13 +460,9 @@ def test_unfinished_uploads_of_dead_processes_are_swept(
     """A session file idle for a day: its upload is aborted on the server by the next put."""
     state = tmp_path / "state"
     with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
-        few = RetryPolicy(attempts=1, initial_wait=0.01, max_wait=0.02)
-        proxy.cut_after(int(1.5 * PART), repeat=True)
-        with pytest.raises(RetryableError):
-            sd.destination(plain_bucket, state, endpoint=proxy.endpoint, retry=few).put(
-                "swept/part", io.BytesIO(_data(12 * MiB)), {"backupId": "swept"}
-            )
-        proxy.heal()
+        _fail_put(
+            proxy, plain_bucket, state, "swept/part", _data(12 * MiB), after=int(1.5 * PART), attempts=1
+        )
         assert len(_unfinished_uploads(plain_bucket)) == 1
         [session_file] = (state / SESSIONS_DIR).glob("*.json")
         day_ago = datetime.now(UTC).timestamp() - 25 * 3600
@@ -442,33 +475,6 @@ def test_unfinished_uploads_of_dead_processes_are_swept(
 
 # --- memory, the backup's cleanup paths, the UI check ----------------------------------------------
 
-_BIG_UPLOADER = """
-import hashlib, json, os, re, sys
-from pathlib import Path
-from backup_pipeline_tests.fixtures import s3_destination as sd
-from backup_pipeline.destinations.s3 import Credentials
-
-endpoint, state, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-access, secret = os.environ["S3_ADMIN"].split(":")
-expected = hashlib.sha256()
-
-class Server:
-    region = "us-east-1"
-
-def generated():
-    seed = hashlib.shake_256(b"s3dest-big").digest(1 << 20)
-    for i in range(size >> 20):
-        block = i.to_bytes(8, "big") + seed[8:]
-        expected.update(block)
-        yield block
-
-dest = sd.destination(Server(), Path(state), endpoint=endpoint, credentials=Credentials(access, secret),
-                      part_size=16 * 1024 * 1024)
-stored = dest.put("big/part", generated(), {"backupId": "big"})
-print(json.dumps({"size": stored.size, "sha256": stored.sha256, "expected": expected.hexdigest(),
-                  "peak_rss_bytes": int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024}))
-"""
-
 
 @pytest.mark.slow
 def test_a_large_part_streams_in_bounded_memory_through_a_cut(
@@ -478,9 +484,8 @@ def test_a_large_part_streams_in_bounded_memory_through_a_cut(
     with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
         proxy.cut_after(size // 2 + 12345)
         done = subprocess.run(
-            [sys.executable, "-c", _BIG_UPLOADER, proxy.endpoint, str(tmp_path / "state"), str(size)],
-            env={**os.environ, "S3_ADMIN": f"{plain_bucket.access_key}:{plain_bucket.secret_key}"},
-            capture_output=True, text=True, timeout=600,
+            _worker(proxy.endpoint, tmp_path / "state", "big/part", "big", str(size), 16),
+            env=_worker_env(plain_bucket), capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         sent, cuts = proxy.upstream_bytes, proxy.cuts
     assert done.returncode == 0, done.stderr[-3000:]

@@ -195,17 +195,11 @@ def test_a_locked_backup_survives_the_products_own_credentials_and_restores(
     bare = tmp_path / "bare"
     bare.mkdir()
     env = {
+        **sd.settings_env(s3, bare / "state"),
         "PATH": f"{VENV_BIN}:/usr/bin:/bin",
         "HOME": str(bare),
         "LANG": "C.UTF-8",
-        "BACKUP_PIPELINE_DESTINATION": "s3",
-        "BACKUP_PIPELINE_S3_DESTINATION_ENDPOINT": s3.endpoint,
-        "BACKUP_PIPELINE_S3_DESTINATION_BUCKET": sd.BUCKET,
-        "BACKUP_PIPELINE_S3_DESTINATION_PREFIX": sd.PREFIX,
-        "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY": sd.WRITER_ACCESS_KEY,
-        "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY": sd.WRITER_SECRET_KEY,
         "BACKUP_PIPELINE_INSTALLATION_ID": INSTALLATION,
-        "BACKUP_PIPELINE_STATE_DIR": str(bare / "state"),
         "BACKUP_PIPELINE_APP_DATABASE_URL": pg_database.url,
         "BACKUP_PIPELINE_S3_ENDPOINT": s3.endpoint,
         "BACKUP_PIPELINE_S3_ACCESS_KEY": s3.access_key,

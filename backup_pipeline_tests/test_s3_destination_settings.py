@@ -190,15 +190,7 @@ def test_cli_check_on_a_locked_bucket_with_the_products_credentials(
     s3: SeaweedFSServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sd.make_bucket(s3, object_lock=True)
-    env = {
-        "BACKUP_PIPELINE_DESTINATION": "s3",
-        "BACKUP_PIPELINE_S3_DESTINATION_ENDPOINT": s3.endpoint,
-        "BACKUP_PIPELINE_S3_DESTINATION_BUCKET": sd.BUCKET,
-        "BACKUP_PIPELINE_S3_DESTINATION_PREFIX": sd.PREFIX,
-        "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY": sd.WRITER_ACCESS_KEY,
-        "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY": sd.WRITER_SECRET_KEY,
-        "BACKUP_PIPELINE_STATE_DIR": str(tmp_path / "state"),
-    }
+    env = sd.settings_env(s3, tmp_path / "state")
     code, out = _run(["destination", "check"], env, monkeypatch)
     assert code == 0, out
     assert "object lock: enabled; no bucket default retention; this destination writes GOVERNANCE retention " \

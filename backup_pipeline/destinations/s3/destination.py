@@ -24,6 +24,7 @@ import itertools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from ..base import (
@@ -241,16 +242,7 @@ class S3Destination:
         stored = self._from_head(key, version, response.headers)
         if stored.sha256 is None and int(response.headers.get("x-amz-tagging-count") or 0) > 0:
             tags = self._hash_tags(key, version)
-            stored = StoredFile(
-                id=stored.id,
-                name=stored.name,
-                size=stored.size,
-                md5=tags.get(MD5_TAG),
-                sha256=tags.get(SHA256_TAG),
-                properties=stored.properties,
-                created=stored.created,
-                locked_until=stored.locked_until,
-            )
+            stored = replace(stored, md5=tags.get(MD5_TAG), sha256=tags.get(SHA256_TAG))
         return stored
 
     def _hash_tags(self, key: str, version: str | None) -> dict[str, str]:

@@ -32,7 +32,7 @@ import base64
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from xml.etree import ElementTree
@@ -53,7 +53,7 @@ from ..base import (
     validate_properties,
 )
 from ..chunking import fixed_chunks, rewinder
-from .client import S3Client
+from .client import S3Client, parse_time
 from .config import S3Config
 from .layout import MD5_TAG, SHA256_TAG, Layout, encode_properties, pinned
 from .protection import Protection
@@ -156,11 +156,8 @@ class Uploader:
         }
         if protection.versioned:
             request["If-None-Match"] = "*"
-        attempts = 0
 
         def send() -> str | None:
-            nonlocal attempts
-            attempts += 1
             response = self.client.execute(f"uploading {key}", "PUT", key, body=data, headers=request)
             echoed = response.headers.get("x-amz-checksum-sha256")
             if echoed and echoed != sent.checksum:
@@ -169,10 +166,7 @@ class Uploader:
                 )
             return response.headers.get("x-amz-version-id")
 
-        try:
-            version = self.retry.call(send)
-        except PermanentError as exc:
-            version = self._adopt_after_retry(key, sent, exc, attempts)
+        version = self._write_once(key, sent, send)
         return self._verified(key, version, sent, props)
 
     # --- multipart ----------------------------------------------------------------------------
@@ -336,11 +330,8 @@ class Uploader:
         }
         if protection.versioned:
             headers["If-None-Match"] = "*"
-        attempts = 0
 
         def complete() -> str | None:
-            nonlocal attempts
-            attempts += 1
             response = self.client.execute(
                 f"completing the upload of {key}",
                 "POST",
@@ -363,10 +354,7 @@ class Uploader:
                 )
             return response.headers.get("x-amz-version-id")
 
-        try:
-            return self.retry.call(complete)
-        except (PermanentError, NotFoundError) as exc:
-            return self._adopt_after_retry(key, sent, exc, attempts)
+        return self._write_once(key, sent, complete)
 
     def _abort(self, key: str, upload_id: str | None) -> None:
         if upload_id is None:
@@ -397,6 +385,20 @@ class Uploader:
 
     # --- after the write ----------------------------------------------------------------------
 
+    def _write_once(self, key: str, sent: Sent, request: Callable[[], str | None]) -> str | None:
+        """The PUT / Complete that creates the object, retried; its version id."""
+        attempts = 0
+
+        def attempt() -> str | None:
+            nonlocal attempts
+            attempts += 1
+            return request()
+
+        try:
+            return self.retry.call(attempt)
+        except (PermanentError, NotFoundError) as exc:
+            return self._adopt_after_retry(key, sent, exc, attempts)
+
     def _adopt_after_retry(self, key: str, sent: Sent, exc: DestinationError, attempts: int) -> str | None:
         """A retried PUT/Complete refused because the object now exists: our first attempt landed
         (its answer was lost) when the object holds exactly what was sent; else re-raise."""
@@ -421,16 +423,7 @@ class Uploader:
             )
         version = version or response.headers.get("x-amz-version-id")
         stored = self._describe(key, version, response.headers)
-        return StoredFile(
-            id=stored.id,
-            name=stored.name,
-            size=sent.size,
-            md5=sent.md5_hex,
-            sha256=sent.sha256_hex,
-            properties=props,
-            created=stored.created,
-            locked_until=stored.locked_until,
-        )
+        return replace(stored, size=sent.size, md5=sent.md5_hex, sha256=sent.sha256_hex, properties=props)
 
     # --- leftovers of dead processes ----------------------------------------------------------
 
@@ -462,7 +455,8 @@ class Uploader:
         except (DestinationError, ElementTree.ParseError):
             return  # without s3:ListBucketMultipartUploads: the bucket's lifecycle rule is the backstop
         for upload in root.iterfind("{*}Upload"):
-            initiated = _parse_time(_child(upload, "Initiated"))
+            initiated_text = _child(upload, "Initiated")
+            initiated = parse_time(initiated_text) if initiated_text else None
             key, upload_id = _child(upload, "Key"), _child(upload, "UploadId")
             if key and upload_id and initiated is not None and initiated < cutoff:
                 self._abort(key, upload_id)
@@ -487,15 +481,6 @@ def _b64(raw: bytes) -> str:
 
 def _s3_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 def _child(element: ElementTree.Element, name: str) -> str | None:
