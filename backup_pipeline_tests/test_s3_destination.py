@@ -518,9 +518,9 @@ def test_a_locked_leftover_never_fails_the_next_backups_cleanup(
 def test_the_backup_destination_check_of_the_ui_says_off_site_and_locked(
     locked_bucket: SeaweedFSServer, tmp_path: Path
 ) -> None:
-    from backup_pipeline.admin_view import destination_verdict
+    from backup_pipeline.safety import live_destination_verdict
 
-    verdict = destination_verdict(sd.writer_resource(locked_bucket, tmp_path / "state", "acme"))
+    verdict = live_destination_verdict(sd.writer_resource(locked_bucket, tmp_path / "state", "acme"))
     assert verdict.passed, verdict.description
     assert verdict.metadata["off_site"] is True
     assert "object lock: enabled" in verdict.metadata["checks"]
