@@ -259,6 +259,37 @@ def test_an_encrypted_stream_never_resumes_a_saved_upload_it_does_not_match(
     assert _unfinished_uploads(plain_bucket) == []
 
 
+def test_a_download_cut_midway_resumes_with_a_ranged_request(
+    plain_bucket: SeaweedFSServer, tmp_path: Path
+) -> None:
+    data = _data(12 * MiB, b"download")
+    stored = sd.destination(plain_bucket, tmp_path / "state").put(
+        "dl/part", io.BytesIO(data), {"backupId": "dl"}
+    )
+    with CuttingProxy("127.0.0.1", plain_bucket.port) as proxy:
+        reader = RetryingDestination(
+            sd.destination(plain_bucket, tmp_path / "state", endpoint=proxy.endpoint), sd.FAST_RETRY
+        )
+        blocks = reader.get(stored.id, 1000)
+        proxy.cut_download_after(5 * MiB)
+        received = b"".join(blocks)
+        downloaded, cuts = proxy.downstream_bytes, proxy.cuts
+    assert received == data[1000:]
+    # Resumed where it broke: starting again from byte 1000 would fetch 5 MiB + the whole part; a
+    # resume fetches the part once plus what was in flight when the connection broke.
+    assert cuts == 1 and downloaded < len(data) + 4 * MiB
+
+
+def test_the_storage_class_is_sent_with_every_part(plain_bucket: SeaweedFSServer, tmp_path: Path) -> None:
+    dest = sd.destination(plain_bucket, tmp_path / "state", storage_class="STANDARD_IA")
+    dest.put("sc/small", [b"small"], {"backupId": "sc"})
+    dest.put("sc/large", io.BytesIO(_data(11 * MiB)), {"backupId": "sc"})
+    client = plain_bucket.client()
+    for name in ("small", "large"):
+        head = client._execute("HEAD", sd.BUCKET, f"{sd.PREFIX}sc/sc/{name}")
+        assert head.headers.get("x-amz-storage-class") == "STANDARD_IA", name
+
+
 def test_a_name_is_written_once(plain_bucket: SeaweedFSServer, tmp_path: Path) -> None:
     dest = sd.destination(plain_bucket, tmp_path / "state")
     dest.put("once/part", [b"first"], {"backupId": "once"})
