@@ -1,7 +1,7 @@
 """Runs beside each other: plan_backup removes leftovers of dead backups, never the set another
 backup run is still writing; retention spares the sets running restores and verifications read.
 
-Real PostgreSQL, moto S3, a local-folder destination; the other backup run is a run record in
+Real PostgreSQL, SeaweedFS S3, a local-folder destination; the other backup run is a run record in
 progress in the same Dagster instance (the data lock is held per step, so between two steps of
 that run this run's plan_backup can hold it).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from backup_pipeline.ops.backup import BACKUP_ID_TAG, BACKUP_KIND_TAGS, build_backup_job
+from backup_pipeline.ops.backup import BACKUP_ID_TAG, build_backup_job
 from backup_pipeline.ops.restore import TAG_RESTORE_OF
 from backup_pipeline.ops.retention import backup_ids_in_use, delete_backup_job, retention_job
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
@@ -66,7 +66,7 @@ def test_plan_backup_keeps_the_set_of_a_running_backup_and_removes_a_dead_one(
                 job_name="backup_job",
                 run_id=str(uuid.uuid4()),
                 status=dg.DagsterRunStatus.STARTED,
-                tags={**BACKUP_KIND_TAGS, BACKUP_ID_TAG: running_id},
+                tags={BACKUP_ID_TAG: running_id},
             )
         )
         result = build_backup_job(executor_def=dg.in_process_executor).execute_in_process(

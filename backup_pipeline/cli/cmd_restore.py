@@ -6,7 +6,9 @@ their file properties, then restores the chosen one into the configured PostgreS
 endpoint with the same verification, conflict policies and dry run as the restore job.
 
 Exit codes: 0 success, 1 the restore failed or was refused (damaged or incomplete set,
-pg_restore error, S3 unreachable), 2 bad input (missing or mistyped key, bad option).
+pg_restore error, destination, S3 or PostgreSQL unreachable), 2 bad input (missing or mistyped
+key, bad option, bad settings). ``--list`` reads only file properties and needs no key. Errors
+not handled here are reported by the group (``cli/__init__.py``): one line, no traceback.
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
 @click.option("--target-database", default=None, help="Restore into this database (default: the app's).")
 @click.option("--schema-only", is_flag=True, help="Restore the database schema only.")
 @click.option(
+    "--ownership",
+    type=click.Choice([o.value for o in svc.Ownership]),
+    default=svc.Ownership.SOURCE.value,
+    show_default=True,
+    help="source: objects keep the backup's owners and grants (the roles must exist here); "
+    "none: the restoring role owns everything, grants are skipped (a new server without those roles).",
+)
+@click.option(
+    "--keep-previous-database",
+    is_flag=True,
+    help="Keep the database the restore replaces as bp_replaced_<token> (also allows replacing a "
+    "non-empty database without a safety backup).",
+)
+@click.option(
     "--dry-run/--no-dry-run", default=True, show_default=True, help="Only report what would change."
 )
 @click.option("--confirm", default="", help="For --no-dry-run: 'restore <backup id>'.")
@@ -107,6 +123,8 @@ def restore_command(
     conflict_policy: str,
     target_database: str | None,
     schema_only: bool,
+    ownership: str,
+    keep_previous_database: bool,
     dry_run: bool,
     confirm: str,
     skip_safety_backup: bool,
@@ -114,21 +132,20 @@ def restore_command(
 ) -> None:
     """Disaster recovery: list backup sets on the destination and restore one (dry run by default)."""
     settings = settings_for(destination_kind, local_path)
-    keys = _load_keys(recovery_key_file, org_secret_file)
     from backup_pipeline.resources.destination import DestinationResource
 
     destination = DestinationResource.from_settings(settings).get_destination()
+    if list_only:  # file properties only: no key is read
+        sets = svc.list_backups(destination, installation_id=installation_id)
+        if as_json:
+            click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
+        else:
+            click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
+            for s in sets:
+                click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
+        return
+    keys = _load_keys(recovery_key_file, org_secret_file)
     try:
-        if list_only:
-            sets = svc.list_backups(destination, installation_id=installation_id)
-            if as_json:
-                click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
-            else:
-                click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
-                for s in sets:
-                    state = "complete" if s.complete else "INCOMPLETE (no manifest)"
-                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {state}")
-            return
         options = svc.RestoreOptions(
             backup_id=backup_id,
             scope=svc.RestoreScope(scope),
@@ -137,6 +154,8 @@ def restore_command(
             conflict_policy=svc.ConflictPolicy(conflict_policy),
             target_database=target_database,
             schema_only=schema_only,
+            ownership=svc.Ownership(ownership),
+            keep_previous_database=keep_previous_database,
             dry_run=dry_run,
             confirm=confirm,
         )
@@ -170,6 +189,13 @@ def restore_command(
         _print_report(report)
 
 
+def _set_label(info: svc.BackupSetInfo) -> str:
+    state = "complete" if info.complete else "INCOMPLETE (no manifest)"
+    if info.is_safety:
+        return f"{state}, SAFETY backup of a restore (database only; never 'latest': restore it by id)"
+    return state
+
+
 def _no_safety_backup(target: svc.PgTarget) -> str:
     return "skipped (--skip-safety-backup)"
 
@@ -188,7 +214,7 @@ def _s3_client(endpoint: str, region: str) -> Any:
 
     access, secret = os.environ.get(S3_ACCESS_KEY_ENV), os.environ.get(S3_SECRET_KEY_ENV)
     if not access or not secret:
-        return None
+        return None  # run_restore refuses a restore of files without S3, naming the variables
     return S3Resource(endpoint=endpoint, access_key=access, secret_key=secret, region=region).client()
 
 
@@ -220,12 +246,19 @@ def _print_report(report: dict[str, Any]) -> None:
                     f"{'absent' if table['rows_now'] is None else table['rows_now']} now"
                 )
         else:
-            click.echo(f"  database {database['database']}: restored ({database['bytes']} bytes of dump)")
+            click.echo(
+                f"  database {database['database']}: restored ({database['bytes']} bytes of dump, "
+                f"{len(database['tables'])} tables, {database['rows']} rows checked)"
+            )
+            if database.get("previous_kept"):
+                click.echo(f"  the replaced database is kept as {database['replaced_database']}")
     for bucket, summary in report.get("buckets", {}).items():
         click.echo(
             f"  bucket {bucket} {verb}: {summary['added']} added, {summary['overwritten']} overwritten, "
             f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} failed"
         )
+    for note in report.get("would_refuse") or []:
+        click.echo(f"  a real restore would be refused: {note}")
     consistency = report.get("consistency")
     if consistency:
         click.echo(

@@ -20,11 +20,12 @@ from ..archive.manifest import (
     ObjectAnomaly,
     PartRecord,
 )
-from ..destinations.base import Destination, DestinationError, NotFoundError
+from ..destinations.base import Destination, DestinationError, LockedError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
     PROP_PART_NAME,
     SET_FORMAT_VERSION,
+    SET_KIND_REGULAR,
     BackupError,
     ErrorCode,
     set_name,
@@ -56,12 +57,19 @@ def verify_parts(destination: Destination, parts: Sequence[UploadedPart]) -> Non
 def remove_strays(
     destination: Destination, installation_id: str, backup_id: str, parts: Sequence[UploadedPart]
 ) -> list[str]:
-    """Files of this set that are not one of ``parts`` (a failed attempt's upload, an old manifest)."""
+    """Files of this set that are not one of ``parts`` (a failed attempt's upload, an old manifest).
+
+    A stray the destination keeps (``LockedError``) stays: the manifest names the parts of the
+    set, and retention removes the stray with the set once the lock ends.
+    """
     keep = {p.file_id for p in parts}
     removed = []
     for stored in list(destination.list(set_properties(installation_id, backup_id))):
         if stored.id not in keep:
-            destination.delete(stored.id)
+            try:
+                destination.delete(stored.id)
+            except LockedError:
+                continue
             removed.append(stored.properties.get(PROP_PART_NAME, stored.name))
     return removed
 
@@ -75,6 +83,7 @@ class FinalizeInput:
     buckets: list[dict[str, Any]]  # BucketExportResult.to_dict() per bucket
     key_ids: dict[str, Any]
     versions: dict[str, Any]
+    set_kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup
 
 
 def _versions(data: FinalizeInput) -> dict[str, str]:
@@ -144,6 +153,7 @@ def ledger_entry(
         "installation_id": data.installation_id,
         "set_name": set_name(data.installation_id, data.backup_id),
         "set_format_version": SET_FORMAT_VERSION,
+        "set_kind": data.set_kind,
         "started_at": data.started_at,
         "finished_at": finished_at,
         "finalize_seconds": round(seconds, 3),
@@ -194,5 +204,6 @@ def finalize_backup(
         backup_id=data.backup_id,
         part_name=PART_MANIFEST,
         plaintext=[manifest_bytes],
+        set_kind=data.set_kind,
     )
     return ledger_entry(data, manifest, finished_at, time.monotonic() - started)
