@@ -1,4 +1,4 @@
-"""The migration service on real PostgreSQL + moto S3, with a local-folder destination as the source.
+"""The migration service on real PostgreSQL + SeaweedFS S3, with a local-folder destination as the source.
 
 The local folder implements the same destination contract as the Drive client (stat/get/
 delete by id), which makes these edge cases fast; the Drive test server run is in

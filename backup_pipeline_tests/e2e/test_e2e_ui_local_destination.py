@@ -2,7 +2,7 @@
 NOT off-site, with what is needed — on the backup_set's backup_destination check (recorded by
 the backup_status_checks sensor, no click needed) and in backup_job's description.
 
-Real dagster-webserver + dagster-daemon on dagster-postgres, moto S3, Debian's Chromium.
+Real dagster-webserver + dagster-daemon on dagster-postgres, SeaweedFS S3, Debian's Chromium.
 """
 
 from __future__ import annotations
