@@ -7,6 +7,7 @@ window has no gap afterwards, then the clean-up checks in the fixture's teardown
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,9 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from backup_pipeline.alerts import verify_webhook_signature
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
+from backup_pipeline.ops import pitr as pitr_ops
+from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.sensors import build_pitr_archive_sensor
 from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import archive_command, segment_number
 from backup_pipeline.services.pitr_keys import keystore_key, load_passphrase, read_keystore, unseal
@@ -30,6 +36,7 @@ from backup_pipeline.services.pitr_restore import (
 )
 from backup_pipeline.services.pitr_status import archive_problems, read_archiver_status
 from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, BackupSettings, load_settings
+from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.pg_cluster import (
     PG_BIN,
     PrivateCluster,
@@ -59,6 +66,15 @@ class PitrWorld:
     keyring: OrgKeyring
     recovery: RecoveryIdentity
     ctx: pitr.PitrContext
+    instance: dg.DagsterInstance
+
+    def keys_resource(self) -> BackupKeysResource:
+        return BackupKeysResource(
+            org_secret_file=str(self.settings.org_secret_file), state_dir=str(self.settings.state_dir)
+        )
+
+    def jobs(self) -> dict[str, dg.JobDefinition]:
+        return {job.name: job for job in pitr_ops.build_pitr_jobs(self.settings)}
 
     def status(self) -> pitr.ArchiverStatus:
         with self.cluster.connect(APP_DB, user="bp_pitr") as conn:
@@ -115,6 +131,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
     root = make_work_root()
     s3 = TlsSeaweedFS(tmp_path_factory.mktemp("pitr-weed"), root)
     cluster = PrivateCluster(user_dir(root / "cluster", 0o755))
+    saved_env = dict(os.environ)
+    instance_cm = dg.instance_for_test()
     try:
         s3.start()
         s3.server.client().make_bucket(BUCKET)
@@ -123,6 +141,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
         keyring = OrgKeyring.from_file(org_secret)
         recovery = RecoveryIdentity.generate()
         env = _settings(root, cluster, s3, org_secret)
+        os.environ.update(env)  # the ops read the repository keys from the environment, as in production
         settings = load_settings(env)
         cfg = pitr.engine_config(settings)
         cfg = type(cfg)(**{**cfg.__dict__, "archive_push_timeout_seconds": ARCHIVE_PUSH_TIMEOUT})
@@ -146,8 +165,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute("CREATE TABLE items (id int PRIMARY KEY, note text)", APP_DB)
         cluster.execute("INSERT INTO items SELECT g, 'before the base backup' FROM generate_series(1, 50) g", APP_DB)
-        yield PitrWorld(root, cluster, s3, settings, env, keyring, recovery, ctx)
+        yield PitrWorld(root, cluster, s3, settings, env, keyring, recovery, ctx, instance_cm.__enter__())
     finally:
+        instance_cm.__exit__(None, None, None)
+        os.environ.clear()
+        os.environ.update(saved_env)
         cluster.stop()
         s3.close()
         leftovers = pgbackrest_processes(str(root))
@@ -176,8 +198,28 @@ def test_key_store_opens_with_the_recovery_key_alone(world: PitrWorld) -> None:
     assert keystore_key("app").startswith("backup_pipeline/")
 
 
+def test_base_backup_job_records_the_window_on_pitr_archive(world: PitrWorld) -> None:
+    result = world.jobs()[pitr_ops.PITR_BASE_BACKUP_JOB].execute_in_process(
+        instance=world.instance, resources={"keys": world.keys_resource()}
+    )
+    assert result.success
+    event = world.instance.get_latest_materialization_event(pitr_ops.PITR_ARCHIVE_ASSET)
+    assert event is not None and event.asset_materialization is not None
+    meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+    info = world.ctx.engine.info()
+    assert meta["backup_label"] == info.usable_backups[-1].label and meta["backup_type"] == "full"
+    assert meta["earliest_restorable"] == info.usable_backups[0].stopped_at.isoformat(timespec="seconds")
+    assert meta["latest_restorable"] != "none" and meta["wal_missing_segments"] == 0
+    assert "archive_lag_seconds" in meta and meta["failed_count"] == 0
+    text = repr(meta)
+    for secret in (world.ctx.secrets.cipher_pass, world.s3.server.secret_key):
+        assert secret not in text
+    verdict = pitr_ops.window_verdict(world.instance, world.status())
+    assert verdict.passed, verdict.description
+
+
 def test_restore_to_a_moment_between_rows_written_and_a_dropped_table(world: PitrWorld) -> None:
-    info = pitr.run_base_backup(world.ctx, "full")
+    info = world.ctx.engine.info()
     assert info.usable_backups and info.status_code == 0
     before_t1 = _now(world)
     world.cluster.execute("INSERT INTO items SELECT g, 'T1' FROM generate_series(51, 80) g", APP_DB)
@@ -237,7 +279,75 @@ def _kill_archiver_mid_segment(world: PitrWorld) -> int:
     return killed
 
 
-def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(world: PitrWorld) -> None:
+def test_pitr_restore_job_restores_latest_and_reports_the_moment(world: PitrWorld) -> None:
+    world.cluster.execute("CREATE TABLE after_drop (id int)", APP_DB)
+    world.cluster.execute("INSERT INTO after_drop VALUES (1), (2)", APP_DB)
+    committed = _now(world)
+    world.wait_archived(world.switch_wal())
+    restore_dir = world.root / "restored-latest"
+    port = free_low_port()
+    try:
+        result = world.jobs()[pitr_ops.PITR_RESTORE_JOB].execute_in_process(
+            instance=world.instance,
+            resources={"keys": world.keys_resource()},
+            run_config={"ops": {"pitr_restore": {"config": {"data_dir": str(restore_dir), "port": port}}}},
+        )
+        assert result.success
+        report = result.output_for_node("pitr_restore")
+        assert report["target"] == "latest" and report["tables"] == 1 and report["rows"] == 2
+        assert datetime.fromisoformat(report["reached"]) <= committed
+    finally:
+        stop_restored(world.ctx.engine, PG_BIN, restore_dir)
+
+
+def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> None:
+    result = world.jobs()[pitr_ops.PITR_RESTORE_JOB].execute_in_process(
+        instance=world.instance,
+        resources={"keys": world.keys_resource()},
+        run_config={
+            "ops": {
+                "pitr_restore": {
+                    "config": {"data_dir": str(world.root / "never"), "port": 1, "target_time": "2026-05-04 10:41"}
+                }
+            }
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("pitr_restore")
+    assert failure is not None and "no UTC offset" in str(failure.user_failure_data.description if failure.user_failure_data else failure.error)
+    assert not (world.root / "never").exists()
+
+
+def _sensor_alerts(world: PitrWorld, receiver: WebhookReceiver, cursor: str | None) -> tuple[dg.SensorResult, list[dict[str, object]]]:
+    secret = world.root / "webhook-secret"
+    secret.write_text("webhook-key-of-the-pitr-tests")
+    settings = load_settings(
+        {
+            **world.env,
+            "BACKUP_PIPELINE_ALERT_WEBHOOK_URL": receiver.url,
+            "BACKUP_PIPELINE_ALERT_WEBHOOK_SECRET_FILE": str(secret),
+            "BACKUP_PIPELINE_PITR_ARCHIVE_LAG_ALERT_SECONDS": "30",
+        }
+    )
+    sensor = build_pitr_archive_sensor(settings)
+    result = sensor(dg.build_sensor_context(instance=world.instance, cursor=cursor))
+    assert isinstance(result, dg.SensorResult)
+    alerts = []
+    for request in receiver.requests:
+        assert verify_webhook_signature(
+            b"webhook-key-of-the-pitr-tests",
+            request.headers["X-Backup-Pipeline-Timestamp"],
+            request.body,
+            request.headers["X-Backup-Pipeline-Signature"],
+        )
+        alerts.append(json.loads(request.body))
+    return result, alerts
+
+
+def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
+    world: PitrWorld, webhook_receiver: WebhookReceiver
+) -> None:
     world.cluster.execute("CREATE TABLE wal_filler (id int, pad text)", APP_DB)
     assert _kill_archiver_mid_segment(world) > 0
     limits = {"lag_limit_seconds": 1.0, "wal_limit_bytes": 2**40}
@@ -254,6 +364,15 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(world: PitrWor
         kinds = {p.kind for p in archive_problems(during, **limits)}
         assert "archive_failing" in kinds, during
         assert during.waiting_segments >= 1
+        result, alerts = _sensor_alerts(world, webhook_receiver, None)
+        assert "pitr_archive_failing" in [a["kind"] for a in alerts]
+        first_count = len(alerts)
+        assert world.ctx.secrets.cipher_pass not in json.dumps(alerts)
+        failed = {e.check_name: e.passed for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)}
+        assert failed[pitr_ops.ARCHIVING_CHECK] is False
+        # the next tick in the same incident does not alert again
+        again, alerts = _sensor_alerts(world, webhook_receiver, result.cursor)
+        assert len(alerts) == first_count
     finally:
         world.s3.start()
 
@@ -261,6 +380,9 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(world: PitrWor
     world.wait_archived(last, timeout=180)
     after = world.status()
     assert not archive_problems(after, **limits)
+    healed, _alerts = _sensor_alerts(world, webhook_receiver, again.cursor)
+    checks = {e.check_name: e.passed for e in healed.asset_events if isinstance(e, dg.AssetCheckEvaluation)}
+    assert checks.get(pitr_ops.ARCHIVING_CHECK) is True
     info = world.ctx.engine.info()
     segments = pitr.archive_segments(world.ctx.client, world.ctx.engine.cfg)
     window = pitr.recoverable_window(info, segments, after)

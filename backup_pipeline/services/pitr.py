@@ -204,3 +204,19 @@ def write_server_config(ctx: PitrContext, folder: Path) -> Path:
         for item in (folder, path, *(folder / s for s in ("spool", "lock", "log"))):
             shutil.chown(item, user)
     return path
+
+
+def server_status(settings: BackupSettings) -> ArchiverStatus:
+    """The application server's archiver status over its Unix socket, as the PITR role (pg_monitor)."""
+    import psycopg
+
+    from backup_pipeline.services.pitr_status import read_archiver_status
+
+    with psycopg.connect(
+        host=str(settings.pitr_pg_socket_dir),
+        port=settings.pitr_pg_port,
+        dbname="postgres",
+        user=settings.pitr_pg_user,
+        connect_timeout=10,
+    ) as conn:
+        return read_archiver_status(conn)

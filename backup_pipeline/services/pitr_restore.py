@@ -43,6 +43,7 @@ HBA = (
 )
 MAX_SOCKET_PATH = 100
 SERVER_LOG_NAME = "pitr-restore-server.log"
+DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 
 
 class PitrRestoreRefused(Exception):
@@ -282,11 +283,14 @@ def restore_to_moment(
     engine: PgBackRest,
     req: RestoreRequest,
     *,
-    pg_bin: Path,
+    pg_bin: Path | None,
     secrets_env: dict[str, str],
     log: Callable[[str], None] = lambda _m: None,
 ) -> RestoreReport:
-    """Restore, start, verify, restart without secrets. The caller ran :func:`check_request`."""
+    """Restore, start, verify, restart without secrets. The caller ran :func:`check_request`.
+
+    ``pg_bin``: folder of ``pg_ctl``; None: the Debian folder of the restored cluster's major version.
+    """
     target_text = req.target.isoformat() if req.target else LATEST
     started = time.monotonic()
     req.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -301,6 +305,7 @@ def restore_to_moment(
         raise PitrRestoreFailed(str(exc)) from None
     found = BACKUP_SET_LINE.search(output)
     restored = time.monotonic()
+    pg_bin = pg_bin or server_bin_dir(req.data_dir)
     socket_dir = _prepare_data_dir(engine, req.data_dir, req.port)
     log_path = req.data_dir / SERVER_LOG_NAME
     log(f"starting the restored server on port {req.port}; WAL is replayed from the repository")
@@ -341,6 +346,24 @@ def restore_to_moment(
     )
 
 
-def stop_restored(engine: PgBackRest, pg_bin: Path, data_dir: Path) -> None:
+def server_bin_dir(data_dir: Path) -> Path:
+    """``/usr/lib/postgresql/<major>/bin`` for the cluster in ``data_dir`` (its PG_VERSION file)."""
+    try:
+        major = (data_dir / "PG_VERSION").read_text().strip()
+    except OSError as exc:
+        raise PitrRestoreFailed(f"{data_dir} holds no PostgreSQL cluster (PG_VERSION: {exc.strerror})") from None
+    folder = DEBIAN_PG_ROOT / major / "bin"
+    if not (folder / "pg_ctl").exists():
+        raise PitrRestoreFailed(
+            f"pg_ctl of PostgreSQL {major} not found in {folder}: install postgresql-{major} or set "
+            "BACKUP_PIPELINE_PG_BIN_DIR"
+        )
+    return folder
+
+
+def stop_restored(engine: PgBackRest, pg_bin: Path | None, data_dir: Path) -> None:
     """Stop a restored copy (tests, and the operator's clean-up through the same code)."""
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    pg_bin = pg_bin or server_bin_dir(data_dir)
     _pg_ctl(engine, pg_bin, "-D", str(data_dir), "-m", "fast", "-w", "stop", env=_clean_env())
