@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -317,6 +319,45 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
     failure = result.failure_data_for_node("pitr_restore")
     assert failure is not None and "no UTC offset" in str(failure.user_failure_data.description if failure.user_failure_data else failure.error)
     assert not (world.root / "never").exists()
+
+
+def _cli(world: PitrWorld, *args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in {**os.environ, **world.env}.items() if k not in drop}
+    return subprocess.run(
+        [sys.executable, "-m", "backup_pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_restores_to_a_moment_with_the_recovery_key_alone(world: PitrWorld) -> None:
+    recovery_file = world.root / "recovery-key.txt"
+    recovery_file.write_text(world.recovery.to_bech32() + "\n")
+    restore_dir = world.root / "restored-cli"
+    port = free_low_port()
+    bad = _cli(world, "restore", "--recovery-key-file", str(recovery_file), "--target-time", "yesterday",
+               "--data-dir", str(restore_dir), "--port", str(port))
+    assert bad.returncode == 2 and "--target-time" in bad.stderr and "Traceback" not in bad.stderr
+    target = _now(world)
+    try:
+        done = _cli(
+            world, "restore", "--recovery-key-file", str(recovery_file), "--target-time", target.isoformat(),
+            "--data-dir", str(restore_dir), "--port", str(port), "--json",
+            drop=("BACKUP_PIPELINE_ORG_SECRET_FILE",),
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert datetime.fromisoformat(report["reached"]) <= target and report["tables"] >= 1
+        for secret in (world.ctx.secrets.cipher_pass, world.s3.server.secret_key):
+            assert secret not in done.stdout + done.stderr
+    finally:
+        stop_restored(world.ctx.engine, None, restore_dir)
+
+
+def test_cli_status_shows_the_window(world: PitrWorld) -> None:
+    done = _cli(world, "pitr", "status", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads(done.stdout)
+    assert status["earliest_restorable"] != "none" and status["wal_missing_segments"] == 0
+    assert status["problems"] == []
 
 
 def _sensor_alerts(world: PitrWorld, receiver: WebhookReceiver, cursor: str | None) -> tuple[dg.SensorResult, list[dict[str, object]]]:
