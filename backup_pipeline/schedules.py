@@ -161,7 +161,9 @@ PITR_BASE_BACKUP_JOB_NAME = "pitr_base_backup_job"
 PITR_SCHEDULE_NAME = "pitr_base_backup_schedule"
 
 
-def build_pitr_schedule(settings: BackupSettings, job_name: str = PITR_BASE_BACKUP_JOB_NAME) -> dg.ScheduleDefinition:
+def build_pitr_schedule(
+    settings: BackupSettings, job_name: str = PITR_BASE_BACKUP_JOB_NAME
+) -> dg.ScheduleDefinition:
     """pgBackRest base backups on ``pitr_base_backup_cron``; WAL archiving itself is continuous."""
     _check_schedule_settings(settings)
     if not is_valid_cron_string(settings.pitr_base_backup_cron):
@@ -180,7 +182,9 @@ def build_pitr_schedule(settings: BackupSettings, job_name: str = PITR_BASE_BACK
         description=f"PITR base backup ({settings.pitr_base_backup_type}) at cron `{settings.pitr_base_backup_cron}` "
         f"({settings.schedule_timezone}). A tick while one still runs is skipped.",
         default_status=(
-            dg.DefaultScheduleStatus.RUNNING if settings.schedule_enabled else dg.DefaultScheduleStatus.STOPPED
+            dg.DefaultScheduleStatus.RUNNING
+            if settings.schedule_enabled
+            else dg.DefaultScheduleStatus.STOPPED
         ),
     )
     def pitr_base_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:

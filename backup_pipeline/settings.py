@@ -227,7 +227,9 @@ class BackupSettings(BaseSettings):
     )
     pitr_repo_s3_bucket: str = Field("pitr", description="Bucket of the PITR repository.")
     pitr_repo_s3_region: str = Field("us-east-1", description="S3 region of the PITR repository.")
-    pitr_repo_path: str = Field("/pgbackrest", description="Path of the pgBackRest repository inside the bucket.")
+    pitr_repo_path: str = Field(
+        "/pgbackrest", description="Path of the pgBackRest repository inside the bucket."
+    )
     pitr_repo_ca_file: Path | None = Field(
         None, description="CA certificate (PEM) of the PITR S3 server, for a self-signed or private CA."
     )
@@ -236,11 +238,13 @@ class BackupSettings(BaseSettings):
         description="Data directory of the application's PostgreSQL server (pgBackRest reads it for base backups).",
     )
     pitr_pg_socket_dir: Path = Field(
-        Path("/var/run/postgresql"), description="Unix socket directory of the application's server (pgBackRest connects only over the socket)."
+        Path("/var/run/postgresql"),
+        description="Unix socket directory of the application's server (pgBackRest connects only over the socket).",
     )
     pitr_pg_port: int = Field(5432, ge=1, le=65535, description="Port of the application's server.")
     pitr_pg_user: str = Field(
-        "bp_pitr", description="Least-privilege role for base backups and monitoring (docs/guides/DEPLOYMENT.md)."
+        "bp_pitr",
+        description="Least-privilege role for base backups and monitoring (docs/guides/DEPLOYMENT.md).",
     )
     pitr_os_user: str | None = Field(
         None,
@@ -254,13 +258,16 @@ class BackupSettings(BaseSettings):
         "30 1 * * *", description="Cron expression (in schedule_timezone) of the pgBackRest base backups."
     )
     pitr_base_backup_type: Literal["full", "diff", "incr"] = Field(
-        "full", description="Type of the scheduled base backup (pgBackRest makes a full one when none exists)."
+        "full",
+        description="Type of the scheduled base backup (pgBackRest makes a full one when none exists).",
     )
     pitr_archive_lag_alert_seconds: int = Field(
         300, ge=30, description="Alert when WAL written this long ago is still not archived."
     )
     pitr_wal_dir_alert_mb: int = Field(
-        2048, ge=16, description="Alert when the server's pg_wal holds more than this (archive outage fills the disk)."
+        2048,
+        ge=16,
+        description="Alert when the server's pg_wal holds more than this (archive outage fills the disk).",
     )
 
     @classmethod

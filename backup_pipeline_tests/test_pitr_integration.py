@@ -37,7 +37,12 @@ from backup_pipeline.services.pitr_restore import (
     stop_restored,
 )
 from backup_pipeline.services.pitr_status import archive_problems, read_archiver_status
-from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, BackupSettings, load_settings
+from backup_pipeline.settings import (
+    PITR_S3_ACCESS_KEY_ENV,
+    PITR_S3_SECRET_KEY_ENV,
+    BackupSettings,
+    load_settings,
+)
 from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.pg_cluster import (
     PG_BIN,
@@ -90,7 +95,11 @@ class PitrWorld:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()
-            if status.last_archived_wal and status.last_archived_wal >= segment and not status.waiting_segments:
+            if (
+                status.last_archived_wal
+                and status.last_archived_wal >= segment
+                and not status.waiting_segments
+            ):
                 return
             time.sleep(0.5)
         raise AssertionError(f"segment {segment} not archived within {timeout} s: {self.status()}")
@@ -148,7 +157,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
         cfg = pitr.engine_config(settings)
         cfg = type(cfg)(**{**cfg.__dict__, "archive_push_timeout_seconds": ARCHIVE_PUSH_TIMEOUT})
         ctx = pitr.open_repo(
-            settings, keyring=keyring, recovery_keys=[recovery.public_key], create_keystore=True, env=env, cfg=cfg
+            settings,
+            keyring=keyring,
+            recovery_keys=[recovery.public_key],
+            create_keystore=True,
+            env=env,
+            cfg=cfg,
         )
         server_conf = user_dir(root / "server-pgbackrest", 0o700)
         pitr.write_server_config(ctx, server_conf)
@@ -166,7 +180,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
                 cluster.execute(statement)
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute("CREATE TABLE items (id int PRIMARY KEY, note text)", APP_DB)
-        cluster.execute("INSERT INTO items SELECT g, 'before the base backup' FROM generate_series(1, 50) g", APP_DB)
+        cluster.execute(
+            "INSERT INTO items SELECT g, 'before the base backup' FROM generate_series(1, 50) g", APP_DB
+        )
         yield PitrWorld(root, cluster, s3, settings, env, keyring, recovery, ctx, instance_cm.__enter__())
     finally:
         instance_cm.__exit__(None, None, None)
@@ -234,10 +250,15 @@ def test_restore_to_a_moment_between_rows_written_and_a_dropped_table(world: Pit
     restore_dir = world.root / "restored"
     request = RestoreRequest(target=target, data_dir=restore_dir, port=free_low_port(), database=APP_DB)
     check_request(
-        request, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=world.ctx.engine.info()
+        request,
+        live_data_dir=world.cluster.data_dir,
+        live_port=world.cluster.port,
+        info=world.ctx.engine.info(),
     )
     try:
-        report = restore_to_moment(world.ctx.engine, request, pg_bin=PG_BIN, secrets_env=world.ctx.secrets_env())
+        report = restore_to_moment(
+            world.ctx.engine, request, pg_bin=PG_BIN, secrets_env=world.ctx.secrets_env()
+        )
         assert report.tables == {"public.items": 80}
         assert report.reached is not None
         # the moment reached is the T1 insert's commit: the last transaction before the target
@@ -255,11 +276,18 @@ def test_restore_refuses_the_live_server_and_moments_outside_the_window(world: P
     live = RestoreRequest(target=None, data_dir=world.cluster.data_dir, port=free_low_port(), database=APP_DB)
     with pytest.raises(PitrRestoreRefused, match="live server's data directory"):
         check_request(live, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=info)
-    same_port = RestoreRequest(target=None, data_dir=world.root / "x", port=world.cluster.port, database=APP_DB)
+    same_port = RestoreRequest(
+        target=None, data_dir=world.root / "x", port=world.cluster.port, database=APP_DB
+    )
     with pytest.raises(PitrRestoreRefused, match="live server's"):
-        check_request(same_port, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=info)
+        check_request(
+            same_port, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=info
+        )
     early = RestoreRequest(
-        target=datetime(2000, 1, 1, tzinfo=UTC), data_dir=world.root / "x", port=free_low_port(), database=APP_DB
+        target=datetime(2000, 1, 1, tzinfo=UTC),
+        data_dir=world.root / "x",
+        port=free_low_port(),
+        database=APP_DB,
     )
     with pytest.raises(PitrRestoreRefused, match="before the recoverable window"):
         check_request(early, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=info)
@@ -270,7 +298,9 @@ def _kill_archiver_mid_segment(world: PitrWorld) -> int:
     killed = 0
     deadline = time.monotonic() + 30
     while not killed and time.monotonic() < deadline:
-        world.cluster.execute("INSERT INTO wal_filler SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g", APP_DB)
+        world.cluster.execute(
+            "INSERT INTO wal_filler SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g", APP_DB
+        )
         world.cluster.execute("SELECT pg_switch_wal()")
         for pid in pgbackrest_processes(str(world.root / "server-pgbackrest")):
             try:
@@ -309,7 +339,11 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
         run_config={
             "ops": {
                 "pitr_restore": {
-                    "config": {"data_dir": str(world.root / "never"), "port": 1, "target_time": "2026-05-04 10:41"}
+                    "config": {
+                        "data_dir": str(world.root / "never"),
+                        "port": 1,
+                        "target_time": "2026-05-04 10:41",
+                    }
                 }
             }
         },
@@ -317,14 +351,20 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
     )
     assert not result.success
     failure = result.failure_data_for_node("pitr_restore")
-    assert failure is not None and "no UTC offset" in str(failure.user_failure_data.description if failure.user_failure_data else failure.error)
+    assert failure is not None and "no UTC offset" in str(
+        failure.user_failure_data.description if failure.user_failure_data else failure.error
+    )
     assert not (world.root / "never").exists()
 
 
 def _cli(world: PitrWorld, *args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in {**os.environ, **world.env}.items() if k not in drop}
     return subprocess.run(
-        [sys.executable, "-m", "backup_pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "backup_pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -333,14 +373,33 @@ def test_cli_restores_to_a_moment_with_the_recovery_key_alone(world: PitrWorld) 
     recovery_file.write_text(world.recovery.to_bech32() + "\n")
     restore_dir = world.root / "restored-cli"
     port = free_low_port()
-    bad = _cli(world, "restore", "--recovery-key-file", str(recovery_file), "--target-time", "yesterday",
-               "--data-dir", str(restore_dir), "--port", str(port))
+    bad = _cli(
+        world,
+        "restore",
+        "--recovery-key-file",
+        str(recovery_file),
+        "--target-time",
+        "yesterday",
+        "--data-dir",
+        str(restore_dir),
+        "--port",
+        str(port),
+    )
     assert bad.returncode == 2 and "--target-time" in bad.stderr and "Traceback" not in bad.stderr
     target = _now(world)
     try:
         done = _cli(
-            world, "restore", "--recovery-key-file", str(recovery_file), "--target-time", target.isoformat(),
-            "--data-dir", str(restore_dir), "--port", str(port), "--json",
+            world,
+            "restore",
+            "--recovery-key-file",
+            str(recovery_file),
+            "--target-time",
+            target.isoformat(),
+            "--data-dir",
+            str(restore_dir),
+            "--port",
+            str(port),
+            "--json",
             drop=("BACKUP_PIPELINE_ORG_SECRET_FILE",),
         )
         assert done.returncode == 0, done.stderr
@@ -360,7 +419,9 @@ def test_cli_status_shows_the_window(world: PitrWorld) -> None:
     assert status["problems"] == []
 
 
-def _sensor_alerts(world: PitrWorld, receiver: WebhookReceiver, cursor: str | None) -> tuple[dg.SensorResult, list[dict[str, object]]]:
+def _sensor_alerts(
+    world: PitrWorld, receiver: WebhookReceiver, cursor: str | None
+) -> tuple[dg.SensorResult, list[dict[str, object]]]:
     secret = world.root / "webhook-secret"
     secret.write_text("webhook-key-of-the-pitr-tests")
     settings = load_settings(
@@ -396,7 +457,9 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
     world.s3.stop()
     try:
         for _ in range(3):
-            world.cluster.execute("INSERT INTO wal_filler SELECT g, 'outage' FROM generate_series(1, 1000) g", APP_DB)
+            world.cluster.execute(
+                "INSERT INTO wal_filler SELECT g, 'outage' FROM generate_series(1, 1000) g", APP_DB
+            )
             world.switch_wal()
         deadline = time.monotonic() + 120
         while not world.status().failing and time.monotonic() < deadline:
@@ -409,7 +472,9 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
         assert "pitr_archive_failing" in [a["kind"] for a in alerts]
         first_count = len(alerts)
         assert world.ctx.secrets.cipher_pass not in json.dumps(alerts)
-        failed = {e.check_name: e.passed for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)}
+        failed = {
+            e.check_name: e.passed for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)
+        }
         assert failed[pitr_ops.ARCHIVING_CHECK] is False
         # the next tick in the same incident does not alert again
         again, alerts = _sensor_alerts(world, webhook_receiver, result.cursor)

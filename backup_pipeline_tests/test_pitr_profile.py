@@ -28,7 +28,13 @@ def test_pitr_is_off_by_default_and_loads_nothing() -> None:
     off = _names(False)
     assert not {n for n in off if "pitr" in n}
     on = _names(True)
-    assert {"pitr_base_backup_job", "pitr_restore_job", "pitr_base_backup_schedule", "pitr_archive_health", "pitr_archive"} <= on
+    assert {
+        "pitr_base_backup_job",
+        "pitr_restore_job",
+        "pitr_base_backup_schedule",
+        "pitr_archive_health",
+        "pitr_archive",
+    } <= on
     assert off <= on  # the existing jobs are untouched
 
 
@@ -49,7 +55,12 @@ def test_pitr_settings_errors_name_the_field_and_the_rule() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("latest", None), ("LATEST", None), ("2026-05-04T10:41:30+02:00", "2026-05-04T08:41:30+00:00"), ("2026-05-04T08:41:30Z", "2026-05-04T08:41:30+00:00")],
+    [
+        ("latest", None),
+        ("LATEST", None),
+        ("2026-05-04T10:41:30+02:00", "2026-05-04T08:41:30+00:00"),
+        ("2026-05-04T08:41:30Z", "2026-05-04T08:41:30+00:00"),
+    ],
 )
 def test_target_time_parsing(text: str, expected: str | None) -> None:
     moment = parse_target(text)

@@ -26,7 +26,9 @@ def _settings() -> BackupSettings:
     except SettingsError as exc:
         fail(str(exc), 2)
     if not settings.pitr_enabled:
-        fail("PITR is not enabled: set BACKUP_PIPELINE_PITR_ENABLED=true (docs/guides/DEPLOYMENT.md, PITR)", 2)
+        fail(
+            "PITR is not enabled: set BACKUP_PIPELINE_PITR_ENABLED=true (docs/guides/DEPLOYMENT.md, PITR)", 2
+        )
     return settings
 
 
@@ -82,7 +84,7 @@ def status(as_json: bool) -> None:
     from backup_pipeline.ops.pitr import limits
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import PitrEngineError
-    from backup_pipeline.services.pitr_status import archive_problems
+    from backup_pipeline.services.pitr_status import ArchiverStatus, archive_problems
 
     settings = _settings()
     ctx = _open(settings, create=False)
@@ -91,10 +93,11 @@ def status(as_json: bool) -> None:
         segments = pitr.archive_segments(ctx.client, ctx.engine.cfg)
     except PitrEngineError as exc:
         fail(str(exc), 1)
+    server: ArchiverStatus | None = None
     try:
         server = pitr.server_status(settings)
     except Exception as exc:  # psycopg's errors: reported, the repository side still shown
-        server, problems = None, [f"application server unreachable: {exc}"]
+        problems = [f"application server unreachable: {exc}"]
     else:
         problems = [p.message for p in archive_problems(server, **limits(settings))]
     window = pitr.recoverable_window(info, segments, server)
@@ -106,7 +109,9 @@ def status(as_json: bool) -> None:
         click.echo(f"  base backups: {result['base_backups']} (newest {result['newest_base_backup']})")
         click.echo(f"  missing WAL segments in the window: {result['wal_missing_segments']}")
         if server:
-            click.echo(f"  archive lag: {result['archive_lag_seconds']} s, pg_wal {result['pg_wal_bytes']} bytes")
+            click.echo(
+                f"  archive lag: {result['archive_lag_seconds']} s, pg_wal {result['pg_wal_bytes']} bytes"
+            )
         for problem in problems:
             click.echo(f"  PROBLEM: {problem}")
     if problems or window.missing:

@@ -99,7 +99,9 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     "repository, into --data-dir on --port. Other options except the keys do not apply.",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="PITR: a new data directory.")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="PITR: port of the restored cluster.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="PITR: port of the restored cluster."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def restore_command(
     destination_kind: str | None,

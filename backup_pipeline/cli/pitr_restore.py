@@ -53,7 +53,10 @@ def restore_to_time(
     try:
         ctx = pitr.open_repo(settings, keyring=keys.org_keyring, recovery=keys.recovery_identity)
         check_request(
-            request, live_data_dir=settings.pitr_pg_data_dir, live_port=settings.pitr_pg_port, info=ctx.engine.info()
+            request,
+            live_data_dir=settings.pitr_pg_data_dir,
+            live_port=settings.pitr_pg_port,
+            info=ctx.engine.info(),
         )
         report = restore_to_moment(
             ctx.engine,
@@ -72,7 +75,9 @@ def restore_to_time(
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
-    click.echo(f"restored to {result['reached']} (target {result['target']}, base backup {result['backup_set']})")
+    click.echo(
+        f"restored to {result['reached']} (target {result['target']}, base backup {result['backup_set']})"
+    )
     click.echo(f"  {result['tables']} tables, {result['rows']} rows readable in {result['database']}")
     click.echo(f"  running on port {result['port']}: {result['connect']}")
     click.echo(f"  stop it with: {result['stop']}")

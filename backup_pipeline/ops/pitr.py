@@ -17,7 +17,6 @@ Neither job carries the exclusive run tag: they read the live server (pgBackRest
 lock) and write only the PITR repository or a new directory, so dump backups keep running.
 """
 
-
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -79,7 +78,9 @@ class PitrRestoreConfig(dg.Config):
     )
     data_dir: str = Field(description="A NEW (absent or empty) data directory for the restored cluster.")
     port: int = Field(description="Port the restored cluster listens on (127.0.0.1); not the live server's.")
-    database: str = Field(default="", description="Database whose tables are verified; empty: the application's.")
+    database: str = Field(
+        default="", description="Database whose tables are verified; empty: the application's."
+    )
 
 
 @dataclass(frozen=True)
@@ -262,10 +263,17 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
         try:
             ctx = svc.open_repo(settings, keyring=keys.keyring())
             check_request(
-                request, live_data_dir=settings.pitr_pg_data_dir, live_port=settings.pitr_pg_port, info=ctx.engine.info()
+                request,
+                live_data_dir=settings.pitr_pg_data_dir,
+                live_port=settings.pitr_pg_port,
+                info=ctx.engine.info(),
             )
             report = restore_to_moment(
-                ctx.engine, request, pg_bin=settings.pg_bin_dir, secrets_env=ctx.secrets_env(), log=context.log.info
+                ctx.engine,
+                request,
+                pg_bin=settings.pg_bin_dir,
+                secrets_env=ctx.secrets_env(),
+                log=context.log.info,
             )
         except PitrRestoreRefused as exc:
             raise dg.Failure(description=f"refused, nothing was changed: {exc}") from None

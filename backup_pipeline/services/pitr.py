@@ -34,7 +34,12 @@ from backup_pipeline.services.pitr_engine import (
     missing_segments,
     render_config,
 )
-from backup_pipeline.services.pitr_keys import ensure_keystore, load_passphrase, repo_client, write_private_file
+from backup_pipeline.services.pitr_keys import (
+    ensure_keystore,
+    load_passphrase,
+    repo_client,
+    write_private_file,
+)
 from backup_pipeline.services.pitr_status import ArchiverStatus
 from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, BackupSettings
 
@@ -70,7 +75,11 @@ def engine_config(settings: BackupSettings) -> EngineConfig:
 def repo_keys(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     source = os.environ if env is None else env
     access, secret = source.get(PITR_S3_ACCESS_KEY_ENV), source.get(PITR_S3_SECRET_KEY_ENV)
-    missing = [name for name, value in ((PITR_S3_ACCESS_KEY_ENV, access), (PITR_S3_SECRET_KEY_ENV, secret)) if not value]
+    missing = [
+        name
+        for name, value in ((PITR_S3_ACCESS_KEY_ENV, access), (PITR_S3_SECRET_KEY_ENV, secret))
+        if not value
+    ]
     if missing:
         raise PitrSetupError(f"{' and '.join(missing)} must be set: the PITR repository bucket's S3 keys")
     assert access and secret
@@ -105,7 +114,9 @@ def open_repo(
     client = repo_client(cfg.repo, access, secret)
     if create_keystore:
         if keyring is None:
-            raise PitrSetupError("setting up the PITR repository needs the org secret (BACKUP_PIPELINE_ORG_SECRET_FILE)")
+            raise PitrSetupError(
+                "setting up the PITR repository needs the org secret (BACKUP_PIPELINE_ORG_SECRET_FILE)"
+            )
         passphrase = ensure_keystore(client, cfg.repo, cfg.stanza, keyring, recovery_keys)
     else:
         passphrase = load_passphrase(client, cfg.repo, cfg.stanza, keyring=keyring, recovery=recovery)

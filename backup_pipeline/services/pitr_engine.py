@@ -272,7 +272,9 @@ class PgBackRest:
         for sub in ("conf", "spool", "lock", "log"):
             (self.cfg.work_dir / sub).mkdir(parents=True, exist_ok=True)
         self.cfg.config_file.write_text(render_config(self.cfg))
-        self._give_to_os_user(self.cfg.work_dir, *(self.cfg.work_dir / s for s in ("conf", "spool", "lock", "log")))
+        self._give_to_os_user(
+            self.cfg.work_dir, *(self.cfg.work_dir / s for s in ("conf", "spool", "lock", "log"))
+        )
         self._give_to_os_user(self.cfg.config_file)
         return self.cfg.config_file
 

@@ -60,9 +60,13 @@ def derive_cipher_pass(keyring: OrgKeyring, stanza: str) -> str:
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def seal(passphrase: str, stanza: str, keyring: OrgKeyring, recovery_keys: Sequence[RecoveryPublicKey]) -> bytes:
+def seal(
+    passphrase: str, stanza: str, keyring: OrgKeyring, recovery_keys: Sequence[RecoveryPublicKey]
+) -> bytes:
     if not recovery_keys:
-        raise PitrKeyError("no recovery public key: run `backup-pipeline keys status` to create the key pair first")
+        raise PitrKeyError(
+            "no recovery public key: run `backup-pipeline keys status` to create the key pair first"
+        )
     return b"".join(
         encrypt_stream(
             [passphrase.encode("ascii")],

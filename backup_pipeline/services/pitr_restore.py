@@ -200,12 +200,16 @@ def _ids(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _pg_ctl(engine: PgBackRest, pg_bin: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _pg_ctl(
+    engine: PgBackRest, pg_bin: Path, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     argv = [str(pg_bin / "pg_ctl"), *args]
     user = engine.run_as_user()
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+    )
 
 
 def _clean_env() -> dict[str, str]:
@@ -264,7 +268,9 @@ def _tables(socket_dir: Path, port: int, database: str, superuser: str) -> dict[
             "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2"
         ).fetchall()
         for schema, table in rows:
-            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
             result = conn.execute(query).fetchone()
             counts[f"{schema}.{table}"] = int(result[0]) if result else 0
     return counts
@@ -310,7 +316,14 @@ def restore_to_moment(
     log_path = req.data_dir / SERVER_LOG_NAME
     log(f"starting the restored server on port {req.port}; WAL is replayed from the repository")
     start = _pg_ctl(
-        engine, pg_bin, "-D", str(req.data_dir), "-l", str(log_path), "start", env={**_clean_env(), **secrets_env}
+        engine,
+        pg_bin,
+        "-D",
+        str(req.data_dir),
+        "-l",
+        str(log_path),
+        "start",
+        env={**_clean_env(), **secrets_env},
     )
     if start.returncode != 0:
         raise PitrRestoreFailed(f"pg_ctl start failed: {start.stderr.strip()}\n{_log_tail(log_path)}")
@@ -324,10 +337,22 @@ def restore_to_moment(
             f"recovery went past the target: last replayed commit {reached.isoformat()} > {req.target.isoformat()}"
         )
     tables = _tables(socket_dir, req.port, req.database, req.superuser)
-    log(f"recovered to {reached.isoformat() if reached else 'an unknown moment'}; {len(tables)} tables readable")
+    log(
+        f"recovered to {reached.isoformat() if reached else 'an unknown moment'}; {len(tables)} tables readable"
+    )
     # The postmaster's environment held the repository secrets for restore_command: restart without.
     restart = _pg_ctl(
-        engine, pg_bin, "-D", str(req.data_dir), "-l", str(log_path), "-m", "fast", "-w", "restart", env=_clean_env()
+        engine,
+        pg_bin,
+        "-D",
+        str(req.data_dir),
+        "-l",
+        str(log_path),
+        "-m",
+        "fast",
+        "-w",
+        "restart",
+        env=_clean_env(),
     )
     if restart.returncode != 0:
         raise PitrRestoreFailed(f"restart of the restored server failed: {restart.stderr.strip()}")
@@ -351,7 +376,9 @@ def server_bin_dir(data_dir: Path) -> Path:
     try:
         major = (data_dir / "PG_VERSION").read_text().strip()
     except OSError as exc:
-        raise PitrRestoreFailed(f"{data_dir} holds no PostgreSQL cluster (PG_VERSION: {exc.strerror})") from None
+        raise PitrRestoreFailed(
+            f"{data_dir} holds no PostgreSQL cluster (PG_VERSION: {exc.strerror})"
+        ) from None
     folder = DEBIAN_PG_ROOT / major / "bin"
     if not (folder / "pg_ctl").exists():
         raise PitrRestoreFailed(

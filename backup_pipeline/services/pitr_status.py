@@ -129,7 +129,9 @@ class Problem:
     message: str
 
 
-def archive_problems(status: ArchiverStatus, *, lag_limit_seconds: float, wal_limit_bytes: int) -> list[Problem]:
+def archive_problems(
+    status: ArchiverStatus, *, lag_limit_seconds: float, wal_limit_bytes: int
+) -> list[Problem]:
     problems: list[Problem] = []
     if not status.archiving_on:
         problems.append(
