@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pair in "chromium:chromium" "age:age" "pigz:pigz" "restic:restic" "pg_dump:postgresql-client" "time:time"; do
+for pair in "chromium:chromium" "age:age" "pigz:pigz" "restic:restic" "pg_dump:postgresql-client" "time:time" "pgbackrest:pgbackrest"; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   if [ "$cmd" = time ]; then [ -x /usr/bin/time ] || need_apt+=("$pkg"); continue; fi
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
