@@ -11,6 +11,11 @@ Two sources, one answer shape (:class:`LedgerEntry`):
   properties (``services/backup_parts.py``), for when the Dagster instance is lost. A set
   with a manifest file is complete, one without is incomplete; deleted sets are simply gone.
 
+Every entry has a ``kind``: ``regular`` (scheduled or requested backups) or ``safety`` (the
+database-only set a restore makes of the database it replaces: metadata ``set_kind`` /
+``trigger=pre-restore``, file property ``setKind=safety``). ``latest_complete`` never returns
+a safety set.
+
 ``reconcile`` compares both and says which ledger entries no longer match the destination.
 """
 
@@ -28,8 +33,12 @@ from backup_pipeline.destinations.base import Destination
 from backup_pipeline.services.backup_parts import (
     PART_MANIFEST,
     PROP_PART_NAME,
+    SET_KIND_REGULAR,
+    SET_KIND_SAFETY,
+    TRIGGER_PRE_RESTORE,
     backup_id_time,
     is_backup_id,
+    set_kind_of,
 )
 from backup_pipeline.services.backup_upload import list_sets
 
@@ -54,10 +63,22 @@ class LedgerEntry:
     source: str = "dagster"  # or "destination"
     metadata: dict[str, Any] = field(default_factory=dict)
     file_ids: tuple[str, ...] = ()
+    kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup of the database
 
     @property
     def complete(self) -> bool:
         return self.status is SetStatus.COMPLETE
+
+    @property
+    def is_safety(self) -> bool:
+        return self.kind == SET_KIND_SAFETY
+
+
+def kind_from_metadata(meta: Mapping[str, Any]) -> str:
+    """A set's kind from its ledger metadata (``set_kind``; older safety sets: ``trigger``)."""
+    if meta.get("set_kind") == SET_KIND_SAFETY or meta.get("trigger") == TRIGGER_PRE_RESTORE:
+        return SET_KIND_SAFETY
+    return SET_KIND_REGULAR
 
 
 def _plain(value: Any) -> Any:
@@ -118,6 +139,7 @@ def from_dagster(
             run_id=record.run_id,
             metadata=meta,
             file_ids=tuple(dict(meta.get("part_file_ids") or {}).values()),
+            kind=kind_from_metadata(meta),
         )
     for record in _page_all(instance.fetch_observations, BACKUP_SET_ASSET):
         obs = record.asset_observation
@@ -134,6 +156,7 @@ def from_dagster(
             created_at=known.created_at if known else _created(backup_id, record.timestamp),
             run_id=known.run_id if known else None,
             metadata={**(known.metadata if known else {}), "deletion": meta},
+            kind=known.kind if known else SET_KIND_REGULAR,
         )
     if include_failed_runs:
         failed = instance.get_runs(
@@ -156,13 +179,13 @@ def from_dagster(
 
 
 def complete_sets(instance: dg.DagsterInstance) -> list[LedgerEntry]:
-    """Complete, not deleted sets, newest first (what restore and retention choose from)."""
+    """Complete, not deleted sets, newest first, safety sets included (``is_safety``)."""
     return [e for e in from_dagster(instance, include_failed_runs=False) if e.status is SetStatus.COMPLETE]
 
 
 def latest_complete(instance: dg.DagsterInstance) -> LedgerEntry | None:
-    sets = complete_sets(instance)
-    return sets[0] if sets else None
+    """The newest complete *regular* set: what ``latest`` means (a safety set never is)."""
+    return next((e for e in complete_sets(instance) if not e.is_safety), None)
 
 
 VERIFIED_EVENT = "verified"
@@ -248,6 +271,7 @@ def from_destination(destination: Destination, installation_id: str) -> list[Led
                     "total_bytes": sum(f.size for f in files),
                 },
                 file_ids=tuple(f.id for f in files),
+                kind=set_kind_of(f.properties for f in files),
             )
         )
     return sorted(entries, key=lambda e: e.created_at, reverse=True)

@@ -119,13 +119,19 @@ def confirm(backup_id: str) -> str:
     return svc.confirmation_phrase(backup_id)
 
 
-def normalised_dump(url: str, exclude_tables: tuple[str, ...] = ()) -> str:
+def normalised_dump(
+    url: str, exclude_tables: tuple[str, ...] = (), *, schema_only: bool = False, owners: bool = False
+) -> str:
     """Schema and data of a database as plain SQL, without the per-dump random tokens, and without
-    the pipeline's data lease table (its bookkeeping, which backups leave out too)."""
+    the pipeline's data lease table (its bookkeeping, which backups leave out too).
+    ``owners``: with owners and grants; ``schema_only``: without the data."""
     tools = locate_pg_tools()
     excludes = [f"--exclude-table={t}" for t in (*exclude_tables, f"public.{DATA_LEASE_TABLE}")]
+    options = ([] if owners else ["--no-owner", "--no-privileges"]) + (
+        ["--schema-only"] if schema_only else []
+    )
     out = subprocess.run(
-        [str(tools.pg_dump.path), "--no-owner", "--no-privileges", *excludes, "-d", url],
+        [str(tools.pg_dump.path), *options, *excludes, "-d", url],
         check=True,
         capture_output=True,
         text=True,

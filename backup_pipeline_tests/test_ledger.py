@@ -50,3 +50,23 @@ def test_reconcile_names_sets_missing_on_either_side() -> None:
     assert recon.missing_on_destination == ["20260101T000000Z-aaaaaaaa"]
     assert recon.unknown_to_dagster == ["20260103T000000Z-cccccccc"]
     assert recon.incomplete_on_destination == ["20260104T000000Z-dddddddd"]
+
+
+def test_safety_sets_are_labelled_and_never_the_latest() -> None:
+    with dg.instance_for_test() as instance:
+        _complete(instance, "20260101T000000Z-aaaaaaaa")
+        for backup_id, meta in (
+            ("20260102T000000Z-bbbbbbbb", {"trigger": "pre-restore"}),  # before sets had a kind
+            ("20260103T000000Z-cccccccc", {"set_kind": "safety", "trigger": "pre-restore"}),
+        ):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key=BACKUP_SET_ASSET, metadata={"backup_id": backup_id, **meta})
+            )
+        latest = ledger.latest_complete(instance)
+        assert latest is not None and latest.backup_id == "20260101T000000Z-aaaaaaaa"
+        kinds = {e.backup_id: e.kind for e in ledger.complete_sets(instance)}
+        assert kinds == {
+            "20260103T000000Z-cccccccc": "safety",
+            "20260102T000000Z-bbbbbbbb": "safety",
+            "20260101T000000Z-aaaaaaaa": "regular",
+        }

@@ -6,19 +6,16 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from minio import Minio
 from minio.commonconfig import Tags
 
-from backup_pipeline.resources.postgres import locate_pg_tools
 from backup_pipeline.services import restore as svc
-from backup_pipeline_tests.fixtures.postgres import PgDatabase, create_database, drop_database
+from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
 BUCKET = "restore-conflicts"
@@ -406,108 +403,6 @@ SCHEMA = """
 CREATE TABLE media_assets (id serial PRIMARY KEY, bucket text, object_key text, note text);
 CREATE TABLE settings (k text PRIMARY KEY, v text);
 """
-
-
-def _seed(db: PgDatabase, rows: int, note: str) -> None:
-    with db.connect() as conn:
-        conn.execute(SCHEMA)
-        with conn.cursor().copy("COPY media_assets (bucket, object_key, note) FROM STDIN") as copy:
-            for i in range(rows):
-                copy.write_row(("media", f"a/{i}.jpg", f"{note} {i}"))
-        conn.execute("INSERT INTO settings VALUES ('storage', %s)", (note,))
-
-
-def _dump(db: PgDatabase) -> bytes:
-    tools = locate_pg_tools()
-    return subprocess.run(
-        [str(tools.pg_dump.path), "-Fc", "-d", db.url], check=True, capture_output=True
-    ).stdout
-
-
-def _normalised_sql(db: PgDatabase) -> str:
-    tools = locate_pg_tools()
-    out = subprocess.run(
-        [str(tools.pg_dump.path), "--no-owner", "-d", db.url], check=True, capture_output=True, text=True
-    ).stdout
-    # \restrict/\unrestrict carry a random per-dump token (pg_dump 15.14+).
-    skip = ("--", "\\restrict", "\\unrestrict")
-    return "\n".join(line for line in out.splitlines() if line.strip() and not line.startswith(skip))
-
-
-def _target(db: PgDatabase) -> svc.PgTarget:
-    return svc.PgTarget(host=db.host, port=db.port, user=db.user, dbname=db.name)
-
-
-def _blocks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-
-
-@pytest.fixture()
-def source_and_target() -> Iterator[tuple[PgDatabase, PgDatabase]]:
-    source, target = create_database("bp_restore_src"), create_database("bp_restore_dst")
-    _seed(source, 20_000, "backup")
-    _seed(target, 50, "current")
-    yield source, target
-    drop_database(source.name)
-    drop_database(target.name)
-
-
-def test_restore_database_replaces_target_in_one_transaction(
-    source_and_target: tuple[PgDatabase, PgDatabase],
-) -> None:
-    source, target = source_and_target
-    tools = locate_pg_tools()
-    plan = svc.plan_database(_blocks(_dump(source)), _target(target), pg_restore=tools.pg_restore.path)
-    assert {t["table"]: (t["rows_in_backup"], t["rows_now"]) for t in plan["tables"]} == {
-        "public.media_assets": (20_000, 50),
-        "public.settings": (1, 1),
-    }
-    assert _normalised_sql(target) != _normalised_sql(source)
-    svc.restore_database(_blocks(_dump(source)), _target(target), pg_restore=tools.pg_restore.path)
-    assert _normalised_sql(target) == _normalised_sql(source)
-
-
-def test_pg_restore_failing_half_way_leaves_database_unchanged(
-    source_and_target: tuple[PgDatabase, PgDatabase],
-) -> None:
-    source, target = source_and_target
-    tools = locate_pg_tools()
-    before = _normalised_sql(target)
-    dump = _dump(source)
-    # The archive cut in the middle of the table data: pg_restore has dropped and recreated
-    # tables and loaded part of the rows when it hits the end.
-    with pytest.raises(svc.RestoreError, match="rolled back"):
-        svc.restore_database(
-            _blocks(dump[: len(dump) * 2 // 3]), _target(target), pg_restore=tools.pg_restore.path
-        )
-    assert _normalised_sql(target) == before
-
-    def failing_source() -> Iterator[bytes]:
-        yield from _blocks(dump[: len(dump) // 2], 4096)
-        raise ConnectionResetError("download cut")
-
-    with pytest.raises(ConnectionResetError):
-        svc.restore_database(failing_source(), _target(target), pg_restore=tools.pg_restore.path)
-    assert _normalised_sql(target) == before
-
-
-def test_schema_only_and_new_database_for_inspection(
-    source_and_target: tuple[PgDatabase, PgDatabase],
-) -> None:
-    source, _ = source_and_target
-    tools = locate_pg_tools()
-    inspect = svc.PgTarget(host=source.host, port=source.port, user=source.user, dbname=source.name + "_insp")
-    try:
-        assert svc.ensure_database(inspect)
-        svc.restore_database(
-            _blocks(_dump(source)), inspect, pg_restore=tools.pg_restore.path, schema_only=True
-        )
-        with psycopg.connect(inspect.conninfo()) as conn:
-            row = conn.execute("SELECT count(*) FROM media_assets").fetchone()
-        assert row == (0,)
-    finally:
-        drop_database(inspect.dbname)
 
 
 def test_version_checks_name_the_versions() -> None:

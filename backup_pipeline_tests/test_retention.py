@@ -13,6 +13,7 @@ from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.services.backup_parts import (
     PART_DATABASE,
     PART_MANIFEST,
+    SET_KIND_SAFETY,
     bucket_part_name,
     new_backup_id,
     part_file_name,
@@ -177,3 +178,47 @@ def test_manual_deletion_rules() -> None:
         check_manual_deletion(sets, "20200101T000000Z-deadbeef", force=True, in_use=set())
     with pytest.raises(RetentionError, match="restore in progress"):
         check_manual_deletion(sets, sets[2].backup_id, force=True, in_use={sets[2].backup_id})
+
+
+def _safety(hours_ago: float, suffix: str) -> BackupSetInfo:
+    created = NOW - timedelta(hours=hours_ago)
+    return BackupSetInfo(new_backup_id(created, suffix * 8), created, True, 2, 200, kind=SET_KIND_SAFETY)
+
+
+def test_safety_sets_do_not_count_and_live_until_keep_last_regular_sets_are_newer(
+    dest: LocalFolderDestination,
+) -> None:
+    """Safety sets counted in keep-last-N: a few restores pushed every regular backup out, and the
+    newest complete set to protect could be a database-only safety set."""
+    sets = [
+        _safety(1, "a"),  # newest of all: still not "the newest complete set"
+        _info(24, suffix="b"),
+        _safety(30, "c"),  # one regular set newer: kept with keep_last=2
+        _info(48, suffix="d"),
+        _safety(60, "e"),  # two regular sets newer: deleted
+        _info(72, suffix="f"),
+    ]
+    plan = plan_retention(sets, keep_last=2, incomplete_grace=GRACE, now=NOW)
+    assert plan.keep == [s.backup_id for s in sets[:4]]
+    reasons = {d.backup_id: d.reason for d in plan.delete}
+    assert reasons == {
+        sets[4].backup_id: "safety set older than the newest 2 complete regular sets",
+        sets[5].backup_id: "older than the newest 2 complete sets",
+    }
+    # keep_last=1 keeps the newest regular set although two safety sets are newer or in between.
+    plan = plan_retention(sets, keep_last=1, incomplete_grace=GRACE, now=NOW, in_use={sets[4].backup_id})
+    assert sets[1].backup_id in plan.keep and sets[4].backup_id in plan.protected
+    assert {d.backup_id for d in plan.delete} == {sets[2].backup_id, sets[3].backup_id, sets[5].backup_id}
+    # The newest complete set a manual delete protects is the newest regular one.
+    assert check_manual_deletion(sets, sets[0].backup_id, force=False, in_use=set()).is_safety
+    with pytest.raises(RetentionError, match="newest complete backup"):
+        check_manual_deletion(sets, sets[1].backup_id, force=False, in_use=set())
+    # On the destination the kind is a file property of every part of the set.
+    backup_id = new_backup_id(NOW - timedelta(hours=2))
+    for part in (PART_DATABASE, PART_MANIFEST):
+        dest.put(
+            part_file_name(INSTALLATION, backup_id, part),
+            [b"x"],
+            part_properties(INSTALLATION, backup_id, part, SET_KIND_SAFETY),
+        )
+    assert [s.kind for s in discover_sets(dest, INSTALLATION)] == [SET_KIND_SAFETY]

@@ -84,6 +84,20 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
 @click.option("--target-database", default=None, help="Restore into this database (default: the app's).")
 @click.option("--schema-only", is_flag=True, help="Restore the database schema only.")
 @click.option(
+    "--ownership",
+    type=click.Choice([o.value for o in svc.Ownership]),
+    default=svc.Ownership.SOURCE.value,
+    show_default=True,
+    help="source: objects keep the backup's owners and grants (the roles must exist here); "
+    "none: the restoring role owns everything, grants are skipped (a new server without those roles).",
+)
+@click.option(
+    "--keep-previous-database",
+    is_flag=True,
+    help="Keep the database the restore replaces as bp_replaced_<token> (also allows replacing a "
+    "non-empty database without a safety backup).",
+)
+@click.option(
     "--dry-run/--no-dry-run", default=True, show_default=True, help="Only report what would change."
 )
 @click.option("--confirm", default="", help="For --no-dry-run: 'restore <backup id>'.")
@@ -117,6 +131,8 @@ def restore_command(
     conflict_policy: str,
     target_database: str | None,
     schema_only: bool,
+    ownership: str,
+    keep_previous_database: bool,
     dry_run: bool,
     confirm: str,
     skip_safety_backup: bool,
@@ -152,8 +168,7 @@ def restore_command(
             else:
                 click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
                 for s in sets:
-                    state = "complete" if s.complete else "INCOMPLETE (no manifest)"
-                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {state}")
+                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
             return
         options = svc.RestoreOptions(
             backup_id=backup_id,
@@ -163,6 +178,8 @@ def restore_command(
             conflict_policy=svc.ConflictPolicy(conflict_policy),
             target_database=target_database,
             schema_only=schema_only,
+            ownership=svc.Ownership(ownership),
+            keep_previous_database=keep_previous_database,
             dry_run=dry_run,
             confirm=confirm,
         )
@@ -194,6 +211,13 @@ def restore_command(
         click.echo(json.dumps(report, indent=1, default=str))
     else:
         _print_report(report)
+
+
+def _set_label(info: svc.BackupSetInfo) -> str:
+    state = "complete" if info.complete else "INCOMPLETE (no manifest)"
+    if info.is_safety:
+        return f"{state}, SAFETY backup of a restore (database only; never 'latest': restore it by id)"
+    return state
 
 
 def _no_safety_backup(target: svc.PgTarget) -> str:
@@ -246,12 +270,19 @@ def _print_report(report: dict[str, Any]) -> None:
                     f"{'absent' if table['rows_now'] is None else table['rows_now']} now"
                 )
         else:
-            click.echo(f"  database {database['database']}: restored ({database['bytes']} bytes of dump)")
+            click.echo(
+                f"  database {database['database']}: restored ({database['bytes']} bytes of dump, "
+                f"{len(database['tables'])} tables, {database['rows']} rows checked)"
+            )
+            if database.get("previous_kept"):
+                click.echo(f"  the replaced database is kept as {database['replaced_database']}")
     for bucket, summary in report.get("buckets", {}).items():
         click.echo(
             f"  bucket {bucket} {verb}: {summary['added']} added, {summary['overwritten']} overwritten, "
             f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} failed"
         )
+    for note in report.get("would_refuse") or []:
+        click.echo(f"  a real restore would be refused: {note}")
     consistency = report.get("consistency")
     if consistency:
         click.echo(

@@ -7,17 +7,26 @@ Graph (one restore = one run)::
                                                                                      ┘
 
 * ``start_restore`` checks the request (confirmation phrase naming the backup, buckets,
-  versions) and resolves ``latest``; a bad request fails here with ``dagster.Failure``.
+  versions, the database role's privileges) and resolves ``latest`` (the newest complete
+  regular set, never a safety set); a bad request fails here with ``dagster.Failure``. A real
+  run then drops the scratch databases of killed runs it can prove dead.
 * ``verify_restore_parts`` streams every needed part once, authenticating each chunk and
   comparing both SHA-256 with the manifest, BEFORE anything is touched (we stream twice
-  rather than stage: no plaintext on disk, no staging space; see the service docstring).
-* ``safety_backup`` makes a normal database-only backup set of the current target database
-  (the backup job's functions, manifest last), tagged ``pre-restore`` in the ledger.
-* ``restore_database_step``: one ``pg_restore --single-transaction``; the dry run instead
-  reports tables and row counts in the dump against the database now.
+  rather than stage: no plaintext on disk, no staging space; see the service docstring). It
+  reads the dump's table of contents on the way and refuses when roles it needs are missing.
+* ``safety_backup`` makes a database-only backup set of the current target database (the
+  backup job's functions, manifest last), labelled a safety set (``setKind=safety``,
+  ``trigger=pre-restore``): never ``latest``, not counted by retention's keep-last-N.
+* ``restore_database_step`` restores into the scratch database ``bp_restore_<run id>`` and
+  checks every table's rows against the manifest; the target is not touched. The dry run
+  instead reports tables and row counts in the backup against the database now.
 * ``restore_bucket_step``: one step per bucket (dynamic), with added / overwritten /
   skipped / kept_both / failed as metadata; the dry run predicts the same numbers.
-* ``finish_restore``: consistency report (full restores), audit record, outcome run tags.
+* ``finish_restore``: swaps the scratch database in (one transaction; the replaced database is
+  dropped unless kept on request), consistency report (full restores), audit, outcome tags.
+
+A failed step drops the run's scratch database (hook ``drop_restore_scratch_on_failure``): the
+target database changes only in ``finish_restore``, so a failure anywhere leaves it as it was.
 
 A real restore holds the run-level data lease (``ops/data_lease.py``) from ``start_restore``
 (after the request checks) to ``finish_restore``; a dry run touches nothing and takes none.
@@ -33,6 +42,7 @@ from enum import Enum
 from typing import Any
 
 import dagster as dg
+import psycopg
 from pydantic import Field
 
 from backup_pipeline.archive.errors import ArchiveError
@@ -40,6 +50,7 @@ from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.ops.backup import BACKUP_SET_ASSET, build_encryptor
 from backup_pipeline.ops.data_lease import (
     acquire_run_data_lease,
+    holder_finished,
     release_data_lease_on_failure,
     release_run_data_lease,
     run_data_lease,
@@ -49,7 +60,13 @@ from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.services import restore as svc
-from backup_pipeline.services.backup_parts import bucket_part_name, mapping_key
+from backup_pipeline.services.backup_parts import (
+    SET_KIND_SAFETY,
+    TRIGGER_PRE_RESTORE,
+    bucket_part_name,
+    mapping_key,
+)
+from backup_pipeline.services.errors import first_line
 
 TAG_PREFIX = "backup_pipeline/"
 TAG_RESTORE_OF = TAG_PREFIX + "restore_of"
@@ -72,6 +89,11 @@ class Conflict(Enum):
     overwrite = "overwrite"
     keep_both = "keep_both"
     if_different = "if_different"
+
+
+class Ownership(Enum):
+    source = "source"
+    none = "none"
 
 
 class RestoreConfig(dg.Config):
@@ -101,6 +123,18 @@ class RestoreConfig(dg.Config):
         description="Database to restore into; empty: the application's. Another name restores a copy for inspection (created when missing).",
     )
     schema_only: bool = Field(default=False, description="Restore the database schema without data.")
+    ownership: Ownership = Field(
+        default=Ownership.source,
+        description=(
+            "source: objects keep the owners and grants of the backup (those roles must exist; the restore refuses "
+            "before touching anything and names the missing ones). none: the restoring role owns everything and the "
+            "backup's grants are skipped, for a new server without those roles."
+        ),
+    )
+    keep_previous_database: bool = Field(
+        default=False,
+        description="Keep the database the restore replaces on the server as bp_replaced_<run id> (default: dropped once the restore succeeded).",
+    )
     dry_run: bool = Field(
         default=True,
         description="Only report what would change (objects added/overwritten/skipped per bucket, tables and row counts); nothing is touched.",
@@ -123,6 +157,8 @@ class RestoreConfig(dg.Config):
             conflict_policy=svc.ConflictPolicy(Conflict(self.conflict_policy).value),
             target_database=self.target_database.strip() or None,
             schema_only=self.schema_only,
+            ownership=svc.Ownership(Ownership(self.ownership).value),
+            keep_previous_database=self.keep_previous_database,
             dry_run=self.dry_run,
             confirm=self.confirm,
         )
@@ -133,6 +169,7 @@ def options_from_plan(plan: dict[str, Any]) -> svc.RestoreOptions:
     raw["scope"] = svc.RestoreScope(raw["scope"])
     raw["conflict_policy"] = svc.ConflictPolicy(raw["conflict_policy"])
     raw["buckets"] = tuple(raw["buckets"])
+    raw["ownership"] = svc.Ownership(raw.get("ownership", svc.Ownership.SOURCE))
     return svc.RestoreOptions(**raw)
 
 
@@ -197,6 +234,7 @@ def start_restore(
         svc.check_confirmation(options, resolved.backup_id)
         parts = svc.needed_parts(resolved, options)
         versions: dict[str, str] = {}
+        would_refuse: list[str] = []  # dry run: the refusals a real run would make
         if options.restores_database:
             tools = app_db.pg_tools(check_server=False)
             target = _target_db(app_db, options)
@@ -206,10 +244,13 @@ def start_restore(
                 resolved.versions().get("pg_server"),
                 svc.server_version(target),
             )
+            svc.check_or_note(options.dry_run, would_refuse, svc.check_privileges, target)
     except (svc.RestoreRefused, ArchiveError) as exc:
         raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
     if not options.dry_run:
         acquire_run_data_lease(context, app_db)  # held until finish_restore
+        if options.restores_database:
+            _cleanup_leftovers(context, _target_db(app_db, options))
     launched_by = _launched_by(context)
     context.instance.add_run_tags(
         context.run_id,
@@ -227,6 +268,7 @@ def start_restore(
         "buckets": [p.removeprefix("bucket-") for p in parts if p != svc.PART_DATABASE],
         "consistency_query": config.consistency_query,
         "launched_by": launched_by,
+        "would_refuse": would_refuse,
     }
     context.add_output_metadata(
         {
@@ -241,8 +283,25 @@ def start_restore(
     return plan
 
 
+def _cleanup_leftovers(context: dg.OpExecutionContext, target: svc.PgTarget) -> None:
+    """Drop scratch databases of killed restores and verifications (provably dead: see ``scratch.py``)."""
+    leftovers = svc.cleanup_leftovers(target, run_finished=holder_finished(context.instance))
+    if leftovers.dropped:
+        context.log.warning(f"dropped scratch databases of killed runs: {', '.join(leftovers.dropped)}")
+    if leftovers.unproven or leftovers.failed:
+        context.log.warning(
+            "scratch databases left alone (their run is unknown to this instance, or the drop failed): "
+            + ", ".join(leftovers.unproven + leftovers.failed)
+        )
+    if leftovers.replaced:
+        context.log.info(
+            "databases replaced by earlier restores are still on the server (kept on request, or their run "
+            f"was killed after its swap; drop them when no longer needed): {', '.join(leftovers.replaced)}"
+        )
+
+
 @dg.op(
-    description="Authenticates every needed part end to end against the manifest (AEAD tags, sizes, SHA-256) before anything is touched.",
+    description="Authenticates every needed part end to end against the manifest (AEAD tags, sizes, SHA-256) before anything is touched; checks the roles the dump needs.",
 )
 def verify_restore_parts(
     context: dg.OpExecutionContext,
@@ -254,12 +313,16 @@ def verify_restore_parts(
     dest = destination.get_destination()
     # A real restore keeps its lease fresh while it reads: retention must not delete these parts.
     with _lease_unless_dry_run(context, app_db, plan):
-        results = _verify_parts(context, destination, keys, plan, dest)
+        results, notes = _verify_parts(context, app_db, destination, keys, plan, dest)
+    plan = {**plan, "would_refuse": [*plan.get("would_refuse", []), *notes]}
+    for note in plan["would_refuse"]:
+        context.log.warning(f"a real restore would be refused: {note}")
     context.add_output_metadata(
         {
             "parts_verified": len(results),
             "bytes_verified": sum(r["bytes"] for r in results),
             "parts": dg.MetadataValue.json(results),
+            **({"would_refuse": dg.MetadataValue.json(plan["would_refuse"])} if plan["would_refuse"] else {}),
         }
     )
     return plan
@@ -273,24 +336,37 @@ def _lease_unless_dry_run(
 
 def _verify_parts(
     context: dg.OpExecutionContext,
+    app_db: PostgresResource,
     destination: DestinationResource,
     keys: BackupKeysResource,
     plan: dict[str, Any],
     dest: Any,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
+    options = options_from_plan(plan)
+    notes: list[str] = []
     try:
         resolved = _resolve(destination, keys, plan)
         results = []
         for name in plan["parts"]:
             context.log.info(f"verifying part {name} of backup {plan['backup_id']}")
-            results.append(svc.verify_part(dest, _keys(keys), resolved, name))
+            if name != svc.PART_DATABASE:
+                results.append(svc.verify_part(dest, _keys(keys), resolved, name))
+                continue
+            pg_restore = app_db.pg_tools(check_server=False).pg_restore.path
+            verified, facts = svc.verify_database_part(dest, _keys(keys), resolved, pg_restore=pg_restore)
+            results.append(verified)
+            target = _target_db(app_db, options)
+            try:
+                svc.check_or_note(options.dry_run, notes, svc.check_roles, target, facts, options.ownership)
+            except svc.RestoreRefused as exc:
+                raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
     except svc.RestoreRefused as exc:
         raise _fail(str(exc), error_code="RESTORE_VERIFY_FAILED") from None
-    return results
+    return results, notes
 
 
 @dg.op(
-    description="Backs up the current target database as a normal backup set (tagged pre-restore) before it is replaced.",
+    description="Backs up the current target database as a safety set (setKind safety, trigger pre-restore) before it is replaced.",
 )
 def safety_backup(
     context: dg.OpExecutionContext,
@@ -312,8 +388,8 @@ def safety_backup(
     context.log_event(
         dg.AssetMaterialization(
             asset_key=BACKUP_SET_ASSET,
-            description=f"pre-restore safety backup of database {target.dbname}",
-            metadata={**_metadata(entry), "trigger": "pre-restore", "restore_of": plan["backup_id"]},
+            description=f"SAFETY backup (pre-restore) of database {target.dbname}: never `latest`; restore it by id to undo",
+            metadata={**_metadata(entry), "trigger": TRIGGER_PRE_RESTORE, "restore_of": plan["backup_id"]},
         )
     )
     context.add_output_metadata({"safety_backup_id": entry["backup_id"], "database": target.dbname})
@@ -341,7 +417,12 @@ def make_safety_backup(
     encryptor, key_ids = build_encryptor(keys)
     context.log.info(f"safety backup {backup_id} of database {dbname} before the restore")
     database = dump_database(
-        pg, dest, encryptor, installation_id=destination.installation_id, backup_id=backup_id
+        pg,
+        dest,
+        encryptor,
+        installation_id=destination.installation_id,
+        backup_id=backup_id,
+        set_kind=SET_KIND_SAFETY,
     )
     entry = finalize_backup(
         dest,
@@ -353,7 +434,8 @@ def make_safety_backup(
             database=database.to_dict(),
             buckets=[],
             key_ids=key_ids,
-            versions={"trigger": "pre-restore"},
+            versions={"trigger": TRIGGER_PRE_RESTORE},
+            set_kind=SET_KIND_SAFETY,
         ),
     )
     # The same ledger fields as a scheduled backup's entry: where the set is stored.
@@ -362,7 +444,7 @@ def make_safety_backup(
 
 
 @dg.op(
-    description="Restores the database with one `pg_restore --single-transaction --clean --if-exists --no-owner` (dry run: tables and row counts, backup vs now).",
+    description="Restores the database into the scratch database bp_restore_<run id> and checks every table's rows against the manifest; the target is swapped only by finish_restore (dry run: tables and row counts, backup vs now).",
 )
 def restore_database_step(
     context: dg.OpExecutionContext,
@@ -381,7 +463,9 @@ def restore_database_step(
     dump = svc.open_part(destination.get_destination(), _keys(keys), resolved, svc.PART_DATABASE)
     try:
         if options.dry_run:
-            result = svc.plan_database(dump, target, pg_restore=pg_restore)
+            result = svc.plan_database(
+                dump, target, pg_restore=pg_restore, expected_rows=resolved.table_rows()
+            )
             context.add_output_metadata(
                 {
                     "dry_run": True,
@@ -390,18 +474,41 @@ def restore_database_step(
                 }
             )
             return {"dry_run": True, **result}
-        with run_data_lease(context, app_db):
-            created = svc.ensure_database(target)
-            context.log.info(f"pg_restore into {target.dbname} (single transaction)")
-            result = svc.restore_database(
-                dump, target, pg_restore=pg_restore, schema_only=options.schema_only
+        scratch = _scratch(context)
+        with run_data_lease(context, app_db), svc.claim_scratch(target, scratch):
+            context.log.info(
+                f"pg_restore into scratch database {scratch} (the target {target.dbname} is not touched)"
+            )
+            result = svc.restore_into_scratch(
+                dump,
+                target,
+                scratch,
+                pg_restore=pg_restore,
+                ownership=options.ownership,
+                schema_only=options.schema_only,
+                expected_rows=resolved.table_rows(),
             )
     except svc.RestoreError as exc:
         raise _fail(str(exc), error_code="RESTORE_DATABASE_FAILED", database=target.dbname) from None
     context.add_output_metadata(
-        {**result, "database_created": created, "safety_backup": safety.get("backup_id")}
+        {
+            **_metadata({k: v for k, v in result.items() if k not in ("tables", "source_database")}),
+            "tables": dg.MetadataValue.md(_restored_markdown(result["tables"])),
+            "safety_backup": safety.get("backup_id"),
+        }
     )
     return result
+
+
+def _scratch(context: dg.OpExecutionContext) -> str:
+    """This run's scratch database: ``r<run id>`` proves it is this run's (``scratch.py``)."""
+    return svc.scratch_name(svc.RESTORE, svc.run_token(context.run_id))
+
+
+def _restored_markdown(tables: list[dict[str, Any]]) -> str:
+    lines = ["| table | rows restored |", "|---|---:|"]
+    lines += [f"| {t['table']} | {t['rows']} |" for t in tables]
+    return "\n".join(lines)
 
 
 def _tables_markdown(tables: list[dict[str, Any]]) -> str:
@@ -508,8 +615,12 @@ def finish_restore(
 ) -> dict[str, Any]:
     options = options_from_plan(plan)
     report: dict[str, Any] | None = None
+    swapped: dict[str, Any] = {}
+    target = _target_db(app_db, options)
+    if not options.dry_run and database.get("scratch_database"):
+        with run_data_lease(context, app_db):
+            swapped = _swap_in(context, app_db, options, database, target)
     if options.scope is svc.RestoreScope.FULL and not options.dry_run and not options.schema_only:
-        target = _target_db(app_db, options)
         with run_data_lease(context, app_db):
             report = svc.consistency_report(
                 target.conninfo(), s3.client(), plan["buckets"], query=plan["consistency_query"]
@@ -521,18 +632,74 @@ def finish_restore(
         "dry_run": options.dry_run,
         "scope": options.scope.value,
         "conflict_policy": options.conflict_policy.value,
-        "database": {k: v for k, v in database.items() if k != "tables"},
+        "database": {
+            k: v for k, v in {**database, **swapped}.items() if k not in ("tables", "source_database")
+        },
         "buckets": {
             b["bucket"]: {k: b[k] for k in ("added", "overwritten", "skipped", "kept_both", "failed")}
             for b in buckets
         },
         "consistency": report,
         "launched_by": plan["launched_by"],
+        "would_refuse": plan.get("would_refuse") or None,
     }
     context.instance.add_run_tags(context.run_id, {TAG_OUTCOME: "dry_run" if options.dry_run else "restored"})
     _audit("restore_dry_run" if options.dry_run else "restore", outcome, plan["launched_by"])
     context.add_output_metadata(_metadata({k: v for k, v in outcome.items() if v is not None}))
     return outcome
+
+
+def _swap_in(
+    context: dg.OpExecutionContext,
+    app_db: PostgresResource,
+    options: svc.RestoreOptions,
+    database: dict[str, Any],
+    target: svc.PgTarget,
+) -> dict[str, Any]:
+    """The one moment the target database changes: the checked scratch database takes its name."""
+    context.log.info(
+        f"swapping scratch database {database['scratch_database']} in as {target.dbname}: other sessions "
+        "of the target are ended, the application reconnects to the restored database"
+    )
+    try:
+        swapped = svc.install_restored_database(
+            target,
+            database,
+            token=svc.run_token(context.run_id),
+            pg_dump=app_db.pg_tools(check_server=False).pg_dump.path,
+            options=options,
+        )
+    except svc.RestoreError as exc:
+        raise _fail(str(exc), error_code="RESTORE_DATABASE_FAILED", database=target.dbname) from None
+    if swapped.get("previous_kept"):
+        context.log.warning(
+            f"the replaced database is kept as {swapped['replaced_database']}: drop it when no longer needed"
+            + (
+                f" (dropping it failed: {swapped['previous_drop_error']})"
+                if swapped.get("previous_drop_error")
+                else ""
+            )
+        )
+    return swapped
+
+
+@dg.failure_hook(required_resource_keys={"app_db"})
+def drop_restore_scratch_on_failure(context: dg.HookContext) -> None:
+    """A failed step: the run will not swap, so its scratch database goes (the target was never touched).
+
+    After a successful swap the scratch name no longer exists and this does nothing.
+    """
+    app_db = context.resources.app_db
+    target = svc.PgTarget.from_url(app_db.database_url, password=app_db.password)
+    name = svc.scratch_name(svc.RESTORE, svc.run_token(context.run_id))
+    try:
+        if svc.database_exists(target, name):
+            svc.drop_database(target, name)
+            context.log.info(f"the run failed: dropped its scratch database {name}")
+    except psycopg.Error as exc:
+        context.log.warning(
+            f"could not drop scratch database {name} ({first_line(exc)}); the next restore drops it"
+        )
 
 
 def _audit(action: str, details: dict[str, Any], actor: str) -> None:
@@ -562,5 +729,5 @@ restore_job = restore_graph.to_job(
         "the current database is backed up first (pre-restore)."
     ),
     tags={**EXCLUSIVE_RUN_TAGS, TAG_PREFIX + "job": "restore"},
-    hooks={release_data_lease_on_failure},
+    hooks={release_data_lease_on_failure, drop_restore_scratch_on_failure},
 )

@@ -220,7 +220,7 @@ def verify_backup_set_op(
 @dg.job(
     name=VERIFY_JOB_NAME,
     description="Prove a backup set restores: authenticate every part, restore the dump into a scratch database "
-    "(bp_verify_<backup id>, dropped afterwards) and compare tables and row counts with the manifest, restore "
+    "(bp_verify_<token>, dropped afterwards) and compare tables and row counts with the manifest, restore "
     "a seeded sample of objects in streaming and compare SHA-256. Records verified / verification_failed in "
     "the ledger; nothing production is written.",
     tags={"backup_pipeline/kind": "verification"},

@@ -28,12 +28,14 @@ from ..resources.postgres import (
     check_tools_against_server,
     locate_pg_tools,
 )
-from .backup_parts import PART_DATABASE, BackupError, ErrorCode
+from .backup_parts import PART_DATABASE, SET_KIND_REGULAR, BackupError, ErrorCode
 from .backup_upload import Encryptor, UploadedPart, upload_part
 from .errors import first_line
 from .progress import ProgressTracker
+from .table_rows import TableRef, count_rows, user_tables
 
 DUMP_CHUNK_SIZE = 1024 * 1024
+LEASE_TABLE = TableRef("public", DATA_LEASE_TABLE)
 # Phrases libpq/pg_dump print when the server cannot be reached or drops the connection.
 _CONNECTION_TROUBLE = (
     "could not connect",
@@ -186,16 +188,6 @@ class DatabaseDumpResult:
         }
 
 
-_USER_TABLES = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY 1, 2
-"""
-
-
 def table_data_excluded(schema: str, table: str, patterns: Sequence[str]) -> bool:
     """Whether pg_dump's ``--exclude-table-data`` patterns cover the table (``*``/``?`` wildcards;
     an unqualified pattern matches the table in any schema, a simplification of search_path)."""
@@ -211,21 +203,13 @@ def count_table_rows(conn: psycopg.Connection, exclude_table_data: Sequence[str]
     """Exact row counts (``ONLY``: each leaf table by itself) of every table whose data is dumped.
 
     Run inside the transaction whose snapshot pg_dump uses, so they are the dump's counts;
-    the cost is one sequential scan per table.
+    the cost is one sequential scan per table. Keys are ``TableRef.display`` labels.
     """
-    from psycopg import sql
-
     counts: dict[str, int] = {}
-    for schema, table in conn.execute(_USER_TABLES).fetchall():
-        if table_data_excluded(schema, table, exclude_table_data) or (schema, table) == (
-            "public",
-            DATA_LEASE_TABLE,
-        ):
+    for table in user_tables(conn):
+        if table_data_excluded(table.schema, table.name, exclude_table_data) or table == LEASE_TABLE:
             continue
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        ).fetchone()
-        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+        counts[table.display] = count_rows(conn, table)
     return counts
 
 
@@ -240,6 +224,7 @@ def dump_database(
     schema_version_query: str = "",
     progress: ProgressTracker | None = None,
     on_start: Callable[[list[str]], None] | None = None,
+    set_kind: str = SET_KIND_REGULAR,
 ) -> DatabaseDumpResult:
     """The ``database`` part: pg_dump -Fc stdout → encrypt → destination, verified.
 
@@ -284,6 +269,7 @@ def dump_database(
                 backup_id=backup_id,
                 part_name=PART_DATABASE,
                 plaintext=counted(dump),
+                set_kind=set_kind,
             )
         finally:
             dump.close()  # kills pg_dump if the upload failed half-way

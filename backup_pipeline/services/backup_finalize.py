@@ -25,6 +25,7 @@ from .backup_parts import (
     PART_MANIFEST,
     PROP_PART_NAME,
     SET_FORMAT_VERSION,
+    SET_KIND_REGULAR,
     BackupError,
     ErrorCode,
     set_name,
@@ -75,6 +76,7 @@ class FinalizeInput:
     buckets: list[dict[str, Any]]  # BucketExportResult.to_dict() per bucket
     key_ids: dict[str, Any]
     versions: dict[str, Any]
+    set_kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup
 
 
 def _versions(data: FinalizeInput) -> dict[str, str]:
@@ -144,6 +146,7 @@ def ledger_entry(
         "installation_id": data.installation_id,
         "set_name": set_name(data.installation_id, data.backup_id),
         "set_format_version": SET_FORMAT_VERSION,
+        "set_kind": data.set_kind,
         "started_at": data.started_at,
         "finished_at": finished_at,
         "finalize_seconds": round(seconds, 3),
@@ -194,5 +197,6 @@ def finalize_backup(
         backup_id=data.backup_id,
         part_name=PART_MANIFEST,
         plaintext=[manifest_bytes],
+        set_kind=data.set_kind,
     )
     return ledger_entry(data, manifest, finished_at, time.monotonic() - started)

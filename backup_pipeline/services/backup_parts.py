@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 #: Value of the ``app`` property on every file this pipeline writes.
@@ -23,6 +24,15 @@ PROP_BACKUP_ID = "backupId"
 PROP_PART_NAME = "partName"
 PROP_PART_KIND = "partKind"
 PROP_FORMAT_VERSION = "formatVersion"
+#: Only on the files of a safety set (``SET_KIND_SAFETY``); absent means a regular backup.
+PROP_SET_KIND = "setKind"
+
+#: A backup made by the schedule or on request: what ``latest`` and retention's keep-last-N mean.
+SET_KIND_REGULAR = "regular"
+#: The database-only backup a restore makes of the database it is about to replace ("pre-restore").
+SET_KIND_SAFETY = "safety"
+#: The ``trigger`` a safety set's manifest ``versions`` and ledger metadata carry.
+TRIGGER_PRE_RESTORE = "pre-restore"
 
 PART_DATABASE = "database"
 PART_MANIFEST = "manifest"
@@ -82,8 +92,10 @@ def part_file_name(installation_id: str, backup_id: str, part_name: str) -> str:
     return f"{set_name(installation_id, backup_id)}.{part_name}.bpenc"
 
 
-def part_properties(installation_id: str, backup_id: str, part_name: str) -> dict[str, str]:
-    return {
+def part_properties(
+    installation_id: str, backup_id: str, part_name: str, set_kind: str = SET_KIND_REGULAR
+) -> dict[str, str]:
+    properties = {
         PROP_APP: APP_NAME,
         PROP_INSTALLATION: installation_id,
         PROP_BACKUP_ID: backup_id,
@@ -91,6 +103,17 @@ def part_properties(installation_id: str, backup_id: str, part_name: str) -> dic
         PROP_PART_KIND: part_kind(part_name),
         PROP_FORMAT_VERSION: SET_FORMAT_VERSION,
     }
+    if set_kind != SET_KIND_REGULAR:
+        properties[PROP_SET_KIND] = set_kind
+    return properties
+
+
+def set_kind_of(properties: Iterable[dict[str, str]]) -> str:
+    """The kind of a set from its files' properties: safety when any file says so."""
+    for props in properties:
+        if props.get(PROP_SET_KIND) == SET_KIND_SAFETY:
+            return SET_KIND_SAFETY
+    return SET_KIND_REGULAR
 
 
 def set_properties(installation_id: str, backup_id: str) -> dict[str, str]:

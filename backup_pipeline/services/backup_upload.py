@@ -20,6 +20,7 @@ from .backup_parts import (
     PROP_BACKUP_ID,
     PROP_INSTALLATION,
     PROP_PART_NAME,
+    SET_KIND_REGULAR,
     BackupError,
     ErrorCode,
     part_file_name,
@@ -94,6 +95,7 @@ def upload_part(
     backup_id: str,
     part_name: str,
     plaintext: Iterable[bytes],
+    set_kind: str = SET_KIND_REGULAR,
 ) -> UploadedPart:
     """plaintext → encrypt → destination.put; the put verifies size and SHA-256 of what it stored.
 
@@ -109,7 +111,7 @@ def upload_part(
         stored = destination.put(
             part_file_name(installation_id, backup_id, part_name),
             ciphertext,
-            part_properties(installation_id, backup_id, part_name),
+            part_properties(installation_id, backup_id, part_name, set_kind),
         )
     except DestinationError as exc:
         raise destination_failure(exc, action) from None

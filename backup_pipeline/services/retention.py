@@ -28,6 +28,12 @@ Rules (MUST):
    is older. ``verified=None`` (nothing was ever verified, e.g. verification disabled) keeps
    rule 1 unchanged. If verification stops running, unverified sets accumulate (nothing
    newer gets counted) until it runs again; the ``backup_set_verified`` check turns red.
+8. Safety sets (``setKind=safety``: the database-only backup a restore makes of the database it
+   replaces) never count towards ``keep_last`` and are never "the newest complete set" of rule
+   2: the regular backups alone decide what is kept. A safety set is kept while fewer than
+   ``keep_last`` complete regular sets are newer than it (it lives about as long as the regular
+   backup it sits between), then deleted like any set (rule 3 still protects one in use).
+   ``delete_backup_job`` deletes a safety set without ``force``.
 """
 
 from __future__ import annotations
@@ -44,8 +50,11 @@ from backup_pipeline.services.backup_parts import (
     PROP_BACKUP_ID,
     PROP_INSTALLATION,
     PROP_PART_NAME,
+    SET_KIND_REGULAR,
+    SET_KIND_SAFETY,
     backup_id_time,
     is_backup_id,
+    set_kind_of,
     set_properties,
 )
 
@@ -53,6 +62,7 @@ REASON_BEYOND_KEEP = "older than the newest {keep} complete sets"
 REASON_BEYOND_KEEP_VERIFIED = "older than the newest {keep} verified sets"
 REASON_INCOMPLETE = "incomplete (no manifest) and older than {hours} h"
 REASON_SUPERSEDED = "incomplete (no manifest) and older than a complete set"
+REASON_SAFETY = "safety set older than the newest {keep} complete regular sets"
 REASON_MANUAL = "deleted by request"
 
 
@@ -63,6 +73,11 @@ class BackupSetInfo:
     complete: bool
     files: int = 0
     size_bytes: int = 0
+    kind: str = SET_KIND_REGULAR
+
+    @property
+    def is_safety(self) -> bool:
+        return self.kind == SET_KIND_SAFETY
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,7 @@ def discover_sets(destination: Destination, installation_id: str) -> list[Backup
             complete=any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files),
             files=len(files),
             size_bytes=sum(f.size for f in files),
+            kind=set_kind_of(f.properties for f in files),
         )
         for backup_id, files in grouped.items()
     ]
@@ -140,10 +156,25 @@ def plan_retention(
         raise RetentionError(f"retention_keep_last: must be at least 1, got {keep_last}")
     ordered = sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
     plan = RetentionPlan()
-    complete_seen = 0
+
+    def decide(info: BackupSetInfo, keep: bool, reason: str) -> None:
+        """Keep, protect (in use by a restore, rule 3) or delete one set."""
+        if keep:
+            plan.keep.append(info.backup_id)
+        elif info.backup_id in in_use:
+            plan.protected[info.backup_id] = "in use by a restore in progress"
+            plan.keep.append(info.backup_id)
+        else:
+            plan.delete.append(PlannedDeletion(info.backup_id, reason, info.complete, info.size_bytes))
+
+    complete_seen = 0  # complete regular sets, newest first
     verified_seen = 0
+    any_complete = False
     for info in ordered:
-        if info.complete and verified is not None:
+        any_complete = any_complete or info.complete
+        if info.complete and info.is_safety:  # rule 8
+            decide(info, complete_seen < keep_last, REASON_SAFETY.format(keep=keep_last))
+        elif info.complete and verified is not None:
             complete_seen += 1
             if info.backup_id in verified:
                 verified_seen += 1
@@ -151,52 +182,17 @@ def plan_retention(
             else:
                 # Not counted (rule 7): kept while newer than the keep_last-th verified set.
                 counted_out = verified_seen >= keep_last and complete_seen > 1
-            if not counted_out:
-                plan.keep.append(info.backup_id)
-            elif info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-            else:
-                plan.delete.append(
-                    PlannedDeletion(
-                        info.backup_id,
-                        REASON_BEYOND_KEEP_VERIFIED.format(keep=keep_last),
-                        True,
-                        info.size_bytes,
-                    )
-                )
-            continue
-        if info.complete:
+            decide(info, not counted_out, REASON_BEYOND_KEEP_VERIFIED.format(keep=keep_last))
+        elif info.complete:
             complete_seen += 1
-            if complete_seen <= keep_last:
-                plan.keep.append(info.backup_id)
-                continue
-            if info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-                continue
-            plan.delete.append(
-                PlannedDeletion(
-                    info.backup_id, REASON_BEYOND_KEEP.format(keep=keep_last), True, info.size_bytes
-                )
-            )
+            decide(info, complete_seen <= keep_last, REASON_BEYOND_KEEP.format(keep=keep_last))
+        elif any_complete:
+            # Backups run one at a time, so an incomplete set older than a complete one
+            # is dead (failed, or a deletion interrupted half-way), whatever its age.
+            decide(info, False, REASON_SUPERSEDED)
         else:
-            if info.backup_id in in_use:
-                plan.protected[info.backup_id] = "in use by a restore in progress"
-                plan.keep.append(info.backup_id)
-            elif complete_seen > 0:
-                # Backups run one at a time, so an incomplete set older than a complete one
-                # is dead (failed, or a deletion interrupted half-way), whatever its age.
-                plan.delete.append(PlannedDeletion(info.backup_id, REASON_SUPERSEDED, False, info.size_bytes))
-            elif now - info.created > incomplete_grace:
-                hours = int(incomplete_grace.total_seconds() // 3600)
-                plan.delete.append(
-                    PlannedDeletion(
-                        info.backup_id, REASON_INCOMPLETE.format(hours=hours), False, info.size_bytes
-                    )
-                )
-            else:
-                plan.keep.append(info.backup_id)
+            hours = int(incomplete_grace.total_seconds() // 3600)
+            decide(info, now - info.created <= incomplete_grace, REASON_INCOMPLETE.format(hours=hours))
     return plan
 
 
@@ -247,7 +243,7 @@ def check_manual_deletion(
         raise RetentionError(
             f"backup_id: {backup_id} is being read by a restore in progress; try again later"
         )
-    newest_complete = next((s for s in ordered if s.complete), None)
+    newest_complete = next((s for s in ordered if s.complete and not s.is_safety), None)
     if newest_complete is not None and newest_complete.backup_id == backup_id and not force:
         raise RetentionError(
             f"backup_id: {backup_id} is the newest complete backup; deleting it leaves an older one "

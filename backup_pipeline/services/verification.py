@@ -8,12 +8,17 @@ What :func:`verify_backup_set` does, in order (MUST):
 2. Stream every part the manifest lists exactly once, authenticating every chunk (AEAD) and
    comparing ciphertext and plaintext size and SHA-256 with the manifest. The database part
    is fed, while it streams, to ``pg_restore`` into a **scratch database**
-   (``bp_verify_<backup id>``, created for this run and always dropped afterwards, on the
-   application's server); bucket parts are unpacked in memory-bounded streaming and a seeded
+   (``bp_verify_p<32 hex>``, created for this run with the dump's encoding and locale and always
+   dropped afterwards, on the application's server: the restore's own ``restore_into_scratch``,
+   so a set that verifies is a set that restores); bucket parts are unpacked in memory-bounded streaming and a seeded
    random sample of objects is hashed and compared with the manifest's inventory. Nothing is
    written to the production database or buckets, no plaintext touches disk.
 3. Sanity checks on the scratch database: every table the manifest lists exists with exactly
    the row count recorded at backup time (counted in pg_dump's own snapshot).
+
+A verification killed mid-way leaves its scratch database behind; the next restore or
+verification drops it (``services/restore/scratch.py``: the name proves whose it is, the
+session lock it held proves its maker is gone).
 
 The result is a :class:`VerificationReport`: ``ok`` only when every check passed. Damage
 (a part that does not authenticate, a missing part, a row count or object hash that differs)
@@ -24,12 +29,10 @@ scratch database cannot be created, wrong key, pg_restore too old) raises
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
 from backup_pipeline.destinations.base import Destination, DestinationError
@@ -50,6 +52,7 @@ from backup_pipeline.services.backup_parts import (
     set_properties,
 )
 from backup_pipeline.services.errors import first_line
+from backup_pipeline.services.table_rows import row_count_problems, row_counts, user_tables
 
 SCRATCH_PREFIX = "bp_verify_"
 READ_CHUNK = 1 << 20
@@ -132,66 +135,20 @@ class VerificationReport:
 # --------------------------------------------------------------------------------------
 # Scratch database
 # --------------------------------------------------------------------------------------
-def scratch_database_name(backup_id: str) -> str:
-    """``bp_verify_<backup id>``: says what it is, unique per set, within PostgreSQL's 63 bytes."""
-    return (SCRATCH_PREFIX + re.sub(r"[^a-z0-9]", "_", backup_id.lower()))[:63]
-
-
-def _drop_database(conn: psycopg.Connection, name: str) -> None:
-    try:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    except psycopg.errors.SyntaxError:  # servers before 13 have no FORCE
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-@contextlib.contextmanager
-def scratch_database(server: rs.PgTarget, name: str) -> Iterator[rs.PgTarget]:
-    """Create ``name`` (dropping a leftover of a crashed run first), yield it, always drop it."""
-    if not name.startswith(SCRATCH_PREFIX) or name == server.dbname:
-        raise VerificationError(f"refusing to use {name!r} as a scratch database")
-    try:
-        with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
-            _drop_database(conn, name)
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as exc:
-        raise VerificationError(
-            f"cannot create the scratch database {name!r} on {server.host}:{server.port} "
-            f"(the database user needs CREATEDB): {first_line(exc)}"
-        ) from None
-    try:
-        yield rs.PgTarget(server.host, server.port, server.user, name, server.password)
-    finally:
-        with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
-            _drop_database(conn, name)
+def scratch_database_name(token: str) -> str:
+    """``bp_verify_<token>``: a name the cleanup of a later run can prove is a verification's."""
+    return rs.scratch_name(rs.VERIFY, token)
 
 
 def table_row_counts(target: rs.PgTarget, tables: Sequence[str]) -> dict[str, int | None]:
-    """``ONLY`` counts (as recorded at backup time) of ``schema.table`` names; None where absent."""
-    result: dict[str, int | None] = {}
+    """``ONLY`` counts (as recorded at backup time) of the tables labelled ``tables``; None where absent."""
     with psycopg.connect(target.conninfo(), autocommit=True) as conn:
-        for name in tables:
-            schema, _, table = name.partition(".")
-            found = conn.execute(
-                "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s", (schema, table)
-            ).fetchone()
-            if not found:
-                result[name] = None
-                continue
-            row = conn.execute(
-                sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                    sql.Identifier(schema), sql.Identifier(table)
-                )
-            ).fetchone()
-            result[name] = int(row[0]) if row else 0
-    return result
+        return row_counts(conn, tables)
 
 
 def restored_table_count(target: rs.PgTarget) -> int:
     with psycopg.connect(target.conninfo(), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchone()
-    return int(row[0]) if row else 0
+        return len(user_tables(conn))
 
 
 # --------------------------------------------------------------------------------------
@@ -282,7 +239,7 @@ def _verify(
         return
     report.add("manifest", True, f"authenticated; lists {len(resolved.parts)} parts")
     if PART_DATABASE in resolved.parts:
-        log(f"restoring the database part into scratch database {scratch_database_name(backup_id)} …")
+        log("restoring the database part into a scratch database …")
         _verify_database(destination, keys, resolved, raw, scratch, report)
     rng = random.Random(report.seed)
     for bucket in resolved.buckets:
@@ -308,33 +265,53 @@ def _verify_database(
         )
     except rs.RestoreRefused as exc:
         raise VerificationError(f"cannot restore this set's dump here: {exc}") from None
-    name = scratch_database_name(resolved.backup_id)
+    try:
+        rs.check_can_create(scratch.target)
+    except rs.RestoreRefused as exc:
+        raise VerificationError(f"cannot create a scratch database: {exc}") from None
+    rs.cleanup_leftovers(scratch.target)
+    token = rs.process_token()
+    name = scratch_database_name(token)
     report.scratch_database = name
     part = f"part:{PART_DATABASE}"
-    with scratch_database(scratch.target, name) as target:
-        blocks = rs.open_part(destination, keys, resolved, PART_DATABASE)
-        restore_problem: str | None = None
-        try:
-            rs.restore_database(blocks, target, pg_restore=scratch.pg_restore)
-            _drain(blocks)
-        except rs.PartVerificationError as exc:
-            report.add(part, False, str(exc))
-            report.add("database:tables", False, "not checked: the database part did not authenticate")
-            return
-        except rs.RestoreError as exc:
-            restore_problem = first_line(exc)
-            try:  # was the part damaged, or does an authentic dump not restore?
-                _drain(blocks)
-            except rs.PartVerificationError as damage:
-                report.add(part, False, str(damage))
+    blocks = rs.open_part(destination, keys, resolved, PART_DATABASE)
+    try:
+        with rs.claim_scratch(scratch.target, name):
+            try:
+                rs.restore_into_scratch(
+                    blocks, scratch.target, name, pg_restore=scratch.pg_restore, ownership=rs.Ownership.NONE
+                )
+            except rs.PartVerificationError as exc:
+                report.add(part, False, str(exc))
                 report.add("database:tables", False, "not checked: the database part did not authenticate")
                 return
-        report.bytes_read += resolved.parts[PART_DATABASE].size
-        report.add(part, True, f"{resolved.parts[PART_DATABASE].size} bytes authenticated")
-        if restore_problem is not None:
-            report.add("database:tables", False, f"pg_restore into {name} failed: {restore_problem}")
-            return
-        _check_tables(target, raw, report)
+            except rs.ScratchUnavailable as exc:
+                raise VerificationError(str(exc)) from None
+            except rs.RestoreError as exc:
+                restore_problem: str | None = first_line(exc)
+                try:  # was the part damaged, or does an authentic dump not restore?
+                    _drain(blocks)
+                except rs.PartVerificationError as damage:
+                    report.add(part, False, str(damage))
+                    report.add(
+                        "database:tables", False, "not checked: the database part did not authenticate"
+                    )
+                    return
+            else:
+                restore_problem = None
+                _drain(blocks)
+            report.bytes_read += resolved.parts[PART_DATABASE].size
+            report.add(part, True, f"{resolved.parts[PART_DATABASE].size} bytes authenticated")
+            if restore_problem is not None:
+                report.add("database:tables", False, f"pg_restore into {name} failed: {restore_problem}")
+                return
+            _check_tables(_scratch_target(scratch.target, name), raw, report)
+    finally:
+        rs.drop_database(scratch.target, name)
+
+
+def _scratch_target(server: rs.PgTarget, name: str) -> rs.PgTarget:
+    return rs.PgTarget(server.host, server.port, server.user, name, server.password)
 
 
 def _check_tables(target: rs.PgTarget, raw: Mapping[str, Any], report: VerificationReport) -> None:
@@ -353,13 +330,7 @@ def _check_tables(target: rs.PgTarget, raw: Mapping[str, Any], report: Verificat
         )
         return
     actual = table_row_counts(target, sorted(expected))
-    problems = []
-    for table in sorted(expected):
-        want, got = int(expected[table]), actual.get(table)
-        if got is None:
-            problems.append(f"{table} missing")
-        elif got != want:
-            problems.append(f"{table} has {got} rows, the manifest {want}")
+    problems = row_count_problems({k: int(v) for k, v in expected.items()}, actual)
     report.tables_checked = len(expected)
     report.rows_checked = sum(int(v) for v in expected.values())
     if problems:

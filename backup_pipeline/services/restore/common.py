@@ -34,6 +34,15 @@ class ObjectAction(StrEnum):
     KEEP_BOTH = "kept_both"  # restored copy written under a suffixed key next to the current one
 
 
+class Ownership(StrEnum):
+    """Who owns the restored objects. ``source``: the roles of the backup (they must exist on the
+    server); ``none``: the restoring role owns everything and the backup's grants are skipped
+    (``pg_restore --no-owner --no-privileges``), for a new server without those roles."""
+
+    SOURCE = "source"
+    NONE = "none"
+
+
 LATEST = "latest"
 
 
@@ -48,6 +57,8 @@ class RestoreOptions:
     conflict_policy: ConflictPolicy = ConflictPolicy.SKIP
     target_database: str | None = None  # None: the app's database
     schema_only: bool = False
+    ownership: Ownership = Ownership.SOURCE
+    keep_previous_database: bool = False  # keep the replaced database as bp_replaced_<token>
     dry_run: bool = True
     confirm: str = ""
 

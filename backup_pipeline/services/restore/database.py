@@ -1,23 +1,67 @@
-"""Database restore: the target, version checks, ``pg_restore`` and the dry-run plan of tables."""
+"""Database restore: the target, version checks, ``pg_restore`` into a scratch database, the dry run.
+
+The restore never writes into the target (see ``scratch.py`` for the names and the swap):
+
+1. ``inspect_dump`` reads the dump's table of contents (encoding, locale, database-level
+   properties, roles); ``check_privileges`` / ``check_roles`` refuse before anything is touched.
+2. ``restore_into_scratch``: ``CREATE DATABASE bp_restore_<token> … TEMPLATE template0`` with the
+   dump's encoding and locale, ``pg_restore --exit-on-error`` into it (no ``--clean``: it is
+   empty, so any object ``pg_dump`` can dump restores, in dependency order), then the row count of
+   every table against the manifest's ``table_rows``. Any failure — a pg_restore error, the
+   source stream failing, pg_restore killed — drops the scratch database and leaves the target
+   as it was; a killed caller leaves it to ``cleanup_leftovers``.
+3. ``swap_into_place`` (at the end of the run) renames in one transaction.
+
+``plan_database`` (dry run) and the real run name and count tables through the same functions
+(``services/table_rows.py``), so their tables and row counts agree.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
-import threading
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from backup_pipeline.services.restore.common import RestoreError, RestoreRefused, _safe
+from backup_pipeline.destinations.base import Destination
+from backup_pipeline.services.backup_parts import PART_DATABASE
+from backup_pipeline.services.restore.common import (
+    Ownership,
+    RestoreError,
+    RestoreOptions,
+    RestoreRefused,
+    _safe,
+)
+from backup_pipeline.services.restore.dump_info import (
+    IDENT,
+    DatabaseFacts,
+    database_facts_of,
+    inspect_dump,
+    unquote_ident,
+)
+from backup_pipeline.services.restore.pipes import FedProcess, StderrTail
+from backup_pipeline.services.restore.scratch import (
+    claim_scratch,
+    create_scratch,
+    database_exists,
+    drop_database,
+    swap_into_place,
+)
+from backup_pipeline.services.restore.sets import ResolvedBackup, RestoreKeys, open_part
+from backup_pipeline.services.table_rows import (
+    TableRef,
+    count_rows,
+    row_count_problems,
+    row_counts,
+    user_tables,
+)
 
 
 @dataclass(frozen=True)
@@ -109,177 +153,229 @@ def check_restore_versions(
     }
 
 
-def ensure_database(target: PgTarget) -> bool:
-    """Create the target database when missing (restore for inspection); True if created."""
-    with psycopg.connect(target.conninfo("postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.dbname,)).fetchone()
-        if exists:
-            return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
-        return True
-
-
-class _StderrTail(threading.Thread):
-    """Drains a process's stderr so it never blocks, keeping the last lines for the error."""
-
-    def __init__(self, stream: IO[bytes]):
-        super().__init__(daemon=True)
-        self._stream = stream
-        self.lines: deque[str] = deque(maxlen=30)
-
-    def run(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            self.lines.append(raw.decode("utf-8", "replace").rstrip())
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-def restore_database(
-    dump_blocks: Iterable[bytes],
-    target: PgTarget,
-    *,
-    pg_restore: Path,
-    schema_only: bool = False,
-) -> dict[str, Any]:
-    """Feed a plaintext ``pg_dump -Fc`` stream to ``pg_restore`` in ONE transaction.
-
-    ``--single-transaction`` (which implies ``--exit-on-error``): a failure at any point —
-    a pg_restore error, the source stream failing, this process being killed — rolls back
-    and leaves the target exactly as it was.
-    """
-    cmd = [
-        str(pg_restore),
-        "--single-transaction",
-        "--clean",
-        "--if-exists",
-        "--no-owner",
-        "--dbname",
-        target.dbname,
-    ]
+def pg_restore_command(
+    pg_restore: Path, dbname: str, *, ownership: Ownership, schema_only: bool
+) -> list[str]:
+    """The argv (no secret: the connection comes from PG* variables and PGPASSWORD)."""
+    cmd = [str(pg_restore), "--exit-on-error", f"--dbname={psycopg.conninfo.make_conninfo(dbname=dbname)}"]
+    if ownership is Ownership.NONE:
+        cmd += ["--no-owner", "--no-privileges"]
     if schema_only:
         cmd.append("--schema-only")
-    started = time.monotonic()
+    return cmd
+
+
+def _run_pg_restore(cmd: list[str], blocks: Iterable[bytes], env: Mapping[str, str]) -> tuple[int, int, str]:
+    """Feed ``blocks`` to pg_restore's stdin: (exit code, bytes written, stderr tail).
+
+    The source failing mid-stream kills pg_restore and re-raises, so nothing of a truncated
+    archive is ever taken for a whole one.
+    """
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=target.env()
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(env)
     )
     assert proc.stdin is not None and proc.stderr is not None
-    tail = _StderrTail(proc.stderr)
+    tail = StderrTail(proc.stderr)
     tail.start()
     written = 0
     try:
-        for block in dump_blocks:
+        for block in blocks:
             proc.stdin.write(block)
             written += len(block)
         proc.stdin.close()
     except BrokenPipeError:
         pass  # pg_restore stopped reading: its exit status and stderr say why
     except BaseException:
-        # The source failed mid-stream: kill pg_restore so its transaction is rolled back
-        # instead of letting it commit whatever a truncated archive would still parse to.
         proc.kill()
         proc.wait()
         tail.join(5)
         raise
     code = proc.wait()
     tail.join(5)
-    if code != 0:
-        raise RestoreError(
-            f"pg_restore into database {target.dbname!r} failed (exit {code}); the transaction was "
-            f"rolled back, the database is unchanged:\n{_safe(Exception(tail.text()))}"
-        )
+    return code, written, tail.text()
+
+
+def restore_into_scratch(
+    dump_blocks: Iterable[bytes],
+    target: PgTarget,
+    scratch: str,
+    *,
+    pg_restore: Path,
+    ownership: Ownership = Ownership.SOURCE,
+    schema_only: bool = False,
+    expected_rows: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Restore the dump into the new database ``scratch`` on ``target``'s server and check it.
+
+    The caller holds ``claim_scratch(target, scratch)``. On success the scratch database holds
+    the backup (the caller swaps it in or drops it); on any failure it is dropped and the error
+    says the target was not touched. ``expected_rows`` (the manifest's ``table_rows``): every
+    table with exactly these rows, else the restore fails before any swap.
+    """
+    started = time.monotonic()
+    facts, blocks = inspect_dump(dump_blocks, pg_restore=pg_restore)
+    create_scratch(target, scratch, facts)
+    try:
+        cmd = pg_restore_command(pg_restore, scratch, ownership=ownership, schema_only=schema_only)
+        # Commits of the scratch database need not wait for the disk: a crash discards it anyway,
+        # and the swap's own (synchronous) commit flushes all WAL before it.
+        env = {**target.env(), "PGOPTIONS": "-c synchronous_commit=off"}
+        code, written, stderr = _run_pg_restore(cmd, blocks, env)
+        if code != 0:
+            raise RestoreError(
+                f"pg_restore into the scratch database {scratch} failed (exit {code}); it was dropped and "
+                f"database {target.dbname!r} was not touched:\n{_safe(Exception(stderr))}"
+            )
+        tables = _check_scratch(target, scratch, None if schema_only else expected_rows)
+    except BaseException:
+        drop_database(target, scratch)
+        raise
     return {
-        "database": target.dbname,
+        "scratch_database": scratch,
+        "target_database": target.dbname,
         "bytes": written,
         "schema_only": schema_only,
+        "ownership": ownership.value,
+        "tables": tables,
+        "rows": sum(t["rows"] or 0 for t in tables),
         "seconds": round(time.monotonic() - started, 2),
+        "source_database": facts.to_dict(),
     }
 
 
-_COPY = re.compile(r"^COPY (.+?) \(.*\) FROM stdin;$")
+def install_restored_database(
+    target: PgTarget,
+    restored: Mapping[str, Any],
+    *,
+    token: str,
+    pg_dump: Path,
+    options: RestoreOptions,
+    claimed: bool = False,
+) -> dict[str, Any]:
+    """Swap the scratch database ``restore_into_scratch`` returned (``restored``) in as ``target``
+    (``scratch.swap_into_place``), with the options' ownership and keep-previous choice.
+
+    The target's own database-level properties (owner, comment, settings, grants), read with
+    ``pg_dump --create`` just before, are kept; a target that does not exist yet gets the backup's.
+    ``claimed``: the caller holds ``claim_scratch`` already (a single process, the CLI).
+    """
+    scratch = str(restored["scratch_database"])
+    with nullcontext() if claimed else claim_scratch(target, scratch):
+        if not database_exists(target, scratch):
+            raise RestoreError(
+                f"the scratch database {scratch} is gone: nothing was swapped into {target.dbname!r}"
+            )
+        target_facts = (
+            database_facts_of(target.dbname, pg_dump=pg_dump, env=target.env())
+            if database_exists(target, target.dbname)
+            else None
+        )
+        return swap_into_place(
+            target,
+            scratch,
+            token=token,
+            source_facts=DatabaseFacts.from_dict(restored["source_database"]),
+            ownership=options.ownership,
+            target_facts=target_facts,
+            keep_previous=options.keep_previous_database,
+        )
+
+
+def verify_database_part(
+    destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, *, pg_restore: Path
+) -> tuple[dict[str, Any], DatabaseFacts]:
+    """``verify_part`` of the database part, reading the dump's ``DatabaseFacts`` on the way
+    (roles and privileges are checked with them before anything is touched)."""
+    started = time.monotonic()
+    facts, blocks = inspect_dump(open_part(destination, keys, resolved, PART_DATABASE), pg_restore=pg_restore)
+    size = sum(len(block) for block in blocks)
+    ref = resolved.parts[PART_DATABASE]
+    result = {
+        "part": PART_DATABASE,
+        "bytes": ref.size,
+        "plaintext_bytes": size,
+        "sha256": ref.sha256,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    return result, facts
+
+
+def _check_scratch(
+    target: PgTarget, scratch: str, expected: Mapping[str, int] | None
+) -> list[dict[str, Any]]:
+    """Rows per table of the restored database; with ``expected``, any difference fails."""
+    with psycopg.connect(target.conninfo(scratch), autocommit=True) as conn:
+        if expected:
+            counted = row_counts(conn, expected)
+            problems = row_count_problems(expected, counted)
+            if problems:
+                raise RestoreError(
+                    f"the database restored into {scratch} does not match the backup's manifest "
+                    f"({'; '.join(problems[:10])}); it was dropped and database {target.dbname!r} was not touched"
+                )
+            return [{"table": label, "rows": counted[label]} for label in sorted(expected)]
+        return [{"table": t.display, "rows": count_rows(conn, t)} for t in user_tables(conn)]
+
+
+_COPY = re.compile(rf"^COPY (?P<schema>{IDENT})\.(?P<table>{IDENT}) (?:\(.*\) )?FROM stdin;$")
 
 
 def dump_row_counts(dump_blocks: Iterable[bytes], *, pg_restore: Path) -> dict[str, int]:
-    """Tables and row counts in a dump, by streaming its SQL rendering (nothing stored)."""
-    proc = subprocess.Popen(
-        [str(pg_restore), "--data-only", "--file", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    stdin = proc.stdin
-    errors: list[BaseException] = []
+    """Tables and row counts in a dump, by streaming its SQL rendering (nothing stored).
 
-    def feed() -> None:
-        try:
-            for block in dump_blocks:
-                stdin.write(block)
-        except BrokenPipeError:
-            pass
-        except BaseException as exc:
-            errors.append(exc)
-            proc.kill()
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    tail = _StderrTail(proc.stderr)
-    tail.start()
+    For sets whose manifest records no ``table_rows``. Table names are read as the SQL
+    identifiers pg_dump writes and labelled like ``TableRef.display``.
+    """
+    fed = FedProcess([str(pg_restore), "--data-only", "--file", "-"], dump_blocks)
     counts: dict[str, int] = {}
     current: str | None = None
-    for raw in proc.stdout:
+    for raw in fed.stdout:
         if current is None:
             match = _COPY.match(raw.decode("utf-8", "replace").rstrip("\n"))
             if match:
-                current = match.group(1).replace('"', "")
+                table = TableRef(unquote_ident(match["schema"]), unquote_ident(match["table"]))
+                current = table.display
                 counts.setdefault(current, 0)
         elif raw.rstrip(b"\n") == b"\\.":
             current = None
         else:
             counts[current] += 1
-    code = proc.wait()
-    feeder.join()
-    tail.join(5)
-    if errors:
-        raise errors[0]
+    code = fed.wait()
+    if fed.failure is not None:
+        raise fed.failure
     if code != 0:
-        raise RestoreError(f"pg_restore could not read the dump (exit {code}): {tail.text()}")
+        raise RestoreError(f"pg_restore could not read the dump (exit {code}): {fed.tail.text()}")
     return counts
 
 
 def current_row_counts(target: PgTarget, tables: Iterable[str]) -> dict[str, int | None]:
-    """Row counts of ``tables`` (``schema.table``) in the target; None where absent."""
-    result: dict[str, int | None] = {}
+    """Row counts of the tables labelled ``tables`` in the target now; None where absent."""
+    wanted = list(tables)
     try:
         conn = psycopg.connect(target.conninfo(), autocommit=True)
     except psycopg.OperationalError:
-        return dict.fromkeys(tables)
+        return dict.fromkeys(wanted)
     with conn:
-        for name in tables:
-            schema, _, table = name.rpartition(".")
-            exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
-            if not exists or exists[0] is None:
-                result[name] = None
-                continue
-            row = conn.execute(
-                sql.SQL("SELECT count(*) FROM {}.{}").format(
-                    sql.Identifier(schema or "public"), sql.Identifier(table)
-                )
-            ).fetchone()
-            result[name] = int(row[0]) if row else 0
-    return result
+        return row_counts(conn, wanted)
 
 
-def plan_database(dump_blocks: Iterable[bytes], target: PgTarget, *, pg_restore: Path) -> dict[str, Any]:
-    """Dry run of the database: per table, rows in the dump against rows in the target now."""
-    in_dump = dump_row_counts(dump_blocks, pg_restore=pg_restore)
-    now = current_row_counts(target, in_dump)
+def plan_database(
+    dump_blocks: Iterable[bytes],
+    target: PgTarget,
+    *,
+    pg_restore: Path,
+    expected_rows: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Dry run of the database: per table, rows in the backup against rows in the target now.
+
+    Rows in the backup are the manifest's ``table_rows`` (what the real run checks the restored
+    database against); only for older sets without them is the dump streamed and counted.
+    """
+    in_backup = dict(expected_rows) if expected_rows else dump_row_counts(dump_blocks, pg_restore=pg_restore)
+    now = current_row_counts(target, in_backup)
     tables = [
-        {"table": name, "rows_in_backup": in_dump[name], "rows_now": now.get(name)}
-        for name in sorted(in_dump)
+        {"table": name, "rows_in_backup": in_backup[name], "rows_now": now.get(name)}
+        for name in sorted(in_backup)
     ]
     return {"database": target.dbname, "tables": tables}
 

@@ -22,7 +22,11 @@ from backup_pipeline.services.backup_parts import (
     PROP_BACKUP_ID,
     PROP_INSTALLATION,
     PROP_PART_NAME,
+    SET_KIND_REGULAR,
+    SET_KIND_SAFETY,
+    TRIGGER_PRE_RESTORE,
     bucket_part_name,
+    set_kind_of,
 )
 from backup_pipeline.services.restore.common import LATEST, IncomingObject, RestoreOptions, RestoreRefused
 from backup_pipeline.services.restore.download import download_backup
@@ -51,11 +55,17 @@ class BackupSetInfo:
     size: int
     created: str | None
     source: str  # "ledger" or "destination"
+    kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup of the database
+
+    @property
+    def is_safety(self) -> bool:
+        return self.kind == SET_KIND_SAFETY
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "backup_id": self.backup_id,
             "installation_id": self.installation_id,
+            "kind": self.kind,
             "complete": self.complete,
             "parts": list(self.parts),
             "size": self.size,
@@ -75,7 +85,8 @@ def list_backups(
     With ``ledger_backup_ids`` (from Dagster's records) only those sets are listed; without
     (a fresh installation, the ledger lost) every set is found on the destination by its file
     properties alone. Either way completeness is judged from the destination: a set without
-    a manifest is listed as incomplete and never chosen as ``latest``.
+    a manifest is listed as incomplete and never chosen as ``latest``; a safety set (``kind``
+    ``safety``, the database a restore replaced) is listed as such and never chosen as ``latest``.
     """
     props = {PROP_APP: APP_NAME}
     if installation_id:
@@ -103,6 +114,7 @@ def list_backups(
                 size=sum(f.size for f in files),
                 created=created.isoformat() if created else None,
                 source="ledger" if wanted is not None else "destination",
+                kind=set_kind_of(f.properties for f in files),
             )
         )
     sets.sort(key=lambda s: s.backup_id, reverse=True)
@@ -144,6 +156,15 @@ class ResolvedBackup:
     def versions(self) -> dict[str, Any]:
         return dict(self.manifest.get("versions") or {})
 
+    def table_rows(self) -> dict[str, int] | None:
+        """Rows per table recorded at backup time (``None``: a set made before they were recorded)."""
+        rows = self.manifest.get("table_rows")
+        return {str(k): int(v) for k, v in rows.items()} if rows else None
+
+    @property
+    def is_safety(self) -> bool:
+        return self.versions().get("trigger") == TRIGGER_PRE_RESTORE
+
 
 def _read_all(blocks: Iterable[bytes], limit: int) -> bytes:
     out = bytearray()
@@ -167,28 +188,39 @@ def resolve_backup(
 ) -> ResolvedBackup:
     """Find the set, authenticate its manifest, and check every part it lists is on the destination.
 
-    Refuses (``RestoreRefused``) an unknown backup id, a set without manifest, and a set
-    whose manifest lists parts that are missing (named) or whose files disagree in size.
+    ``latest`` is the newest complete *regular* set: never a safety set (those are restored by
+    their id). Refuses (``RestoreRefused``) an unknown backup id, a set without manifest, and a
+    set whose manifest lists parts that are missing (named) or whose files disagree in size.
     """
     sets = list_backups(destination, installation_id=installation_id, ledger_backup_ids=ledger_backup_ids)
-    if backup_id == LATEST:
-        complete = [s for s in sets if s.complete]
-        if not complete:
-            raise RestoreRefused(
-                f"backup_id: no complete backup set found on {destination.description}"
-                + (f" for installation {installation_id!r}" if installation_id else "")
-            )
-        chosen = complete[0]
-    else:
+    if backup_id != LATEST:
         matches = [s for s in sets if s.backup_id == backup_id]
         if not matches:
             raise RestoreRefused(f"backup_id: no backup {backup_id!r} on {destination.description}")
-        chosen = matches[0]
-        if not chosen.complete:
+        if not matches[0].complete:
             raise RestoreRefused(
-                f"backup {backup_id} is incomplete: it has no manifest (parts found: {', '.join(chosen.parts)}); "
+                f"backup {backup_id} is incomplete: it has no manifest (parts found: {', '.join(matches[0].parts)}); "
                 "it is not a backup and cannot be restored"
             )
+        return _resolve_set(destination, keys, matches[0])
+    # ``latest``: the newest complete regular backup. Safety sets are skipped by their file
+    # property, and sets written before that property existed by their manifest's trigger.
+    for candidate in (s for s in sets if s.complete and not s.is_safety):
+        resolved = _resolve_set(destination, keys, candidate)
+        if not resolved.is_safety:
+            return resolved
+    raise RestoreRefused(
+        f"backup_id: no complete regular backup set found on {destination.description}"
+        + (f" for installation {installation_id!r}" if installation_id else "")
+        + (
+            " (only safety backups of restores: restore one by its id)"
+            if any(s.complete for s in sets)
+            else ""
+        )
+    )
+
+
+def _resolve_set(destination: Destination, keys: RestoreKeys, chosen: BackupSetInfo) -> ResolvedBackup:
     files = {
         f.properties.get(PROP_PART_NAME, ""): f
         for f in destination.list(
@@ -356,7 +388,7 @@ def decrypt_backup(
 
 
 def parse_manifest(plaintext: bytes) -> dict[str, Any]:
-    """The manifest, normalised to ``{backup_id, versions, parts: [...], inventory: {bucket: [...]}}``.
+    """The manifest, normalised to ``{backup_id, versions, parts: [...], inventory: {bucket: [...]}, table_rows}``.
 
     Reads the archive's ``Manifest`` schema (``backup_pipeline.manifest/1``) and the backup
     job's finalize document (``services/backup_finalize.manifest_document``).
@@ -391,6 +423,7 @@ def parse_manifest(plaintext: bytes) -> dict[str, Any]:
                 for p in m.parts
             ],
             "inventory": inventory,
+            "table_rows": dict(m.table_rows),
         }
     if not isinstance(raw.get("parts"), list):
         raise RestoreRefused("the manifest has no list of parts")
@@ -406,6 +439,7 @@ def parse_manifest(plaintext: bytes) -> dict[str, Any]:
                 str(b["bucket"]): [[o["key"], int(o["size"]), o["sha256"]] for o in b.get("objects", [])]
                 for b in raw.get("buckets", [])
             },
+            "table_rows": {str(k): int(v) for k, v in (raw.get("table_rows") or {}).items()},
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise RestoreRefused(f"the manifest does not follow the schema: {exc!r}") from None
