@@ -36,9 +36,7 @@ def restore_to_time(
         PitrRestoreFailed,
         PitrRestoreRefused,
         RestoreRequest,
-        check_request,
         parse_target,
-        restore_to_moment,
     )
 
     if data_dir is None or port is None:
@@ -51,18 +49,11 @@ def restore_to_time(
         target=target, data_dir=data_dir, port=port, database=database or settings.app_database_name
     )
     try:
-        ctx = pitr.open_repo(settings, keyring=keys.org_keyring, recovery=keys.recovery_identity)
-        check_request(
+        report = pitr.restore_database_to_moment(
+            settings,
             request,
-            live_data_dir=settings.pitr_pg_data_dir,
-            live_port=settings.pitr_pg_port,
-            info=ctx.engine.info(),
-        )
-        report = restore_to_moment(
-            ctx.engine,
-            request,
-            pg_bin=settings.pg_bin_dir,
-            secrets_env=ctx.secrets_env(),
+            keyring=keys.org_keyring,
+            recovery=keys.recovery_identity,
             log=lambda message: click.echo(message, err=True),
         )
     except pitr.PitrSetupError as exc:

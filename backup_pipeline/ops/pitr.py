@@ -35,9 +35,7 @@ from backup_pipeline.services.pitr_restore import (
     PitrRestoreFailed,
     PitrRestoreRefused,
     RestoreRequest,
-    check_request,
     parse_target,
-    restore_to_moment,
 )
 from backup_pipeline.services.pitr_status import ArchiverStatus, Problem, archive_problems
 from backup_pipeline.settings import BackupSettings
@@ -261,19 +259,8 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
             database=config.database or settings.app_database_name,
         )
         try:
-            ctx = svc.open_repo(settings, keyring=keys.keyring())
-            check_request(
-                request,
-                live_data_dir=settings.pitr_pg_data_dir,
-                live_port=settings.pitr_pg_port,
-                info=ctx.engine.info(),
-            )
-            report = restore_to_moment(
-                ctx.engine,
-                request,
-                pg_bin=settings.pg_bin_dir,
-                secrets_env=ctx.secrets_env(),
-                log=context.log.info,
+            report = svc.restore_database_to_moment(
+                settings, request, keyring=keys.keyring(), log=context.log.info
             )
         except PitrRestoreRefused as exc:
             raise dg.Failure(description=f"refused, nothing was changed: {exc}") from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +39,12 @@ from backup_pipeline.services.pitr_keys import (
     load_passphrase,
     repo_client,
     write_private_file,
+)
+from backup_pipeline.services.pitr_restore import (
+    RestoreReport,
+    RestoreRequest,
+    check_request,
+    restore_to_moment,
 )
 from backup_pipeline.services.pitr_status import ArchiverStatus
 from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, BackupSettings
@@ -231,3 +237,25 @@ def server_status(settings: BackupSettings) -> ArchiverStatus:
         connect_timeout=10,
     ) as conn:
         return read_archiver_status(conn)
+
+
+def restore_database_to_moment(
+    settings: BackupSettings,
+    request: RestoreRequest,
+    *,
+    keyring: OrgKeyring | None = None,
+    recovery: RecoveryIdentity | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> RestoreReport:
+    """The PITR restore for the job and the CLI: open the repository (org secret or recovery key),
+    refuse what is unsafe (nothing touched), restore, verify, report."""
+    ctx = open_repo(settings, keyring=keyring, recovery=recovery)
+    check_request(
+        request,
+        live_data_dir=settings.pitr_pg_data_dir,
+        live_port=settings.pitr_pg_port,
+        info=ctx.engine.info(),
+    )
+    return restore_to_moment(
+        ctx.engine, request, pg_bin=settings.pg_bin_dir, secrets_env=ctx.secrets_env(), log=log
+    )
