@@ -30,6 +30,7 @@ from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import archive_command, segment_number
 from backup_pipeline.services.pitr_keys import keystore_key, load_passphrase, read_keystore, unseal
 from backup_pipeline.services.pitr_restore import (
+    PitrRestoreFailed,
     PitrRestoreRefused,
     RestoreRequest,
     check_request,
@@ -387,6 +388,10 @@ def test_cli_restores_to_a_moment_with_the_recovery_key_alone(world: PitrWorld) 
     )
     assert bad.returncode == 2 and "--target-time" in bad.stderr and "Traceback" not in bad.stderr
     target = _now(world)
+    world.cluster.execute(
+        "INSERT INTO after_drop VALUES (3)", APP_DB
+    )  # recovery stops at the first commit past the target
+    world.wait_archived(world.switch_wal())
     try:
         done = _cli(
             world,
@@ -407,6 +412,18 @@ def test_cli_restores_to_a_moment_with_the_recovery_key_alone(world: PitrWorld) 
         assert datetime.fromisoformat(report["reached"]) <= target and report["tables"] >= 1
         for secret in (world.ctx.secrets.cipher_pass, world.s3.server.secret_key):
             assert secret not in done.stdout + done.stderr
+    finally:
+        stop_restored(world.ctx.engine, None, restore_dir)
+
+
+def test_a_target_the_archive_does_not_reach_yet_fails_with_advice(world: PitrWorld) -> None:
+    world.wait_archived(world.switch_wal())
+    target = _now(world)  # nothing committed after it is archived
+    restore_dir = world.root / "restored-too-late"
+    request = RestoreRequest(target=target, data_dir=restore_dir, port=free_low_port(), database=APP_DB)
+    try:
+        with pytest.raises(PitrRestoreFailed, match="does not reach the target yet"):
+            restore_to_moment(world.ctx.engine, request, pg_bin=None, secrets_env=world.ctx.secrets_env())
     finally:
         stop_restored(world.ctx.engine, None, restore_dir)
 

@@ -44,6 +44,8 @@ HBA = (
 MAX_SOCKET_PATH = 100
 SERVER_LOG_NAME = "pitr-restore-server.log"
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
+#: PostgreSQL's FATAL when the archived WAL ends before a commit past recovery_target_time.
+TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
 
 
 class PitrRestoreRefused(Exception):
@@ -244,7 +246,14 @@ def _wait_promoted(
     while time.monotonic() < deadline:
         status = _pg_ctl(engine, pg_bin, "-D", str(data_dir), "status", env=_clean_env())
         if status.returncode == 3:  # no server running: recovery failed and the postmaster exited
-            raise PitrRestoreFailed(f"the restored server stopped during recovery:\n{_log_tail(log_path)}")
+            tail = _log_tail(log_path)
+            if TARGET_NOT_REACHED in tail:
+                raise PitrRestoreFailed(
+                    "the archive does not reach the target yet: no transaction after the target has been "
+                    "archived (the newest WAL is shipped within archive_timeout). Choose an earlier moment or "
+                    f"`latest`, or retry in a minute. The copy in {data_dir} is unusable: delete it.\n{tail}"
+                )
+            raise PitrRestoreFailed(f"the restored server stopped during recovery:\n{tail}")
         try:
             with _connect(socket_dir, port, "postgres", superuser) as conn:
                 row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
