@@ -329,6 +329,12 @@ def test_pitr_restore_job_restores_latest_and_reports_the_moment(world: PitrWorl
         report = result.output_for_node("pitr_restore")
         assert report["target"] == "latest" and report["tables"] == 1 and report["rows"] == 2
         assert datetime.fromisoformat(report["reached"]) <= committed
+        audit = [
+            json.loads(line) for line in (world.settings.state_dir / "audit.jsonl").read_text().splitlines()
+        ]
+        assert [(r["action"], r["details"]["reached"]) for r in audit if r["action"] == "pitr_restore"] == [
+            ("pitr_restore", report["reached"])
+        ]
     finally:
         stop_restored(world.ctx.engine, PG_BIN, restore_dir)
 

@@ -260,7 +260,11 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
         )
         try:
             report = svc.restore_database_to_moment(
-                settings, request, keyring=keys.keyring(), log=context.log.info
+                settings,
+                request,
+                keyring=keys.keyring(),
+                log=context.log.info,
+                actor=f"dagster run {context.run_id}",
             )
         except PitrRestoreRefused as exc:
             raise dg.Failure(description=f"refused, nothing was changed: {exc}") from None

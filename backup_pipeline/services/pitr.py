@@ -14,6 +14,7 @@ records a backup in its manifest once every file is in the repository.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -246,6 +247,7 @@ def restore_database_to_moment(
     keyring: OrgKeyring | None = None,
     recovery: RecoveryIdentity | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    actor: str | None = None,
 ) -> RestoreReport:
     """The PITR restore for the job and the CLI: open the repository (org secret or recovery key),
     refuse what is unsafe (nothing touched), restore, verify, report."""
@@ -256,6 +258,21 @@ def restore_database_to_moment(
         live_port=settings.pitr_pg_port,
         info=ctx.engine.info(),
     )
-    return restore_to_moment(
+    report = restore_to_moment(
         ctx.engine, request, pg_bin=settings.pg_bin_dir, secrets_env=ctx.secrets_env(), log=log
     )
+    _audit(settings, report, actor)
+    return report
+
+
+def _audit(settings: BackupSettings, report: RestoreReport, actor: str | None) -> None:
+    """The audit trail records PITR restores like the other restores; an unwritable state dir (a
+    fresh disaster-recovery machine) must not fail a restore that already succeeded."""
+    from backup_pipeline.audit import audit_log
+
+    keep = ("target", "reached", "backup_set", "data_dir", "port")
+    details = {k: v for k, v in report.as_dict().items() if k in keep}
+    try:
+        audit_log(settings).append("pitr_restore", details, actor=actor)
+    except OSError as exc:
+        logging.getLogger(__name__).warning(f"audit trail not written ({exc.strerror}): {settings.state_dir}")
