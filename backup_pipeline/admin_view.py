@@ -1,26 +1,22 @@
 """What an administrator sees in the Dagster UI: "are we safe?" at a glance.
 
-- ``backup_set_fresh`` (asset check on ``backup_set``): red when the newest complete backup is
-  older than twice the schedule interval (the same limit as the ``backup_freshness`` alert
-  sensor) or when there is none. Whether that backup passed verification is the separate
-  ``backup_set_verified`` check of ``ops/verification.py`` (not duplicated here).
-- ``backup_destination`` (asset check on ``backup_set``): the destination's connection check; when
-  Google Drive is not configured it says plainly that backups go to a local folder and are NOT
-  off-site, and what is needed.
-- ``backup_status_checks`` sensor: re-evaluates ``backup_set_fresh`` every minute (and the
-  local-destination warning) and records the result only when it changes, so the check turns red
-  without anyone clicking and without a run per evaluation. The Drive connection check uploads a
-  test file, so it runs only when an administrator clicks "Execute" on the check.
-- Launchpad links (restore / delete one backup, config prefilled) and run tags that make the
-  backup runs read as a backup history.
+- The safety checks on ``backup_set`` (verdicts in ``safety.py``): ``backup_set_fresh``,
+  ``backup_destination`` (NOT off-site when Google Drive is not configured),
+  ``recovery_key_exported`` here, ``backup_set_verified`` in ``ops/verification.py``.
+- ``record_backup_checks``: the last op of ``backup_job``, recording every verdict against the new
+  materialization in the same run (Dagster shows a check against the newest materialization).
+- ``backup_status_checks`` sensor: every 30 s, records a verdict when it changed or when a newer
+  ``backup_set`` materialization has none yet, so the checks are current without anyone clicking
+  and without a run per evaluation. The Drive live test uploads a file, so it runs only when an
+  administrator clicks "Execute" on ``backup_destination``.
+- Launchpad links (restore / delete one backup, config prefilled) and the two run tags people
+  filter the backup history by (backup id, trigger).
 
 Nothing here reads secrets: descriptions come from settings (paths and ids only) and the ledger.
 """
 
 import json
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -28,31 +24,24 @@ from urllib.parse import quote
 import dagster as dg
 import yaml
 
-from backup_pipeline import ledger
+from backup_pipeline import safety
 from backup_pipeline.destinations.base import Destination
 from backup_pipeline.resources.destination import DestinationResource
-from backup_pipeline.settings import BackupSettings, DestinationKind
+from backup_pipeline.safety import (
+    BACKUP_SET_ASSET,
+    DESTINATION_CHECK,
+    FRESHNESS_CHECK,
+    NOT_OFF_SITE,
+    RECOVERY_KEY_CHECK,
+    VERIFICATION_CHECK,
+)
+from backup_pipeline.settings import BackupSettings
 
 LOCATION_NAME = "backup_pipeline"  # workspace.yaml
-BACKUP_SET_ASSET = dg.AssetKey("backup_set")
-FRESHNESS_CHECK = "backup_set_fresh"
-DESTINATION_CHECK = "backup_destination"
 STATUS_SENSOR = "backup_status_checks"
-DRIVE_GUIDE = "docs/guides/GOOGLE-DRIVE-SETUP.md"
 TAG_TRIGGER = "backup_pipeline/trigger"
-TAG_SIZE = "backup_pipeline/size"
-TAG_OBJECTS = "backup_pipeline/objects"
-TAG_FILES = "backup_pipeline/files"
-TAG_DURATION = "backup_pipeline/duration"
-PRE_RESTORE = "pre-restore"
 
-NOT_OFF_SITE = (
-    "Google Drive is NOT configured: backups go to the local folder {path} and are NOT off-site "
-    "(a fire, theft or ransomware on this site takes them with the data). To back up off-site, set up "
-    "one of the three Google Workspace options (a shared drive with a service account; a service "
-    "account with domain-wide delegation; or an OAuth user), then set BACKUP_PIPELINE_DESTINATION="
-    f"google_drive and its settings. Guide: {DRIVE_GUIDE}."
-)
+__all__ = ["DESTINATION_CHECK", "FRESHNESS_CHECK", "RECOVERY_KEY_CHECK", "VERIFICATION_CHECK"]
 
 
 def human_bytes(n: float) -> str:
@@ -152,188 +141,133 @@ def destination_link(dest: Destination) -> dg.MetadataValue:
 
 def backup_set_metadata(entry: Mapping[str, Any], dest: Destination) -> dict[str, Any]:
     """The ledger entry plus what an administrator reads first (status, size, duration, link, actions)."""
-    started = datetime.fromisoformat(str(entry["started_at"]))
-    finished = datetime.fromisoformat(str(entry["finished_at"]))
-    duration = (finished - started).total_seconds()
+    summary = backup_run_summary(entry)
     return {
         "status": "complete",  # only a set whose parts verified and whose manifest was written gets here
         "backup_id": entry["backup_id"],
         "finished_at": entry["finished_at"],
-        "size": human_bytes(int(entry["total_bytes"])),
-        "files": len(entry.get("part_file_ids") or {}),
-        "objects": int(entry.get("object_count", 0)),
-        "duration": human_duration(duration),
+        **{k: summary[k] for k in ("size", "files", "objects", "duration")},
         "destination_link": destination_link(dest),
         "actions": dg.MetadataValue.md(actions_markdown(str(entry["backup_id"]))),
         **{k: v for k, v in entry.items() if k != "backup_id"},
     }
 
 
-def backup_run_tags(entry: Mapping[str, Any]) -> dict[str, str]:
+def backup_run_summary(entry: Mapping[str, Any]) -> dict[str, str | int]:
+    """Size, counts and duration of a finished backup: metadata, not run tags (the run list shows
+    only the tags people filter by, so the backup id is not cut off)."""
     started = datetime.fromisoformat(str(entry["started_at"]))
     finished = datetime.fromisoformat(str(entry["finished_at"]))
     return {
-        TAG_SIZE: human_bytes(int(entry["total_bytes"])),
-        TAG_OBJECTS: str(int(entry.get("object_count", 0))),
-        TAG_FILES: str(len(entry.get("part_file_ids") or {})),
-        TAG_DURATION: human_duration((finished - started).total_seconds()),
+        "backup_id": str(entry["backup_id"]),
+        "size": human_bytes(int(entry["total_bytes"])),
+        "objects": int(entry.get("object_count", 0)),
+        "files": len(entry.get("part_file_ids") or {}),
+        "duration": human_duration((finished - started).total_seconds()),
     }
 
 
 # --- "are we safe?" -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Verdict:
-    passed: bool
-    severity: dg.AssetCheckSeverity
-    description: str
-    metadata: dict[str, Any]
-    state: str = ""  # what the sensor compares: a new evaluation is recorded only when it changes
-
-    def key(self) -> str:
-        return f"{self.passed}|{self.severity.value}|{self.state or self.description}"
-
-    def result(self) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(
-            passed=self.passed, severity=self.severity, description=self.description, metadata=self.metadata
-        )
-
-    def evaluation(self, check_name: str) -> dg.AssetCheckEvaluation:
-        return dg.AssetCheckEvaluation(
-            asset_key=BACKUP_SET_ASSET,
-            check_name=check_name,
-            passed=self.passed,
-            severity=self.severity,
-            description=self.description,
-            metadata=self.result().metadata,
-        )
-
-
-def _is_safety_backup(entry: ledger.LedgerEntry) -> bool:
-    # A pre-restore safety backup holds only the database: it does not make the buckets safe.
-    return entry.metadata.get("trigger") == PRE_RESTORE
-
-
-def freshness_verdict(
-    instance: dg.DagsterInstance, max_age_hours: float, now: float | None = None
-) -> Verdict:
-    now = time.time() if now is None else now
-    sets = [e for e in ledger.complete_sets(instance) if not _is_safety_backup(e)]
-    if not sets:
-        return Verdict(
-            False,
-            dg.AssetCheckSeverity.ERROR,
-            "NOT SAFE: there is no complete backup yet. Launch backup_job (Jobs → backup_job → Launchpad).",
-            {"max_age_hours": max_age_hours},
-        )
-    newest = sets[0]
-    age_hours = (now - newest.created_at.timestamp()) / 3600
-    meta: dict[str, Any] = {
-        "newest_backup_id": newest.backup_id,
-        "newest_backup_at": newest.created_at.isoformat(timespec="seconds"),
-        "age_hours": round(age_hours, 2),
-        "max_age_hours": max_age_hours,
-        "complete_backups": len(sets),
-    }
-    state = newest.backup_id
-    if age_hours > max_age_hours:
-        return Verdict(
-            False,
-            dg.AssetCheckSeverity.ERROR,
-            f"NOT SAFE: the newest complete backup ({newest.backup_id}) is {age_hours:.0f} h old, more than "
-            f"{max_age_hours:.0f} h. Check the backup_schedule is on and the last backup runs' errors.",
-            meta,
-            state,
-        )
-    return Verdict(
-        True,
-        dg.AssetCheckSeverity.ERROR,
-        f"OK: newest complete backup {newest.backup_id} from {meta['newest_backup_at']} "
-        f"(limit {max_age_hours:.0f} h)",
-        meta,
-        state,
-    )
-
-
-def local_destination_verdict(settings_path: str) -> Verdict:
-    return Verdict(
-        False,
-        dg.AssetCheckSeverity.WARN,
-        NOT_OFF_SITE.format(path=settings_path),
-        {"destination": f"local folder {settings_path}", "off_site": False, "guide": DRIVE_GUIDE},
-    )
-
-
-def destination_verdict(destination: DestinationResource) -> Verdict:
-    """The destination's own connection check (Drive: token, folder, space, a test upload/read/delete)."""
-    if DestinationKind(destination.kind) is not DestinationKind.GOOGLE_DRIVE:
-        local = local_destination_verdict(destination.local_path)
-        report = destination.get_destination().check()
-        steps = "; ".join(f"{s.name}: {'ok' if s.ok else 'FAILED'} ({s.detail})" for s in report.steps)
-        return Verdict(local.passed, local.severity, local.description, {**local.metadata, "checks": steps})
-    report = destination.get_destination().check()
-    steps = "; ".join(f"{s.name}: {'ok' if s.ok else 'FAILED'} ({s.detail})" for s in report.steps)
-    meta: dict[str, Any] = {"destination": report.destination, "off_site": True, "checks": steps}
-    if report.warnings:
-        meta["warnings"] = "; ".join(report.warnings)
-    if report.ok:
-        return Verdict(
-            True, dg.AssetCheckSeverity.ERROR, f"{report.destination} is reachable and writable", meta
-        )
-    return Verdict(
-        False,
-        dg.AssetCheckSeverity.ERROR,
-        f"{report.destination} is NOT usable: {report.fix or steps}. Backups will fail until this is fixed.",
-        meta,
-    )
-
-
 def build_backup_checks(settings: BackupSettings) -> list[dg.AssetChecksDefinition]:
-    max_age = 2 * settings.schedule_interval_hours
+    """The checks on ``backup_set`` an administrator can also execute by hand (verdicts: ``safety.py``)."""
+    policy = safety.SafetyPolicy.from_settings(settings)
+    max_age = policy.freshness_max_age_hours
 
     @dg.asset_check(
         asset=BACKUP_SET_ASSET,
         name=FRESHNESS_CHECK,
-        description=f"Are we safe? Red when the newest complete backup is older than {max_age} h (twice the "
-        "schedule interval) or when there is none. Re-evaluated every minute by the backup_status_checks "
-        "sensor. Whether it restores is the backup_set_verified check.",
+        description=f"Are we safe? Red when the newest complete backup is older than {max_age:.0f} h (twice the "
+        "schedule interval) or when there is none. Recorded after every backup and whenever the verdict "
+        "changes (backup_status_checks sensor). Whether it restores is the backup_set_verified check.",
     )
     def backup_set_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return freshness_verdict(context.instance, max_age).result()
+        return safety.freshness_verdict(context.instance, max_age).result()
 
     @dg.asset_check(
         asset=BACKUP_SET_ASSET,
         name=DESTINATION_CHECK,
-        description="Where backups go and whether it works right now (Google Drive: credentials, folder, "
-        "space, a test upload). Says so plainly when Google Drive is not configured and backups are not "
-        "off-site. Click Execute to run it.",
+        description="Where backups go and whether it works (Google Drive: judged by the newest backup; Execute "
+        "for a live test of credentials, folder, space and a test upload). Yellow when Google Drive is not "
+        "configured: backups are then NOT off-site.",
     )
     def backup_destination(destination: DestinationResource) -> dg.AssetCheckResult:
-        return destination_verdict(destination).result()
+        return safety.live_destination_verdict(destination).result()
 
-    return [backup_set_fresh, backup_destination]
+    @dg.asset_check(
+        asset=BACKUP_SET_ASSET,
+        name=RECOVERY_KEY_CHECK,
+        description="Yellow until the recovery key was exported on the host with "
+        f"'{safety.EXPORT_RECOVERY_COMMAND}' (never through this UI). Without it, losing the org secret makes "
+        "every backup unreadable.",
+    )
+    def recovery_key_exported() -> dg.AssetCheckResult:
+        return safety.recovery_key_verdict(policy.state_dir).result()
+
+    @dg.asset_check(
+        asset=safety.HEALTH_ASSET,
+        name=safety.HEALTH_CHECK,
+        description="Red (NOT SAFE) while any safety check of backup_set fails, warnings included (not off-site, "
+        "recovery key not exported, too old, not verified); the description lists which. Recorded by the "
+        "backup_status_checks sensor whenever the answer changes.",
+    )
+    def backup_safe(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return safety.health_verdict(safety.backup_set_verdicts(context.instance, policy)).result()
+
+    return [backup_set_fresh, backup_destination, recovery_key_exported, backup_safe]
+
+
+BACKUP_HEALTH_SPEC = dg.AssetSpec(
+    safety.HEALTH_ASSET,
+    description="Are we safe? Red in this list when NOT: a backup_set safety check fails (too old, not verified, "
+    "destination broken or NOT off-site, recovery key not exported). Its latest event says which.",
+    group_name="backups",
+)
+
+
+def build_record_checks_op(settings: BackupSettings) -> dg.OpDefinition:
+    """The last op of ``backup_job``: records every safety verdict against the new ``backup_set``
+    materialization in the same run, so no check reads "Not evaluated" after a backup."""
+    policy = safety.SafetyPolicy.from_settings(settings)
+
+    @dg.op(
+        name="record_backup_checks",
+        ins={"finalized": dg.In(dg.Nothing)},
+        description="Records the backup_set checks (fresh, destination, verified, recovery key) for the new "
+        "backup, so the Catalog shows whether we are safe right away.",
+    )
+    def record_backup_checks(context: dg.OpExecutionContext) -> None:
+        try:
+            verdicts = safety.backup_set_verdicts(context.instance, policy)
+            target = safety.latest_materialization(context.instance, BACKUP_SET_ASSET)
+            for name, verdict in verdicts.items():
+                # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
+                context.log_event(verdict.evaluation(name, target))  # type: ignore[arg-type]
+        except Exception as exc:  # the backup is complete; the sensor records the checks within a minute
+            context.log.warning(f"could not record the backup_set checks now ({exc}); the sensor will")
+
+    return record_backup_checks
 
 
 def build_status_sensor(settings: BackupSettings) -> dg.SensorDefinition:
-    max_age = 2 * settings.schedule_interval_hours
-    local_path = None if settings.drive_configured else str(settings.local_destination_path)
+    policy = safety.SafetyPolicy.from_settings(settings)
 
     @dg.sensor(
         name=STATUS_SENSOR,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Keeps the backup_set checks current without launching runs: records {FRESHNESS_CHECK} "
-        "whenever its verdict changes (e.g. the newest backup becomes too old)"
-        + (f" and the {DESTINATION_CHECK} warning that backups are not off-site." if local_path else "."),
+        description="Keeps the backup_set checks current without launching runs: records "
+        f"{FRESHNESS_CHECK}, {DESTINATION_CHECK}, {VERIFICATION_CHECK} and {RECOVERY_KEY_CHECK} whenever a "
+        "verdict changes (e.g. the newest backup becomes too old, the recovery key is exported) and for every "
+        "new backup_set materialization not judged yet (e.g. a restore's safety backup); and the answer on "
+        "backup_health (one materialization + backup_safe check per change of the answer).",
     )
     def backup_status_checks(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        verdicts = {FRESHNESS_CHECK: freshness_verdict(context.instance, max_age)}
-        if local_path is not None:
-            verdicts[DESTINATION_CHECK] = local_destination_verdict(local_path)
-        events = [v.evaluation(name) for name, v in verdicts.items() if seen.get(name) != v.key()]
-        seen.update({name: v.key() for name, v in verdicts.items()})
+        verdicts = safety.backup_set_verdicts(context.instance, policy)
+        events: list[Any] = safety.evaluations_to_record(context.instance, verdicts, seen)
+        events += safety.health_events(verdicts, seen)
         return dg.SensorResult(asset_events=events, cursor=json.dumps(seen))
 
     return backup_status_checks

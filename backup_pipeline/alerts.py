@@ -1,6 +1,14 @@
-"""Alert delivery: SMTP e-mail and an HMAC-SHA256-signed JSON webhook.
+"""Alert delivery: SMTP e-mail, an HMAC-SHA256-signed JSON webhook, and Apprise.
 
 No Dagster here: the sensors build an :class:`Alert` and call :func:`send_alert`.
+
+Apprise (PyPI ``apprise``) is the library for every other channel — Slack, Microsoft Teams,
+Discord, Telegram, ntfy, Matrix, Pushover and about a hundred more — rather than one hand-written
+client per service: each channel is one URL (``slack://…``, ``tgram://…``, ``ntfy://…``). The URLs
+embed tokens, so they are never settings: they come from the environment variable
+``BACKUP_PIPELINE_ALERT_APPRISE_URLS`` (whitespace-separated) or the file named by the setting
+``alert_apprise_urls_file`` (one per line, ``#`` comments). Errors name a channel by its position
+and scheme (``apprise #2 (tgram)``), never by its URL.
 
 Webhook contract (for receivers):
 
@@ -21,9 +29,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import re
 import smtplib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -34,6 +44,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from backup_pipeline.settings import BackupSettings
 
+APPRISE_URLS_ENV = "BACKUP_PIPELINE_ALERT_APPRISE_URLS"
+SUCCESS_KINDS = frozenset({"backup_succeeded", "verification_succeeded"})
 SIGNATURE_HEADER = "X-Backup-Pipeline-Signature"
 TIMESTAMP_HEADER = "X-Backup-Pipeline-Timestamp"
 MAX_SIGNATURE_AGE_SECONDS = 300
@@ -96,12 +108,36 @@ def read_webhook_key(path: Path) -> bytes:
     return key
 
 
+def apprise_urls(settings: BackupSettings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The Apprise channel URLs (secrets: never logged). Raises AlertConfigError for an unreadable file."""
+    env = os.environ if environ is None else environ
+    urls = (env.get(APPRISE_URLS_ENV) or "").split()
+    path = settings.alert_apprise_urls_file
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AlertConfigError(
+                f"BACKUP_PIPELINE_ALERT_APPRISE_URLS_FILE: cannot read {path}: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise AlertConfigError(
+                f"BACKUP_PIPELINE_ALERT_APPRISE_URLS_FILE: {path} is not UTF-8 text"
+            ) from None
+        urls += [
+            line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
+        ]
+    return urls
+
+
 def configured_channels(settings: BackupSettings) -> list[str]:
     channels = []
     if settings.alert_smtp_host and settings.alert_email_to:
         channels.append("email")
     if settings.alert_webhook_url:
         channels.append("webhook")
+    if settings.alert_apprise_urls_file is not None or os.environ.get(APPRISE_URLS_ENV, "").strip():
+        channels.append("apprise")
     return channels
 
 
@@ -158,6 +194,61 @@ def send_webhook(settings: BackupSettings, alert: Alert) -> None:
     _post_webhook(settings.alert_webhook_url, body, headers)
 
 
+def _apprise_body(alert: Alert) -> str:
+    lines = [alert.message]
+    if alert.job_name:
+        lines.append(f"Job: {alert.job_name}")
+    if alert.run_id:
+        lines.append(f"Run: {alert.run_id}")
+    lines += [f"{k}: {v}" for k, v in alert.details.items()]
+    return "\n".join(lines)
+
+
+def _redact(text: str, urls: list[str]) -> str:
+    """Drop every token-like piece of the URLs (host, user, password, path segments) from ``text``."""
+    for url in urls:
+        for piece in re.split(r"[:/@?&=#]+", url.split("://", 1)[-1]):
+            if len(piece) >= 6:
+                text = text.replace(piece, "***")
+    return text
+
+
+def send_apprise(settings: BackupSettings, alert: Alert, attempts: int = 3) -> None:
+    """One Apprise notification per URL (so a failure names its channel); raises AlertDeliveryError."""
+    import apprise  # imported here: only installations with Apprise channels pay for its plugin scan
+
+    urls = apprise_urls(settings)
+    if not urls:
+        raise AlertConfigError(
+            "BACKUP_PIPELINE_ALERT_APPRISE_URLS_FILE: no Apprise URL in the file (one per line)"
+        )
+    notify_type = apprise.NotifyType.SUCCESS if alert.kind in SUCCESS_KINDS else apprise.NotifyType.FAILURE
+    failures: dict[str, str] = {}
+    for index, url in enumerate(urls, start=1):
+        scheme = url.split("://", 1)[0] if "://" in url else "?"
+        name = f"apprise #{index} ({scheme})"
+        channel = apprise.Apprise()
+        if not channel.add(url):
+            failures[name] = "not a URL Apprise knows (check its scheme and fields)"
+            continue
+        for attempt in range(attempts):
+            with apprise.LogCapture(level=apprise.logging.WARNING) as captured:
+                sent = channel.notify(
+                    title=f"[{alert.installation_id}] {alert.title}",
+                    body=_apprise_body(alert),
+                    notify_type=notify_type,
+                )
+                log = captured.getvalue()
+            if sent:
+                failures.pop(name, None)
+                break
+            failures[name] = _redact(" ".join(log.split())[:300], urls) or "not delivered"
+            if attempt + 1 < attempts:
+                time.sleep(0.5 * 2**attempt)
+    if failures:
+        raise AlertDeliveryError(failures)
+
+
 def send_alert(settings: BackupSettings, alert: Alert) -> list[str]:
     """Send to every configured channel; return the channels reached.
 
@@ -168,11 +259,14 @@ def send_alert(settings: BackupSettings, alert: Alert) -> list[str]:
     senders: dict[str, Callable[[BackupSettings, Alert], None]] = {
         "email": send_email,
         "webhook": send_webhook,
+        "apprise": send_apprise,
     }
     for channel in configured_channels(settings):
         try:
             senders[channel](settings, alert)
             delivered.append(channel)
+        except AlertDeliveryError as exc:  # Apprise: one entry per failed URL
+            failures.update(exc.failures)
         except (OSError, smtplib.SMTPException, requests.RequestException, AlertConfigError) as exc:
             failures[channel] = _describe(exc)
     if failures:

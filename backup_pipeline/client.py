@@ -89,6 +89,8 @@ query BackupRun($runId: ID!) {
           ... on BoolMetadataEntry { boolValue }
           ... on JsonMetadataEntry { jsonString }
           ... on PathMetadataEntry { path }
+          ... on MarkdownMetadataEntry { mdStr }
+          ... on UrlMetadataEntry { url }
         }
       }
     }
@@ -283,13 +285,16 @@ class PipelineClient:
         data = self._query(_FAILURE_EVENTS_QUERY, {"runId": run_id})["logsForRun"]
         if data["__typename"] != "EventConnection":
             return []
-        out = []
+        out, run_failures = [], []
         for event in data["events"]:
             if event["__typename"] == "ExecutionStepFailureEvent":
                 message = str((event.get("error") or {}).get("message") or event.get("message") or "failed")
                 message = message.strip().removeprefix("dagster._core.definitions.events.Failure: ")
                 out.append(f"{event.get('stepKey')}: {message}")
-        return out
+            elif event["__typename"] == "RunFailureEvent" and event.get("message"):
+                run_failures.append(f"run: {str(event['message']).strip()}")
+        # A run can fail with no step failing (its worker died, a hook or the launcher failed).
+        return out or run_failures
 
 
 def _summary(run: dict[str, Any]) -> RunSummary:
@@ -306,7 +311,7 @@ def _summary(run: dict[str, Any]) -> RunSummary:
 
 
 def _entry_value(entry: dict[str, Any]) -> Any:
-    for key in ("text", "intValue", "floatValue", "boolValue", "path"):
+    for key in ("text", "intValue", "floatValue", "boolValue", "path", "mdStr", "url"):
         if key in entry and entry[key] is not None:
             return entry[key]
     if entry.get("jsonString"):

@@ -34,13 +34,19 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
     sensors: list[dg.SensorDefinition] = [
         *build_sensors(settings),
         verification_ops.build_verification_alert_sensor(settings),
+        verification_ops.build_verify_after_backup_sensor(),
         admin_view.build_status_sensor(settings),
     ]
-    assets: list[dg.AssetSpec] = [migration_ops.STORAGE_MIGRATION_SPEC, backup_ops.BACKUP_SET_SPEC]
+    assets: list[dg.AssetSpec] = [
+        migration_ops.STORAGE_MIGRATION_SPEC,
+        backup_ops.BACKUP_SET_SPEC,
+        admin_view.BACKUP_HEALTH_SPEC,
+    ]
     backup_job = backup_ops.build_backup_job(
         backup_ops.backup_config_from_settings(settings),
         executor_def=executor_for(settings),
         description=admin_view.backup_job_description(settings),
+        record_checks=admin_view.build_record_checks_op(settings),
     )
     jobs: list[dg.JobDefinition] = [*JOBS, backup_job]
     checks: list[dg.AssetChecksDefinition] = [

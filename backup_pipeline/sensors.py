@@ -1,12 +1,15 @@
 """Sensors: retention after each backup (+ a daily safety net), failure alerts, freshness alerts,
-and failing the run of a dead data-lease holder (a host crash) so the queue moves on.
+the heartbeat (dead-man's switch) after every backup and verification, and failing the run of a
+dead data-lease holder (a host crash) so the queue moves on.
 
 All are built from validated settings at load and start RUNNING (the UI toggle wins once used).
 Alert delivery failures raise, so the sensor tick shows as failed in the UI rather than
-silently dropping an alert.
+silently dropping an alert. A failed heartbeat ping or success notice is a warning in the
+tick's log: it never fails anything (the external monitor notices the missing ping itself).
 """
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,10 +18,13 @@ from datetime import UTC, datetime
 import dagster as dg
 import psycopg
 
-from backup_pipeline.alerts import Alert, configured_channels, send_alert
+from backup_pipeline.alerts import Alert, AlertDeliveryError, configured_channels, send_alert
 from backup_pipeline.concurrency import DATA_LEASE_STALE_SECONDS, EXCLUSIVE_TAG_KEY
+from backup_pipeline.heartbeat import HeartbeatError, configured_heartbeat, ping
 from backup_pipeline.ops import pitr as pitr_ops
 from backup_pipeline.ops.retention import BACKUP_SET_ASSET, DELETE_BACKUP_JOB_NAME, retention_job
+from backup_pipeline.ops.step_errors import is_refused
+from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.postgres import PostgresResource, PostgresUnavailable
 from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
 from backup_pipeline.services.data_lease import LeaseHolder
@@ -30,6 +36,11 @@ RETENTION_DAILY_SENSOR = "retention_daily_safety_net"
 RUN_FAILURE_ALERT_SENSOR = "alert_on_run_failure"
 FRESHNESS_SENSOR = "backup_freshness"
 DEAD_LEASE_HOLDER_SENSOR = "fail_dead_lease_holder"
+HEARTBEAT_SUCCESS_SENSOR = "heartbeat_on_success"
+HEARTBEAT_FAILURE_SENSOR = "heartbeat_on_failure"
+#: The runs that prove we are safe: their success pings the heartbeat, their failure pings /fail.
+HEARTBEAT_JOBS = frozenset({BACKUP_JOB_NAME, VERIFY_JOB_NAME})
+BACKUP_ID_TAG = "backup_pipeline/backup_id"
 MIGRATION_JOB_NAME = "migrate_drive_to_minio"
 PITR_ARCHIVE_SENSOR = "pitr_archive_health"
 
@@ -109,6 +120,11 @@ def build_run_failure_alert_sensor(settings: BackupSettings) -> dg.SensorDefinit
         run = context.dagster_run
         if run.job_name not in ALERTED_JOBS:
             return
+        if is_refused(run):
+            # A refusal ends CANCELED; one that still ended FAILURE (its worker died after the
+            # refusal was recorded) is not a failed backup either.
+            context.log.info(f"run {run.run_id} was refused, not failed: no alert")
+            return
         message, details = _failure_text(context)
         if run.tags.get("backup_pipeline/backup_id"):
             details["backup_id"] = run.tags["backup_pipeline/backup_id"]
@@ -125,6 +141,89 @@ def build_run_failure_alert_sensor(settings: BackupSettings) -> dg.SensorDefinit
         context.log.info(f"alert for {run.run_id} sent via {', '.join(delivered) or 'no channel'}")
 
     return alert_on_run_failure
+
+
+def success_status(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """One line for the heartbeat body and the success notice: what this run proved."""
+    backup_id = run.tags.get(BACKUP_ID_TAG, "?")
+    if run.job_name == VERIFY_JOB_NAME:
+        return f"{run.job_name} ok: backup {backup_id} verified (run {run.run_id})"
+    size = ""
+    for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        mat = record.asset_materialization
+        if mat is not None and mat.asset_key == BACKUP_SET_ASSET and "size" in mat.metadata:
+            size = f", {getattr(mat.metadata['size'], 'value', mat.metadata['size'])}"
+    return f"{run.job_name} ok: backup {backup_id} complete{size} (run {run.run_id})"
+
+
+def send_heartbeat(settings: BackupSettings, log: logging.Logger, *, ok: bool, status: str) -> str:
+    """Ping the configured heartbeat; return what happened (a failure is logged as a warning, never raised)."""
+    try:
+        heartbeat = configured_heartbeat(settings)
+        if heartbeat is None:
+            return "no heartbeat configured"
+        ping(heartbeat, ok=ok, status=status)
+    except HeartbeatError as exc:
+        log.warning(str(exc))
+        return f"heartbeat NOT sent: {exc}"
+    return f"heartbeat {'ok' if ok else 'fail'} sent to {heartbeat.where}"
+
+
+def build_heartbeat_success_sensor(settings: BackupSettings) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name=HEARTBEAT_SUCCESS_SENSOR,
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Dead-man's switch: pings the heartbeat URL (Healthchecks.io / Uptime Kuma push) after every "
+        "successful backup_job and verify_backup_job run, so an external monitor alerts when pings stop "
+        "(host or daemon gone)."
+        + ("" if settings.alert_failures_only else " Also announces each success on the alert channels."),
+    )
+    def heartbeat_on_success(context: dg.RunStatusSensorContext) -> dg.SkipReason:
+        run = context.dagster_run
+        if run.job_name not in HEARTBEAT_JOBS:
+            return dg.SkipReason(f"{run.job_name} is not a backup or verification")
+        status = success_status(context.instance, run)
+        outcome = send_heartbeat(settings, context.log, ok=True, status=status)
+        if not settings.alert_failures_only and configured_channels(settings):
+            kind = "verification_succeeded" if run.job_name == VERIFY_JOB_NAME else "backup_succeeded"
+            alert = Alert(
+                kind=kind,
+                title=status.split(" (run ")[0],
+                message=status,
+                installation_id=settings.installation_id,
+                job_name=run.job_name,
+                run_id=run.run_id,
+                details={"backup_id": run.tags.get(BACKUP_ID_TAG, "")},
+            )
+            try:
+                outcome += f"; success notice sent via {', '.join(send_alert(settings, alert))}"
+            except AlertDeliveryError as exc:  # a missed success notice is not an incident
+                context.log.warning(str(exc))
+                outcome += f"; success notice NOT delivered: {exc}"
+        return dg.SkipReason(outcome)
+
+    return heartbeat_on_success
+
+
+def build_heartbeat_failure_sensor(settings: BackupSettings) -> dg.SensorDefinition:
+    @dg.run_failure_sensor(
+        name=HEARTBEAT_FAILURE_SENSOR,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Dead-man's switch: pings the heartbeat URL as failed (Healthchecks.io <url>/fail, Uptime Kuma "
+        "status=down) when a backup_job or verify_backup_job run fails. A refused manual backup is canceled, "
+        "not failed, and pings nothing.",
+    )
+    def heartbeat_on_failure(context: dg.RunFailureSensorContext) -> dg.SkipReason:
+        run = context.dagster_run
+        if run.job_name not in HEARTBEAT_JOBS:
+            return dg.SkipReason(f"{run.job_name} is not a backup or verification")
+        message, _ = _failure_text(context)
+        backup_id = run.tags.get(BACKUP_ID_TAG)
+        status = f"{run.job_name} FAILED" + (f" (backup {backup_id})" if backup_id else "") + f": {message}"
+        return dg.SkipReason(send_heartbeat(settings, context.log, ok=False, status=status))
+
+    return heartbeat_on_failure
 
 
 def latest_complete_backup_time(instance: dg.DagsterInstance) -> float | None:
@@ -336,6 +435,8 @@ def build_sensors(settings: BackupSettings) -> list[dg.SensorDefinition]:
         build_run_failure_alert_sensor(settings),
         build_freshness_sensor(settings),
         build_dead_lease_holder_sensor(),
+        build_heartbeat_success_sensor(settings),
+        build_heartbeat_failure_sensor(settings),
     ]
 
 

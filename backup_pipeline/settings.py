@@ -214,6 +214,24 @@ class BackupSettings(BaseSettings):
     alert_email_to: list[str] = Field(default_factory=list, description="Recipients of alerts.")
     alert_webhook_url: str | None = Field(None, description="URL receiving JSON alerts (HMAC-SHA256 signed).")
     alert_webhook_secret_file: Path | None = Field(None, description="File with the webhook HMAC key.")
+    alert_apprise_urls_file: Path | None = Field(
+        None,
+        description="File with Apprise URLs, one per line (Slack, Teams, Discord, Telegram, ntfy, Matrix, ...: https://github.com/caronc/apprise/wiki). They embed tokens, so they are never settings; BACKUP_PIPELINE_ALERT_APPRISE_URLS in the environment (whitespace-separated) works too.",
+    )
+    alert_failures_only: bool = Field(
+        True,
+        description="Alert channels get failures only (failed runs, stale backups, failed verifications); false: each successful backup and verification is announced too.",
+    )
+
+    # --- heartbeat (dead-man's switch) -----------------------------------------------------
+    heartbeat_url_file: Path | None = Field(
+        None,
+        description="File holding the URL pinged after every backup and verification (success or failure), so an external monitor alerts when pings stop. It embeds a token, so it is never a setting; BACKUP_PIPELINE_HEARTBEAT_URL in the environment works too.",
+    )
+    heartbeat_kind: Literal["healthchecks", "uptime_kuma"] = Field(
+        "healthchecks",
+        description="`healthchecks`: POST <url> on success, <url>/fail on failure, body = status (Healthchecks.io); `uptime_kuma`: GET <url>?status=up|down&msg=<status> (Uptime Kuma push monitor).",
+    )
 
     # --- point-in-time recovery (opt-in profile, docs/architecture/PITR.md) ------------------
     pitr_enabled: bool = Field(

@@ -151,12 +151,12 @@ def materializations(instance: dg.DagsterInstance) -> list[dict[str, Any]]:
     ]
 
 
-def evaluate_on_run_failure(sensor: Any, instance: dg.DagsterInstance, run_id: str) -> None:
-    """Run a run-failure sensor on the RUN_FAILURE event of ``run_id``, as the daemon would."""
+def evaluate_on_run_failure(sensor: Any, instance: dg.DagsterInstance, run_id: str) -> Any:
+    """Run a run-failure sensor on the RUN_FAILURE event of ``run_id``, as the daemon would; its result."""
     run = instance.get_run_by_id(run_id)
     [failure] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     assert run is not None and failure.dagster_event is not None
-    sensor(
+    return sensor(
         dg.build_run_status_sensor_context(
             sensor_name=sensor.name,
             dagster_instance=instance,

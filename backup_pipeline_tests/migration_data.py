@@ -26,6 +26,8 @@ class LegacySpec:
     content_type: str = "image/jpeg"
     missing: bool = False  # the row points to a Drive file that no longer exists
     wrong_checksum: bool = False  # the app recorded a checksum the Drive content does not have
+    wrong_size: bool = False  # the app recorded a size_bytes the Drive file does not have
+    wrong_md5: bool = False  # the app recorded a checksum_md5 the Drive content does not have
 
     @property
     def seed(self) -> str:
@@ -41,7 +43,8 @@ class LegacyRow:
 
     @property
     def migratable(self) -> bool:
-        return not (self.spec.missing or self.spec.wrong_checksum)
+        spec = self.spec
+        return not (spec.missing or spec.wrong_checksum or spec.wrong_size or spec.wrong_md5)
 
 
 def standard_specs(count: int, large_sizes: list[int]) -> list[LegacySpec]:
@@ -90,10 +93,12 @@ def create_legacy_assets(
         sha256 = stream.sha256.hexdigest()
         md5 = stream.md5.hexdigest()
         recorded = hashlib.sha256(b"not the content").hexdigest() if spec.wrong_checksum else sha256
+        recorded_md5 = hashlib.md5(b"not the content").hexdigest() if spec.wrong_md5 else md5
+        recorded_size = spec.size + 1 if spec.wrong_size else spec.size
         row = conn.execute(
             "INSERT INTO media_assets (storage_provider, drive_file_id, original_filename, content_type, "
             "size_bytes, checksum_sha256, checksum_md5) VALUES ('google_drive', %s, %s, %s, %s, %s, %s) RETURNING id",
-            (file_id, spec.name, spec.content_type, spec.size, recorded, md5),
+            (file_id, spec.name, spec.content_type, recorded_size, recorded, recorded_md5),
         ).fetchone()
         assert row is not None
         rows.append(LegacyRow(spec, int(row[0]), file_id, sha256))

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import dagster as dg
 import yaml
 
-from backup_pipeline import admin_view
+from backup_pipeline import admin_view, safety
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.settings import load_settings
 
@@ -33,20 +33,20 @@ def _record_backup(instance: dg.DagsterInstance, at: datetime, **extra: Any) -> 
 def test_freshness_verdict_no_backup_old_backup_and_fresh_backup() -> None:
     now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     with dg.instance_for_test() as instance:
-        none = admin_view.freshness_verdict(instance, 48, now=now.timestamp())
+        none = safety.freshness_verdict(instance, 48, now=now.timestamp())
         assert not none.passed and none.severity is dg.AssetCheckSeverity.ERROR
         assert "no complete backup" in none.description
 
         old_id = _record_backup(instance, now - timedelta(hours=60))
-        old = admin_view.freshness_verdict(instance, 48, now=now.timestamp())
+        old = safety.freshness_verdict(instance, 48, now=now.timestamp())
         assert not old.passed and old_id in old.description and "60 h old" in old.description
 
         # A pre-restore safety backup holds only the database: it does not make us safe.
         _record_backup(instance, now - timedelta(hours=1), trigger="pre-restore")
-        assert not admin_view.freshness_verdict(instance, 48, now=now.timestamp()).passed
+        assert not safety.freshness_verdict(instance, 48, now=now.timestamp()).passed
 
         fresh_id = _record_backup(instance, now - timedelta(hours=2, seconds=1))
-        fresh = admin_view.freshness_verdict(instance, 48, now=now.timestamp())
+        fresh = safety.freshness_verdict(instance, 48, now=now.timestamp())
         assert fresh.passed and fresh_id in fresh.description
         assert fresh.metadata["complete_backups"] == 2
 
@@ -56,21 +56,43 @@ def test_status_sensor_records_a_verdict_only_when_it_changes(tmp_path: Path) ->
     sensor = admin_view.build_status_sensor(settings)
     with dg.instance_for_test() as instance:
         first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-        names = sorted(e.check_name for e in first.asset_events)  # type: ignore[union-attr]
-        assert names == [admin_view.DESTINATION_CHECK, admin_view.FRESHNESS_CHECK]
-        assert all(not e.passed for e in first.asset_events)  # type: ignore[union-attr]
+        for event in first.asset_events:
+            instance.report_runless_asset_event(event)  # what the daemon does with them
+        checks = [e for e in first.asset_events if getattr(e, "asset_key", None) == safety.BACKUP_SET_ASSET]
+        names = sorted(e.check_name for e in checks)  # type: ignore[union-attr]
+        assert names == sorted(
+            [
+                admin_view.DESTINATION_CHECK,
+                admin_view.FRESHNESS_CHECK,
+                admin_view.RECOVERY_KEY_CHECK,
+                admin_view.VERIFICATION_CHECK,
+            ]
+        )
+        verdicts = {e.check_name: e.passed for e in checks}  # type: ignore[union-attr]
+        assert not verdicts[admin_view.FRESHNESS_CHECK] and not verdicts[admin_view.DESTINATION_CHECK]
 
         again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
         assert again.asset_events == []
 
+        # A runless materialization (reported from outside a run): Dagster takes the earlier
+        # runless verdicts as judging it, so only the verdicts that changed are recorded.
         _record_backup(instance, datetime.now(UTC) - timedelta(minutes=5))
         changed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=again.cursor))
-        assert [(e.check_name, e.passed) for e in changed.asset_events] == [  # type: ignore[union-attr]
-            (admin_view.FRESHNESS_CHECK, True)
+        changed_checks = [
+            (e.check_name, e.passed)  # type: ignore[union-attr]
+            for e in changed.asset_events
+            if isinstance(e, dg.AssetCheckEvaluation) and e.asset_key == safety.BACKUP_SET_ASSET
+        ]
+        assert sorted(changed_checks) == [
+            (admin_view.FRESHNESS_CHECK, True),
+            (admin_view.VERIFICATION_CHECK, False),
         ]
         assert set(json.loads(changed.cursor or "{}")) == {
+            safety.HEALTH_CHECK,
             admin_view.FRESHNESS_CHECK,
             admin_view.DESTINATION_CHECK,
+            admin_view.RECOVERY_KEY_CHECK,
+            admin_view.VERIFICATION_CHECK,
         }
 
 
@@ -80,7 +102,7 @@ def test_local_destination_is_called_not_off_site_with_what_is_needed(tmp_path: 
     assert "NOT off-site" in text and str(tmp_path / "nas") in text
     assert "GOOGLE-DRIVE-SETUP.md" in text and "domain-wide delegation" in text and "OAuth" in text
 
-    verdict = admin_view.destination_verdict(DestinationResource.from_settings(settings))
+    verdict = safety.live_destination_verdict(DestinationResource.from_settings(settings))
     assert not verdict.passed and verdict.severity is dg.AssetCheckSeverity.WARN
     assert "NOT off-site" in verdict.description and verdict.metadata["off_site"] is False
     assert "write" in verdict.metadata["checks"]  # the folder itself was still checked
@@ -115,7 +137,7 @@ def test_launchpad_links_prefill_the_backup_id_and_never_the_confirmation() -> N
     assert restore_config["ops"]["start_restore"]["config"]["dry_run"] is True
 
 
-def test_run_tags_and_trigger() -> None:
+def test_backup_run_summary_is_metadata_and_trigger_is_a_tag() -> None:
     entry = {
         "backup_id": "20261127T023000Z-1a2b3c4d",
         "started_at": "2026-11-27T02:30:00+00:00",
@@ -124,11 +146,12 @@ def test_run_tags_and_trigger() -> None:
         "object_count": 1234,
         "part_file_ids": {"database": "a", "bucket-media": "b", "manifest": "c"},
     }
-    assert admin_view.backup_run_tags(entry) == {
-        admin_view.TAG_SIZE: "5.0 GiB",
-        admin_view.TAG_OBJECTS: "1234",
-        admin_view.TAG_FILES: "3",
-        admin_view.TAG_DURATION: "11 min 5 s",
+    assert admin_view.backup_run_summary(entry) == {
+        "backup_id": "20261127T023000Z-1a2b3c4d",
+        "size": "5.0 GiB",
+        "objects": 1234,
+        "files": 3,
+        "duration": "11 min 5 s",
     }
     assert admin_view.trigger_of({}) == "manual"
     assert admin_view.trigger_of({"dagster/schedule_name": "backup_schedule"}) == "schedule"

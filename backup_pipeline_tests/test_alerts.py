@@ -131,3 +131,45 @@ def test_webhook_without_key_file_names_the_setting(webhook_receiver: WebhookRec
     with pytest.raises(AlertDeliveryError, match="BACKUP_PIPELINE_ALERT_WEBHOOK_SECRET_FILE"):
         send_alert(settings, _alert())
     assert webhook_receiver.requests == []
+
+
+def test_apprise_channels_from_a_file_reach_a_local_receiver(
+    tmp_path: Path, webhook_receiver: WebhookReceiver
+) -> None:
+    # Apprise's json:// schema POSTs {"title", "message", "type"} to the URL: a stand-in for Slack,
+    # Teams, Discord, Telegram, ntfy or Matrix, which all go through the same library.
+    urls = tmp_path / "apprise-urls"
+    host = webhook_receiver.url.removeprefix("http://").split("/")[0]
+    urls.write_text(f"# ops channel\njson://{host}/hooks/apprise-token-0123456789\n")
+    settings = _settings(tmp_path, alert_apprise_urls_file=str(urls))
+    assert configured_channels(settings) == ["apprise"]
+    assert send_alert(settings, _alert()) == ["apprise"]
+    [request] = webhook_receiver.wait_for(1)
+    assert request.path == "/hooks/apprise-token-0123456789"
+    payload = json.loads(request.body)
+    assert payload["title"] == "[acme] backup_job failed" and payload["type"] == "failure"
+    assert "pg_dump exited with 1" in payload["message"] and "0123abcd-run" in payload["message"]
+
+    success = Alert(
+        kind="backup_succeeded", title="backup ok", message="backup X complete", installation_id="acme"
+    )
+    send_alert(settings, success)
+    assert json.loads(webhook_receiver.wait_for(2)[1].body)["type"] == "success"
+
+
+def test_a_failing_apprise_channel_is_named_without_its_token(
+    tmp_path: Path, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    webhook_receiver.status_codes = [500, 500, 500]
+    host = webhook_receiver.url.removeprefix("http://").split("/")[0]
+    monkeypatch.setenv("BACKUP_PIPELINE_ALERT_APPRISE_URLS", f"json://{host}/hooks/secret-token-abcdef")
+    settings = _settings(tmp_path)
+    with pytest.raises(AlertDeliveryError) as err:
+        send_alert(settings, _alert())
+    assert set(err.value.failures) == {"apprise #1 (json)"}
+    assert "secret-token-abcdef" not in str(err.value)
+    assert len(webhook_receiver.requests) == 3  # retried
+
+    monkeypatch.setenv("BACKUP_PIPELINE_ALERT_APPRISE_URLS", "nosuchservice://x")
+    with pytest.raises(AlertDeliveryError, match=r"apprise #1 \(nosuchservice\): not a URL Apprise knows"):
+        send_alert(settings, _alert())

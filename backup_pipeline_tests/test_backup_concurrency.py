@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from backup_pipeline.ops.backup import BACKUP_ID_TAG, BACKUP_KIND_TAGS, build_backup_job
+from backup_pipeline.ops.backup import BACKUP_ID_TAG, build_backup_job
 from backup_pipeline.ops.restore import TAG_RESTORE_OF
 from backup_pipeline.ops.retention import backup_ids_in_use, delete_backup_job, retention_job
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
@@ -66,7 +66,7 @@ def test_plan_backup_keeps_the_set_of_a_running_backup_and_removes_a_dead_one(
                 job_name="backup_job",
                 run_id=str(uuid.uuid4()),
                 status=dg.DagsterRunStatus.STARTED,
-                tags={**BACKUP_KIND_TAGS, BACKUP_ID_TAG: running_id},
+                tags={BACKUP_ID_TAG: running_id},
             )
         )
         result = build_backup_job(executor_def=dg.in_process_executor).execute_in_process(

@@ -136,7 +136,10 @@ def test_sigkill_mid_batch_then_rerun_completes(db: PgDatabase, s3: S3Server, tm
     summary = json.loads(out)
     assert summary["moved"] + summary["adopted"] == 496 - killed_at
     assert summary["remaining_in_drive"] == 4 and not summary["settings_flipped"]
-    assert summary["failure_reasons"] == {"not found in Google Drive": 3, "checksum mismatch": 1}
+    assert summary["failure_reasons"] == {
+        "not found in Google Drive": 3,
+        "recorded values differ from Google Drive": 1,
+    }
     assert "4 assets are still in Google Drive" in summary["settings_message"]
 
     pointed = _assert_nothing_points_to_a_missing_object(db, s3)
@@ -156,7 +159,8 @@ def test_sigkill_mid_batch_then_rerun_completes(db: PgDatabase, s3: S3Server, tm
         )
     assert set(errors) == {"gone-1.jpg", "gone-2.jpg", "gone-3.png", "tampered.jpg"}
     assert all("404" in errors[n] for n in ("gone-1.jpg", "gone-2.jpg", "gone-3.png"))
-    assert "checksum mismatch" in errors["tampered.jpg"]
+    assert errors["tampered.jpg"].startswith("recorded values differ from Google Drive: ")
+    assert "checksum_sha256" in errors["tampered.jpg"]
 
     # Nothing is left once the operator has dealt with the four (here: removed them).
     with db.connect() as conn:
@@ -217,7 +221,7 @@ def test_minio_stopped_mid_run_fails_cleanly_and_rerun_continues(
     rerun = mig.run_migration(context())
     assert rerun.remaining_in_drive == 4 and rerun.failure_reasons == {
         "not found in Google Drive": 3,
-        "checksum mismatch": 1,
+        "recorded values differ from Google Drive": 1,
     }
     pointed = _assert_nothing_points_to_a_missing_object(db, s3)
     assert set(pointed) == migratable

@@ -6,6 +6,7 @@ the Drive test server run, the SIGKILL and the MinIO outage are in ``test_migrat
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,10 @@ def test_job_dry_run_then_real_runs(db: PgDatabase, s3: S3Server, tmp_path: Path
         dry = _run(resources, instance, dry_run=True)
         assert dry.success
         summary = _latest_summary(instance)
-        assert (summary["would_move"], summary["would_fail"]) == (27, 3)
+        assert (summary["would_move"], summary["would_fail"]) == (26, 4)  # what the real run moves
+        warnings = [e.user_message for e in instance.all_logs(dry.run_id) if e.level == logging.WARNING]
+        assert sum("would fail: not found in Google Drive: file" in m for m in warnings) == 3, warnings
+        assert sum("would fail: recorded values differ from Google Drive" in m for m in warnings) == 1
         with db.connect() as conn:
             assert conn.execute("SELECT to_regclass('storage_migration')").fetchone() == (None,)
 
@@ -84,7 +88,10 @@ def test_job_dry_run_then_real_runs(db: PgDatabase, s3: S3Server, tmp_path: Path
         assert {f"migrate_batch[batch_{i:04d}]" for i in range(4)} <= steps
         summary = _latest_summary(instance)
         assert (summary["moved"], summary["failed"], summary["remaining_in_drive"]) == (26, 4, 4)
-        assert summary["failure_reasons"] == {"not found in Google Drive": 3, "checksum mismatch": 1}
+        assert summary["failure_reasons"] == {
+            "not found in Google Drive": 3,
+            "recorded values differ from Google Drive": 1,
+        }
         assert summary["settings_flipped"] is False
         assert summary["bytes_moved"] == sum(r.spec.size for r in rows if r.migratable)
 

@@ -105,8 +105,14 @@ def test_migrate_rerun_and_flip(db: PgDatabase, s3: S3Server, tmp_path: Path) ->
     rows = _make(db, tmp_path / "drive", standard_specs(40, [12 * 1024 * 1024]))
 
     dry = mig.run_migration(_ctx(db, s3, tmp_path / "drive", dry_run=True))
-    assert dry.dry_run and dry.would_move == 37 and dry.would_fail == 3
-    assert dry.would_move_bytes == sum(r.spec.size for r in rows if not r.spec.missing)
+    # The dry run and the real run agree: the tampered row's recorded sha256 disagrees with the
+    # source's metadata already (main counted it as movable).
+    assert dry.dry_run and dry.would_move == 36 and dry.would_fail == 4
+    assert dry.would_move_bytes == sum(r.spec.size for r in rows if r.migratable)
+    assert dry.failure_reasons == {
+        mig.REASON_NOT_FOUND: 3,
+        mig.REASON_RECORDED_MISMATCH: 1,
+    }
     assert _pointing(db) == []
     assert not s3.client().bucket_exists(BUCKET)
 
@@ -114,7 +120,10 @@ def test_migrate_rerun_and_flip(db: PgDatabase, s3: S3Server, tmp_path: Path) ->
         _ctx(db, s3, tmp_path / "drive", batch_size=7, concurrency=3, part_size=5 * 1024 * 1024)
     )
     assert (first.moved, first.failed) == (36, 4)
-    assert first.failure_reasons == {"not found in Google Drive": 3, "checksum mismatch": 1}
+    assert first.failure_reasons == {
+        "not found in Google Drive": 3,
+        "recorded values differ from Google Drive": 1,
+    }
     assert not first.settings_flipped and "4 assets are still in Google Drive" in first.settings_message
     pointing = {r[0]: r for r in _pointing(db)}
     assert set(pointing) == {r.asset_id for r in rows if r.migratable}

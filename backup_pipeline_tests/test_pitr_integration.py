@@ -357,10 +357,12 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
         raise_on_error=False,
     )
     assert not result.success
+    run = world.instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags.get("backup_pipeline/outcome") == "refused"
     failure = result.failure_data_for_node("pitr_restore")
-    assert failure is not None and "no UTC offset" in str(
-        failure.user_failure_data.description if failure.user_failure_data else failure.error
-    )
+    assert failure is not None and failure.error is not None
+    assert "[PITR_TARGET_INVALID]" in failure.error.message and "no UTC offset" in failure.error.message
+    assert failure.error.stack == []  # an expected refusal, not a crash
     assert not (world.root / "never").exists()
 
 

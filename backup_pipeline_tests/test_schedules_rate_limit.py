@@ -1,4 +1,5 @@
-"""Manual-backup minimum interval: refused with a clear reason unless forced; scheduled runs pass."""
+"""Manual-backup minimum interval: refused with a clear reason unless forced; scheduled runs pass.
+A refusal ends the run CANCELED (not FAILURE), tagged, with a one-line error and no stack trace."""
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +45,22 @@ def test_second_manual_backup_is_refused_unless_forced(tmp_path: Path) -> None:
         refused = job.execute_in_process(instance=instance, raise_on_error=False)
         assert not refused.success
         failure = refused.failure_data_for_node("plan_backup")
-        assert failure is not None and "manual backup refused" in str(failure.error)
+        assert failure is not None and failure.error is not None
+        assert failure.error.message.startswith("[MANUAL_BACKUP_TOO_SOON] manual backup refused")
+        # What the run view prints under the step: the reason, and no "Stack Trace:" section.
+        assert failure.error.stack == [] and failure.error.cause is None
+        run = instance.get_run_by_id(refused.run_id)
+        assert run is not None
+        # Not a failure: CANCELED, labelled, so alert_on_run_failure (FAILURE runs only) never fires.
+        assert run.status is dg.DagsterRunStatus.CANCELED
+        assert run.tags["backup_pipeline/outcome"] == "refused"
+        assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+        canceling = [
+            e
+            for e in instance.all_logs(refused.run_id)
+            if e.dagster_event_type == dg.DagsterEventType.RUN_CANCELING
+        ]
+        assert canceling and "Try again in" in (canceling[0].message or "")
         forced = job.execute_in_process(
             instance=instance, run_config={"ops": {"plan_backup": {"config": {"force": True}}}}
         )
@@ -56,3 +72,5 @@ def test_second_manual_backup_is_refused_unless_forced(tmp_path: Path) -> None:
         assert scheduled.success
     audited = AuditLog(tmp_path).records(action="manual_backup")
     assert [r.details["forced"] for r in audited] == [False, True]
+    [refusal] = AuditLog(tmp_path).records(action="manual_backup_refused")
+    assert refusal.details["run_id"] == refused.run_id

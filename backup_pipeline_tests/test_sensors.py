@@ -19,6 +19,7 @@ from backup_pipeline.sensors import (
     build_run_failure_alert_sensor,
 )
 from backup_pipeline.settings import BackupSettings, load_settings
+from backup_pipeline_tests.backup_helpers import evaluate_on_run_failure
 from backup_pipeline_tests.fixtures.alert_receivers import SmtpSink, WebhookReceiver
 
 KEY = b"sensor-webhook-key-0123456789"
@@ -134,6 +135,25 @@ def test_backup_failure_reaches_smtp_and_signed_webhook(
     assert verify_webhook_signature(
         KEY, hook.headers[TIMESTAMP_HEADER], hook.body, hook.headers[SIGNATURE_HEADER]
     )
+
+
+def test_a_refused_backup_sends_no_failure_alert(
+    instance: dg.DagsterInstance,
+    settings: BackupSettings,
+    smtp_server: SmtpSink,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    @dg.op(name="plan_backup")
+    def refused_step() -> None:
+        raise dg.Failure(description="manual backup refused: too soon")
+
+    @dg.job(name="backup_job", tags={"backup_pipeline/outcome": "refused"})
+    def refused_job() -> None:
+        refused_step()
+
+    failed = refused_job.execute_in_process(instance=instance, raise_on_error=False)
+    evaluate_on_run_failure(build_run_failure_alert_sensor(settings), instance, failed.run_id)
+    assert smtp_server.messages == [] and webhook_receiver.requests == []
 
 
 def test_failure_of_an_unrelated_job_sends_nothing(

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in pg_dump pg_restore pgbench age age-keygen pigz restic; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is missing; run scripts/setup.sh" >&2; exit 2; }
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is missing; run bash scripts/setup.sh --for bench" >&2; exit 2; }
 done
 pg_isready -q -h 127.0.0.1 -p 5432 || { echo "bench: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 2; }
 echo "bench: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

@@ -79,14 +79,15 @@ fi
 trap 'rc=$?; [ $rc = 0 ] || echo "demo: failed (exit $rc); logs in $DEMO; stop what was started: $STOP_CMD" >&2' EXIT
 
 if [ "${DEMO_SKIP_SETUP:-0}" = 1 ]; then
-  [ -x "$PY" ] || { echo "demo: DEMO_SKIP_SETUP=1 but $PY is missing; run bash scripts/setup.sh" >&2; exit 1; }
+  [ -x "$PY" ] || { echo "demo: DEMO_SKIP_SETUP=1 but $PY is missing; run bash scripts/setup.sh --for demo" >&2; exit 1; }
 else
-  bash scripts/setup.sh
+  bash scripts/setup.sh --for demo
 fi
 mkdir -p "$DEMO/dagster_home" "$DEMO/state" "$DEMO/backups"
 DEMO=$(cd "$DEMO" && pwd)
 
 # --- settings for everything below (the same variables an operator sets) ----------------
+# Also the CLI's settings file (README "Command line"): BACKUP_PIPELINE_SETTINGS_FILE=.demo/demo.env.
 cat > "$DEMO/demo.env" <<ENV
 BACKUP_PIPELINE_APP_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$DB_NAME
 BACKUP_PIPELINE_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
@@ -96,8 +97,10 @@ BACKUP_PIPELINE_DESTINATION=local
 BACKUP_PIPELINE_LOCAL_DESTINATION_PATH=$DEMO/backups
 BACKUP_PIPELINE_STATE_DIR=$DEMO/state
 BACKUP_PIPELINE_ORG_SECRET_FILE=$DEMO/org-secret
+BACKUP_PIPELINE_URL=http://127.0.0.1:$UI_PORT
 DAGSTER_HOME=$DEMO/dagster_home
 ENV
+chmod 600 "$DEMO/demo.env"  # it holds the (demo) S3 keys
 set -a; . "$DEMO/demo.env"; set +a
 
 # --- keys: the operator's set-up step (org secret file + recovery key pair), idempotent ----
@@ -237,4 +240,5 @@ PYEOF
 echo
 echo "Dagster UI: http://127.0.0.1:$UI_PORT"
 echo "Logs: $DEMO/webserver.log, $DEMO/daemon.log; settings: $DEMO/demo.env"
+echo "CLI: export BACKUP_PIPELINE_SETTINGS_FILE=$DEMO/demo.env; then e.g. .venv/bin/backup-pipeline restore --list"
 echo "Stop: $STOP_CMD   (rerun bash scripts/demo.sh to restart; data and history are kept)"

@@ -3,7 +3,7 @@
 # Exit non-zero when any test fails or when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --for test
 echo "== ruff"
 .venv/bin/ruff check backup_pipeline backup_pipeline_tests scripts
 .venv/bin/ruff format --check backup_pipeline backup_pipeline_tests scripts

@@ -8,7 +8,7 @@ import json
 import click
 
 from backup_pipeline.audit import AuditLog
-from backup_pipeline.settings import SettingsError, load_settings
+from backup_pipeline.settings import load_settings
 
 
 def _parse_since(value: str | None) -> dt.datetime | None:
@@ -30,10 +30,7 @@ def _parse_since(value: str | None) -> dt.datetime | None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON array).")
 def audit_command(action: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Show the audit trail: settings changes, manual runs, deletions, restores, key exports."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = load_settings()
     records = AuditLog(settings.state_dir).records(action=action, since=_parse_since(since))[-limit:]
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2, sort_keys=True))

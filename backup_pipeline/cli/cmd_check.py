@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import click
 
+from backup_pipeline.cli.settings_file import apply_settings_file
 from backup_pipeline.settings import SettingsError, load_settings
 
 
@@ -39,6 +40,7 @@ def _run_check(name: str, check: Callable[[], str]) -> bool:
 @click.option("--no-connections", is_flag=True, help="Only validate the settings.")
 def check_command(settings_file: str | None, no_connections: bool) -> None:
     """Validate settings and test the PostgreSQL, S3 and destination connections."""
+    apply_settings_file(settings_file)
     try:
         settings = load_settings(settings_file=settings_file)
     except SettingsError as exc:

@@ -1,6 +1,9 @@
 """``backup-pipeline run backup|history|show|delete|settings``: the client over Dagster's GraphQL API.
 
 Exit codes: 0 ok, 1 the operation failed (run failed, server unreachable), 2 bad input.
+A ``ClientError`` (server unreachable, request refused) is reported by the group
+(``cli/__init__.py``) as one line. A run that did not succeed is reported with its errors and
+the address of the run in the UI.
 Proxy options: ``--header 'Name: value'`` (repeatable) and ``--user name`` (basic auth; the
 password comes from ``BACKUP_PIPELINE_CLIENT_PASSWORD`` or a prompt, never the command line).
 """
@@ -10,13 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from backup_pipeline.client import ClientError, PipelineClient
-from backup_pipeline.settings import SettingsError, load_settings
+from backup_pipeline.client import PipelineClient
+from backup_pipeline.settings import load_settings
 
 URL_ENV = "BACKUP_PIPELINE_URL"
 PASSWORD_ENV = "BACKUP_PIPELINE_CLIENT_PASSWORD"
@@ -57,17 +61,41 @@ def _make_client(url: str, headers: tuple[str, ...], user: str | None) -> Pipeli
         return PipelineClient(url, headers=parsed, basic_auth=auth)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    raise SystemExit(1)
+def run_url(url: str, run_id: str) -> str:
+    """The run's page in the Dagster UI (the webserver serves the UI and the API on one address)."""
+    base = url if "://" in url else f"http://{url}"
+    return f"{base.rstrip('/')}/runs/{run_id}"
+
+
+def _report_unsuccessful(what: str, url: str, run_id: str, status: str, errors: list[str]) -> None:
+    """Why a run did not succeed, one line per failed step, and where to read the rest."""
+    if not errors:
+        errors = [f"the run ended {status} without a failed step"]
+    for error in errors:
+        click.echo(f"error: {what}: {' '.join(error.split())}", err=True)
+    click.echo(f"see {run_url(url, run_id)}", err=True)
 
 
 def _ts(value: float | None) -> str:
     return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds") if value else "-"
+
+
+_MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def _ledger_line(key: str, value: Any, base_url: str) -> str:
+    """One ``show`` line; Markdown links (the ``actions`` entry) become ``label: absolute URL`` lines."""
+    if isinstance(value, dict | list):
+        return f"  {key}: {json.dumps(value)}"
+    links = _MARKDOWN_LINK.findall(value) if isinstance(value, str) else []
+    if links:
+        base = base_url.rstrip("/")
+        return f"  {key}:" + "".join(
+            f"\n    {label}: {base + url if url.startswith('/') else url}" for label, url in links
+        )
+    return f"  {key}: {value}"
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
@@ -91,21 +119,29 @@ def run_backup(
 ) -> None:
     """Start a backup (a backup_job run)."""
     client = _make_client(url, headers, user)
-    try:
-        run_id = client.run_backup(force=force)
-        status = client.wait(run_id).value if wait else "QUEUED"
-        backup_id = client.find_backup_id(run_id) if wait else None
-    except ClientError as exc:
-        _fail(exc)
-        return
+    run_id = client.run_backup(force=force)
+    status = client.wait(run_id).value if wait else "QUEUED"
+    backup_id = client.find_backup_id(run_id) if wait else None
+    failed = wait and status != "SUCCESS"
+    errors = client.errors(run_id) if failed else []
+    data: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "backup_id": backup_id,
+        "url": run_url(url, run_id),
+    }
+    if failed:
+        data["errors"] = errors
     _emit(
-        {"run_id": run_id, "status": status, "backup_id": backup_id},
+        data,
         as_json,
         lambda: click.echo(
             f"backup run {run_id}: {status}" + (f" (backup {backup_id})" if backup_id else "")
         ),
     )
-    if wait and status != "SUCCESS":
+    if failed:
+        if not as_json:
+            _report_unsuccessful(f"backup run {status}", url, run_id, status, errors)
         raise SystemExit(1)
 
 
@@ -131,11 +167,7 @@ def history(
 ) -> None:
     """List backup runs, newest first."""
     client = _make_client(url, headers, user)
-    try:
-        runs = client.history(statuses=list(statuses), limit=limit, cursor=cursor)
-    except ClientError as exc:
-        _fail(exc)
-        return
+    runs = client.history(statuses=list(statuses), limit=limit, cursor=cursor)
 
     def text() -> None:
         if not runs:
@@ -162,15 +194,12 @@ def show(url: str, headers: tuple[str, ...], user: str | None, as_json: bool, ba
         detail = client.show(backup_id)
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="BACKUP_ID") from None
-    except ClientError as exc:
-        _fail(exc)
-        return
 
     def text() -> None:
         click.echo(f"backup {backup_id}: {detail['status']} (run {detail['run_id']})")
         click.echo(f"  started {_ts(detail['start_time'])}, ended {_ts(detail['end_time'])}")
         for key, value in sorted(detail["ledger"].items()):
-            click.echo(f"  {key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+            click.echo(_ledger_line(key, value, url))
         for step, status in sorted(detail["steps"].items()):
             click.echo(f"  step {step}: {status}")
         for error in detail["errors"]:
@@ -199,21 +228,23 @@ def delete(
         if typed.strip() != f"delete {backup_id}":
             raise click.BadParameter("confirmation did not match; nothing deleted", param_hint="confirmation")
     client = _make_client(url, headers, user)
-    try:
-        run_id = client.delete_backup(backup_id, force=force)
-        status = client.wait(run_id)
-        errors = client.errors(run_id) if status.value != "SUCCESS" else []
-    except ClientError as exc:
-        _fail(exc)
-        return
+    run_id = client.delete_backup(backup_id, force=force)
+    status = client.wait(run_id)
+    errors = client.errors(run_id) if status.value != "SUCCESS" else []
     _emit(
-        {"run_id": run_id, "status": status.value, "backup_id": backup_id, "errors": errors},
+        {
+            "run_id": run_id,
+            "status": status.value,
+            "backup_id": backup_id,
+            "errors": errors,
+            "url": run_url(url, run_id),
+        },
         as_json,
-        lambda: click.echo(
-            f"delete {backup_id}: {status.value} (run {run_id})" + "".join(f"\n  error: {e}" for e in errors)
-        ),
+        lambda: click.echo(f"delete {backup_id}: {status.value} (run {run_id})"),
     )
     if status.value != "SUCCESS":
+        if not as_json:
+            _report_unsuccessful(f"delete {status.value}", url, run_id, status.value, errors)
         raise SystemExit(1)
 
 
@@ -221,11 +252,7 @@ def delete(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 def settings_command(as_json: bool) -> None:
     """Effective settings of this host (secrets are never settings: only env-var names and file paths)."""
-    try:
-        values = load_settings().redacted()
-    except SettingsError as exc:
-        click.echo(str(exc), err=True)
-        raise SystemExit(2) from None
+    values = load_settings().redacted()
 
     def text() -> None:
         for key, value in sorted(values.items()):

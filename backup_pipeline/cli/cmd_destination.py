@@ -15,11 +15,13 @@ import json
 
 import click
 
+from backup_pipeline.cli.settings_file import apply_settings_file
 from backup_pipeline.destinations.base import Capacity, human_bytes
 from backup_pipeline.settings import SettingsError, load_settings
 
 
 def _settings(settings_file: str | None):  # type: ignore[no-untyped-def]
+    apply_settings_file(settings_file)
     try:
         return load_settings(settings_file=settings_file)
     except SettingsError as exc:

@@ -22,18 +22,14 @@ from backup_pipeline.archive.errors import (
 )
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryKeyStore, generate_org_secret_file
 from backup_pipeline.audit import AuditLog
-from backup_pipeline.settings import BackupSettings, SettingsError, load_settings
+from backup_pipeline.settings import BackupSettings, load_settings
 
 EXPORT_PHRASE = "export recovery key"
 ROTATE_PHRASE = "rotate recovery key"
 
 
 def _settings() -> BackupSettings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        click.echo(str(exc), err=True)
-        raise SystemExit(2) from None
+    return load_settings()  # a SettingsError is reported by the group (exit 2)
 
 
 def _refuse_inside_dagster() -> None:

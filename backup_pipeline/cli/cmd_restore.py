@@ -6,7 +6,9 @@ their file properties, then restores the chosen one into the configured PostgreS
 endpoint with the same verification, conflict policies and dry run as the restore job.
 
 Exit codes: 0 success, 1 the restore failed or was refused (damaged or incomplete set,
-pg_restore error, S3 unreachable), 2 bad input (missing or mistyped key, bad option).
+pg_restore error, destination, S3 or PostgreSQL unreachable), 2 bad input (missing or mistyped
+key, bad option, bad settings). ``--list`` reads only file properties and needs no key. Errors
+not handled here are reported by the group (``cli/__init__.py``): one line, no traceback.
 """
 
 from __future__ import annotations
@@ -143,13 +145,12 @@ def restore_command(
 ) -> None:
     """Disaster recovery: list backup sets on the destination and restore one (dry run by default)."""
     settings = settings_for(destination_kind, local_path)
-    keys = _load_keys(recovery_key_file, org_secret_file)
     if target_time is not None:
         from backup_pipeline.cli.pitr_restore import restore_to_time
 
         restore_to_time(
             settings,
-            keys,
+            _load_keys(recovery_key_file, org_secret_file),
             target_time=target_time,
             data_dir=data_dir,
             port=port,
@@ -160,16 +161,17 @@ def restore_command(
     from backup_pipeline.resources.destination import DestinationResource
 
     destination = DestinationResource.from_settings(settings).get_destination()
+    if list_only:  # file properties only: no key is read
+        sets = svc.list_backups(destination, installation_id=installation_id)
+        if as_json:
+            click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
+        else:
+            click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
+            for s in sets:
+                click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
+        return
+    keys = _load_keys(recovery_key_file, org_secret_file)
     try:
-        if list_only:
-            sets = svc.list_backups(destination, installation_id=installation_id)
-            if as_json:
-                click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
-            else:
-                click.echo(f"{len(sets)} backup set(s) on {destination.description}:")
-                for s in sets:
-                    click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
-            return
         options = svc.RestoreOptions(
             backup_id=backup_id,
             scope=svc.RestoreScope(scope),
@@ -238,7 +240,7 @@ def _s3_client(endpoint: str, region: str) -> Any:
 
     access, secret = os.environ.get(S3_ACCESS_KEY_ENV), os.environ.get(S3_SECRET_KEY_ENV)
     if not access or not secret:
-        return None
+        return None  # run_restore refuses a restore of files without S3, naming the variables
     return S3Resource(endpoint=endpoint, access_key=access, secret_key=secret, region=region).client()
 
 

@@ -4,7 +4,9 @@
 job, in this process (useful from a shell or a maintenance window; the Dagster job is the
 path that records a ``storage_migration`` materialization). It holds the same data lease for the
 whole migration (heartbeat thread), so it and the data-touching jobs exclude each other.
-Exit codes: 0 nothing left in Drive (or a dry run), 1 assets remain / the run failed, 2 bad input.
+Exit codes: 0 nothing left in Drive (or a dry run), 1 assets remain / the run failed or stopped
+(MinIO, Google Drive or PostgreSQL unavailable, the data lease held by a job), 2 bad input.
+Errors are reported by the group (``cli/__init__.py``): one line, no traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uuid
 import click
 
 from backup_pipeline.resources.destination import DestinationResource
-from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
+from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.services import migration as mig
 from backup_pipeline.services.progress import format_bytes
@@ -26,16 +28,11 @@ from backup_pipeline.settings import (
     S3_ACCESS_KEY_ENV,
     S3_SECRET_KEY_ENV,
     BackupSettings,
-    SettingsError,
     load_settings,
 )
 
-
-def _settings() -> BackupSettings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+#: Failures that stop the run are reported once, as the run's error, not per asset.
+_RUN_STOPPER_REASONS = {cls.reason for cls in mig.RUN_STOPPERS}
 
 
 def _postgres(settings: BackupSettings) -> PostgresResource:
@@ -93,7 +90,7 @@ def migrate_drive(
     as_json: bool,
 ) -> None:
     """Copy every media asset still in Google Drive into MinIO, verify it and switch its row."""
-    settings = _settings()
+    settings = load_settings()
     options = mig.MigrationOptions(
         dry_run=dry_run,
         batch_size=batch_size,
@@ -120,23 +117,26 @@ def migrate_drive(
 
     def on_asset(outcome: mig.AssetOutcome) -> None:
         done["n"] += 1
+        if outcome.result == "failed" and outcome.reason in _RUN_STOPPER_REASONS:
+            return  # said once below, as the run's error
         if outcome.result == "failed" or done["n"] % 50 == 0:
             detail = f": {outcome.error}" if outcome.error else ""
             click.echo(f"[{done['n']}] asset {outcome.asset_id} {outcome.result}{detail}", err=True)
 
-    try:
-        with app_db.data_lock(run_id, job="storage migrate-drive (CLI)"):
-            summary = mig.run_migration(ctx, on_asset=on_asset)
-    except (DataLockBusy, PostgresUnavailable, mig.MigrationError) as exc:
-        click.echo(f"migration failed: {exc}", err=True)
-        sys.exit(1)
+    with app_db.data_lock(run_id, job="storage migrate-drive (CLI)"):
+        summary = mig.run_migration(ctx, on_asset=on_asset)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
     elif summary.dry_run:
+        # The same per-file reasons the real run would record, so they can be dealt with first.
+        for failure in summary.failures:
+            click.echo(f"asset {failure['asset_id']} would fail: {failure['error']}", err=True)
         click.echo(
-            f"dry run: {summary.would_move} assets ({format_bytes(summary.would_move_bytes)}) would move; "
-            f"{summary.would_fail} would fail {summary.failure_reasons or ''}".rstrip()
+            f"dry run: {summary.would_move} assets ({format_bytes(summary.would_move_bytes)}) would move, "
+            f"{summary.would_fail} would fail"
         )
+        for reason, count in sorted(summary.failure_reasons.items()):
+            click.echo(f"  {count} × {reason}")
     else:
         click.echo(
             f"moved {summary.moved} ({format_bytes(summary.bytes_moved)}), adopted {summary.adopted}, "
@@ -145,7 +145,9 @@ def migrate_drive(
         for reason, count in sorted(summary.failure_reasons.items()):
             click.echo(f"  {count} × {reason}")
         click.echo(summary.settings_message)
-    if not summary.dry_run and (summary.remaining_in_drive or summary.not_attempted):
+    if summary.stopped:
+        click.echo(f"error: the migration stopped: {summary.stopped}", err=True)
+    if not summary.dry_run and (summary.remaining_in_drive or summary.not_attempted or summary.stopped):
         sys.exit(1)
 
 
@@ -154,15 +156,9 @@ def migrate_drive(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(bucket: str | None, as_json: bool) -> None:
     """MinIO health, buckets with object counts and bytes, assets still in Google Drive."""
-    settings = _settings()
+    settings = load_settings()
     app_db, s3 = _postgres(settings), _s3(settings)
-    try:
-        result = mig.storage_status(
-            app_db.connect, s3.client(), s3.endpoint, bucket or settings.primary_bucket
-        )
-    except PostgresUnavailable as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
+    result = mig.storage_status(app_db.connect, s3.client(), s3.endpoint, bucket or settings.primary_bucket)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
     else:
@@ -177,6 +173,8 @@ def status(bucket: str | None, as_json: bool) -> None:
             f"media_asset_settings: {result.settings_provider}; migration: {result.migration_status or '-'}"
         )
     if not result.healthy:
+        problem = result.error or f"the primary bucket {result.primary_bucket!r} does not exist"
+        click.echo(f"error: {problem}", err=True)
         sys.exit(1)
 
 

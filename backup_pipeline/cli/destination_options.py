@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from backup_pipeline.settings import BackupSettings, SettingsError, load_settings
+from backup_pipeline.settings import BackupSettings, load_settings
 
 if TYPE_CHECKING:
     from backup_pipeline.services.restore import RestoreKeys
@@ -25,16 +25,17 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def settings_for(destination_kind: str | None, local_path: Path | None) -> BackupSettings:
-    """The settings, with ``--from-destination`` / ``--local-path`` over the environment (bad: exit 2)."""
+    """The settings, with ``--from-destination`` / ``--local-path`` over the environment.
+
+    A ``SettingsError`` is reported by the group (``cli/errors.py``): one line naming every
+    bad field, exit 2.
+    """
     overrides: dict[str, str] = {}
     if destination_kind:
         overrides["BACKUP_PIPELINE_DESTINATION"] = destination_kind
     if local_path:
         overrides["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(local_path)
-    try:
-        return load_settings({**os.environ, **overrides})
-    except SettingsError as exc:
-        fail(str(exc), 2)
+    return load_settings({**os.environ, **overrides})
 
 
 def load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> RestoreKeys | None:

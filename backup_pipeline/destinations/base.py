@@ -97,6 +97,14 @@ class NotFoundError(DestinationError):
     """The file (or folder) does not exist."""
 
 
+class TrashedError(NotFoundError):
+    """The file exists but is in the trash (Google Drive keeps it 30 days, restorable by a person).
+
+    A ``NotFoundError`` to every caller that only needs "not usable"; the migration tells it
+    apart so the operator learns the file can still be restored.
+    """
+
+
 class RetryableError(DestinationError):
     """Transient: network drop, 5xx, 429, rate limit, expired upload session. Retry with backoff."""
 

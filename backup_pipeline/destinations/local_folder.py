@@ -153,6 +153,12 @@ class LocalFolderDestination:
         if page_size < 1:
             raise PermanentError(f"page_size must be at least 1, got {page_size}")
         meta_root = self.root / _META
+        for path in (self.root, meta_root):
+            # A file where the folder should be is a misconfiguration, not "no backups yet".
+            if path.exists() and not path.is_dir():
+                raise PermanentError(
+                    f"{self.description}: {path} is not a folder. Check BACKUP_PIPELINE_LOCAL_DESTINATION_PATH."
+                )
         if not meta_root.is_dir():
             return ListPage([])
         wanted = dict(properties or {})

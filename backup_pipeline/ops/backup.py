@@ -57,7 +57,6 @@ from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
 BACKUP_JOB_NAME = "backup_job"
 BACKUP_SET_ASSET = dg.AssetKey("backup_set")
 BACKUP_ID_TAG = "backup_pipeline/backup_id"
-BACKUP_KIND_TAGS = {"backup_pipeline/kind": "backup"}
 KEYS = "keys"
 PROGRESS_INTERVAL_SECONDS = 10.0
 
@@ -181,14 +180,16 @@ def backup_id_of_run(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return run.tags.get(BACKUP_ID_TAG) if run else None
 
 
-def backup_ids_being_written(instance: dg.DagsterInstance, *, except_run_id: str) -> set[str]:
+def backup_ids_being_written(
+    instance: dg.DagsterInstance, *, except_run_id: str, job_name: str = BACKUP_JOB_NAME
+) -> set[str]:
     """Backup ids of the other backup runs still in progress: their sets have no manifest *yet*.
 
     The data lease keeps another backup run out only if both run under it; a run that died
     without its status being recorded yet, or a lease taken over after a stale heartbeat, must
     not cost a live run its set, so in-progress runs are spared by their status as well.
     """
-    runs = instance.get_runs(filters=dg.RunsFilter(tags=BACKUP_KIND_TAGS, statuses=IN_PROGRESS_STATUSES))
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS_STATUSES))
     return {
         run.tags[BACKUP_ID_TAG] for run in runs if run.run_id != except_run_id and run.tags.get(BACKUP_ID_TAG)
     }
@@ -212,14 +213,40 @@ def discard_if_run_failed(
         )
 
 
+def installation_id_of_run(run: dg.DagsterRun | None) -> str | None:
+    """The installation id the run was launched with (Launchpad config), if it set one.
+
+    Not a run tag: the run list shows only the tags people filter by (backup id, trigger).
+    """
+    if run is None:
+        return None
+    ops: Any = run.run_config.get("ops")
+    config = ((ops or {}).get("plan_backup") or {}).get("config") if isinstance(ops, dict) else None
+    value = config.get("installation_id") if isinstance(config, dict) else None
+    return str(value) if value else None
+
+
+def set_completed_in_run(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether this run already logged its backup_set materialization (the set is complete)."""
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return any(
+        r.asset_materialization and r.asset_materialization.asset_key == BACKUP_SET_ASSET for r in records
+    )
+
+
 @dg.failure_hook(required_resource_keys={"destination"})
 def remove_partial_set(context: dg.HookContext) -> None:
     """Any failed step removes the whole set (manifest first): a failed run leaves no partial backup."""
     backup_id = backup_id_of_run(context.instance, context.run_id)
     if not backup_id:
         return
+    if set_completed_in_run(context.instance, context.run_id):
+        # A step after finalize_backup (record_backup_checks) failed: the set is complete and
+        # recorded in the ledger; deleting it would lose a good backup.
+        context.log.warning(f"backup set {backup_id} is complete (manifest written, recorded): kept")
+        return
     run = context.instance.get_run_by_id(context.run_id)
-    installation_id = (run.tags.get("backup_pipeline/installation_id") if run else None) or "backup-pipeline"
+    installation_id = installation_id_of_run(run) or context.resources.destination.installation_id
     destination: Destination = context.resources.destination.get_destination()
     try:
         removed = remove_set(destination, installation_id, backup_id)
@@ -255,12 +282,12 @@ def plan_backup(
         run = context.instance.get_run_by_id(context.run_id)
         started = datetime.now(UTC)
         backup_id = (run.tags.get(BACKUP_ID_TAG) if run else None) or new_backup_id(started, context.run_id)
+        # Only what people filter the run list by (which backup, who started it); sizes and
+        # counts are metadata of finalize_backup and of the backup_set materialization.
         context.instance.add_run_tags(
             context.run_id,
             {
                 BACKUP_ID_TAG: backup_id,
-                "backup_pipeline/installation_id": config.installation_id,
-                # The run list reads as a backup history: who started it, which backup, how big.
                 admin_view.TAG_TRIGGER: admin_view.trigger_of(run.tags if run else {}),
             },
         )
@@ -273,7 +300,9 @@ def plan_backup(
         estimate = db_size + sum(s.bytes for s in summaries)
         dest = destination.get_destination()
         ensure_room(dest, estimate)
-        writing = backup_ids_being_written(context.instance, except_run_id=context.run_id)
+        writing = backup_ids_being_written(
+            context.instance, except_run_id=context.run_id, job_name=context.job_name
+        )
         removed = remove_incomplete_sets(dest, config.installation_id, keep={backup_id, *writing})
         if removed:
             context.log.info(f"removed incomplete sets of runs that died: {', '.join(removed)}")
@@ -467,7 +496,6 @@ def finalize_backup_op(
     release_run_data_lease(context, app_db)
     entry["run_id"] = context.run_id
     entry["destination"] = dest.description
-    context.instance.add_run_tags(context.run_id, admin_view.backup_run_tags(entry))
     context.log_event(
         dg.AssetMaterialization(
             asset_key=BACKUP_SET_ASSET, metadata=admin_view.backup_set_metadata(entry, dest)
@@ -476,6 +504,7 @@ def finalize_backup_op(
     context.log.info(
         f"backup {entry['backup_id']} complete: {len(entry['part_file_ids'])} files, {entry['total_bytes']} bytes"
     )
+    context.add_output_metadata(admin_view.backup_run_summary(entry))
     return {"backup_id": entry["backup_id"], "manifest_file_id": entry["manifest_file_id"]}
 
 
@@ -496,9 +525,12 @@ def build_backup_job(
     executor_def: dg.ExecutorDefinition | None = None,
     name: str = BACKUP_JOB_NAME,
     description: str | None = None,
+    record_checks: dg.OpDefinition | None = None,
 ) -> dg.JobDefinition:
     """The backup job; ``config`` gives the defaults shown in the Launchpad (from settings);
-    ``description`` the administrator-facing text (``admin_view.backup_job_description``)."""
+    ``description`` the administrator-facing text (``admin_view.backup_job_description``);
+    ``record_checks`` an op run after ``finalize_backup`` that records the safety checks against
+    the new materialization (``admin_view.build_record_checks_op``)."""
     defaults = (config or BackupConfig()).model_dump()
 
     @dg.job(
@@ -506,7 +538,7 @@ def build_backup_job(
         description=description
         or "Encrypted backup of the app database and every bucket to the destination: one run = "
         "one backup set (manifest written last) = one backup_set materialization.",
-        tags={**EXCLUSIVE_RUN_TAGS, **BACKUP_KIND_TAGS},
+        tags=EXCLUSIVE_RUN_TAGS,
         hooks={remove_partial_set, release_data_lease_on_failure},
         executor_def=executor_def or dg.multiprocess_executor,
         config={"ops": {"plan_backup": {"config": defaults}}},
@@ -515,7 +547,9 @@ def build_backup_job(
         plan, buckets = plan_backup()
         database = dump_database_op.alias("dump_database")(plan)
         exports = buckets.map(lambda b: export_bucket_op.alias("export_bucket")(plan, b))
-        finalize_backup_op.alias("finalize_backup")(plan, database, exports.collect())
+        finalized = finalize_backup_op.alias("finalize_backup")(plan, database, exports.collect())
+        if record_checks is not None:
+            record_checks(finalized)
 
     return backup_job
 

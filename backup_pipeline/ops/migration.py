@@ -25,6 +25,7 @@ from backup_pipeline.ops.data_lease import (
 from backup_pipeline.resources import PostgresResource, S3Resource
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresUnavailable
+from backup_pipeline.safety import evaluation_of
 from backup_pipeline.services import migration as mig
 from backup_pipeline.services.progress import ProgressTracker
 from backup_pipeline.settings import BackupSettings
@@ -32,6 +33,7 @@ from backup_pipeline.settings import BackupSettings
 STORAGE_MIGRATION_ASSET = dg.AssetKey("storage_migration")
 #: Resource key of the Google Drive that holds the legacy files (may differ from the backup destination).
 LEGACY_DRIVE = "legacy_drive"
+STORAGE_STATUS_CHECK = "primary_storage_status"
 
 
 class MigrationConfig(dg.Config):
@@ -56,10 +58,17 @@ class MigrationConfig(dg.Config):
         )
 
 
-def build_legacy_drive_resource(settings: BackupSettings) -> DestinationResource:
+class LegacyDriveResource(DestinationResource):
+    """Legacy media files in Google Drive, read by the Drive → MinIO migration (not the backup destination)."""
+
+    # Dagster shows the class docstring as the resource's description in the UI; without this
+    # subclass `legacy_drive` read "Where backup parts go", the backup destination's text.
+
+
+def build_legacy_drive_resource(settings: BackupSettings) -> LegacyDriveResource:
     """The Drive holding the legacy files: the configured Drive credentials, whatever the backup destination."""
     resource = DestinationResource.from_settings(settings)
-    return DestinationResource(**{**resource.model_dump(), "kind": "google_drive"})
+    return LegacyDriveResource(**{**resource.model_dump(), "kind": "google_drive"})
 
 
 def migration_context(
@@ -103,6 +112,10 @@ def plan_drive_migration(
             if config.dry_run:
                 with app_db.connect() as conn:
                     summary = mig.dry_run(conn, ctx.thread_drive())
+                # Per file, the reason the real run would record (e.g. "in the Google Drive trash: …
+                # restore it"), so they can be dealt with before the real run.
+                for failure in summary.failures:
+                    context.log.warning(f"asset {failure['asset_id']} would fail: {failure['error']}")
                 context.log.info(
                     f"dry run: {summary.would_move} assets ({summary.would_move_bytes} bytes) would move, "
                     f"{summary.would_fail} would fail ({summary.failure_reasons})"
@@ -194,7 +207,9 @@ def finish_drive_migration(
 ) -> dict:
     if plan.get("dry_run") is not None:
         release_run_data_lease(context, app_db)
-        return _record(context, plan["dry_run"], dry_run=True)
+        out = _record(context, plan["dry_run"], dry_run=True)
+        record_storage_status(context, app_db, s3, config.primary_bucket)
+        return out
     total = mig.BatchResult()
     for result in results:
         total.merge(mig.BatchResult.from_dict(result))
@@ -208,7 +223,9 @@ def finish_drive_migration(
         raise _fail(exc) from None
     release_run_data_lease(context, app_db)
     (context.log.info if summary.settings_flipped else context.log.warning)(summary.settings_message)
-    return _record(context, summary.as_dict(), dry_run=False, metadata=summary_metadata(summary))
+    out = _record(context, summary.as_dict(), dry_run=False, metadata=summary_metadata(summary))
+    record_storage_status(context, app_db, s3, config.primary_bucket)
+    return out
 
 
 def _record(
@@ -284,11 +301,32 @@ def storage_status_check_result(status: mig.StorageStatus) -> dg.AssetCheckResul
     )
 
 
+def record_storage_status(
+    context: dg.OpExecutionContext, app_db: PostgresResource, s3: S3Resource, primary_bucket: str
+) -> None:
+    """Record ``primary_storage_status`` against the storage_migration materialization just logged.
+
+    Dagster shows a check against the asset's newest materialization; recorded in the same run,
+    the verdict is current at once instead of "Not evaluated" until someone clicks Execute.
+    """
+    try:
+        result = storage_status_check_result(
+            mig.storage_status(app_db.connect, s3.client(), s3.endpoint, primary_bucket)
+        )
+    except Exception as exc:  # the migration is done; the check stays executable by hand
+        context.log.warning(f"could not evaluate {STORAGE_STATUS_CHECK} now: {exc}")
+        return
+    evaluation = evaluation_of(result, STORAGE_MIGRATION_ASSET, STORAGE_STATUS_CHECK)
+    # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
+    context.log_event(evaluation)  # type: ignore[arg-type]
+
+
 def build_storage_status_check(primary_bucket: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=STORAGE_MIGRATION_ASSET,
-        name="primary_storage_status",
-        description="MinIO reachable, its buckets with object counts and bytes, and assets still in Google Drive.",
+        name=STORAGE_STATUS_CHECK,
+        description="MinIO reachable, its buckets with object counts and bytes, and assets still in Google Drive. "
+        "Recorded at the end of every migration run; Execute to refresh it.",
     )
     def primary_storage_status(app_db: PostgresResource, s3: S3Resource) -> dg.AssetCheckResult:
         status = mig.storage_status(app_db.connect, s3.client(), s3.endpoint, primary_bucket)

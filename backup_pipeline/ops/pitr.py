@@ -26,6 +26,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from backup_pipeline.ops.step_errors import quiet_failure, refuse_run
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.services import pitr as svc
 from backup_pipeline.services.errors import first_line
@@ -209,7 +210,7 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
             info = svc.run_base_backup(ctx, backup_type)
             segments = svc.archive_segments(ctx.client, ctx.engine.cfg)
         except ENGINE_ERRORS as exc:
-            raise dg.Failure(description=f"PITR base backup failed: {exc}") from None
+            raise quiet_failure(f"PITR base backup failed: {exc}", "PITR_BASE_BACKUP_FAILED") from None
         status, problems = read_status(settings)
         window = svc.recoverable_window(info, segments, status)
         newest = info.usable_backups[-1] if info.usable_backups else None
@@ -228,10 +229,10 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
         for problem in problems:
             context.log.warning(problem.message)
         if window.missing:
-            raise dg.Failure(
-                description=f"{len(window.missing)} WAL segment(s) missing between {window.first_segment} and "
+            raise quiet_failure(
+                f"{len(window.missing)} WAL segment(s) missing between {window.first_segment} and "
                 f"{window.last_segment} (e.g. {', '.join(window.missing[:3])})",
-                metadata={"wal_missing_segments": len(window.missing)},
+                "PITR_WAL_GAP",
             )
 
     @dg.job(
@@ -251,7 +252,7 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
         try:
             target = parse_target(config.target_time)
         except ValueError as exc:
-            raise dg.Failure(description=str(exc)) from None
+            refuse_run(context, str(exc), code="PITR_TARGET_INVALID")
         request = RestoreRequest(
             target=target,
             data_dir=Path(config.data_dir),
@@ -267,9 +268,9 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
                 actor=f"dagster run {context.run_id}",
             )
         except PitrRestoreRefused as exc:
-            raise dg.Failure(description=f"refused, nothing was changed: {exc}") from None
+            refuse_run(context, f"refused, nothing was changed: {exc}", code="PITR_RESTORE_REFUSED")
         except (PitrRestoreFailed, *ENGINE_ERRORS) as exc:
-            raise dg.Failure(description=f"PITR restore failed: {exc}") from None
+            raise quiet_failure(f"PITR restore failed: {exc}", "PITR_RESTORE_FAILED") from None
         result = report.as_dict()
         context.add_output_metadata({k: v for k, v in result.items() if v is not None})
         context.log.info(

@@ -7,7 +7,12 @@ set again). The verdict is recorded in the ledger (``ledger.verification_observa
 and the checks as details) and in the audit trail. A failed verdict then fails the run, so the
 run is red and ``alert_on_failed_verification`` sends the alert (e-mail / signed webhook).
 A run that could not verify at all (destination or scratch database unreachable) fails without
-recording a verdict.
+recording a verdict. Every expected failure is one line with its code (``[BAD_INPUT] …``,
+``[VERIFICATION_FAILED] …``) and no stack trace in the run view (``ops/step_errors.py``).
+
+``verify_after_backup`` (a run-status sensor) launches this job for the set a backup just made
+when nothing passed verification yet (a fresh install) or the newest verification is older than
+the verification interval, so ``backup_set_verified`` does not wait for the daily schedule.
 
 The job reads the destination and writes only a scratch database, so it does not carry the
 exclusive run tag nor take the data lock: backups keep running while a long verification does.
@@ -15,15 +20,15 @@ exclusive run tag nor take the data lock: backups keep running while a long veri
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from backup_pipeline import ledger
+from backup_pipeline import ledger, safety
 from backup_pipeline.alerts import Alert, configured_channels, send_alert
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.audit import AuditLog
+from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.policy import BackupPolicyResource
@@ -34,11 +39,16 @@ from backup_pipeline.services.backup_parts import is_backup_id
 from backup_pipeline.settings import BackupSettings
 
 VERIFY_JOB_NAME = "verify_backup_job"
-VERIFICATION_CHECK_NAME = "backup_set_verified"
+VERIFICATION_CHECK_NAME = safety.VERIFICATION_CHECK
 VERIFICATION_ALERT_SENSOR = "alert_on_failed_verification"
-DEFAULT_MAX_VERIFICATION_AGE_HOURS = 48
+VERIFY_AFTER_BACKUP_SENSOR = "verify_after_backup"
+BACKUP_JOB_NAME = "backup_job"
+#: verify_backup_schedule runs daily: a newer verified set than this means the schedule keeps up.
+VERIFICATION_INTERVAL_HOURS = 24
+DEFAULT_MAX_VERIFICATION_AGE_HOURS = safety.DEFAULT_MAX_VERIFICATION_AGE_HOURS
 ERROR_VERIFICATION_FAILED = "VERIFICATION_FAILED"
 ERROR_CANNOT_VERIFY = "VERIFICATION_NOT_POSSIBLE"
+ERROR_BAD_INPUT = "BAD_INPUT"
 
 
 class VerifyConfig(dg.Config):
@@ -64,14 +74,15 @@ def choose_backup_id(instance: dg.DagsterInstance, requested: str) -> str:
     requested = requested.strip()
     if requested:
         if not is_backup_id(requested):
-            raise dg.Failure(
-                description=f"backup_id: {requested!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)",
-                allow_retries=False,
+            raise quiet_failure(
+                f"backup_id: {requested!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)", ERROR_BAD_INPUT
             )
         return requested
     complete = ledger.complete_sets(instance)
     if not complete:
-        raise dg.Failure(description="backup_id: the ledger records no complete backup set to verify")
+        raise quiet_failure(
+            "backup_id: the ledger records no complete backup set to verify", ERROR_CANNOT_VERIFY
+        )
     statuses = ledger.verification_statuses(instance)
     unverified = [e for e in complete if e.backup_id not in statuses]
     return (unverified or complete)[0].backup_id
@@ -81,56 +92,14 @@ def verification_check(
     instance: dg.DagsterInstance, max_age_hours: int, now: datetime | None = None
 ) -> dg.AssetCheckResult:
     """Red when the newest complete set's last verification failed, or no set verified recently enough."""
-    now = now or datetime.now(UTC)
-    newest = ledger.latest_complete(instance)
-    if newest is None:
-        return dg.AssetCheckResult(
-            check_name=VERIFICATION_CHECK_NAME,
-            asset_key=ledger.BACKUP_SET_ASSET,
-            passed=True,
-            description="no complete backup set yet: nothing to verify",
-        )
-    statuses = ledger.verification_statuses(instance)
-    live = {e.backup_id for e in ledger.complete_sets(instance)}
-    newest_status = statuses.get(newest.backup_id)
-    fresh = [
-        s
-        for s in statuses.values()
-        if s.verified and s.backup_id in live and now - s.at <= timedelta(hours=max_age_hours)
-    ]
-    problems = []
-    if newest_status is not None and not newest_status.verified:
-        problems.append(
-            f"the newest complete set {newest.backup_id} failed verification: {newest_status.summary}"
-        )
-    if not fresh:
-        problems.append(f"no backup set passed verification in the last {max_age_hours} h")
-    metadata: dict[str, Any] = {
-        "newest_complete": newest.backup_id,
-        "newest_status": "unverified"
-        if newest_status is None
-        else (ledger.VERIFIED_EVENT if newest_status.verified else ledger.VERIFICATION_FAILED_EVENT),
-        "fresh_verified_sets": dg.MetadataValue.json(sorted(s.backup_id for s in fresh)),
-    }
+    verdict = safety.verification_verdict(instance, max_age_hours, now)
     return dg.AssetCheckResult(
         check_name=VERIFICATION_CHECK_NAME,
         asset_key=ledger.BACKUP_SET_ASSET,
-        passed=not problems,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(problems)
-        or f"newest complete set {newest.backup_id}: {metadata['newest_status']}",
-        metadata=metadata,
-    )
-
-
-def _evaluation(result: dg.AssetCheckResult) -> dg.AssetCheckEvaluation:
-    return dg.AssetCheckEvaluation(
-        asset_key=ledger.BACKUP_SET_ASSET,
-        check_name=VERIFICATION_CHECK_NAME,
-        passed=result.passed,
-        severity=result.severity,
-        description=result.description,
-        metadata=result.metadata,
+        passed=verdict.passed,
+        severity=verdict.severity,
+        description=verdict.description,
+        metadata=verdict.metadata,
     )
 
 
@@ -151,14 +120,12 @@ def verify_backup_set_op(
     try:
         options = svc.VerificationOptions(sample_share=config.sample_share, seed=config.seed)
     except ValueError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+        raise quiet_failure(str(exc), ERROR_BAD_INPUT) from None
     try:
         restore_keys = rs.RestoreKeys(org_keyring=keys.keyring())
         tools = app_db.pg_tools(check_server=False)
     except (ArchiveError, OSError, PgToolsError, rs.RestoreRefused) as exc:
-        raise dg.Failure(
-            description=f"cannot verify: {exc}", metadata={"error_code": ERROR_CANNOT_VERIFY}
-        ) from None
+        raise quiet_failure(f"cannot verify: {exc}", ERROR_CANNOT_VERIFY) from None
     scratch = svc.ScratchServer(
         target=rs.PgTarget.from_url(app_db.database_url, password=app_db.password),
         pg_restore=tools.pg_restore.path,
@@ -176,9 +143,8 @@ def verify_backup_set_op(
             log=context.log.info,
         )
     except svc.VerificationError as exc:
-        raise dg.Failure(
-            description=f"backup {backup_id} could not be verified (no verdict recorded): {exc}",
-            metadata={"error_code": ERROR_CANNOT_VERIFY, "backup_id": backup_id},
+        raise quiet_failure(
+            f"backup {backup_id} could not be verified (no verdict recorded): {exc}", ERROR_CANNOT_VERIFY
         ) from None
     details = report.to_dict()
     context.log_event(
@@ -190,20 +156,15 @@ def verify_backup_set_op(
         "backup_verified" if report.ok else "backup_verification_failed",
         {"backup_id": backup_id, "run_id": context.run_id, "summary": report.summary()},
     )
+    result = verification_check(context.instance, config.max_verification_age_hours)
+    evaluation = safety.evaluation_of(result, ledger.BACKUP_SET_ASSET, VERIFICATION_CHECK_NAME)
     # log_event handles AssetCheckEvaluation at runtime; Dagster's UserEvent alias omits it.
-    context.log_event(_evaluation(verification_check(context.instance, config.max_verification_age_hours)))  # type: ignore[arg-type]
+    context.log_event(evaluation)  # type: ignore[arg-type]
     for check in report.checks:
         (context.log.info if check.ok else context.log.error)(f"{check.name}: {check.detail}")
     if not report.ok:
-        raise dg.Failure(
-            description=report.summary(),
-            metadata={
-                "error_code": ERROR_VERIFICATION_FAILED,
-                "backup_id": backup_id,
-                "failed_checks": dg.MetadataValue.json([c.__dict__ for c in report.failures]),
-            },
-            allow_retries=False,
-        )
+        # The failed checks were each logged above; the step's error is the one-line summary.
+        raise quiet_failure(report.summary(), ERROR_VERIFICATION_FAILED)
     context.add_output_metadata(
         {
             "backup_id": backup_id,
@@ -242,6 +203,64 @@ def build_verification_check(
         return verification_check(context.instance, max_age_hours)
 
     return backup_set_verified
+
+
+def verification_due(
+    instance: dg.DagsterInstance,
+    interval_hours: float = VERIFICATION_INTERVAL_HOURS,
+    now: datetime | None = None,
+) -> str | None:
+    """Why a new backup should be verified at once, or None when a recent verification covers it.
+
+    On a fresh install nothing is verified until the next scheduled verification, up to a day later;
+    after a long gap (schedule off, failures) the same holds. Verifying the new set right away
+    makes ``backup_set_verified`` green (or red) within minutes of the first backup.
+    """
+    now = now or datetime.now(UTC)
+    passed = [s.at for s in ledger.verification_statuses(instance).values() if s.verified]
+    if not passed:
+        return "no backup set has passed verification yet"
+    age = now - max(passed)
+    if age > timedelta(hours=interval_hours):
+        return (
+            f"the newest verification passed {age.total_seconds() / 3600:.0f} h ago, more than the "
+            f"verification interval ({interval_hours:.0f} h)"
+        )
+    return None
+
+
+def build_verify_after_backup_sensor() -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name=VERIFY_AFTER_BACKUP_SENSOR,
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        request_job=verify_backup_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="After a successful backup_job run, requests verify_backup_job for the new set when no set "
+        f"passed verification yet (a fresh install) or the newest verification is older than "
+        f"{VERIFICATION_INTERVAL_HOURS} h; otherwise the daily verify_backup_schedule covers it.",
+    )
+    def verify_after_backup(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        run = context.dagster_run
+        if run.job_name != BACKUP_JOB_NAME:
+            return dg.SkipReason(f"{run.job_name} is not {BACKUP_JOB_NAME}")
+        backup_id = run.tags.get(ledger.BACKUP_ID_TAG)
+        if not backup_id:
+            return dg.SkipReason(f"run {run.run_id} has no backup id tag")
+        why = verification_due(context.instance)
+        if why is None:
+            return dg.SkipReason(
+                f"backup {backup_id}: a set was verified recently; the daily schedule covers it"
+            )
+        context.log.info(f"verifying backup {backup_id} now: {why}")
+        return dg.RunRequest(
+            # One verification per backup run, however often the event is seen.
+            run_key=f"verify-after-{run.run_id}",
+            run_config={"ops": {"verify_backup_set_op": {"config": {"backup_id": backup_id}}}},
+            # The backup id tag makes retention spare the set while it is read.
+            tags={ledger.BACKUP_ID_TAG: backup_id, "backup_pipeline/trigger": "after_backup"},
+        )
+
+    return verify_after_backup
 
 
 def build_verification_alert_sensor(settings: BackupSettings) -> dg.SensorDefinition:

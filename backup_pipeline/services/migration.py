@@ -12,10 +12,18 @@ any instant harmless (docs/S3-STORAGE-IMPLEMENTATION.md states it as MUST rules)
    MD5, SHA-256 and size are computed; a multipart upload only becomes an object when it
    completes, so a killed upload leaves no object (its parts are aborted by the next run);
 3. the copy is compared with Drive's ``size``/``md5Checksum`` (and ``sha256Checksum``
-   when Drive reports one) and with MinIO's stat of the object; a mismatching object is
-   removed, the asset is ``failed`` and retried by the next run;
+   when Drive reports one), with the values the application recorded (``size_bytes``,
+   ``checksum_md5``, ``checksum_sha256``) and with MinIO's stat of the object; a mismatching
+   object is removed, the asset is ``failed`` and retried by the next run;
 4. only then, in one transaction, ``media_assets`` is pointed at the object and the status
    becomes ``switched``. Switched objects are never removed by this module.
+
+Before any byte is copied, Drive's metadata is checked with :func:`check_drive_metadata`, the
+same function the dry run applies, so both agree on what moves: a trashed file, a file Drive
+no longer has, a Google Docs file or shortcut (no binary content) and a row whose recorded
+size or checksums disagree with Drive fail with their own reason and leave the row as it is.
+Only what the content itself reveals (bytes that do not match Drive's or the recorded
+checksums, e.g. a recorded SHA-256 where Drive reports none) is found by the real run alone.
 
 An object already at the target key (an earlier run died between upload and record) is read
 back from MinIO and hashed: when it matches Drive's checksums it is adopted, not uploaded again.
@@ -37,7 +45,7 @@ import psycopg
 from minio import Minio
 from minio.error import S3Error
 
-from backup_pipeline.destinations.base import DestinationError, NotFoundError, StoredFile
+from backup_pipeline.destinations.base import DestinationError, NotFoundError, StoredFile, TrashedError
 from backup_pipeline.services.errors import S3_ERRORS, s3_error_reason
 
 # --- the application's schema, as far as the migration touches it ------------------------
@@ -57,6 +65,15 @@ _HASH_READ = 1024 * 1024
 
 STATUSES = ("pending", "copied", "verified", "switched", "failed")
 
+# Failure reasons (the part of ``storage_migration.error`` before the first colon; summaries
+# count by it). Each says whether a rerun can help on its own.
+REASON_TRASHED = "in the Google Drive trash"
+REASON_NOT_FOUND = "not found in Google Drive"
+REASON_NO_CONTENT = "Google Docs file or shortcut (no binary content)"
+REASON_RECORDED_MISMATCH = "recorded values differ from Google Drive"
+REASON_CHECKSUM = "checksum mismatch"
+REASON_DRIVE_ERROR = "Google Drive error"
+
 
 class MigrationError(Exception):
     """The run cannot go on (bad options, storage unavailable); the message says why."""
@@ -64,6 +81,25 @@ class MigrationError(Exception):
 
 class StorageUnavailable(MigrationError):
     """MinIO could not be reached or refused the request: the run stops, the next run continues."""
+
+    reason = "MinIO unavailable"
+
+
+class DriveUnavailable(MigrationError):
+    """Google Drive did not answer after the destination's retries (down, throttling, network):
+    the run stops rather than failing every remaining asset the same way; the next run continues."""
+
+    reason = "Google Drive unavailable"
+
+
+#: Errors that stop a run: every asset after them would fail the same way.
+RUN_STOPPERS = (StorageUnavailable, DriveUnavailable)
+
+
+def stopped_text(exc: StorageUnavailable | DriveUnavailable) -> str:
+    """The message, led by the reason: summaries count reasons by the text before the first colon."""
+    text = str(exc)
+    return text if text.startswith(exc.reason) else f"{exc.reason}: {text}"
 
 
 class AssetFailed(Exception):
@@ -116,13 +152,16 @@ class MigrationOptions:
 
 @dataclass(frozen=True)
 class LegacyAsset:
-    """A media_assets row still in Google Drive. ``id`` keeps the column's own type."""
+    """A media_assets row still in Google Drive. ``id`` keeps the column's own type; ``recorded_*``
+    are the size and checksums the application recorded (None where it recorded none)."""
 
     id: Any
     drive_file_id: str
     filename: str | None
     content_type: str | None
     recorded_sha256: str | None = None
+    recorded_size: int | None = None
+    recorded_md5: str | None = None
 
     @property
     def key(self) -> str:
@@ -199,6 +238,8 @@ class MigrationSummary:
     would_move: int = 0
     would_move_bytes: int = 0
     would_fail: int = 0
+    #: Why the run stopped before trying every asset (MinIO or Google Drive unavailable), if it did.
+    stopped: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -345,8 +386,8 @@ def _hash_object(client: Minio, bucket: str, key: str) -> Digests:
 # --- the database side -------------------------------------------------------------------
 
 _SELECT_LEGACY = (
-    "SELECT id, drive_file_id, original_filename, content_type, checksum_sha256 FROM media_assets "
-    "WHERE storage_provider = %s AND drive_file_id IS NOT NULL"
+    "SELECT id, drive_file_id, original_filename, content_type, checksum_sha256, size_bytes, checksum_md5 "
+    "FROM media_assets WHERE storage_provider = %s AND drive_file_id IS NOT NULL"
 )
 
 
@@ -358,7 +399,10 @@ def find_drive_assets(conn: psycopg.Connection, asset_ids: list[str] | None = No
         rows = conn.execute(
             _SELECT_LEGACY + " AND id::text = ANY(%s) ORDER BY id", (PROVIDER_DRIVE, asset_ids)
         ).fetchall()
-    return [LegacyAsset(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    return [
+        LegacyAsset(r[0], r[1], r[2], r[3], recorded_sha256=r[4], recorded_size=r[5], recorded_md5=r[6])
+        for r in rows
+    ]
 
 
 def count_drive_assets(conn: psycopg.Connection) -> int:
@@ -438,20 +482,87 @@ def _stat_object(ctx: MigrationContext, key: str) -> int | None:
         raise _storage_error(ctx, exc, f"stat of {key!r}") from None
 
 
-def _check_against_drive(info: StoredFile, got: Digests, recorded_sha256: str | None = None) -> None:
+def drive_metadata(drive: DriveFiles, asset: LegacyAsset) -> StoredFile:
+    """Drive's metadata of the asset's file, checked by :func:`check_drive_metadata`.
+
+    Raises ``AssetFailed`` for what concerns this file only, ``DriveUnavailable`` when Drive did
+    not answer (the destination already retried).
+    """
+    file_id = asset.drive_file_id
+    try:
+        info = drive.stat(file_id)
+    except TrashedError:
+        raise AssetFailed(
+            REASON_TRASHED,
+            f"file {file_id} is in the trash, where Google Drive keeps it for 30 days: restore it "
+            "(drive.google.com → Trash → right-click the file → Restore) and rerun the migration",
+        ) from None
+    except NotFoundError:
+        raise AssetFailed(REASON_NOT_FOUND, f"file {file_id} (HTTP 404)") from None
+    except DestinationError as exc:
+        if exc.retryable:
+            raise DriveUnavailable(
+                f"{DriveUnavailable.reason}: {exc} (rerun the migration once Google Drive answers again)"
+            ) from None
+        raise AssetFailed(REASON_DRIVE_ERROR, str(exc)) from None
+    check_drive_metadata(asset, info)
+    return info
+
+
+def check_drive_metadata(asset: LegacyAsset, info: StoredFile) -> None:
+    """What Drive's metadata alone says about moving this asset; the dry run and the real run
+    both apply it, so they agree on what moves.
+
+    A recorded value that differs from Drive fails the asset: the row is left as it is (never
+    rewritten with Drive's values) until someone decides which side is right.
+    """
+    file_id = asset.drive_file_id
+    if info.md5 is None and info.sha256 is None:
+        raise AssetFailed(
+            REASON_NO_CONTENT,
+            f"file {file_id} has no md5Checksum: a Google Docs, Sheets or Slides document or a shortcut "
+            "has no binary content to copy; download or export it from Drive and store it in the "
+            "application again",
+        )
+    differences = []
+    if asset.recorded_size is not None and asset.recorded_size != info.size:
+        differences.append(f"size_bytes {asset.recorded_size} recorded, Drive reports {info.size}")
+    if asset.recorded_md5 and info.md5 and asset.recorded_md5.lower() != info.md5.lower():
+        differences.append(f"checksum_md5 {asset.recorded_md5} recorded, Drive reports {info.md5}")
+    if asset.recorded_sha256 and info.sha256 and asset.recorded_sha256.lower() != info.sha256.lower():
+        differences.append(f"checksum_sha256 {asset.recorded_sha256} recorded, Drive reports {info.sha256}")
+    if differences:
+        raise AssetFailed(REASON_RECORDED_MISMATCH, _recorded_mismatch(file_id, differences))
+
+
+def _recorded_mismatch(file_id: str, differences: list[str]) -> str:
+    return (
+        f"file {file_id}: {'; '.join(differences)}; the row was left unchanged: correct the row or "
+        "the file, then rerun the migration"
+    )
+
+
+def _check_against_drive(info: StoredFile, got: Digests, asset: LegacyAsset) -> None:
+    """The copied bytes against Drive's metadata, then against what the application recorded."""
     if got.size != info.size:
         raise AssetFailed("size mismatch", f"Drive reports {info.size} bytes, {got.size} were copied")
     if info.md5 and got.md5 != info.md5.lower():
-        raise AssetFailed("checksum mismatch", f"Drive md5Checksum {info.md5}, copied data has md5 {got.md5}")
+        raise AssetFailed(REASON_CHECKSUM, f"Drive md5Checksum {info.md5}, copied data has md5 {got.md5}")
     if info.sha256 and got.sha256 != info.sha256.lower():
         raise AssetFailed(
-            "checksum mismatch", f"Drive sha256Checksum {info.sha256}, copied data has sha256 {got.sha256}"
+            REASON_CHECKSUM, f"Drive sha256Checksum {info.sha256}, copied data has sha256 {got.sha256}"
         )
-    if recorded_sha256 and got.sha256 != recorded_sha256.lower():
-        raise AssetFailed(
-            "checksum mismatch",
-            f"the application recorded sha256 {recorded_sha256}, the Drive file has sha256 {got.sha256}",
+    differences = []
+    if asset.recorded_size is not None and got.size != asset.recorded_size:
+        differences.append(f"size_bytes {asset.recorded_size} recorded, the file has {got.size}")
+    if asset.recorded_md5 and got.md5 != asset.recorded_md5.lower():
+        differences.append(f"checksum_md5 {asset.recorded_md5} recorded, the file has md5 {got.md5}")
+    if asset.recorded_sha256 and got.sha256 != asset.recorded_sha256.lower():
+        differences.append(
+            f"checksum_sha256 {asset.recorded_sha256} recorded, the file has sha256 {got.sha256}"
         )
+    if differences:
+        raise AssetFailed(REASON_RECORDED_MISMATCH, _recorded_mismatch(info.id, differences))
 
 
 def migrate_asset(ctx: MigrationContext, asset: LegacyAsset) -> AssetOutcome:
@@ -475,8 +586,8 @@ def migrate_asset(ctx: MigrationContext, asset: LegacyAsset) -> AssetOutcome:
             _set_status(conn, asset.key, "failed", error=str(exc)[:2000])
             ctx.log(f"asset {asset.key}: failed: {exc}")
             return AssetOutcome(asset.key, "failed", reason=exc.reason, error=str(exc))
-        except StorageUnavailable as exc:
-            _set_status(conn, asset.key, "failed", error=str(exc)[:2000])
+        except RUN_STOPPERS as exc:
+            _set_status(conn, asset.key, "failed", error=stopped_text(exc)[:2000])
             raise
 
 
@@ -484,18 +595,7 @@ def _copy_verify_switch(
     ctx: MigrationContext, conn: psycopg.Connection, asset: LegacyAsset, key: str
 ) -> AssetOutcome:
     drive = ctx.thread_drive()
-    try:
-        info = drive.stat(asset.drive_file_id)
-    except NotFoundError:
-        raise AssetFailed("not found in Google Drive", f"file {asset.drive_file_id} (HTTP 404)") from None
-    except DestinationError as exc:
-        raise AssetFailed("Google Drive error", str(exc)) from None
-    if info.md5 is None and info.sha256 is None:
-        raise AssetFailed(
-            "no checksum in Drive",
-            f"file {asset.drive_file_id} has no md5Checksum (a Google Docs native file or shortcut?); "
-            "export it manually",
-        )
+    info = drive_metadata(drive, asset)
     content_type = choose_content_type(asset.content_type)
 
     adopted = False
@@ -507,7 +607,7 @@ def _copy_verify_switch(
         except S3_ERRORS as exc:
             raise _storage_error(ctx, exc, f"read-back of {key!r}") from None
         try:
-            _check_against_drive(info, candidate, asset.recorded_sha256)
+            _check_against_drive(info, candidate, asset)
             got, adopted = candidate, True
         except AssetFailed:
             got = None  # a stale or foreign object at our key: overwritten below
@@ -526,7 +626,7 @@ def _copy_verify_switch(
         error=None,
     )
     try:
-        _check_against_drive(info, got, asset.recorded_sha256)
+        _check_against_drive(info, got, asset)
         stored = _stat_object(ctx, key)
         if stored != got.size:
             raise AssetFailed(
@@ -568,8 +668,11 @@ def _upload(
     except BaseException as exc:
         if reader.source_error is not None:
             if isinstance(reader.source_error, NotFoundError):
-                raise AssetFailed(
-                    "not found in Google Drive", f"file {asset.drive_file_id} (HTTP 404)"
+                raise AssetFailed(REASON_NOT_FOUND, f"file {asset.drive_file_id} (HTTP 404)") from None
+            if isinstance(reader.source_error, DestinationError) and reader.source_error.retryable:
+                raise DriveUnavailable(
+                    f"{DriveUnavailable.reason}: download of {asset.drive_file_id}: {reader.source_error} "
+                    "(rerun the migration once Google Drive answers again)"
                 ) from None
             if isinstance(reader.source_error, DestinationError):
                 raise AssetFailed("Google Drive download failed", str(reader.source_error)) from None
@@ -591,7 +694,11 @@ def _remove_unverified(ctx: MigrationContext, key: str) -> None:
 def _switch(
     conn: psycopg.Connection, asset: LegacyAsset, bucket: str, key: str, got: Digests, content_type: str
 ) -> bool:
-    """Point the row at the object and mark ``switched`` in one transaction; False when the row changed."""
+    """Point the row at the object and mark ``switched`` in one transaction; False when the row changed.
+
+    The size and checksums written equal the recorded ones (``_check_against_drive`` compared
+    them) or fill in values the application had not recorded; nothing recorded is overwritten.
+    """
     with conn.transaction():
         row = conn.execute(
             "SELECT storage_provider, drive_file_id FROM media_assets WHERE id = %s FOR UPDATE", (asset.id,)
@@ -660,8 +767,9 @@ def migrate_batch(
 ) -> BatchResult:
     """Migrate the given assets with ``options.concurrency`` workers.
 
-    A storage outage stops the batch: workers that have not started return ``not_attempted``,
-    the result's ``fatal`` says why, and the caller fails the run (the next run continues).
+    A MinIO or Google Drive outage stops the batch: workers that have not started return
+    ``not_attempted``, the result's ``fatal`` says why, and the caller fails the run (the next
+    run continues).
     """
     with ctx.connect() as conn:
         assets = find_drive_assets(conn, asset_ids)
@@ -671,10 +779,10 @@ def migrate_batch(
     def work(asset: LegacyAsset) -> AssetOutcome:
         try:
             return migrate_asset(ctx, asset)
-        except StorageUnavailable as exc:
+        except RUN_STOPPERS as exc:
             ctx.stop.set()
-            result.fatal = result.fatal or str(exc)
-            return AssetOutcome(asset.key, "failed", reason="MinIO unavailable", error=str(exc))
+            result.fatal = result.fatal or stopped_text(exc)
+            return AssetOutcome(asset.key, "failed", reason=exc.reason, error=stopped_text(exc))
 
     with ThreadPoolExecutor(max_workers=ctx.options.concurrency, thread_name_prefix="migrate") as pool:
         for outcome in pool.map(work, assets):
@@ -741,6 +849,7 @@ def finalize(conn: psycopg.Connection, result: BatchResult, *, sources_deleted: 
         settings_flipped=flipped,
         settings_message=message,
         sources_deleted=sources_deleted,
+        stopped=result.fatal,
     )
 
 
@@ -765,18 +874,21 @@ def flip_settings_to_minio(conn: psycopg.Connection) -> None:
 
 
 def dry_run(conn: psycopg.Connection, drive: DriveFiles) -> MigrationSummary:
-    """What a run would move: counts and bytes from Drive's metadata; nothing is written."""
+    """What a run would move: counts and bytes from Drive's metadata; nothing is written.
+
+    Each asset goes through :func:`drive_metadata`, as in the real run, so an asset counted as
+    movable here fails there only if its bytes disagree with the checksums (see the module doc).
+    A Drive outage raises ``DriveUnavailable``: a dry run that cannot see Drive has no answer.
+    """
     assets = find_drive_assets(conn)
     would, would_bytes, failures = 0, 0, []
     reasons: Counter[str] = Counter()
     for asset in assets:
         try:
-            info = drive.stat(asset.drive_file_id)
-        except NotFoundError:
-            reasons["not found in Google Drive"] += 1
-            failures.append(
-                {"asset_id": asset.key, "reason": "not found in Google Drive", "error": "HTTP 404"}
-            )
+            info = drive_metadata(drive, asset)
+        except AssetFailed as exc:
+            reasons[exc.reason] += 1
+            failures.append({"asset_id": asset.key, "reason": exc.reason, "error": str(exc)})
             continue
         would += 1
         would_bytes += info.size

@@ -94,6 +94,34 @@ def wait_for(
         time.sleep(interval)
 
 
+SENSOR_IDS = """
+query ($name: String!) {
+  sensorOrError(sensorSelector: {repositoryLocationName: "backup_pipeline", repositoryName: "__repository__",
+                                 sensorName: $name}) {
+    ... on Sensor { jobOriginId sensorState { selectorId status } }
+  }
+}
+"""
+STOP_SENSOR = """
+mutation ($origin: String!, $selector: String!) {
+  stopSensor(jobOriginId: $origin, jobSelectorId: $selector) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+  }
+}
+"""
+
+
+def stop_sensor(stack: DagsterStack, name: str) -> None:
+    """Switch a sensor off as an operator does in the UI (Automation → toggle); the state persists."""
+    sensor = stack.graphql(SENSOR_IDS, {"name": name})["sensorOrError"]
+    result = stack.graphql(
+        STOP_SENSOR, {"origin": sensor["jobOriginId"], "selector": sensor["sensorState"]["selectorId"]}
+    )["stopSensor"]
+    assert result["__typename"] == "StopSensorMutationResult", result
+    assert result["instigationState"]["status"] == "STOPPED", result
+
+
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 

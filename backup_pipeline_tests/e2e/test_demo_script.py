@@ -8,9 +8,11 @@ touched, and reuses this virtual environment (DEMO_SKIP_SETUP=1: no pip, no apt)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SCRIPT = ROOT / "scripts" / "demo.sh"
 PID_FILES = ("s3.pid", "webserver.pid", "daemon.pid")
+CLI = str(Path(sys.executable).parent / "backup-pipeline")
 
 REPOSITORY_QUERY = """{ repositoryOrError(repositorySelector: {repositoryLocationName: "backup_pipeline",
   repositoryName: "__repository__"}) { ... on Repository { jobs { name } schedules { name } sensors { name } }
@@ -62,6 +65,26 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _assert_cli_finds_the_demo(env: dict[str, str], demo_dir: Path, run_id: str) -> None:
+    """README: one variable points the CLI at the demo, secrets and webserver address included."""
+    settings = demo_dir / "demo.env"
+    assert settings.stat().st_mode & 0o077 == 0  # it holds the S3 keys
+    cli_env = {k: v for k, v in env.items() if not k.startswith("DEMO_")}
+    cli_env["BACKUP_PIPELINE_SETTINGS_FILE"] = str(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([CLI, *args], env=cli_env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+        return result
+
+    backup_ids = {s["backup_id"] for s in json.loads(cli("restore", "--list", "--json").stdout)}
+    assert len(backup_ids) == 1  # the first backup, listed without a key
+    status = json.loads(cli("storage", "status", "--json").stdout)  # main: S3 keys only from the environment
+    assert status["reachable"] and status["primary_bucket_exists"]
+    runs = json.loads(cli("history", "--json").stdout)["runs"]  # main: the default port, not the demo's
+    assert [r["run_id"] for r in runs] == [run_id] and runs[0]["backup_id"] in backup_ids
 
 
 def test_demo_starts_backs_up_reruns_and_stops(tmp_path: Path) -> None:
@@ -110,6 +133,7 @@ def test_demo_starts_backs_up_reruns_and_stops(tmp_path: Path) -> None:
         )
         assert (demo_dir / "dagster_home" / "history" / "runs.db").is_file()
         assert (demo_dir / "org-secret").stat().st_mode & 0o077 == 0
+        _assert_cli_finds_the_demo(env, demo_dir, launched.group(1))
 
         # Rerun: servers restarted, the existing backup kept, no second (rate-limited) backup.
         second = _demo(env)

@@ -3,7 +3,7 @@
 The installed console script is run as a subprocess, as an operator or a cron job would run it:
 ``run backup --wait``, ``history`` (status filter, limit/cursor), ``show <backup id>``; and the
 manual-backup minimum interval: a second manual backup right after the first is refused with
-its reason (exit 1), and ``--force`` runs it anyway.
+its reason (exit 1; the run is CANCELED, not FAILURE), and ``--force`` runs it anyway.
 """
 
 from __future__ import annotations
@@ -96,19 +96,29 @@ def test_run_backup_wait_history_and_show_against_the_live_webserver(live: Live)
     assert ledger["object_count"] == live.object_count and ledger["total_bytes"] > 0
     assert {"plan_backup", "dump_database", "finalize_backup"} <= set(shown["steps"])
     assert all(status == "SUCCESS" for status in shown["steps"].values())
+    assert "Restore this backup" in ledger["actions"]  # was None: Markdown entries were not queried
     text = live.cli("show", backup_id)
     assert text.returncode == 0
     assert f"backup {backup_id}: SUCCESS" in text.stdout and "step finalize_backup: SUCCESS" in text.stdout
+    assert "actions: None" not in text.stdout
+    assert (
+        f"Restore this backup (dry run first): {live.stack.url}/locations/backup_pipeline/jobs/restore_job"
+        in (text.stdout)
+    )
 
-    # A manual backup within the minimum interval is refused, with the reason, exit 1.
+    # A manual backup within the minimum interval is refused, with the reason, exit 1: a CANCELED
+    # run (labelled refused), not a failure.
     refused = live.cli("run", "backup", "--wait", "--json")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     refused_run = json.loads(refused.stdout)
-    assert refused_run["status"] == "FAILURE"
-    failures = live.cli_json("history", "--status", "failure")["runs"]
-    assert [r["run_id"] for r in failures] == [refused_run["run_id"]]
+    assert refused_run["status"] == "CANCELED"
+    assert live.cli_json("history", "--status", "failure")["runs"] == []
+    canceled = live.cli_json("history", "--status", "canceled")["runs"]
+    assert [r["run_id"] for r in canceled] == [refused_run["run_id"]]
     errors = PipelineClient(live.stack.url).errors(refused_run["run_id"])
     assert any("minimum interval" in e and "force" in e for e in errors), errors
+    assert refused_run["errors"] == errors  # --wait reports why, and where to look
+    assert refused_run["url"] == f"{live.stack.url.rstrip('/')}/runs/{refused_run['run_id']}"
     assert len(live.sets()) == 1
 
     # --force runs it anyway, with the installation's settings (same installation id).
@@ -129,7 +139,17 @@ def test_run_backup_wait_history_and_show_against_the_live_webserver(live: Live)
     assert page2["next_cursor"] is None
 
     table = live.cli("history")
-    assert table.returncode == 0 and backup_id in table.stdout and "FAILURE" in table.stdout
+    assert table.returncode == 0 and backup_id in table.stdout and "CANCELED" in table.stdout
+
+    # As text, a run that did not succeed says why (each failed step) and links the run (main: status only).
+    again = live.cli("run", "backup", "--wait")
+    assert again.returncode == 1, again.stdout + again.stderr
+    run_id = again.stdout.split()[2].rstrip(":")
+    assert again.stdout.startswith(f"backup run {run_id}: ")
+    reasons = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert reasons and all("minimum interval" in line for line in reasons), again.stderr
+    assert f"see {live.stack.url.rstrip('/')}/runs/{run_id}" in again.stderr
+    assert "Traceback" not in again.stdout + again.stderr
 
 
 def test_show_of_an_unknown_backup_is_bad_input(live: Live) -> None:

@@ -23,6 +23,7 @@ from ..base import (
     RetryableError,
     RetryPolicy,
     StoredFile,
+    TrashedError,
     iterate_pages,
     validate_properties,
 )
@@ -192,7 +193,7 @@ class GoogleDriveDestination:
             self.client.service().files().get(fileId=file_id, fields=FILE_FIELDS, **self._drive_params()),
         )
         if item.get("trashed"):
-            raise NotFoundError(f"stat {file_id}: the file is in the trash")
+            raise TrashedError(f"stat {file_id}: the file is in the trash")
         return stored_file(item)
 
     def delete(self, file_id: str) -> None:

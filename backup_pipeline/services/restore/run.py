@@ -98,7 +98,10 @@ def run_restore(
         )
         check_or_note(options.dry_run, would_refuse, check_privileges, pg_target)
     if options.restores_files and s3_client is None:
-        raise RestoreRefused("buckets: no S3 endpoint configured (BACKUP_PIPELINE_S3_ENDPOINT)")
+        raise RestoreRefused(
+            "buckets: no S3 client: set BACKUP_PIPELINE_S3_ENDPOINT, BACKUP_PIPELINE_S3_ACCESS_KEY and "
+            "BACKUP_PIPELINE_S3_SECRET_KEY (or restore --scope database)"
+        )
     report: dict[str, Any] = {
         "backup_id": resolved.backup_id,
         "dry_run": options.dry_run,
