@@ -483,7 +483,11 @@ def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
             pitr_ops.ARCHIVING_CHECK: pitr_ops.archiving_verdict(status, problems),
             pitr_ops.WINDOW_CHECK: pitr_ops.window_verdict(context.instance, status),
         }
-        events = [v.evaluation(name) for name, v in verdicts.items() if seen.get(name) != v.key()]
+        events = [
+            v.evaluation(name, asset_key=pitr_ops.PITR_ARCHIVE_ASSET)
+            for name, v in verdicts.items()
+            if seen.get(name) != v.key()
+        ]
         seen.update({name: v.key() for name, v in verdicts.items()})
         return dg.SensorResult(asset_events=events, cursor=json.dumps({"alerted": alerted, "checks": seen}))
 

@@ -18,7 +18,6 @@ lock) and write only the PITR repository or a new directory, so dump backups kee
 """
 
 import time
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pydantic import Field
 
 from backup_pipeline.ops.step_errors import quiet_failure, refuse_run
 from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.safety import Verdict
 from backup_pipeline.services import pitr as svc
 from backup_pipeline.services.errors import first_line
 from backup_pipeline.services.pitr_engine import PitrEngineError
@@ -82,32 +82,6 @@ class PitrRestoreConfig(dg.Config):
     )
 
 
-@dataclass(frozen=True)
-class PitrVerdict:
-    passed: bool
-    severity: dg.AssetCheckSeverity
-    description: str
-    metadata: dict[str, Any]
-
-    def key(self) -> str:
-        return f"{self.passed}|{self.severity.value}|{self.description}"
-
-    def result(self) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(
-            passed=self.passed, severity=self.severity, description=self.description, metadata=self.metadata
-        )
-
-    def evaluation(self, check_name: str) -> dg.AssetCheckEvaluation:
-        return dg.AssetCheckEvaluation(
-            asset_key=PITR_ARCHIVE_ASSET,
-            check_name=check_name,
-            passed=self.passed,
-            severity=self.severity,
-            description=self.description,
-            metadata=self.result().metadata,
-        )
-
-
 def limits(settings: BackupSettings) -> dict[str, Any]:
     return {
         "lag_limit_seconds": float(settings.pitr_archive_lag_alert_seconds),
@@ -130,14 +104,14 @@ def read_status(settings: BackupSettings) -> tuple[ArchiverStatus | None, list[P
     return status, archive_problems(status, **limits(settings))
 
 
-def archiving_verdict(status: ArchiverStatus | None, problems: list[Problem]) -> PitrVerdict:
+def archiving_verdict(status: ArchiverStatus | None, problems: list[Problem]) -> Verdict:
     meta: dict[str, Any] = status.metadata() if status else {}
     if problems:
-        return PitrVerdict(
+        return Verdict(
             False, dg.AssetCheckSeverity.ERROR, "NOT SAFE: " + " ".join(p.message for p in problems), meta
         )
     assert status is not None
-    return PitrVerdict(
+    return Verdict(
         True,
         dg.AssetCheckSeverity.ERROR,
         f"OK: archive lag {status.archive_lag_seconds:.0f} s; latest restorable moment "
@@ -153,10 +127,10 @@ def _latest_window(instance: dg.DagsterInstance) -> dict[str, Any] | None:
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
-def window_verdict(instance: dg.DagsterInstance, status: ArchiverStatus | None) -> PitrVerdict:
+def window_verdict(instance: dg.DagsterInstance, status: ArchiverStatus | None) -> Verdict:
     last = _latest_window(instance)
     if last is None:
-        return PitrVerdict(
+        return Verdict(
             False,
             dg.AssetCheckSeverity.ERROR,
             f"NOT SAFE: no PITR base backup yet. Launch {PITR_BASE_BACKUP_JOB}.",
@@ -170,7 +144,7 @@ def window_verdict(instance: dg.DagsterInstance, status: ArchiverStatus | None) 
         "wal_missing_segments": last.get("wal_missing_segments", 0),
     }
     if int(meta["wal_missing_segments"] or 0):
-        return PitrVerdict(
+        return Verdict(
             False,
             dg.AssetCheckSeverity.ERROR,
             f"NOT SAFE: {meta['wal_missing_segments']} WAL segment(s) missing in the window (e.g. "
@@ -178,7 +152,7 @@ def window_verdict(instance: dg.DagsterInstance, status: ArchiverStatus | None) 
             f"backups. Run {PITR_BASE_BACKUP_JOB} (a full backup) to start a gap-free window.",
             meta,
         )
-    return PitrVerdict(
+    return Verdict(
         True,
         dg.AssetCheckSeverity.ERROR,
         f"OK: restorable from {meta['earliest_restorable']} to {meta['latest_restorable']}.",
