@@ -28,7 +28,14 @@ from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.sensors import build_pitr_archive_sensor
 from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import archive_command, segment_number
-from backup_pipeline.services.pitr_keys import keystore_key, load_passphrase, read_keystore, unseal
+from backup_pipeline.services.pitr_keys import (
+    PitrKeyError,
+    ensure_keystore,
+    keystore_key,
+    load_passphrase,
+    read_keystore,
+    unseal,
+)
 from backup_pipeline.services.pitr_restore import (
     PitrRestoreFailed,
     PitrRestoreRefused,
@@ -235,6 +242,25 @@ def test_base_backup_job_records_the_window_on_pitr_archive(world: PitrWorld) ->
         assert secret not in text
     verdict = pitr_ops.window_verdict(world.instance, world.status())
     assert verdict.passed, verdict.description
+
+
+def test_a_new_recovery_key_gets_the_key_store_resealed(world: PitrWorld) -> None:
+    repo = world.ctx.engine.cfg.repo
+    rotated = RecoveryIdentity.generate()
+    before = read_keystore(world.ctx.client, repo, "app")
+    assert before is not None
+    with pytest.raises(PitrKeyError):
+        unseal(before, "app", recovery=rotated)
+    keys = [rotated.public_key, world.recovery.public_key]
+    assert (
+        ensure_keystore(world.ctx.client, repo, "app", world.keyring, keys) == world.ctx.secrets.cipher_pass
+    )
+    after = read_keystore(world.ctx.client, repo, "app")
+    assert after is not None and after != before
+    for identity in (rotated, world.recovery):
+        assert unseal(after, "app", recovery=identity) == world.ctx.secrets.cipher_pass
+    ensure_keystore(world.ctx.client, repo, "app", world.keyring, keys)  # sealed to both: left as is
+    assert read_keystore(world.ctx.client, repo, "app") == after
 
 
 def test_restore_to_a_moment_between_rows_written_and_a_dropped_table(world: PitrWorld) -> None:

@@ -12,7 +12,8 @@ second secret for it:
   :func:`keystore_key` — outside pgBackRest's path, so ``pgbackrest verify`` never sees it;
 * every later use opens that object: with the org keyring in normal operation, with the
   recovery key alone in disaster recovery (``backup-pipeline restore --target-time``). An org-key
-  rotation therefore never changes the repository's passphrase.
+  rotation therefore never changes the repository's passphrase. A recovery key the store is not
+  sealed to yet (``keys rotate-recovery``) gets it re-sealed by the next base backup.
 
 Write order (MUST): the key store is written, read back and opened BEFORE ``stanza-create``; a
 stanza is never created with a passphrase that is not stored beside it.
@@ -33,7 +34,7 @@ from minio.error import S3Error
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.archive.kdf import hkdf_sha256
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, RecoveryPublicKey
-from backup_pipeline.archive.stream_crypto import decrypt_stream, encrypt_stream
+from backup_pipeline.archive.stream_crypto import decrypt_stream, encrypt_stream, read_header
 from backup_pipeline.services.pitr_engine import RepoLocation
 
 INFO = b"backup_pipeline pitr repo-cipher-pass v1\x00"
@@ -142,16 +143,35 @@ def ensure_keystore(
     """The repository passphrase: opened from the key store, or derived, stored and verified first."""
     blob = read_keystore(client, repo, stanza)
     if blob is not None:
-        return unseal(blob, stanza, keyring=keyring)
+        passphrase = unseal(blob, stanza, keyring=keyring)
+        if not _sealed_to(blob, recovery_keys):
+            # A rotated recovery key: until the store is re-sealed only the old key opens the repository.
+            _store(
+                client, repo, stanza, seal(passphrase, stanza, keyring, recovery_keys), keyring, passphrase
+            )
+        return passphrase
     if not client.bucket_exists(repo.bucket):
         raise PitrKeyError(f"the PITR repository bucket {repo.bucket!r} does not exist on {repo.endpoint}")
     passphrase = derive_cipher_pass(keyring, stanza)
-    sealed = seal(passphrase, stanza, keyring, recovery_keys)
+    _store(client, repo, stanza, seal(passphrase, stanza, keyring, recovery_keys), keyring, passphrase)
+    return passphrase
+
+
+def _sealed_to(blob: bytes, recovery_keys: Sequence[RecoveryPublicKey]) -> bool:
+    """Whether every given recovery public key can open the key store (its header's stanzas)."""
+    header, _rest = read_header([blob])
+    sealed = {stanza.fingerprint for stanza in header.stanzas if stanza.org_key_id is None}
+    return all(key.fingerprint in sealed for key in recovery_keys)
+
+
+def _store(
+    client: Minio, repo: RepoLocation, stanza: str, sealed: bytes, keyring: OrgKeyring, passphrase: str
+) -> None:
+    """Write, read back, open: an S3 put replaces the object whole, so a reader sees old or new."""
     client.put_object(repo.bucket, keystore_key(stanza), io.BytesIO(sealed), len(sealed))
     stored = read_keystore(client, repo, stanza)
     if stored != sealed or unseal(stored, stanza, keyring=keyring) != passphrase:
         raise PitrKeyError(f"the PITR key store {keystore_key(stanza)} did not read back as written")
-    return passphrase
 
 
 def load_passphrase(
