@@ -547,3 +547,21 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
     assert window.last_segment is not None and segment_number(window.last_segment) >= segment_number(last)
     assert window.first_segment is not None and window.first_segment in segments
     assert window.earliest is not None and window.latest is not None and window.latest > window.earliest
+
+
+def test_expire_keeps_the_retention_count_and_the_wal_they_need(world: PitrWorld) -> None:
+    assert world.settings.retention_keep_last == 2
+    before = world.ctx.engine.info().usable_backups
+    for _ in range(2):
+        world.cluster.execute(
+            "INSERT INTO wal_filler SELECT g, 'retention' FROM generate_series(1, 1000) g", APP_DB
+        )
+        info = pitr.run_base_backup(world.ctx, "full")
+    kept = info.usable_backups
+    assert len(kept) == 2 and before[0].label not in {b.label for b in kept}
+    assert (
+        info.archive_min is not None and info.archive_min <= kept[0].wal_start
+    )  # WAL back to the oldest kept
+    assert segment_number(info.archive_min) > segment_number(before[0].wal_start)  # older WAL expired
+    segments = pitr.archive_segments(world.ctx.client, world.ctx.engine.cfg)
+    assert pitr.recoverable_window(info, segments, world.status()).missing == ()
