@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,10 +15,10 @@ from minio.error import S3Error
 from minio.retention import Retention
 from minio.versioningconfig import VersioningConfig
 
-from backup_pipeline_tests.fixtures.ports import port_open
+from backup_pipeline_tests.fixtures.ports import free_port, port_open
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server, SeaweedFSServer
-from backup_pipeline_tests.fixtures.seaweedfs import port_is_free, weed_executable
+from backup_pipeline_tests.fixtures.seaweedfs import GRPC_SOCKET_DIR, port_is_free, weed_executable
 
 
 def test_pg_database_is_fresh_and_writable(pg_database: PgDatabase) -> None:
@@ -94,9 +97,20 @@ def test_reset_removes_every_bucket_whatever_it_holds(s3: SeaweedFSServer) -> No
     assert client._list_multipart_uploads("plain").uploads == []
 
 
+def _abandoned_socket_file(path: Path) -> None:
+    """What a killed weed leaves: a socket file nobody listens on, from a while ago."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+
 def test_a_closed_server_leaves_no_process_socket_or_data(tmp_path: Path) -> None:
+    # An unused port number, so the name is nobody else's.
+    left_over = GRPC_SOCKET_DIR / f"seaweedfs-s3-grpc-{free_port()}.sock"
+    _abandoned_socket_file(left_over)
     server = SeaweedFSServer(tmp_path / "weed")
     server.start()
+    assert not left_over.exists(), "a start removes socket files of killed servers"
     try:
         assert weed_executable().name == "weed"
         assert server.ports is not None and server.process is not None
