@@ -27,12 +27,16 @@ SETTINGS_FILE_ENV = "BACKUP_PIPELINE_SETTINGS_FILE"
 APP_DATABASE_PASSWORD_ENV = "BACKUP_PIPELINE_APP_DATABASE_PASSWORD"
 S3_ACCESS_KEY_ENV = "BACKUP_PIPELINE_S3_ACCESS_KEY"
 S3_SECRET_KEY_ENV = "BACKUP_PIPELINE_S3_SECRET_KEY"
+# Credentials of the PITR repository's S3 bucket (a different bucket/endpoint than the app's S3).
+PITR_S3_ACCESS_KEY_ENV = "BACKUP_PIPELINE_PITR_S3_ACCESS_KEY"
+PITR_S3_SECRET_KEY_ENV = "BACKUP_PIPELINE_PITR_S3_SECRET_KEY"
 # The S3 destination's key pair (when no credentials file is set): read when the destination
 # first connects, never a setting.
 S3_DESTINATION_ACCESS_KEY_ENV = "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY"
 S3_DESTINATION_SECRET_KEY_ENV = "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY"
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_CRON = re.compile(r"^([0-9*/,\-A-Za-z]+\s+){4}[0-9*/,\-A-Za-z]+$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _STORAGE_CLASS = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 # Archive tiers answer a GET only after a restore request the product does not make.
@@ -288,6 +292,61 @@ class BackupSettings(BaseSettings):
         description="`healthchecks`: POST <url> on success, <url>/fail on failure, body = status (Healthchecks.io); `uptime_kuma`: GET <url>?status=up|down&msg=<status> (Uptime Kuma push monitor).",
     )
 
+    # --- point-in-time recovery (opt-in profile, docs/architecture/PITR.md) ------------------
+    pitr_enabled: bool = Field(
+        False,
+        description="Load the PITR profile: WAL archive monitoring, scheduled pgBackRest base backups, restore to a moment. Off: nothing of it loads.",
+    )
+    pitr_stanza: str = Field("app", description="pgBackRest stanza name of the application's cluster.")
+    pitr_repo_s3_endpoint: str = Field(
+        "https://127.0.0.1:9443",
+        description="https:// URL of the S3 server holding the WAL archive and base backups (pgBackRest speaks HTTPS only). Not the application's S3.",
+    )
+    pitr_repo_s3_bucket: str = Field("pitr", description="Bucket of the PITR repository.")
+    pitr_repo_s3_region: str = Field("us-east-1", description="S3 region of the PITR repository.")
+    pitr_repo_path: str = Field(
+        "/pgbackrest", description="Path of the pgBackRest repository inside the bucket."
+    )
+    pitr_repo_ca_file: Path | None = Field(
+        None, description="CA certificate (PEM) of the PITR S3 server, for a self-signed or private CA."
+    )
+    pitr_pg_data_dir: Path = Field(
+        Path("/var/lib/postgresql/15/main"),
+        description="Data directory of the application's PostgreSQL server (pgBackRest reads it for base backups).",
+    )
+    pitr_pg_socket_dir: Path = Field(
+        Path("/var/run/postgresql"),
+        description="Unix socket directory of the application's server (pgBackRest connects only over the socket).",
+    )
+    pitr_pg_port: int = Field(5432, ge=1, le=65535, description="Port of the application's server.")
+    pitr_pg_user: str = Field(
+        "bp_pitr",
+        description="Least-privilege role for base backups and monitoring (docs/guides/DEPLOYMENT.md).",
+    )
+    pitr_os_user: str | None = Field(
+        None,
+        description="OS user owning the data directory; when the pipeline runs as root, pgbackrest and pg_ctl run as this user (runuser).",
+    )
+    pitr_config_dir: Path = Field(
+        Path(".backup_pipeline_state/pitr"),
+        description="Folder of the pipeline's own pgBackRest config (no secrets), spool, lock and log files, and restore scratch.",
+    )
+    pitr_base_backup_cron: str = Field(
+        "30 1 * * *", description="Cron expression (in schedule_timezone) of the pgBackRest base backups."
+    )
+    pitr_base_backup_type: Literal["full", "diff", "incr"] = Field(
+        "full",
+        description="Type of the scheduled base backup (pgBackRest makes a full one when none exists).",
+    )
+    pitr_archive_lag_alert_seconds: int = Field(
+        300, ge=30, description="Alert when WAL written this long ago is still not archived."
+    )
+    pitr_wal_dir_alert_mb: int = Field(
+        2048,
+        ge=16,
+        description="Alert when the server's pg_wal holds more than this (archive outage fills the disk).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -330,6 +389,38 @@ class BackupSettings(BaseSettings):
             raise ValueError(f"must not contain a password; set {APP_DATABASE_PASSWORD_ENV} instead")
         if not parts.path.strip("/"):
             raise ValueError("must name a database, e.g. postgresql://user@host:5432/dbname")
+        return value
+
+    @field_validator("pitr_repo_s3_endpoint")
+    @classmethod
+    def _check_https_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(
+                f"must be an https:// URL with a host (pgBackRest's S3 driver speaks HTTPS only), got {value!r}"
+            )
+        return value
+
+    @field_validator("pitr_stanza")
+    @classmethod
+    def _check_stanza(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,39}", value):
+            raise ValueError("must be 1-40 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("pitr_base_backup_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        # Shape only (no Dagster in this module); build_pitr_schedule re-checks with Dagster's parser.
+        if not _CRON.match(value.strip()):
+            raise ValueError(f"must be a 5-field cron expression such as '30 1 * * *', got {value!r}")
+        return value
+
+    @field_validator("pitr_repo_s3_bucket")
+    @classmethod
+    def _check_pitr_bucket(cls, value: str) -> str:
+        if not _BUCKET_NAME.match(value):
+            raise ValueError(f"not a valid S3 bucket name: {value!r}")
         return value
 
     @field_validator("s3_endpoint", "drive_api_root", "s3_destination_endpoint")
