@@ -35,7 +35,7 @@ from backup_pipeline.safety import (
     RECOVERY_KEY_CHECK,
     VERIFICATION_CHECK,
 )
-from backup_pipeline.settings import BackupSettings
+from backup_pipeline.settings import BackupSettings, DestinationKind
 
 LOCATION_NAME = "backup_pipeline"  # workspace.yaml
 STATUS_SENSOR = "backup_status_checks"
@@ -70,6 +70,8 @@ def backup_job_description(settings: BackupSettings) -> str:
     where = (
         "Google Drive (off-site)."
         if settings.drive_configured
+        else f"S3 bucket {settings.s3_destination_bucket} (off-site; immutable when the bucket has object lock: see the backup_destination check)."
+        if settings.destination is DestinationKind.S3
         else NOT_OFF_SITE.format(path=settings.local_destination_path)
     )
     return (

@@ -18,10 +18,11 @@ from backup_pipeline.executors import executor_for
 from backup_pipeline.jobs import JOBS
 from backup_pipeline.ops import backup as backup_ops
 from backup_pipeline.ops import migration as migration_ops
+from backup_pipeline.ops import pitr as pitr_ops
 from backup_pipeline.ops import verification as verification_ops
 from backup_pipeline.resources import build_resources
-from backup_pipeline.schedules import build_backup_schedule, build_verify_schedule
-from backup_pipeline.sensors import build_sensors
+from backup_pipeline.schedules import build_backup_schedule, build_pitr_schedule, build_verify_schedule
+from backup_pipeline.sensors import build_pitr_archive_sensor, build_sensors
 from backup_pipeline.settings import BackupSettings, load_settings
 
 
@@ -47,16 +48,24 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
         description=admin_view.backup_job_description(settings),
         record_checks=admin_view.build_record_checks_op(settings),
     )
+    jobs: list[dg.JobDefinition] = [*JOBS, backup_job]
+    checks: list[dg.AssetChecksDefinition] = [
+        migration_ops.build_storage_status_check(settings.primary_bucket),
+        verification_ops.build_verification_check(),
+        *admin_view.build_backup_checks(settings),
+    ]
+    if settings.pitr_enabled:  # opt-in profile: with it off, nothing of PITR loads
+        jobs += pitr_ops.build_pitr_jobs(settings)
+        schedules.append(build_pitr_schedule(settings))
+        sensors.append(build_pitr_archive_sensor(settings))
+        assets.append(pitr_ops.PITR_ARCHIVE_SPEC)
+        checks += pitr_ops.build_pitr_checks(settings)
     return dg.Definitions(
-        jobs=[*JOBS, backup_job],
+        jobs=jobs,
         schedules=schedules,
         sensors=sensors,
         assets=assets,
-        asset_checks=[
-            migration_ops.build_storage_status_check(settings.primary_bucket),
-            verification_ops.build_verification_check(),
-            *admin_view.build_backup_checks(settings),
-        ],
+        asset_checks=checks,
         resources={
             **build_resources(settings),
             migration_ops.LEGACY_DRIVE: migration_ops.build_legacy_drive_resource(settings),

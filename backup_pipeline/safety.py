@@ -93,7 +93,7 @@ class SafetyPolicy:
     """The settings the verdicts depend on (no secrets)."""
 
     freshness_max_age_hours: float
-    local_destination: str | None  # None: Google Drive (off-site)
+    local_destination: str | None  # None: Google Drive or an S3 bucket (off-site)
     state_dir: str
     verification_max_age_hours: int = DEFAULT_MAX_VERIFICATION_AGE_HOURS
 
@@ -101,7 +101,7 @@ class SafetyPolicy:
     def from_settings(cls, settings: BackupSettings) -> SafetyPolicy:
         return cls(
             freshness_max_age_hours=2 * settings.schedule_interval_hours,
-            local_destination=None if settings.drive_configured else str(settings.local_destination_path),
+            local_destination=None if settings.off_site_destination else str(settings.local_destination_path),
             state_dir=str(settings.state_dir),
         )
 
@@ -169,9 +169,10 @@ def local_destination_verdict(path: str) -> Verdict:
 
 
 def drive_evidence_verdict(instance: dg.DagsterInstance) -> Verdict | None:
-    """Google Drive, judged by the newest backup written there (None before the first one).
+    """An off-site destination (Google Drive, S3), judged by the newest backup written there (None
+    before the first one).
 
-    A backup's parts were each confirmed by Drive (size, MD5, SHA-256) and the manifest written
+    A backup's parts were each confirmed by the destination (size, MD5, SHA-256) and the manifest written
     last, so a complete set is proof the destination worked at that time. A live test uploads
     a file, so it runs only when an administrator executes the check.
     """
@@ -183,17 +184,18 @@ def drive_evidence_verdict(instance: dg.DagsterInstance) -> Verdict | None:
         True,
         dg.AssetCheckSeverity.ERROR,
         f"{where} (off-site): backup {newest.backup_id} was written there and every file confirmed by "
-        "Google Drive. Execute this check for a live test (a small upload, read back and deleted).",
+        "the destination. Execute this check for a live test (a small upload, read back and deleted).",
         {"destination": where, "off_site": True, "evidence": f"backup {newest.backup_id}"},
         newest.backup_id,
     )
 
 
 def live_destination_verdict(destination: DestinationResource) -> Verdict:
-    """The destination's own connection check (Drive: token, folder, space, a test upload/read/delete)."""
+    """The destination's own connection check (Drive: token, folder, space, a test upload/read/delete;
+    S3: bucket, versioning, object lock, a test upload/read/delete that a lock must refuse)."""
     report = destination.get_destination().check()
     steps = "; ".join(f"{s.name}: {'ok' if s.ok else 'FAILED'} ({s.detail})" for s in report.steps)
-    if DestinationKind(destination.kind) is not DestinationKind.GOOGLE_DRIVE:
+    if DestinationKind(destination.kind) is DestinationKind.LOCAL:
         local = local_destination_verdict(destination.local_path)
         return Verdict(local.passed, local.severity, local.description, {**local.metadata, "checks": steps})
     meta: dict[str, Any] = {"destination": report.destination, "off_site": True, "checks": steps}

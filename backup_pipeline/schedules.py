@@ -153,3 +153,47 @@ def build_verify_schedule(settings: BackupSettings, job_name: str = VERIFY_JOB_N
         )
 
     return verify_backup_schedule
+
+
+# --- PITR profile (loaded only when pitr_enabled) ------------------------------------------------
+
+PITR_BASE_BACKUP_JOB_NAME = "pitr_base_backup_job"
+PITR_SCHEDULE_NAME = "pitr_base_backup_schedule"
+
+
+def build_pitr_schedule(
+    settings: BackupSettings, job_name: str = PITR_BASE_BACKUP_JOB_NAME
+) -> dg.ScheduleDefinition:
+    """pgBackRest base backups on ``pitr_base_backup_cron``; WAL archiving itself is continuous."""
+    _check_schedule_settings(settings)
+    if not is_valid_cron_string(settings.pitr_base_backup_cron):
+        raise SettingsError(
+            [
+                f"{ENV_PREFIX}PITR_BASE_BACKUP_CRON: must be a valid cron expression such as '30 1 * * *', "
+                f"got {settings.pitr_base_backup_cron!r}"
+            ]
+        )
+
+    @dg.schedule(
+        name=PITR_SCHEDULE_NAME,
+        job_name=job_name,
+        cron_schedule=settings.pitr_base_backup_cron,
+        execution_timezone=settings.schedule_timezone,
+        description=f"PITR base backup ({settings.pitr_base_backup_type}) at cron `{settings.pitr_base_backup_cron}` "
+        f"({settings.schedule_timezone}). A tick while one still runs is skipped.",
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING
+            if settings.schedule_enabled
+            else dg.DefaultScheduleStatus.STOPPED
+        ),
+    )
+    def pitr_base_backup_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        busy = in_progress_runs(context.instance, (job_name,))
+        if busy:
+            return dg.SkipReason(f"skipped: PITR base backup {busy[0].run_id[:8]} is still in progress")
+        tick = context.scheduled_execution_time
+        return dg.RunRequest(
+            run_key=f"pitr-{tick.isoformat()}" if tick else None, tags={TRIGGER_TAG: "schedule"}
+        )
+
+    return pitr_base_backup_schedule

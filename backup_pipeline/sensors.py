@@ -22,6 +22,7 @@ from backup_pipeline import ledger
 from backup_pipeline.alerts import Alert, AlertDeliveryError, configured_channels, send_alert
 from backup_pipeline.concurrency import DATA_LEASE_STALE_SECONDS, EXCLUSIVE_TAG_KEY
 from backup_pipeline.heartbeat import HeartbeatError, configured_heartbeat, ping
+from backup_pipeline.ops import pitr as pitr_ops
 from backup_pipeline.ops.retention import BACKUP_SET_ASSET, DELETE_BACKUP_JOB_NAME, retention_job
 from backup_pipeline.ops.step_errors import is_refused
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
@@ -42,9 +43,18 @@ HEARTBEAT_FAILURE_SENSOR = "heartbeat_on_failure"
 HEARTBEAT_JOBS = frozenset({BACKUP_JOB_NAME, VERIFY_JOB_NAME})
 BACKUP_ID_TAG = "backup_pipeline/backup_id"
 MIGRATION_JOB_NAME = "migrate_drive_to_minio"
+PITR_ARCHIVE_SENSOR = "pitr_archive_health"
 
 ALERTED_JOBS = frozenset(
-    {BACKUP_JOB_NAME, RESTORE_JOB_NAME, retention_job.name, DELETE_BACKUP_JOB_NAME, MIGRATION_JOB_NAME}
+    {
+        BACKUP_JOB_NAME,
+        RESTORE_JOB_NAME,
+        retention_job.name,
+        DELETE_BACKUP_JOB_NAME,
+        MIGRATION_JOB_NAME,
+        pitr_ops.PITR_BASE_BACKUP_JOB,
+        pitr_ops.PITR_RESTORE_JOB,
+    }
 )
 
 
@@ -432,3 +442,57 @@ def build_sensors(settings: BackupSettings) -> list[dg.SensorDefinition]:
         build_heartbeat_success_sensor(settings),
         build_heartbeat_failure_sensor(settings),
     ]
+
+
+# --- PITR profile (loaded only when pitr_enabled) ------------------------------------------------
+
+
+def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
+    """Every minute: the server's archiver status → the pitr_archive checks, and one alert per problem
+    kind per incident (archive failing, lag, pg_wal size, server unreachable, archiving off)."""
+
+    @dg.sensor(
+        name=PITR_ARCHIVE_SENSOR,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="PITR: alerts when WAL archiving fails, lags more than "
+        f"{settings.pitr_archive_lag_alert_seconds} s, or pg_wal exceeds {settings.pitr_wal_dir_alert_mb} MiB "
+        f"(one alert per incident); keeps the {pitr_ops.ARCHIVING_CHECK} and {pitr_ops.WINDOW_CHECK} checks "
+        f"current. Channels: {', '.join(configured_channels(settings)) or 'none configured'}.",
+    )
+    def pitr_archive_health(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        state = json.loads(context.cursor) if context.cursor else {}
+        alerted: dict[str, float] = state.get("alerted", {})
+        seen: dict[str, str] = state.get("checks", {})
+        status, problems = pitr_ops.read_status(settings)
+        details = {k: str(v) for k, v in (status.metadata() if status else {}).items()}
+        for problem in problems:
+            if problem.kind in alerted:
+                continue
+            alert = Alert(
+                kind=f"pitr_{problem.kind}",
+                title=f"PITR: {problem.kind.replace('_', ' ')}",
+                message=problem.message,
+                installation_id=settings.installation_id,
+                details=details,
+            )
+            delivered = send_alert(settings, alert)  # raises: the tick fails and the alert is retried
+            alerted[problem.kind] = time.time()
+            context.log.warning(f"{problem.message} (alert sent via {', '.join(delivered) or 'no channel'})")
+        active = {p.kind for p in problems}
+        for kind in [k for k in alerted if k not in active]:
+            context.log.info(f"PITR {kind} is over")
+            del alerted[kind]
+        verdicts = {
+            pitr_ops.ARCHIVING_CHECK: pitr_ops.archiving_verdict(status, problems),
+            pitr_ops.WINDOW_CHECK: pitr_ops.window_verdict(context.instance, status),
+        }
+        events = [
+            v.evaluation(name, asset_key=pitr_ops.PITR_ARCHIVE_ASSET)
+            for name, v in verdicts.items()
+            if seen.get(name) != v.key()
+        ]
+        seen.update({name: v.key() for name, v in verdicts.items()})
+        return dg.SensorResult(asset_events=events, cursor=json.dumps({"alerted": alerted, "checks": seen}))
+
+    return pitr_archive_health

@@ -27,14 +27,32 @@ SETTINGS_FILE_ENV = "BACKUP_PIPELINE_SETTINGS_FILE"
 APP_DATABASE_PASSWORD_ENV = "BACKUP_PIPELINE_APP_DATABASE_PASSWORD"
 S3_ACCESS_KEY_ENV = "BACKUP_PIPELINE_S3_ACCESS_KEY"
 S3_SECRET_KEY_ENV = "BACKUP_PIPELINE_S3_SECRET_KEY"
+# Credentials of the PITR repository's S3 bucket (a different bucket/endpoint than the app's S3).
+PITR_S3_ACCESS_KEY_ENV = "BACKUP_PIPELINE_PITR_S3_ACCESS_KEY"
+PITR_S3_SECRET_KEY_ENV = "BACKUP_PIPELINE_PITR_S3_SECRET_KEY"
+# The S3 destination's key pair (when no credentials file is set): read when the destination
+# first connects, never a setting.
+S3_DESTINATION_ACCESS_KEY_ENV = "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY"
+S3_DESTINATION_SECRET_KEY_ENV = "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY"
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_CRON = re.compile(r"^([0-9*/,\-A-Za-z]+\s+){4}[0-9*/,\-A-Za-z]+$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_STORAGE_CLASS = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# Archive tiers answer a GET only after a restore request the product does not make.
+_COLD_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}
 
 
 class DestinationKind(StrEnum):
     LOCAL = "local"
     GOOGLE_DRIVE = "google_drive"
+    S3 = "s3"
+
+
+class S3LockMode(StrEnum):
+    GOVERNANCE = "governance"
+    COMPLIANCE = "compliance"
+    NONE = "none"
 
 
 class DriveAuthMode(StrEnum):
@@ -133,7 +151,7 @@ class BackupSettings(BaseSettings):
     # --- destination ------------------------------------------------------------------
     destination: DestinationKind = Field(
         DestinationKind.LOCAL,
-        description="Where backups go: `google_drive` (off-site) or `local` (a folder, e.g. a NAS mount; NOT off-site).",
+        description="Where backups go: `google_drive` (off-site), `s3` (an S3-compatible bucket, off-site, immutable with object lock) or `local` (a folder, e.g. a NAS mount; NOT off-site).",
     )
     local_destination_path: Path = Field(
         Path(".backup_pipeline_state/backups"), description="Folder for the `local` destination."
@@ -164,12 +182,57 @@ class BackupSettings(BaseSettings):
     drive_daily_upload_cap_bytes: int = Field(
         750 * 10**9, ge=0, description="Google's per-user daily upload cap."
     )
+    s3_destination_endpoint: str | None = Field(
+        None,
+        description="`s3` destination: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com or https://s3.eu-central-003.backblazeb2.com. Not the application's S3.",
+    )
+    s3_destination_bucket: str | None = Field(
+        None,
+        description="`s3` destination: an existing bucket (create it with object lock enabled for immutable backups).",
+    )
+    s3_destination_prefix: str = Field(
+        "",
+        description="`s3` destination: key prefix inside the bucket, e.g. `backups/` (empty: the bucket root).",
+    )
+    s3_destination_region: str = Field(
+        "us-east-1", description="`s3` destination: region sent in signatures."
+    )
+    s3_destination_credentials_file: Path | None = Field(
+        None,
+        description=f"`s3` destination: AWS credentials file ([default] aws_access_key_id / aws_secret_access_key). Empty: {S3_DESTINATION_ACCESS_KEY_ENV} and {S3_DESTINATION_SECRET_KEY_ENV}.",
+    )
+    s3_destination_storage_class: str | None = Field(
+        None,
+        description="`s3` destination: x-amz-storage-class of every part, e.g. STANDARD_IA or GLACIER_IR; empty: the bucket's default. GLACIER and DEEP_ARCHIVE are refused (not readable without a thaw request).",
+    )
+    s3_destination_part_size_mib: int = Field(
+        16,
+        ge=5,
+        le=512,
+        description="`s3` destination: multipart part size in MiB (one part is held in memory; 16 MiB parts cover parts up to 156 GiB).",
+    )
+    s3_destination_lock_mode: S3LockMode = Field(
+        S3LockMode.GOVERNANCE,
+        description="`s3` destination, bucket with object lock: retention written on every part, `governance` (early delete only with s3:BypassGovernanceRetention), `compliance` (nobody can delete early) or `none`.",
+    )
+    s3_destination_lock_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="`s3` destination: retention of each part in days; empty: ceil(retention_keep_last × schedule interval in hours / 24) + s3_destination_lock_margin_days.",
+    )
+    s3_destination_lock_margin_days: int = Field(
+        2,
+        ge=0,
+        le=365,
+        description="`s3` destination: days added to the computed retention (a late or failed backup keeps a set longer than planned).",
+    )
     destination_retry_attempts: int = Field(
         8,
         ge=1,
         le=20,
-        description="Attempts of each destination request that failed transiently (Google Drive 5xx, "
-        "throttling, connection errors), the first included; 1 = no retry.",
+        description="Attempts of each destination request that failed transiently (Google Drive or S3 "
+        "destination: 5xx, throttling, connection errors), the first included; 1 = no retry.",
     )
     destination_retry_max_wait_seconds: float = Field(
         60.0,
@@ -245,6 +308,61 @@ class BackupSettings(BaseSettings):
         description="`healthchecks`: POST <url> on success, <url>/fail on failure, body = status (Healthchecks.io); `uptime_kuma`: GET <url>?status=up|down&msg=<status> (Uptime Kuma push monitor).",
     )
 
+    # --- point-in-time recovery (opt-in profile, docs/architecture/PITR.md) ------------------
+    pitr_enabled: bool = Field(
+        False,
+        description="Load the PITR profile: WAL archive monitoring, scheduled pgBackRest base backups, restore to a moment. Off: nothing of it loads.",
+    )
+    pitr_stanza: str = Field("app", description="pgBackRest stanza name of the application's cluster.")
+    pitr_repo_s3_endpoint: str = Field(
+        "https://127.0.0.1:9443",
+        description="https:// URL of the S3 server holding the WAL archive and base backups (pgBackRest speaks HTTPS only). Not the application's S3.",
+    )
+    pitr_repo_s3_bucket: str = Field("pitr", description="Bucket of the PITR repository.")
+    pitr_repo_s3_region: str = Field("us-east-1", description="S3 region of the PITR repository.")
+    pitr_repo_path: str = Field(
+        "/pgbackrest", description="Path of the pgBackRest repository inside the bucket."
+    )
+    pitr_repo_ca_file: Path | None = Field(
+        None, description="CA certificate (PEM) of the PITR S3 server, for a self-signed or private CA."
+    )
+    pitr_pg_data_dir: Path = Field(
+        Path("/var/lib/postgresql/15/main"),
+        description="Data directory of the application's PostgreSQL server (pgBackRest reads it for base backups).",
+    )
+    pitr_pg_socket_dir: Path = Field(
+        Path("/var/run/postgresql"),
+        description="Unix socket directory of the application's server (pgBackRest connects only over the socket).",
+    )
+    pitr_pg_port: int = Field(5432, ge=1, le=65535, description="Port of the application's server.")
+    pitr_pg_user: str = Field(
+        "bp_pitr",
+        description="Least-privilege role for base backups and monitoring (docs/guides/DEPLOYMENT.md).",
+    )
+    pitr_os_user: str | None = Field(
+        None,
+        description="OS user owning the data directory; when the pipeline runs as root, pgbackrest and pg_ctl run as this user (runuser).",
+    )
+    pitr_config_dir: Path = Field(
+        Path(".backup_pipeline_state/pitr"),
+        description="Folder of the pipeline's own pgBackRest config (no secrets), spool, lock and log files, and restore scratch.",
+    )
+    pitr_base_backup_cron: str = Field(
+        "30 1 * * *", description="Cron expression (in schedule_timezone) of the pgBackRest base backups."
+    )
+    pitr_base_backup_type: Literal["full", "diff", "incr"] = Field(
+        "full",
+        description="Type of the scheduled base backup (pgBackRest makes a full one when none exists).",
+    )
+    pitr_archive_lag_alert_seconds: int = Field(
+        300, ge=30, description="Alert when WAL written this long ago is still not archived."
+    )
+    pitr_wal_dir_alert_mb: int = Field(
+        2048,
+        ge=16,
+        description="Alert when the server's pg_wal holds more than this (archive outage fills the disk).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -289,9 +407,43 @@ class BackupSettings(BaseSettings):
             raise ValueError("must name a database, e.g. postgresql://user@host:5432/dbname")
         return value
 
-    @field_validator("s3_endpoint", "drive_api_root")
+    @field_validator("pitr_repo_s3_endpoint")
     @classmethod
-    def _check_http_url(cls, value: str) -> str:
+    def _check_https_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(
+                f"must be an https:// URL with a host (pgBackRest's S3 driver speaks HTTPS only), got {value!r}"
+            )
+        return value
+
+    @field_validator("pitr_stanza")
+    @classmethod
+    def _check_stanza(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,39}", value):
+            raise ValueError("must be 1-40 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("pitr_base_backup_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        # Shape only (no Dagster in this module); build_pitr_schedule re-checks with Dagster's parser.
+        if not _CRON.match(value.strip()):
+            raise ValueError(f"must be a 5-field cron expression such as '30 1 * * *', got {value!r}")
+        return value
+
+    @field_validator("pitr_repo_s3_bucket")
+    @classmethod
+    def _check_pitr_bucket(cls, value: str) -> str:
+        if not _BUCKET_NAME.match(value):
+            raise ValueError(f"not a valid S3 bucket name: {value!r}")
+        return value
+
+    @field_validator("s3_endpoint", "drive_api_root", "s3_destination_endpoint")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
@@ -303,6 +455,41 @@ class BackupSettings(BaseSettings):
         bad = [b for b in value if not _BUCKET_NAME.match(b)]
         if bad:
             raise ValueError(f"not valid S3 bucket names: {', '.join(bad)}")
+        return value
+
+    @field_validator("s3_destination_bucket")
+    @classmethod
+    def _check_destination_bucket(cls, value: str | None) -> str | None:
+        if value is not None and not _BUCKET_NAME.match(value):
+            raise ValueError(f"not a valid S3 bucket name: {value!r} (3-63 of a-z, 0-9, '.', '-')")
+        return value
+
+    @field_validator("s3_destination_prefix")
+    @classmethod
+    def _check_destination_prefix(cls, value: str) -> str:
+        if not value:
+            return value
+        segments = value.removesuffix("/").split("/")
+        if value.startswith("/") or any(seg in ("", ".", "..") for seg in segments) or "\\" in value:
+            raise ValueError(
+                f"must be '/'-separated segments without a leading '/', empty, '.' or '..' segments, got {value!r}"
+            )
+        if len(value.encode()) > 200:
+            raise ValueError("must be at most 200 bytes")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("s3_destination_storage_class")
+    @classmethod
+    def _check_storage_class(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not _STORAGE_CLASS.match(value):
+            raise ValueError(f"must be an S3 storage class in capitals such as STANDARD_IA, got {value!r}")
+        if value in _COLD_STORAGE_CLASSES:
+            raise ValueError(
+                f"{value} objects cannot be read until restored from the archive tier, which the product does "
+                "not request; use GLACIER_IR or STANDARD_IA"
+            )
         return value
 
     @field_validator("installation_id")
@@ -326,6 +513,19 @@ class BackupSettings(BaseSettings):
                 raise ValueError(
                     f"destination=google_drive with drive_auth_mode={self.drive_auth_mode.value} needs "
                     + ", ".join(f"{ENV_PREFIX}{m.upper()}" for m in missing)
+                )
+        if self.destination is DestinationKind.S3:
+            missing = [
+                f for f in ("s3_destination_endpoint", "s3_destination_bucket") if not getattr(self, f)
+            ]
+            if missing:
+                raise ValueError(
+                    "destination=s3 needs " + ", ".join(f"{ENV_PREFIX}{m.upper()}" for m in missing)
+                )
+            credentials = self.s3_destination_credentials_file
+            if credentials is not None and not credentials.is_file():
+                raise ValueError(
+                    f"{ENV_PREFIX}S3_DESTINATION_CREDENTIALS_FILE: file not found: {credentials}"
                 )
         return self
 
@@ -353,6 +553,22 @@ class BackupSettings(BaseSettings):
     @property
     def drive_configured(self) -> bool:
         return self.destination is DestinationKind.GOOGLE_DRIVE
+
+    @property
+    def off_site_destination(self) -> bool:
+        """Whether backups leave this host's disks (Drive, S3); a local folder does not."""
+        return self.destination is not DestinationKind.LOCAL
+
+    @property
+    def s3_destination_retention_days(self) -> int:
+        """Retention written on each S3 part: the setting, or when keep-last-N would delete it + margin."""
+        if self.s3_destination_lock_days is not None:
+            return self.s3_destination_lock_days
+        from backup_pipeline.destinations.s3.config import lock_days_for
+
+        return lock_days_for(
+            self.retention_keep_last, self.schedule_interval_hours, self.s3_destination_lock_margin_days
+        )
 
     def redacted(self) -> dict[str, Any]:
         """Effective settings for display. No field holds a secret; paths to secret files are shown as paths."""

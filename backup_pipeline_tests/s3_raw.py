@@ -13,8 +13,12 @@ import datetime as dt
 import hashlib
 import hmac
 import http.client
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
+from xml.etree import ElementTree
 
 from .fixtures.s3 import S3Server
 
@@ -32,11 +36,18 @@ class RawResponse:
         return None
 
 
+def _trimall(value: bytes) -> bytes:
+    # SigV4 canonical header value: trimmed, and runs of spaces collapsed to one (servers that
+    # check signatures, e.g. SeaweedFS, refuse a value with "  " signed as is; moto checks none).
+    return re.sub(rb" +", b" ", value.strip())
+
+
 def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
-def request(
+@contextmanager
+def open_request(
     server: S3Server,
     method: str,
     bucket: str,
@@ -45,8 +56,9 @@ def request(
     body: bytes = b"",
     headers: dict[str, bytes | str] | None = None,
     query: str = "",
-) -> RawResponse:
-    """One signed request; ``headers`` values are sent as given (str values as UTF-8)."""
+) -> Iterator[http.client.HTTPResponse]:
+    """One signed request whose response the caller reads (in chunks: constant memory);
+    ``headers`` values are sent as given (str values as UTF-8)."""
     host = f"127.0.0.1:{server.port}"
     # S3 canonical URI: every byte but the unreserved ones percent-encoded, '/' kept, no
     # normalisation of '.'/'..' segments (S3 does not normalise keys).
@@ -67,7 +79,7 @@ def request(
             method.encode(),
             path.encode(),
             query.encode(),
-            b"".join(name.encode() + b":" + wire[name].strip() + b"\n" for name in sorted(wire)),
+            b"".join(name.encode() + b":" + _trimall(wire[name]) + b"\n" for name in sorted(wire)),
             signed.encode(),
             payload.encode(),
         ]
@@ -89,13 +101,43 @@ def request(
             connection.putheader(name, value)
         connection.putheader("content-length", str(len(body)))
         connection.endheaders(body)
-        response = connection.getresponse()
-        data = response.read()
-        # http.client decodes header bytes as ISO-8859-1: encoding back gives the exact bytes.
-        received = [(name, value.encode("latin-1")) for name, value in response.getheaders()]
-        return RawResponse(response.status, received, data)
+        yield connection.getresponse()
     finally:
         connection.close()
+
+
+def received_headers(response: http.client.HTTPResponse) -> list[tuple[str, bytes]]:
+    # http.client decodes header bytes as ISO-8859-1: encoding back gives the exact bytes.
+    return [(name, value.encode("latin-1")) for name, value in response.getheaders()]
+
+
+def request(
+    server: S3Server,
+    method: str,
+    bucket: str,
+    key: str = "",
+    *,
+    body: bytes = b"",
+    headers: dict[str, bytes | str] | None = None,
+    query: str = "",
+) -> RawResponse:
+    """One signed request whose (small) response is read whole."""
+    with open_request(server, method, bucket, key, body=body, headers=headers, query=query) as response:
+        data = response.read()
+        return RawResponse(response.status, received_headers(response), data)
+
+
+def get_tags(server: S3Server, bucket: str, key: str) -> dict[str, str]:
+    """The object's tags (GET ?tagging)."""
+    response = request(server, "GET", bucket, key, query="tagging=")
+    if response.status != 200:
+        raise AssertionError(f"GET tagging of {key!r}: HTTP {response.status}: {response.body[:300]!r}")
+    tags: dict[str, str] = {}
+    for element in ElementTree.fromstring(response.body).iter():
+        if element.tag.rsplit("}", 1)[-1] == "Tag":
+            fields = {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in element}
+            tags[fields.get("Key", "")] = fields.get("Value", "")
+    return tags
 
 
 def put_object(

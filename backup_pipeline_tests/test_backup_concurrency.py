@@ -1,7 +1,7 @@
 """Runs beside each other: plan_backup removes leftovers of dead backups, never the set another
 backup run is still writing; retention spares the sets running restores and verifications read.
 
-Real PostgreSQL, moto S3, a local-folder destination; the other backup run is a run record in
+Real PostgreSQL, SeaweedFS S3, a local-folder destination; the other backup run is a run record in
 progress in the same Dagster instance (the data lock is held per step, so between two steps of
 that run this run's plan_backup can hold it).
 """

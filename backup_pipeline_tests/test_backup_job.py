@@ -1,4 +1,4 @@
-"""backup_job end to end with execute_in_process: real PostgreSQL, moto S3, the Drive v3 test server.
+"""backup_job end to end with execute_in_process: real PostgreSQL, SeaweedFS S3, the Drive v3 test server.
 
 The first test is the issue's "Must show"; the others break one component each and check
 that the run fails with a stable error code, leaves no partial set, and the next backup works.

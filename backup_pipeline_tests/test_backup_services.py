@@ -1,6 +1,6 @@
 """Backup services without Dagster: pg_dump streaming, bucket export, progress, the set contract.
 
-Real PostgreSQL, moto's S3 server, a real local-folder destination and the real archive format.
+Real PostgreSQL, SeaweedFS's S3 server, a real local-folder destination and the real archive format.
 """
 
 from __future__ import annotations

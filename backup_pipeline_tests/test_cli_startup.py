@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from backup_pipeline.cli import main
 
 COMMANDS = {"audit", "check", "decrypt", "delete", "destination", "fetch", "history", "inspect", "keys"}
-COMMANDS |= {"restore", "run", "settings", "show", "storage", "verify"}
+COMMANDS |= {"pitr", "restore", "run", "settings", "show", "storage", "verify"}
 
 
 def _imports_dagster(code: str) -> bool:

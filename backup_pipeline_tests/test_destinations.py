@@ -1,6 +1,9 @@
 """One conformance suite, run against every destination (restic's backend test style).
 
-Drive runs against the project's Drive v3 test server over HTTP in each Workspace setup.
+Drive runs against the project's Drive v3 test server over HTTP in each Workspace setup. S3 runs
+on the suite's SeaweedFS twice: on a plain bucket, and on a bucket created with object lock
+(versioned) where the destination writes no retention, so listing by oldest live version,
+version-pinned ids and deleting every version are held to the same contract.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from backup_pipeline.destinations import (
     PermanentError,
     RetryingDestination,
 )
+from backup_pipeline.destinations.s3 import LockMode
 from backup_pipeline.settings import DriveAuthMode
+from backup_pipeline_tests.fixtures import s3_destination
 from backup_pipeline_tests.fixtures.drive import FAST_RETRY, DriveFixture
+from backup_pipeline_tests.fixtures.s3 import SeaweedFSServer
 
-KINDS = ["local", "drive-shared", "drive-delegation", "drive-oauth"]
+KINDS = ["local", "drive-shared", "drive-delegation", "drive-oauth", "s3", "s3-versioned"]
 
 
 @pytest.fixture(params=KINDS)
@@ -32,6 +38,14 @@ def destination(request: pytest.FixtureRequest, tmp_path: Path) -> Destination:
     inner: Destination
     if kind == "local":
         inner = LocalFolderDestination(tmp_path / "backups")
+    elif kind.startswith("s3"):
+        server: SeaweedFSServer = request.getfixturevalue("s3")
+        s3_destination.make_bucket(server, object_lock=kind == "s3-versioned")
+        inner = s3_destination.destination(
+            server,
+            tmp_path / "state",
+            lock_mode=LockMode.NONE if kind == "s3-versioned" else LockMode.GOVERNANCE,
+        )
     else:
         drive: DriveFixture = request.getfixturevalue("drive")
         mode = {

@@ -1,4 +1,4 @@
-"""Postgres and S3 resources against the real server and moto: versions, errors, the data lock."""
+"""Postgres and S3 resources against the real servers (PostgreSQL, SeaweedFS): versions, errors, the data lock."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 missing in the source, one whose recorded checksum the content does not have, a few large
 files) are migrated by a separate process that is SIGKILLed part-way; a rerun finishes.
 "Large" is tens of MB by default; ``MIGRATION_TEST_LARGE_BYTES=2147483648`` makes the first
-large file 2 GiB (minutes, and 2 GiB of disk for the source and for moto).
+large file 2 GiB (minutes, and 2 GiB of disk for the source and for the S3 server).
 """
 
 from __future__ import annotations

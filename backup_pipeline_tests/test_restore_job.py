@@ -1,4 +1,4 @@
-"""The restore job in Dagster (execute_in_process) against real Postgres, moto and a local
+"""The restore job in Dagster (execute_in_process) against real Postgres, SeaweedFS and a local
 folder destination, after a real backup job run of the sample app (three buckets)."""
 
 from __future__ import annotations

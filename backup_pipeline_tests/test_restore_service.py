@@ -1,4 +1,4 @@
-"""Restore building blocks against real components: conflict policies on moto's S3 server,
+"""Restore building blocks against real components: conflict policies on the S3 server (SeaweedFS),
 pg_restore into a real PostgreSQL database, the consistency report. No Dagster here."""
 
 from __future__ import annotations

@@ -222,3 +222,22 @@ def test_safety_sets_do_not_count_and_live_until_keep_last_regular_sets_are_newe
             part_properties(INSTALLATION, backup_id, part, SET_KIND_SAFETY),
         )
     assert [s.kind for s in discover_sets(dest, INSTALLATION)] == [SET_KIND_SAFETY]
+
+
+def test_a_locked_set_due_for_deletion_is_planned_as_locked_not_deleted() -> None:
+    """Rule 9: the lock date from the listing keeps a due set out of the deletions, with its date."""
+    newest, due, unlocked = _info(1, suffix="1"), _info(48, suffix="2"), _info(72, suffix="3")
+    until = NOW + timedelta(days=3)
+    locked = BackupSetInfo(due.backup_id, due.created, True, locked_until=until)
+    expired = BackupSetInfo(unlocked.backup_id, unlocked.created, True, locked_until=NOW - timedelta(days=1))
+    plan = plan_retention([newest, locked, expired], keep_last=1, incomplete_grace=GRACE, now=NOW)
+    assert plan.keep == [newest.backup_id]
+    assert [d.backup_id for d in plan.delete] == [unlocked.backup_id]
+    [entry] = plan.locked
+    assert (entry.backup_id, entry.until) == (due.backup_id, until)
+    assert entry.describe().startswith(f"{due.backup_id}: locked until {until.isoformat(timespec='seconds')}")
+    # The set keeps its place: a later run, after the date, deletes it.
+    later = plan_retention(
+        [newest, locked, expired], keep_last=1, incomplete_grace=GRACE, now=until + timedelta(seconds=1)
+    )
+    assert [d.backup_id for d in later.delete] == [due.backup_id, unlocked.backup_id] and later.locked == []

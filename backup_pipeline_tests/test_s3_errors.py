@@ -1,12 +1,10 @@
 """The shared S3 failure wording (``services/errors.py``) against real failures: a closed port,
-moto refusing unknown credentials (403), a missing bucket; and the backup's error codes for them."""
+the suite's S3 server (SeaweedFS) refusing unknown credentials (403), a missing bucket; and the
+backup's error codes for them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import requests
 import urllib3
 from minio import Minio
 from minio.error import S3Error
@@ -34,20 +32,6 @@ def _failure(call: object) -> BaseException:
     return err.value
 
 
-@pytest.fixture()
-def moto_checks_credentials(s3: S3Server) -> Iterator[S3Server]:
-    """moto authenticates every request (unknown keys → 403) until the test ends."""
-    reply = requests.post(f"{s3.endpoint}/moto-api/reset-auth", data=b"0", timeout=10)
-    reply.raise_for_status()
-    previous = reply.json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
-    try:
-        yield s3
-    finally:
-        requests.post(
-            f"{s3.endpoint}/moto-api/reset-auth", data=previous.encode(), timeout=10
-        ).raise_for_status()
-
-
 def test_closed_port_reads_as_unreachable_naming_the_endpoint() -> None:
     netloc = f"127.0.0.1:{free_port()}"
     client = _client(netloc, WRONG_ACCESS_KEY, WRONG_SECRET_KEY)
@@ -63,8 +47,7 @@ def test_closed_port_reads_as_unreachable_naming_the_endpoint() -> None:
     assert backup_error.code == ErrorCode.S3_UNREACHABLE and backup_error.retryable
 
 
-def test_wrong_credentials_read_as_access_refused(moto_checks_credentials: S3Server) -> None:
-    s3 = moto_checks_credentials
+def test_wrong_credentials_read_as_access_refused(s3: S3Server) -> None:
     client = _client(f"127.0.0.1:{s3.port}", WRONG_ACCESS_KEY, WRONG_SECRET_KEY)
     exc = _failure(client.list_buckets)
     assert isinstance(exc, S3Error) and exc.response.status == 403

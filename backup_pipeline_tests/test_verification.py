@@ -1,5 +1,5 @@
 """verify_backup_job against real components: the machine's PostgreSQL (app + scratch database),
-moto's S3 server, the Drive v3 test server / a local folder, aiosmtpd and an HTTP webhook receiver.
+SeaweedFS's S3 server, the Drive v3 test server / a local folder, aiosmtpd and an HTTP webhook receiver.
 
 Must show (issue 11): a stored part corrupted at the destination is caught, the alert reaches
 the SMTP server and the webhook, and retention does not count that set; a clean set verifies.

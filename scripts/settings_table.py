@@ -21,7 +21,7 @@ END = "<!-- settings-table:end -->"
 def _default(name: str) -> str:
     field = BackupSettings.model_fields[name]
     value = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-    if value is None or value == []:
+    if value is None or value == [] or value == "":
         return "—"
     if isinstance(value, Enum):
         value = value.value

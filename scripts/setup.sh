@@ -29,7 +29,7 @@ done
 
 # command:package pairs, and the pip extras, per purpose.
 demo_tools=("pg_dump:postgresql-client" "psql:postgresql-client")
-test_tools=("chromium:chromium" "docker-compose:docker-compose")
+test_tools=("chromium:chromium" "docker-compose:docker-compose" "pgbackrest:pgbackrest")
 bench_tools=("age:age" "pigz:pigz" "restic:restic" "time:time" "pgbench:postgresql-client")
 case "$purpose" in
   demo) tools=("${demo_tools[@]}"); extras="demo" ;;

@@ -33,7 +33,7 @@ def _settings(settings_file: str | None):  # type: ignore[no-untyped-def]
 
 @click.group("destination")
 def destination_group() -> None:
-    """The backup destination (Google Drive or a local folder)."""
+    """The backup destination (Google Drive, an S3 bucket or a local folder)."""
 
 
 _settings_option = click.option(
@@ -126,6 +126,30 @@ def ls_command(settings_file: str | None, properties: tuple[str, ...]) -> None:
     except DestinationError as exc:
         click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
         raise SystemExit(1) from None
+
+
+@destination_group.command("policy")
+@_settings_option
+@click.option("--bucket", default=None, help="Bucket (default: BACKUP_PIPELINE_S3_DESTINATION_BUCKET).")
+@click.option("--prefix", default=None, help="Key prefix (default: BACKUP_PIPELINE_S3_DESTINATION_PREFIX).")
+def policy_command(settings_file: str | None, bucket: str | None, prefix: str | None) -> None:
+    """Print the least-privilege IAM policy for the S3 destination's credentials (JSON).
+
+    It lets the product put, read and list, and denies deleting and weakening the bucket's
+    protection (docs/guides/S3-DESTINATION.md explains every statement).
+    """
+    from backup_pipeline.destinations.s3 import least_privilege_policy
+
+    if bucket is None:
+        settings = _settings(settings_file)
+        bucket = settings.s3_destination_bucket
+        prefix = settings.s3_destination_prefix if prefix is None else prefix
+    if not bucket:
+        click.echo("error: --bucket (or BACKUP_PIPELINE_S3_DESTINATION_BUCKET) is required", err=True)
+        raise SystemExit(2)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    click.echo(json.dumps(least_privilege_policy(bucket, prefix or ""), indent=2))
 
 
 def register(group: click.Group) -> None:

@@ -89,6 +89,16 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     is_flag=True,
     help="Replace a non-empty database without a safety backup (needed when no org secret is available).",
 )
+@click.option(
+    "--target-time",
+    default=None,
+    help="PITR: restore the database to this moment (ISO-8601 with offset) or 'latest' from the PITR "
+    "repository, into --data-dir on --port. Other options except the keys do not apply.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="PITR: a new data directory.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="PITR: port of the restored cluster."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def restore_command(
     destination_kind: str | None,
@@ -109,10 +119,26 @@ def restore_command(
     dry_run: bool,
     confirm: str,
     skip_safety_backup: bool,
+    target_time: str | None,
+    data_dir: Path | None,
+    port: int | None,
     as_json: bool,
 ) -> None:
     """Disaster recovery: list backup sets on the destination and restore one (dry run by default)."""
     settings = settings_for(destination_kind, local_path)
+    if target_time is not None:
+        from backup_pipeline.cli.pitr_restore import restore_to_time
+
+        restore_to_time(
+            settings,
+            _load_keys(recovery_key_file, org_secret_file),
+            target_time=target_time,
+            data_dir=data_dir,
+            port=port,
+            database=target_database,
+            as_json=as_json,
+        )
+        return
     from backup_pipeline.resources.destination import DestinationResource
 
     destination = DestinationResource.from_settings(settings).get_destination()

@@ -154,6 +154,11 @@ def migrate_drive(
         for reason, count in sorted(summary.failure_reasons.items()):
             click.echo(f"  {count} × {reason}")
         click.echo(summary.settings_message)
+        if summary.stored_differently:
+            click.echo(
+                f"  {summary.stored_differently} × served by the S3 server with another Content-Type than "
+                "the one sent (migrated, bytes verified; the recorded type is kept)"
+            )
     if summary.stopped:
         click.echo(f"error: the migration stopped: {summary.stopped}", err=True)
     if not summary.dry_run and (summary.remaining_in_drive or summary.not_attempted or summary.stopped):

@@ -28,6 +28,8 @@ SECRET_ENVS = (
     "BACKUP_PIPELINE_S3_ACCESS_KEY",
     "BACKUP_PIPELINE_S3_SECRET_KEY",
     "BACKUP_PIPELINE_CLIENT_PASSWORD",
+    "BACKUP_PIPELINE_PITR_S3_ACCESS_KEY",
+    "BACKUP_PIPELINE_PITR_S3_SECRET_KEY",
 )
 # Shorter values are no real keys (test fixtures use "a"); masking them would garble the line.
 _MIN_MASKED_LENGTH = 8
@@ -51,6 +53,11 @@ KNOWN_FAILURES: tuple[tuple[str, str, int], ...] = (
     ("backup_pipeline.alerts", "AlertDeliveryError", EXIT_FAILED),
     ("backup_pipeline.alerts", "AlertConfigError", EXIT_BAD_INPUT),
     ("backup_pipeline.executors", "ExecutorUnavailableError", EXIT_FAILED),
+    ("backup_pipeline.services.pitr", "PitrSetupError", EXIT_BAD_INPUT),
+    ("backup_pipeline.services.pitr_engine", "PitrEngineError", EXIT_FAILED),
+    ("backup_pipeline.services.pitr_keys", "PitrKeyError", EXIT_FAILED),
+    ("backup_pipeline.services.pitr_restore", "PitrRestoreFailed", EXIT_FAILED),
+    ("backup_pipeline.services.pitr_restore", "PitrRestoreRefused", EXIT_FAILED),
     # psycopg errors outside PostgresUnavailable (a query on a connection that broke).
     ("psycopg", "Error", EXIT_FAILED),
 )

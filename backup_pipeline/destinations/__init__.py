@@ -1,4 +1,5 @@
-"""Destinations: the contract (``base``), a local folder, Google Drive. See ``base`` for semantics."""
+"""Destinations: the contract (``base``), a local folder, Google Drive (``google_drive``), an S3-compatible
+bucket with object lock (``s3``). See ``base`` for semantics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .base import (
     Destination,
     DestinationError,
     ListPage,
+    LockedError,
     NotFoundError,
     PermanentError,
     QuotaError,
@@ -32,6 +34,7 @@ __all__ = [
     "DestinationError",
     "ListPage",
     "LocalFolderDestination",
+    "LockedError",
     "NotFoundError",
     "PermanentError",
     "QuotaError",

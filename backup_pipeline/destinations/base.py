@@ -38,7 +38,10 @@ Semantics every implementation MUST honour
     ranged request by :class:`RetryingDestination`.
 
 ``delete(file_id)``
-    Permanent delete. Idempotent: deleting a file that does not exist is success.
+    Permanent delete. Idempotent: deleting a file that does not exist is success. A
+    destination that keeps files on purpose (S3 object lock, credentials without delete
+    permission) raises :class:`LockedError` and deletes nothing of that file: callers treat
+    it as a state ("locked until …"), not as a failure.
 
 ``stat(file_id) -> StoredFile``
     Metadata of one file; ``NotFoundError`` when it does not exist.
@@ -127,6 +130,20 @@ class QuotaError(PermanentError):
     """No space left (or another storage limit of the destination)."""
 
 
+class LockedError(PermanentError):
+    """The destination refused to delete a file it keeps on purpose.
+
+    ``until`` is the end of the file's retention (S3 object lock) when known; ``None`` when the
+    refusal has no end date (a legal hold, or credentials that may not delete at all: the
+    least-privilege policy of ``docs/guides/S3-DESTINATION.md``). Retention and delete report
+    it as a state, retry after ``until`` on a later run, and never fail a run on it.
+    """
+
+    def __init__(self, message: str, *, until: datetime | None = None):
+        super().__init__(message)
+        self.until = until
+
+
 class DailyCapError(QuotaError):
     """The destination's daily upload allowance (Drive: 750 GB per user per day) is used up.
 
@@ -143,6 +160,7 @@ Permanent = PermanentError
 Auth = AuthError
 Quota = QuotaError
 DailyCap = DailyCapError
+Locked = LockedError
 
 
 # --- values ------------------------------------------------------------------------------
@@ -159,6 +177,9 @@ class StoredFile:
     sha256: str | None  # lowercase hex
     properties: dict[str, str] = field(default_factory=dict)
     created: datetime | None = None
+    #: End of a retention period (S3 object lock) during which ``delete`` is refused; may be in
+    #: the past. ``None``: the destination keeps no such date (local folder, Drive).
+    locked_until: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from backup_pipeline import admin_view
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import Destination, DestinationError, ensure_room
+from backup_pipeline.destinations.base import Destination, DestinationError, LockedError, ensure_room
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -206,7 +206,9 @@ def discard_if_run_failed(
 ) -> None:
     """A sibling step failed while this one uploaded: its failure hook may have run already, so remove our part."""
     if run_has_failed_step(context):
-        remove_part(destination, installation_id, backup_id, part)
+        # A part the destination keeps (object lock) stays: without a manifest it is no backup.
+        with contextlib.suppress(LockedError):
+            remove_part(destination, installation_id, backup_id, part)
         raise quiet_failure(
             f"another step of this backup failed; part {part!r} discarded", ErrorCode.INTERNAL
         )
@@ -293,7 +295,13 @@ def plan_backup(
         _, key_ids = build_encryptor(keys)
         tools, _, server_version = locate_and_check_pg_dump(app_db)
         client = s3.client()
-        buckets = discover_buckets(client, config.buckets_include, config.buckets_exclude)
+        own = destination.bucket_on(s3.endpoint)
+        if own and own not in config.buckets_exclude:
+            context.log.info(
+                f"bucket {own} is this backup's destination on the same S3 server: not backed up"
+            )
+        exclude = [*config.buckets_exclude, *([own] if own else [])]
+        buckets = discover_buckets(client, config.buckets_include, exclude)
         summaries = [summarize_bucket(client, b) for b in buckets]
         db_size = _database_size(app_db)
         estimate = db_size + sum(s.bytes for s in summaries)

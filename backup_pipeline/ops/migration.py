@@ -180,6 +180,11 @@ def migrate_batch(
     tracker.finish()
     for failure in result.failures[:20]:
         context.log.warning(f"asset {failure['asset_id']}: {failure['error']}")
+    for item in result.stored_differently_examples:
+        context.log.warning(
+            f"asset {item['asset_id']}: the S3 server serves it as {item['served_content_type']!r}, "
+            f"not the {item['sent_content_type']!r} sent (migrated; the recorded type is kept)"
+        )
     if result.fatal:
         raise quiet_failure(
             f"{result.fatal} (batch {batch['index']}: {result.moved} moved, {result.failed} failed, "
@@ -206,6 +211,7 @@ def summary_metadata(summary: mig.MigrationSummary) -> dict[str, Any]:
         "settings_flipped": data["settings_flipped"],
         "settings": data["settings_message"],
         "complete": data["complete"],
+        "stored_with_another_content_type": data["stored_differently"],
     }
 
 

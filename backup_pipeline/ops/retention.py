@@ -18,7 +18,7 @@ from pydantic import Field
 
 from backup_pipeline.audit import AuditLog
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import DestinationError
+from backup_pipeline.destinations.base import DestinationError, LockedError
 from backup_pipeline.ledger import verified_backup_ids
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
@@ -35,6 +35,7 @@ from backup_pipeline.schedules import IN_PROGRESS_STATUSES, RESTORE_JOB_NAME
 from backup_pipeline.services.backup_parts import is_backup_id
 from backup_pipeline.services.retention import (
     DeletedSet,
+    LockedSet,
     RetentionError,
     apply_retention,
     check_manual_deletion,
@@ -167,7 +168,9 @@ def _run_retention(
     )
     context.log.info(
         f"{len(sets)} sets on {destination.description}; keeping {len(plan.keep)}, "
-        f"deleting {len(plan.delete)}" + (" (dry run)" if config.dry_run else "")
+        f"deleting {len(plan.delete)}"
+        + (f", {len(plan.locked)} due but locked" if plan.locked else "")
+        + (" (dry run)" if config.dry_run else "")
     )
     for backup_id, why in plan.protected.items():
         context.log.info(f"kept {backup_id}: {why}")
@@ -177,8 +180,10 @@ def _run_retention(
         "deleted": [],
         "bytes_freed": 0,
         "failed": {},
+        "locked": locked_summary(plan.locked),
     }
     if config.dry_run:
+        report_locked(context, plan.locked)
         for planned in plan.delete:
             context.log.info(
                 f"would delete {planned.backup_id} ({planned.size_bytes} bytes): {planned.reason}"
@@ -205,15 +210,21 @@ def _run_retention(
 
     result = apply_retention(destination, policy.installation_id, plan, on_deleted=record)
     summary.update(
-        deleted=[d.backup_id for d in result.deleted], bytes_freed=result.bytes_freed, failed=result.failed
+        deleted=[d.backup_id for d in result.deleted],
+        bytes_freed=result.bytes_freed,
+        failed=result.failed,
+        locked=locked_summary(result.locked),
     )
+    report_locked(context, result.locked)
     if result.failed:
         # The sets that did go are in the ledger (deletion observations) and the log above.
         raise quiet_failure(
             f"{len(result.failed)} backup set(s) could not be deleted and stay in the ledger; "
             "the next retention run retries them: "
             + "; ".join(f"{bid}: {why}" for bid, why in result.failed.items())
-            + f" ({len(summary['deleted'])} deleted, {result.bytes_freed} bytes freed)",
+            + f" ({len(summary['deleted'])} deleted, {result.bytes_freed} bytes freed"
+            + (f", {len(summary['locked'])} kept under a lock" if summary["locked"] else "")
+            + ")",
             "RETENTION_DELETE_FAILED",
         )
     context.add_output_metadata(
@@ -221,9 +232,26 @@ def _run_retention(
             "kept": dg.MetadataValue.json(plan.keep),
             "deleted": dg.MetadataValue.json(summary["deleted"]),
             "bytes_freed": result.bytes_freed,
+            "locked": dg.MetadataValue.json(summary["locked"]),
         }
     )
     return summary
+
+
+def locked_summary(locked: list[LockedSet]) -> dict[str, str | None]:
+    """backup id → until when it is locked (ISO 8601), None when the destination gave no date."""
+    return {s.backup_id: s.until.isoformat(timespec="seconds") if s.until else None for s in locked}
+
+
+def report_locked(context: dg.OpExecutionContext, locked: list[LockedSet]) -> None:
+    """Sets due for deletion that the destination keeps for now: a state, not a failure (rule 9)."""
+    for entry in locked:
+        when = (
+            f"after {entry.until.isoformat(timespec='seconds')}"
+            if entry.until
+            else "once the destination allows it (see the message)"
+        )
+        context.log.info(f"kept {entry.describe()}; a retention run {when} deletes it")
 
 
 def _state_dir(policy: BackupPolicyResource) -> Path:
@@ -234,7 +262,8 @@ def _state_dir(policy: BackupPolicyResource) -> Path:
     name=RETENTION_JOB_NAME,
     description="Retention: keep the newest N complete backup sets (N = retention_keep_last), never the newest "
     "complete one nor one a restore is reading; remove incomplete sets past the grace period. "
-    "Deletions are recorded in the ledger; a failed deletion fails the run and is retried next time.",
+    "Deletions are recorded in the ledger; a failed deletion fails the run and is retried next time. A set "
+    "the destination keeps (S3 object lock) is reported as 'locked until …' and deleted by a run after that.",
     tags=EXCLUSIVE_RUN_TAGS,
     hooks={release_data_lease_on_failure},
 )
@@ -273,7 +302,11 @@ def delete_backup_op(
             target = check_manual_deletion(
                 sets, config.backup_id, force=config.force, in_use=backup_ids_in_use(context.instance)
             )
+            if target.locked_until is not None and target.locked_until > datetime.now(UTC):
+                return _refused(context, backup_policy, config.backup_id, target.locked_until, "object lock")
             deleted = delete_backup_set(destination_, backup_policy.installation_id, target.backup_id)
+        except LockedError as exc:
+            return _refused(context, backup_policy, config.backup_id, exc.until, str(exc))
         except RetentionError as exc:
             raise quiet_failure(str(exc), "DELETE_REFUSED") from None
         except DestinationError as exc:
@@ -297,10 +330,48 @@ def delete_backup_op(
     return {"backup_id": deleted.backup_id, "files": deleted.files, "bytes_freed": deleted.bytes_freed}
 
 
+def _refused(
+    context: dg.OpExecutionContext,
+    policy: BackupPolicyResource,
+    backup_id: str,
+    until: datetime | None,
+    detail: str,
+) -> dict:
+    """The destination keeps the set (object lock, no delete permission): reported, not a failure."""
+    when = (
+        f"locked until {until.isoformat(timespec='seconds')}"
+        if until
+        else "the destination refused the delete"
+    )
+    context.log.warning(
+        f"{backup_id} was not deleted: {when} ({detail}). Nothing of it was deleted and the ledger still lists it; "
+        + (f"run this job again after {until.isoformat(timespec='seconds')}" if until else "see the message")
+        + " (retention deletes it by itself once it is older than the newest sets it keeps)."
+    )
+    AuditLog(_state_dir(policy)).append(
+        "backup_delete_refused",
+        {
+            "backup_id": backup_id,
+            "locked_until": until.isoformat(timespec="seconds") if until else None,
+            "run_id": context.run_id,
+        },
+    )
+    context.add_output_metadata(
+        {"backup_id": backup_id, "deleted": False, "locked_until": until.isoformat() if until else "no date"}
+    )
+    return {
+        "backup_id": backup_id,
+        "files": 0,
+        "bytes_freed": 0,
+        "locked_until": until.isoformat(timespec="seconds") if until else None,
+    }
+
+
 @dg.job(
     name=DELETE_BACKUP_JOB_NAME,
     description="Delete one backup set. Config: backup_id and confirm: 'delete <backup id>'; the newest "
-    "complete backup is refused unless force: true.",
+    "complete backup is refused unless force: true. A set under S3 object lock is not deleted: the run says "
+    "until when it is locked.",
     tags=EXCLUSIVE_RUN_TAGS,
     hooks={release_data_lease_on_failure},
 )

@@ -1,27 +1,30 @@
 """The backup destination as a Dagster resource, built from validated settings.
 
 Configuration holds only non-secret values: the destination kind, paths and ids, and the
-*path* of the Drive credentials file (service-account key or OAuth authorized-user JSON).
-The file's content is read when the destination is built and never enters run config,
-logs or metadata.
+*path* of the Drive credentials file (service-account key or OAuth authorized-user JSON) or
+of the S3 destination's AWS credentials file. A file's content — or, for S3 without a file,
+the two ``BACKUP_PIPELINE_S3_DESTINATION_*_KEY`` environment variables — is read when the
+destination first connects and never enters run config, logs or metadata.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from backup_pipeline.destinations import Destination, RetryingDestination, RetryPolicy
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
-from backup_pipeline.settings import BackupSettings, DestinationKind, DriveAuthMode
+from backup_pipeline.settings import BackupSettings, DestinationKind, DriveAuthMode, S3LockMode
 
 DESTINATION = "destination"  # resource key the ops ask for
 
 
 class DestinationResource(ConfigurableResource):
-    """Where backup parts go: a local folder or Google Drive."""
+    """Where backup parts go: a local folder, Google Drive or an S3-compatible bucket."""
 
-    kind: str = Field("local", description="local or google_drive")
+    kind: str = Field("local", description="local, google_drive or s3")
     installation_id: str = Field("backup-pipeline", description="Names the Drive backup folder.")
     state_dir: str = Field(
         ".backup_pipeline_state", description="Upload sessions and upload ledger live here."
@@ -41,6 +44,18 @@ class DestinationResource(ConfigurableResource):
     drive_chunk_size_mib: int = Field(
         default=8, description="Resumable upload chunk (MiB, 8-16 recommended)."
     )
+    s3_endpoint: str | None = Field(None, description="S3 destination endpoint URL (kind=s3).")
+    s3_bucket: str | None = Field(None, description="S3 destination bucket (kind=s3).")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket.")
+    s3_region: str = "us-east-1"
+    s3_credentials_file: str | None = Field(
+        None, description="Path of an AWS credentials file (never its content); empty: the two env vars."
+    )
+    s3_storage_class: str | None = None
+    s3_part_size_mib: int = Field(default=16, description="Multipart part size (MiB, at least 5).")
+    s3_lock_mode: str = Field("governance", description="governance, compliance or none.")
+    s3_lock_days: int = Field(default=9, description="Retention written on each part, in days.")
+    s3_read_timeout_seconds: float = 120.0
     retry_attempts: int = Field(8, description="destination_retry_attempts (settings).")
     retry_initial_wait_seconds: float = 1.0
     retry_max_wait_seconds: float = Field(60.0, description="destination_retry_max_wait_seconds (settings).")
@@ -65,6 +80,17 @@ class DestinationResource(ConfigurableResource):
             drive_daily_upload_cap_bytes=settings.drive_daily_upload_cap_bytes,
             retry_attempts=settings.destination_retry_attempts,
             retry_max_wait_seconds=settings.destination_retry_max_wait_seconds,
+            s3_endpoint=settings.s3_destination_endpoint,
+            s3_bucket=settings.s3_destination_bucket,
+            s3_prefix=settings.s3_destination_prefix,
+            s3_region=settings.s3_destination_region,
+            s3_credentials_file=str(settings.s3_destination_credentials_file)
+            if settings.s3_destination_credentials_file
+            else None,
+            s3_storage_class=settings.s3_destination_storage_class,
+            s3_part_size_mib=settings.s3_destination_part_size_mib,
+            s3_lock_mode=settings.s3_destination_lock_mode.value,
+            s3_lock_days=settings.s3_destination_retention_days,
         )
 
     @property
@@ -78,7 +104,9 @@ class DestinationResource(ConfigurableResource):
     def get_destination(self) -> Destination:
         """A destination wrapped in the retry policy. Build one per op/thread (Drive's HTTP is not thread-safe)."""
         inner: Destination
-        if DestinationKind(self.kind) is DestinationKind.GOOGLE_DRIVE:
+        if DestinationKind(self.kind) is DestinationKind.S3:
+            inner = self._s3_destination()
+        elif DestinationKind(self.kind) is DestinationKind.GOOGLE_DRIVE:
             from backup_pipeline.destinations.google_drive import DriveConfig, GoogleDriveDestination
 
             inner = GoogleDriveDestination(
@@ -101,3 +129,38 @@ class DestinationResource(ConfigurableResource):
         else:
             inner = LocalFolderDestination(self.local_path)
         return RetryingDestination(inner, self.retry_policy)
+
+    def bucket_on(self, endpoint: str) -> str | None:
+        """The destination's bucket when it lives on the S3 server at ``endpoint`` (the application's):
+        the backup must not back up its own backups."""
+        if DestinationKind(self.kind) is not DestinationKind.S3 or not self.s3_endpoint:
+            return None
+        return self.s3_bucket if _same_server(self.s3_endpoint, endpoint) else None
+
+    def _s3_destination(self) -> Destination:
+        from backup_pipeline.destinations.s3 import LockMode, S3Config, S3Destination, credentials_from
+
+        if not self.s3_endpoint or not self.s3_bucket:
+            raise ValueError("kind=s3 needs s3_endpoint and s3_bucket (BACKUP_PIPELINE_S3_DESTINATION_*)")
+        config = S3Config(
+            endpoint=self.s3_endpoint,
+            bucket=self.s3_bucket,
+            prefix=self.s3_prefix,
+            region=self.s3_region,
+            storage_class=self.s3_storage_class,
+            part_size=self.s3_part_size_mib * 1024 * 1024,
+            lock_mode=LockMode(S3LockMode(self.s3_lock_mode).value),
+            lock_days=self.s3_lock_days,
+            state_dir=self.state_dir,
+            read_timeout=self.s3_read_timeout_seconds,
+        )
+        return S3Destination(config, credentials_from(self.s3_credentials_file), retry=self.retry_policy)
+
+
+def _same_server(a: str, b: str) -> bool:
+    def norm(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+    return norm(a) == norm(b)

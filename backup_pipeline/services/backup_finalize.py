@@ -20,7 +20,7 @@ from ..archive.manifest import (
     ObjectAnomaly,
     PartRecord,
 )
-from ..destinations.base import Destination, DestinationError, NotFoundError
+from ..destinations.base import Destination, DestinationError, LockedError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
     PROP_PART_NAME,
@@ -57,12 +57,19 @@ def verify_parts(destination: Destination, parts: Sequence[UploadedPart]) -> Non
 def remove_strays(
     destination: Destination, installation_id: str, backup_id: str, parts: Sequence[UploadedPart]
 ) -> list[str]:
-    """Files of this set that are not one of ``parts`` (a failed attempt's upload, an old manifest)."""
+    """Files of this set that are not one of ``parts`` (a failed attempt's upload, an old manifest).
+
+    A stray the destination keeps (``LockedError``) stays: the manifest names the parts of the
+    set, and retention removes the stray with the set once the lock ends.
+    """
     keep = {p.file_id for p in parts}
     removed = []
     for stored in list(destination.list(set_properties(installation_id, backup_id))):
         if stored.id not in keep:
-            destination.delete(stored.id)
+            try:
+                destination.delete(stored.id)
+            except LockedError:
+                continue
             removed.append(stored.properties.get(PROP_PART_NAME, stored.name))
     return removed
 

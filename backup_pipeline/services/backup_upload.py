@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..destinations.base import DailyCapError, Destination, DestinationError, QuotaError, StoredFile
+from ..destinations.base import (
+    DailyCapError,
+    Destination,
+    DestinationError,
+    LockedError,
+    QuotaError,
+    StoredFile,
+)
 from .backup_parts import (
     APP_NAME,
     PART_MANIFEST,
@@ -104,7 +111,14 @@ def upload_part(
     """
     action = f"uploading part {part_name!r} of backup {backup_id} to {destination.description}"
     try:
-        remove_part(destination, installation_id, backup_id, part_name)
+        try:
+            remove_part(destination, installation_id, backup_id, part_name)
+        except LockedError as exc:
+            raise BackupError(
+                ErrorCode.DESTINATION_UNAVAILABLE,
+                f"{action}: an earlier attempt left this part on the destination and the destination keeps it "
+                f"({exc}); this backup cannot be written again under the same id — the next backup makes a new set",
+            ) from None
         plain = _Hashing()
         cipher = _Hashing()
         ciphertext = cipher.wrap(encryptor(plain.wrap(plaintext), backup_id, part_name))
@@ -164,14 +178,19 @@ def remove_incomplete_sets(
     Called under the data lock with ``keep`` naming this backup and every other backup run
     still in progress (the lock is held per step, so it alone does not exclude them): a set
     without a manifest then belongs to a run that died (SIGKILL, host crash) before its
-    failure hook could clean up.
+    failure hook could clean up. A set the destination keeps (``LockedError``: S3 object lock,
+    credentials without delete permission) is left for retention, which reports it until it
+    can be deleted; it is not a backup either way, and a new backup must not fail on it.
     """
     keep_ids = set(keep)
     removed: list[str] = []
     for backup_id, files in sorted(list_sets(destination, installation_id).items()):
         if backup_id in keep_ids or has_manifest(files):
             continue
-        for stored in files:
-            destination.delete(stored.id)
+        try:
+            for stored in files:
+                destination.delete(stored.id)
+        except LockedError:
+            continue
         removed.append(backup_id)
     return removed

@@ -175,6 +175,14 @@ class AssetOutcome:
     bytes: int = 0
     reason: str | None = None
     error: str | None = None
+    #: The server serves the object with another Content-Type than the one sent (it is
+    #: migrated: the bytes are verified and the application's recorded type is kept).
+    served_content_type: str | None = None
+    sent_content_type: str | None = None
+
+
+#: How many "stored differently" examples a result keeps (the count is exact).
+STORED_DIFFERENTLY_EXAMPLES = 20
 
 
 @dataclass
@@ -187,8 +195,20 @@ class BatchResult:
     bytes_moved: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     fatal: str | None = None
+    stored_differently: int = 0
+    stored_differently_examples: list[dict[str, str]] = field(default_factory=list)
 
     def add(self, outcome: AssetOutcome) -> None:
+        if outcome.served_content_type is not None:
+            self.stored_differently += 1
+            if len(self.stored_differently_examples) < STORED_DIFFERENTLY_EXAMPLES:
+                self.stored_differently_examples.append(
+                    {
+                        "asset_id": outcome.asset_id,
+                        "sent_content_type": outcome.sent_content_type or "",
+                        "served_content_type": outcome.served_content_type,
+                    }
+                )
         if outcome.result == "moved":
             self.moved += 1
             self.bytes_moved += outcome.bytes
@@ -205,9 +225,19 @@ class BatchResult:
             self.not_attempted += 1
 
     def merge(self, other: BatchResult) -> None:
-        for name in ("moved", "adopted", "skipped", "failed", "not_attempted", "bytes_moved"):
+        for name in (
+            "moved",
+            "adopted",
+            "skipped",
+            "failed",
+            "not_attempted",
+            "bytes_moved",
+            "stored_differently",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures.extend(other.failures)
+        room = STORED_DIFFERENTLY_EXAMPLES - len(self.stored_differently_examples)
+        self.stored_differently_examples.extend(other.stored_differently_examples[: max(0, room)])
         self.fatal = self.fatal or other.fatal
 
     def as_dict(self) -> dict[str, Any]:
@@ -240,6 +270,9 @@ class MigrationSummary:
     would_fail: int = 0
     #: Why the run stopped before trying every asset (MinIO or Google Drive unavailable), if it did.
     stopped: str | None = None
+    #: Objects the S3 server serves with another Content-Type than the one sent (see AssetOutcome).
+    stored_differently: int = 0
+    stored_differently_examples: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -472,8 +505,15 @@ def _storage_error(ctx: MigrationContext, exc: BaseException, action: str) -> St
 
 
 def _stat_object(ctx: MigrationContext, key: str) -> int | None:
+    stored = _stat_stored(ctx, key)
+    return None if stored is None else stored[0]
+
+
+def _stat_stored(ctx: MigrationContext, key: str) -> tuple[int, str | None] | None:
+    """(size, served Content-Type) of ``key``, None when it is not there."""
     try:
-        return ctx.minio.stat_object(ctx.bucket, key).size
+        stat = ctx.minio.stat_object(ctx.bucket, key)
+        return int(stat.size or 0), stat.content_type
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
             return None
@@ -627,10 +667,11 @@ def _copy_verify_switch(
     )
     try:
         _check_against_drive(info, got, asset)
-        stored = _stat_object(ctx, key)
-        if stored != got.size:
+        stored = _stat_stored(ctx, key)
+        if stored is None or stored[0] != got.size:
             raise AssetFailed(
-                "object check failed", f"MinIO reports {stored} bytes for {key!r}, expected {got.size}"
+                "object check failed",
+                f"MinIO reports {None if stored is None else stored[0]} bytes for {key!r}, expected {got.size}",
             )
     except AssetFailed:
         _remove_unverified(ctx, key)
@@ -639,7 +680,18 @@ def _copy_verify_switch(
     if not _switch(conn, asset, ctx.bucket, key, got, content_type):
         return AssetOutcome(asset.key, "skipped")
     ctx.log(f"asset {asset.key}: {'adopted' if adopted else 'moved'} {got.size} bytes to {ctx.bucket}/{key}")
-    return AssetOutcome(asset.key, "adopted" if adopted else "moved", bytes=0 if adopted else got.size)
+    outcome = AssetOutcome(asset.key, "adopted" if adopted else "moved", bytes=0 if adopted else got.size)
+    served = stored[1]
+    if served and served.split(";")[0].strip().lower() != content_type.split(";")[0].strip().lower():
+        # Some S3 servers (SeaweedFS) pick a type from the key's extension instead of the one
+        # sent. The bytes are verified, so the file is migrated; the application's recorded type
+        # stays in its row, and the difference is reported rather than hidden.
+        ctx.log(
+            f"warning: asset {asset.key}: the S3 server serves {ctx.bucket}/{key} as {served!r}, "
+            f"not the {content_type!r} that was sent; the application's recorded type is kept"
+        )
+        outcome.served_content_type, outcome.sent_content_type = served, content_type
+    return outcome
 
 
 def _upload(
@@ -850,6 +902,8 @@ def finalize(conn: psycopg.Connection, result: BatchResult, *, sources_deleted: 
         settings_message=message,
         sources_deleted=sources_deleted,
         stopped=result.fatal,
+        stored_differently=result.stored_differently,
+        stored_differently_examples=result.stored_differently_examples,
     )
 
 

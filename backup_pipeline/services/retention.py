@@ -34,6 +34,14 @@ Rules (MUST):
    ``keep_last`` complete regular sets are newer than it (it lives about as long as the regular
    backup it sits between), then deleted like any set (rule 3 still protects one in use).
    ``delete_backup_job`` deletes a safety set without ``force``.
+9. A set the destination keeps on purpose is a state, not a failure. A set due for deletion
+   whose files are under retention (S3 object lock: ``StoredFile.locked_until`` in the
+   future) is planned as *locked until* the latest of those dates and not touched; a deletion
+   the destination refuses (``LockedError``: a lock seen only then, a legal hold, credentials
+   that may not delete) is reported the same way. Neither fails the run nor reaches the
+   ledger; the set stays due, and the first retention run after the date deletes it. The
+   manifest is written last, so its lock ends last: when the manifest can be deleted (rule
+   5), the parts can too.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from backup_pipeline.destinations.base import Destination, DestinationError, StoredFile
+from backup_pipeline.destinations.base import Destination, DestinationError, LockedError, StoredFile
 from backup_pipeline.services.backup_parts import (
     APP_NAME,
     PART_MANIFEST,
@@ -74,6 +82,8 @@ class BackupSetInfo:
     files: int = 0
     size_bytes: int = 0
     kind: str = SET_KIND_REGULAR
+    #: The latest retention date of its files (S3 object lock); None: the destination keeps none.
+    locked_until: datetime | None = None
 
     @property
     def is_safety(self) -> bool:
@@ -88,11 +98,26 @@ class PlannedDeletion:
     size_bytes: int
 
 
+@dataclass(frozen=True)
+class LockedSet:
+    """A set due for deletion that the destination keeps for now (rule 9)."""
+
+    backup_id: str
+    reason: str  # why it is due
+    until: datetime | None  # None: no end date known (legal hold, no delete permission)
+    detail: str  # what the destination said, or the lock found in the listing
+
+    def describe(self) -> str:
+        when = f"locked until {self.until.isoformat(timespec='seconds')}" if self.until else "delete refused"
+        return f"{self.backup_id}: {when} ({self.detail}); due because {self.reason}"
+
+
 @dataclass
 class RetentionPlan:
     keep: list[str] = field(default_factory=list)
     delete: list[PlannedDeletion] = field(default_factory=list)
     protected: dict[str, str] = field(default_factory=dict)  # backup id → why kept against the rules
+    locked: list[LockedSet] = field(default_factory=list)  # due, but under retention (rule 9)
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,7 @@ class DeletedSet:
 class RetentionResult:
     deleted: list[DeletedSet] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # backup id → error (secret-free)
+    locked: list[LockedSet] = field(default_factory=list)  # refused by the destination (rule 9)
 
     @property
     def bytes_freed(self) -> int:
@@ -137,6 +163,7 @@ def discover_sets(destination: Destination, installation_id: str) -> list[Backup
             files=len(files),
             size_bytes=sum(f.size for f in files),
             kind=set_kind_of(f.properties for f in files),
+            locked_until=max((f.locked_until for f in files if f.locked_until is not None), default=None),
         )
         for backup_id, files in grouped.items()
     ]
@@ -164,6 +191,8 @@ def plan_retention(
         elif info.backup_id in in_use:
             plan.protected[info.backup_id] = "in use by a restore in progress"
             plan.keep.append(info.backup_id)
+        elif info.locked_until is not None and info.locked_until > now:  # rule 9
+            plan.locked.append(LockedSet(info.backup_id, reason, info.locked_until, "object lock"))
         else:
             plan.delete.append(PlannedDeletion(info.backup_id, reason, info.complete, info.size_bytes))
 
@@ -217,12 +246,16 @@ def apply_retention(
     """Carry out ``plan``; call ``on_deleted`` (the ledger event) after each set is fully gone.
 
     A set whose deletion fails is reported in ``result.failed`` and the others still proceed;
-    the caller fails the run so the failure is visible, and the next run retries it.
+    the caller fails the run so the failure is visible, and the next run retries it. A set the
+    destination refuses to delete (``LockedError``) is reported in ``result.locked`` (rule 9).
     """
-    result = RetentionResult()
+    result = RetentionResult(locked=list(plan.locked))
     for planned in plan.delete:
         try:
             deleted = delete_backup_set(destination, installation_id, planned.backup_id, planned.reason)
+        except LockedError as exc:
+            result.locked.append(LockedSet(planned.backup_id, planned.reason, exc.until, str(exc)))
+            continue
         except DestinationError as exc:
             result.failed[planned.backup_id] = f"{type(exc).__name__}: {exc}"
             continue

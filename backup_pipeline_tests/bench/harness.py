@@ -40,7 +40,9 @@ from backup_pipeline.resources.keys import BackupKeysResource
 
 from ..fixtures.drive import SERVICE_ACCOUNT, SHARED_DRIVE_ID, DriveTestServer, write_service_account_key
 from ..fixtures.ports import free_port
-from ..fixtures.s3 import S3Server, s3_settings_env, start_s3_server
+
+# Still moto until the bench is re-based on SeaweedFS (issue 16, stage 2).
+from ..fixtures.s3_servers import MotoServer, s3_settings_env, start_moto
 from . import dataset as ds
 from .chart import Bar, throughput_svg
 from .measure import Measurement, run_measured, tree_size
@@ -167,7 +169,7 @@ class Bench:
         self.series: dict[str, Series] = {}
         self.notes: list[str] = []
         self.profiles: dict[str, str] = {}
-        self.s3: S3Server | ExternalS3 | None = None
+        self.s3: MotoServer | ExternalS3 | None = None
         self.drive: DriveTestServer | None = None
         self.load_before = os.getloadavg()
         self.started = time.time()
@@ -188,7 +190,7 @@ class Bench:
             )
             self.s3.reset()
         else:
-            self.s3 = start_s3_server(self.work)
+            self.s3 = start_moto(self.work)
         self.drive = DriveTestServer(
             port=free_port(), data_dir=self.work / "drive-data", log_path=self.work / "drive-server.log"
         )

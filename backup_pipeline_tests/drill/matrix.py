@@ -77,9 +77,17 @@ CASES: list[Case] = [
         quick=True,
     ),
     Case(
-        "backup sources", "S3 server stopped for the rest of the run", "SIGTERM moto", sc.stop_s3_during_run
+        "backup sources",
+        "S3 server stopped for the rest of the run",
+        "SIGTERM the S3 server",
+        sc.stop_s3_during_run,
     ),
-    Case("backup sources", "S3 server frozen 8 s mid-upload", "SIGSTOP/SIGCONT moto", sc.sigstop_s3_briefly),
+    Case(
+        "backup sources",
+        "S3 server frozen 8 s mid-upload",
+        "SIGSTOP/SIGCONT the S3 server",
+        sc.sigstop_s3_briefly,
+    ),
     # Disk full on the local destination (a tmpfs).
     Case(
         "disk full", "destination too small for the backup", "tmpfs size", sc.disk_full_up_front, quick=True
@@ -245,9 +253,7 @@ def _recover(world: World, log: Callable[[str], None]) -> None:
     """After a drill error: servers back up, faults off, so the next row starts clean."""
     try:
         world.drive.clear_faults()
-        if world.s3.process is None or world.s3.process.poll() is not None:
-            world.s3.start()
-            world.reseed_buckets()
+        world.s3.ensure_running()
         if any(p.poll() is not None for p in world.stack.processes.values()) or not world.stack.processes:
             world.start_stack()
         sc.settle(world)

@@ -50,8 +50,8 @@ def render(rows: Sequence[Row], command: str, started: datetime, seconds: float,
         f"- Machine: {_machine()}.",
         f"- Data: {data}.",
         "- Every component is a real process: dagster-webserver + dagster-daemon on a dagster-postgres "
-        "home (run monitoring polling every 2 s), the run worker launched by the daemon, moto's S3 server, "
-        "the Drive v3 test server, the machine's PostgreSQL, a tmpfs as the local destination.",
+        "home (run monitoring polling every 2 s), the run worker launched by the daemon, SeaweedFS (weed mini) "
+        "as the S3 server, the Drive v3 test server, the machine's PostgreSQL, a tmpfs as the local destination.",
         "",
         "Outcomes: **completed** (the run succeeded despite the fault and its set verifies), **failed "
         "cleanly** (the run failed; nothing listed as a backup is partial or corrupt; the source data is "

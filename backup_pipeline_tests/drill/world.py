@@ -1,6 +1,6 @@
 """The drill's world: every component a real process, as in production.
 
-One :class:`World` owns a moto S3 server, the Drive v3 test server, an application database
+One :class:`World` owns an S3 server (SeaweedFS, data on disk), the Drive v3 test server, an application database
 on the machine's PostgreSQL, the product's state files, a Dagster home on dagster-postgres
 (run monitoring polling every few seconds, so dead runs are found quickly) and ONE
 ``dagster-webserver`` + ``dagster-daemon`` pair running the product with the multiprocess
@@ -28,7 +28,6 @@ from backup_pipeline import ledger
 from backup_pipeline.destinations.base import Destination
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
-from backup_pipeline.sample_app.seed import seed_buckets
 from backup_pipeline.settings import load_settings
 from backup_pipeline_tests.e2e.e2e_support import ProductFiles, product_env, product_files
 from backup_pipeline_tests.fixtures.dagster import DagsterHome, DagsterStack, make_dagster_home
@@ -40,7 +39,7 @@ from backup_pipeline_tests.fixtures.drive import (
 )
 from backup_pipeline_tests.fixtures.ports import free_port
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect, create_database, drop_database
-from backup_pipeline_tests.fixtures.s3 import S3Server
+from backup_pipeline_tests.fixtures.seaweedfs import SeaweedFSServer
 
 INSTALLATION = "bp-drill"
 MiB = 1024 * 1024
@@ -90,7 +89,7 @@ class World:
     data: DrillData = field(default_factory=DrillData)
     max_runtime_seconds: int = 120
     log: Callable[[str], None] = print
-    s3: S3Server = field(init=False)
+    s3: SeaweedFSServer = field(init=False)
     drive: DriveTestServer = field(init=False)
     db: PgDatabase = field(init=False)
     files: ProductFiles = field(init=False)
@@ -109,7 +108,7 @@ class World:
         self.root.mkdir(parents=True, exist_ok=True)
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
-        self.s3 = S3Server(port=free_port(), log_path=logs / "moto-s3.log")
+        self.s3 = SeaweedFSServer(self.root / "seaweedfs")
         self.s3.start()
         self.drive = DriveTestServer(
             port=free_port(), data_dir=self.root / "drive-data", log_path=logs / "drive.log"
@@ -130,7 +129,7 @@ class World:
         if self._instance is not None:
             with _quiet():
                 self._instance.dispose()
-        self.s3.stop()
+        self.s3.close()
         self.drive.stop()
         with _quiet():
             drop_database(self.db.name)
@@ -149,10 +148,6 @@ class World:
                 ).format(sql.Literal(self.data.filler_rows))
             )
             conn.commit()
-
-    def reseed_buckets(self) -> None:
-        """moto keeps data in memory: after a restart the buckets are seeded again (same content)."""
-        seed_buckets(self.s3.client(), self.data.seed_spec())
 
     # --- the product's environment and the Dagster stack ----------------------------------
 

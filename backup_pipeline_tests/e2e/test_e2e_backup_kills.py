@@ -1,6 +1,6 @@
 """Backup (and restore) runs killed and starved for real, through dagster-webserver + dagster-daemon.
 
-One world per module (``backup_pipeline_tests/drill/world.py``): moto S3, the machine's
+One world per module (``backup_pipeline_tests/drill/world.py``): SeaweedFS S3, the machine's
 PostgreSQL, a tmpfs local destination, a Dagster home on dagster-postgres whose run monitoring
 polls every 2 s with a 90 s maximum runtime, and one webserver + daemon. Each test applies one
 fault from outside through the drill's scenario functions (the same code as

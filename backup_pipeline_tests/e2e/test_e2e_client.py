@@ -61,8 +61,7 @@ def live(
     tmp_path_factory: pytest.TempPathFactory,
     artifacts_dir: Path,
 ) -> Iterator[Live]:
-    if s3_server.process is None or s3_server.process.poll() is not None:
-        s3_server.start()
+    s3_server.ensure_running()
     s3_server.reset()
     with pg_database.connect() as conn:
         seeded = seed_sample_app(

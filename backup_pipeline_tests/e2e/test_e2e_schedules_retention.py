@@ -123,8 +123,7 @@ def scenario(
     tmp_path_factory: pytest.TempPathFactory,
     artifacts_dir: Path,
 ) -> Iterator[Scenario]:
-    if s3_server.process is None or s3_server.process.poll() is not None:
-        s3_server.start()
+    s3_server.ensure_running()
     s3_server.reset()
     with pg_database.connect() as conn:
         seed_sample_app(

@@ -1,5 +1,5 @@
 """What an administrator does in the Dagster UI, in Debian's Chromium, against the real thing:
-dagster-webserver + dagster-daemon on dagster-postgres, moto S3 seeded with the sample app,
+dagster-webserver + dagster-daemon on dagster-postgres, SeaweedFS S3 seeded with the sample app,
 the Drive v3 test server as the destination, and a second ``--read-only`` webserver.
 
 One stack for the module (start-up dominates on 2 cores); the tests run in file order and
@@ -160,6 +160,7 @@ def ui(
     artifacts_dir: Path,
 ) -> Iterator[UiStack]:
     tmp = tmp_path_factory.mktemp("ui")
+    s3_server.ensure_running()
     s3_server.reset()
     with pg_database.connect() as conn:
         seed_sample_app(conn, s3_server.client(), SeedSpec(small_objects=40, large_object_bytes=(), users=10))

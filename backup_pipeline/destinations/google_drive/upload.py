@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from ..base import (
     StoredFile,
     iter_stream,
 )
+from ..chunking import fixed_chunks, rewinder
 from .client import DriveClient
 from .config import FILE_FIELDS, FILE_MIME, UPLOAD_GRANULARITY, DriveConfig
 from .errors import SessionGone
@@ -64,7 +65,7 @@ class ResumableUploader:
 
     def put(self, name: str, folder: str, props: dict[str, str], stream: ByteStream) -> StoredFile:
         store = SessionStore(Path(self.cfg.state_dir), f"{self.client.creds.principal()}\0{folder}\0{name}")
-        rewind = _rewinder(stream)
+        rewind = rewinder(stream)
         counter = UploadCounter(self._ledger())
         restarts = 0
         try:
@@ -197,7 +198,7 @@ class ResumableUploader:
         hashes = Hashes()
         position = 0
         final = None
-        for chunk, is_last in _chunks(iter_stream(stream, 1 << 20), chunk_size):
+        for chunk, is_last in fixed_chunks(iter_stream(stream, 1 << 20), chunk_size):
             hashes.update(chunk)
             chunk_end = position + len(chunk)
             if resume_at and chunk_end <= resume_at:
@@ -344,55 +345,3 @@ class ResumableUploader:
                 "deleted — retry the operation"
             )
         return stored
-
-
-def _chunks(blocks: Iterator[bytes], size: int) -> Iterator[tuple[memoryview, bool]]:
-    """Fixed-size chunks in ONE reused buffer, each flagged whether it is the last.
-
-    The yielded view is valid until the next iteration (the caller sends it first). A full
-    chunk is only known to be the last when the source is exhausted, so one more block is
-    pulled before handing it out (an exact multiple of the chunk size must not end with an
-    invalid empty chunk). Memory: one chunk plus one source block; no per-chunk allocation,
-    which keeps glibc from growing the heap by a chunk per round.
-    """
-    source = iter(blocks)
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    carry = memoryview(b"")
-    exhausted = False
-    while True:
-        filled = min(len(carry), size)
-        view[:filled] = carry[:filled]
-        carry = carry[filled:]
-        while filled < size and not exhausted:
-            try:
-                block = memoryview(next(source))
-            except StopIteration:
-                exhausted = True
-                break
-            take = min(len(block), size - filled)
-            view[filled : filled + take] = block[:take]
-            filled += take
-            carry = block[take:]
-        if filled == size and not carry and not exhausted:
-            try:
-                carry = memoryview(next(source))
-            except StopIteration:
-                exhausted = True
-        last = exhausted and not carry
-        yield view[:filled], last
-        if last:
-            return
-
-
-def _rewinder(stream: ByteStream) -> Callable[[], None] | None:
-    """A way to read a seekable source again from where the put started, or None."""
-    seekable = getattr(stream, "seekable", None)
-    if callable(seekable) and seekable():
-        start = stream.tell()  # type: ignore[union-attr]
-
-        def rewind() -> None:
-            stream.seek(start)  # type: ignore[union-attr]
-
-        return rewind
-    return None
