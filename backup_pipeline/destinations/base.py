@@ -379,21 +379,23 @@ def refusal_reasons(cap: Capacity | None) -> list[str]:
 
 def decimal_bytes(n: int) -> str:
     """Bytes in decimal units (1 GB = 10^9 bytes), as Google quotes Drive's limits (750 GB a day)."""
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1000
-    return f"{n} B"
+    return _scaled_bytes(n, 1000, ("kB", "MB", "GB", "TB"))
 
 
 def human_bytes(n: int) -> str:
+    """Bytes in binary units (1 GiB = 2^30 bytes), as df -h shows a disk."""
+    return _scaled_bytes(n, 1024, ("KiB", "MiB", "GiB", "TiB"))
+
+
+def _scaled_bytes(n: int, step: int, units: tuple[str, ...]) -> str:
+    if n < step:
+        return f"{n} B"
     size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    return f"{n} B"
+    for unit in units:
+        size /= step
+        if size < step or unit == units[-1]:
+            break
+    return f"{size:.1f} {unit}"
 
 
 # --- retries (a wrapper, not sprinkled inside) -------------------------------------------
