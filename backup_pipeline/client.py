@@ -20,7 +20,11 @@ from requests.auth import HTTPBasicAuth
 
 BACKUP_JOB = "backup_job"
 DELETE_JOB = "delete_backup_job"
+RESTORE_JOB = "restore_job"
 BACKUP_ID_TAG = "backup_pipeline/backup_id"
+# Tags of a restore run (ops/restore.py): the safety set it made, and the set it restored.
+SAFETY_BACKUP_TAG = "backup_pipeline/safety_backup_id"
+RESTORE_OF_TAG = "backup_pipeline/restore_of"
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
@@ -37,6 +41,12 @@ class RunSummary:
     start_time: float | None
     end_time: float | None
     tags: dict[str, str] = field(default_factory=dict)
+    creation_time: float | None = None
+
+    @property
+    def safety_backup_id(self) -> str | None:
+        """The safety set a restore run made of the database it replaced (None: it made none)."""
+        return self.tags.get(SAFETY_BACKUP_TAG)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,8 +59,31 @@ class RunSummary:
         }
 
 
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of ``history``: a backup run, or a safety set made inside a restore run."""
+
+    run: RunSummary
+    kind: str  # "backup" | "safety"
+
+    @property
+    def backup_id(self) -> str | None:
+        return self.run.safety_backup_id if self.kind == "safety" else self.run.backup_id
+
+    @property
+    def restore_of(self) -> str | None:
+        """For a safety set: the backup its restore run restored."""
+        return self.run.tags.get(RESTORE_OF_TAG) if self.kind == "safety" else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.run.to_json(), "kind": self.kind, "backup_id": self.backup_id}
+        if self.kind == "safety":
+            data["restore_of"] = self.restore_of
+        return data
+
+
 _RUN_FIELDS = """
-  runId status jobName startTime endTime
+  runId status jobName creationTime startTime endTime
   tags { key value }
 """
 
@@ -147,6 +180,7 @@ class PipelineClient:
     ):
         host, port, https, prefix = parse_url(url)
         self.url = url
+        self.address = f"{host}:{port or (443 if https else 80)}"
         try:
             self.gql = DagsterGraphQLClient(
                 host,
@@ -158,13 +192,22 @@ class PipelineClient:
                 path_prefix=prefix,
             )
         except Exception as exc:  # the client connects on construction
-            raise ClientError(f"cannot reach the Dagster webserver at {url}: {_short(exc)}") from None
+            raise self._error(exc, "connecting") from None
 
     def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         try:
             return self.gql._execute(query, variables)
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"GraphQL request to {self.url} failed: {_short(exc)}") from None
+            raise self._error(exc, f"GraphQL request to {self.url}") from None
+
+    def _error(self, exc: BaseException, doing: str) -> ClientError:
+        """One line: the webserver's host, port and why it could not be reached (urllib3's
+        "HTTPConnectionPool(...): Max retries exceeded ... Caused by NewConnectionError(...)" is
+        three layers around a "Connection refused"); any other failure with what was being done."""
+        reason = _connection_reason(exc)
+        if reason is not None:
+            return ClientError(f"cannot reach the Dagster webserver at {self.address}: {reason}")
+        return ClientError(f"{doing} failed: {_short(exc)}")
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -174,14 +217,14 @@ class PipelineClient:
         try:
             return self.gql.submit_job_execution(job_name, run_config=run_config or {}, tags=tags or {})
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"launching {job_name} failed: {_short(exc)}") from None
+            raise self._error(exc, f"launching {job_name}") from None
 
     def default_run_config(self, job_name: str) -> dict[str, Any]:
         """The job's default run config (what the Launchpad pre-fills, built from the settings)."""
         try:
             jobs = self.gql._get_repo_locations_and_names_with_pipeline(job_name)
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"looking up {job_name} failed: {_short(exc)}") from None
+            raise self._error(exc, f"looking up {job_name}") from None
         if not jobs:
             raise ClientError(f"no job named {job_name} on {self.url}")
         selector = {
@@ -219,7 +262,7 @@ class PipelineClient:
         try:
             return self.gql.get_run_status(run_id)
         except DagsterGraphQLClientError as exc:
-            raise ClientError(f"status of run {run_id} unavailable: {_short(exc)}") from None
+            raise self._error(exc, f"reading the status of run {run_id}") from None
 
     def wait(self, run_id: str, *, timeout: float = 6 * 3600, poll: float = 2.0) -> DagsterRunStatus:
         deadline = time.monotonic() + timeout
@@ -248,6 +291,40 @@ class PipelineClient:
         if data["__typename"] != "Runs":
             raise ClientError(f"run history unavailable: {data.get('message', data['__typename'])}")
         return [_summary(r) for r in data["results"]]
+
+    def _runs(self, run_filter: dict[str, Any], *, limit: int, cursor: str | None = None) -> list[RunSummary]:
+        data = self._query(_RUNS_QUERY, {"filter": run_filter, "cursor": cursor, "limit": limit})[
+            "runsOrError"
+        ]
+        if data["__typename"] != "Runs":
+            raise ClientError(f"run history unavailable: {data.get('message', data['__typename'])}")
+        return [_summary(r) for r in data["results"]]
+
+    def backup_history(
+        self, *, statuses: list[str] | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[HistoryEntry], str | None]:
+        """A page of backup runs (``limit``, after ``cursor``) with the safety sets that restore runs
+        made in the same period, newest first; and the cursor of the next page (None: last page).
+
+        Safety sets are made inside ``restore_job`` runs, so a listing of ``backup_job`` runs alone
+        never showed them. They are complete sets: listed unless ``statuses`` leaves out success.
+        """
+        runs = self.history(statuses=statuses, limit=limit, cursor=cursor)
+        next_cursor = runs[-1].run_id if len(runs) == limit else None
+        entries = [HistoryEntry(run, "backup") for run in runs]
+        if not statuses or "success" in {s.lower() for s in statuses}:
+            # The page covers the time from its oldest run (all time before it on the last page)
+            # up to the run before it (the cursor): each safety set lands on exactly one page.
+            newer = self._runs({"runIds": [cursor]}, limit=1) if cursor else []
+            window: dict[str, Any] = {"pipelineName": RESTORE_JOB}
+            if newer and newer[0].creation_time is not None:
+                window["createdBefore"] = newer[0].creation_time
+            if next_cursor is not None and runs[-1].creation_time is not None:
+                window["createdAfter"] = runs[-1].creation_time
+            restores = self._runs(window, limit=1000)
+            entries += [HistoryEntry(run, "safety") for run in restores if run.safety_backup_id]
+        entries.sort(key=lambda e: e.run.creation_time or e.run.start_time or 0.0, reverse=True)
+        return entries, next_cursor
 
     def find_backup_run(self, backup_id: str) -> RunSummary | None:
         run_filter = {"pipelineName": BACKUP_JOB, "tags": [{"key": BACKUP_ID_TAG, "value": backup_id}]}
@@ -307,6 +384,7 @@ def _summary(run: dict[str, Any]) -> RunSummary:
         start_time=run.get("startTime"),
         end_time=run.get("endTime"),
         tags=tags,
+        creation_time=run.get("creationTime"),
     )
 
 
@@ -316,6 +394,27 @@ def _entry_value(entry: dict[str, Any]) -> Any:
             return entry[key]
     if entry.get("jsonString"):
         return json.loads(entry["jsonString"])
+    return None
+
+
+def _connection_reason(exc: BaseException) -> str | None:
+    """The operating system's reason ("Connection refused", "Name or service not known", "timed
+    out") found under the layers requests, urllib3 and gql wrap around a failed connection."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror and type(current).__module__ == "builtins":
+            return current.strerror
+        if isinstance(current, OSError) and type(current).__module__ == "socket":  # gaierror, timeout
+            return current.strerror or str(current) or "timed out"
+        if type(current).__name__ in ("TimeoutError", "ConnectTimeoutError", "ReadTimeoutError"):
+            return "timed out"
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending += [item for item in nested if isinstance(item, BaseException)]
     return None
 
 

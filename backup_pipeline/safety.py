@@ -205,10 +205,14 @@ def live_destination_verdict(destination: DestinationResource) -> Verdict:
         return Verdict(
             True, dg.AssetCheckSeverity.ERROR, f"{report.destination} is reachable and writable", meta
         )
+    problem = "; ".join(f"{s.name}: {s.detail}" for s in report.steps if not s.ok) or steps
+    fix = report.fix_to_print()
     return Verdict(
         False,
         dg.AssetCheckSeverity.ERROR,
-        f"{report.destination} is NOT usable: {report.fix or steps}. Backups will fail until this is fixed.",
+        f"{report.destination} is NOT usable: {problem}"
+        + (f"; fix: {fix}" if fix else "")
+        + ". Backups will fail until this is fixed.",
         meta,
     )
 

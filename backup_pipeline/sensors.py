@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import psycopg
 
+from backup_pipeline import ledger
 from backup_pipeline.alerts import Alert, AlertDeliveryError, configured_channels, send_alert
 from backup_pipeline.concurrency import DATA_LEASE_STALE_SECONDS, EXCLUSIVE_TAG_KEY
 from backup_pipeline.heartbeat import HeartbeatError, configured_heartbeat, ping
@@ -227,8 +228,11 @@ def build_heartbeat_failure_sensor(settings: BackupSettings) -> dg.SensorDefinit
 
 
 def latest_complete_backup_time(instance: dg.DagsterInstance) -> float | None:
-    event = instance.get_latest_materialization_event(BACKUP_SET_ASSET)
-    return event.timestamp if event else None
+    """When the newest complete *regular* set was made: a restore's safety set (database only)
+    does not make the installation's buckets safe, so it never makes a stale installation fresh.
+    The same rule as the ``backup_set_fresh`` check (``safety.freshness_verdict``)."""
+    entry = ledger.latest_complete(instance)
+    return entry.created_at.timestamp() if entry else None
 
 
 def build_freshness_sensor(settings: BackupSettings) -> dg.SensorDefinition:

@@ -111,7 +111,9 @@ class BackupSettings(BaseSettings):
     )
     schema_version_query: str = Field(
         "SELECT max(version) FROM schema_migrations",
-        description="Query returning the application's latest applied migration; stored in the manifest. Empty to skip.",
+        description="Query returning the application's latest applied migration; stored in the manifest. Empty to skip. "
+        "When the table (or column) it reads does not exist, the version is not recorded and the backup and "
+        "`backup-pipeline check` warn naming this setting; any other error fails the backup.",
     )
     exclude_table_patterns: list[str] = Field(
         default_factory=lambda: ["public.sessions", "public.*_cache"],
@@ -224,6 +226,20 @@ class BackupSettings(BaseSettings):
         ge=0,
         le=365,
         description="`s3` destination: days added to the computed retention (a late or failed backup keeps a set longer than planned).",
+    )
+    destination_retry_attempts: int = Field(
+        8,
+        ge=1,
+        le=20,
+        description="Attempts of each destination request that failed transiently (Google Drive or S3 "
+        "destination: 5xx, throttling, connection errors), the first included; 1 = no retry.",
+    )
+    destination_retry_max_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest wait between two attempts: exponential back-off with full jitter from 1 s, "
+        "or the server's Retry-After, capped here. The defaults ride out a few minutes of outage.",
     )
 
     # --- archive ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -164,3 +165,26 @@ def evaluate_on_run_failure(sensor: Any, instance: dg.DagsterInstance, run_id: s
             dagster_event=failure.dagster_event,
         ).for_run_failure()
     )
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    step: str
+    code: str
+    message: str  # without the ``[CODE] `` prefix
+
+
+def expected_failures(result: dg.ExecuteInProcessResult) -> list[StepFailure]:
+    """Every step failure of the run, each asserted to be what an expected failure records
+    (``ops/step_errors.py``): ``[CODE] message`` and no stack trace, so the run view prints no
+    "Stack Trace:" under it."""
+    failures = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        error = data.error if data is not None else None
+        assert error is not None, event
+        assert error.stack == [] and error.cause is None, f"{event.step_key}: stack trace recorded\n{error}"
+        match = re.match(r"\[([A-Z0-9_]+)\] (.*)", error.message, re.S)
+        assert match, f"{event.step_key}: no [CODE] in {error.message!r}"
+        failures.append(StepFailure(str(event.step_key), match.group(1), match.group(2)))
+    return failures

@@ -132,9 +132,7 @@ def test_retention_and_delete_name_a_busy_lock_and_an_unreachable_database_apart
                 raise_on_error=False,
             )
         assert not result.success
-        failure = next(e for e in result.all_events if e.event_type is dg.DagsterEventType.STEP_FAILURE)
-        assert failure.step_failure_data and failure.step_failure_data.user_failure_data
-        return str(failure.step_failure_data.user_failure_data.metadata["error_code"].value)
+        return h.expected_failures(result)[0].code
 
     app_db = PostgresResource(database_url=pg_database.url)
     with app_db.data_lock("another run"):

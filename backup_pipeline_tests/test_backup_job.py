@@ -46,13 +46,8 @@ def drive_destination(drive: DriveFixture, tmp_path: Path, **overrides: Any) -> 
 
 
 def failure_codes(result: dg.ExecuteInProcessResult) -> list[str]:
-    codes = []
-    for event in result.all_events:
-        if event.event_type is dg.DagsterEventType.STEP_FAILURE:
-            data = event.step_failure_data
-            if data and data.user_failure_data:
-                codes.append(str(data.user_failure_data.metadata["error_code"].value))
-    return codes
+    """The codes of the run's step failures, each one line without a stack trace (main: a trace)."""
+    return [failure.code for failure in h.expected_failures(result)]
 
 
 def run_backup(

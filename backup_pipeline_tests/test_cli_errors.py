@@ -69,6 +69,11 @@ class World:
                 "BACKUP_PIPELINE_DRIVE_API_ROOT": f"http://127.0.0.1:{free_port()}/",
                 "BACKUP_PIPELINE_DRIVE_TOKEN_URI": f"http://127.0.0.1:{free_port()}/token",
                 "BACKUP_PIPELINE_PRIMARY_BUCKET": "media",
+                # A small retry budget: each unreachable-Drive call gives up after 2 attempts and
+                # 0.2 s instead of 8 attempts and minutes of back-off (main: the module took ~8 min).
+                # test_destinations_cli proves the default budget retries.
+                "BACKUP_PIPELINE_DESTINATION_RETRY_ATTEMPTS": "2",
+                "BACKUP_PIPELINE_DESTINATION_RETRY_MAX_WAIT_SECONDS": "0.2",
             }
         )
         env.update(overrides)
@@ -220,6 +225,12 @@ def test_every_command_against_a_local_destination_that_is_a_file(world: World) 
     )
     _assert_reported(check, 1, in_output="FAIL destination")
     _assert_reported(dest_check, 1, in_output="verdict: FAILED")
+    # The reason once, no "fix:" repeating it (main printed it twice, as "File exists").
+    assert dest_check.stdout.count("is not a folder") == 1 and "fix:" not in dest_check.stdout, (
+        dest_check.describe()
+    )
+    [check_line] = [line for line in check.stdout.splitlines() if "destination" in line and "FAIL" in line]
+    assert check_line.count("is not a folder") == 1 and "— fix:" not in check_line, check.describe()
     # On main both listed nothing and exited 0: a file looked like an empty destination.
     _assert_one_error_line(dest_ls, 1, mentions="is not a folder")
     _assert_one_error_line(listing, 1, mentions="is not a folder")
@@ -308,12 +319,17 @@ def test_every_command_against_an_unreachable_database(world: World) -> None:
         ],
     )
     _assert_reported(check, 1, in_output="FAIL postgres")
+    # libpq's reason, not only its hint (main: "Is the server running on that host ...?" alone).
+    [postgres_line] = [line for line in check.stdout.splitlines() if line.startswith("FAIL postgres")]
+    assert "Connection refused" in postgres_line, check.describe()
     for outcome in (db_dry_run, full_dry_run, status, migrate, migrate_dry_run):
         _assert_one_error_line(outcome, 1, mentions=str(port))
+        assert "Connection refused" in outcome.error_lines[0], outcome.describe()
 
 
 def test_every_client_command_against_an_unreachable_webserver(world: World) -> None:
-    env = world.env(BACKUP_PIPELINE_URL=f"http://127.0.0.1:{free_port()}")
+    port = free_port()
+    env = world.env(BACKUP_PIPELINE_URL=f"http://127.0.0.1:{port}")
     outcomes = _run_all(
         env,
         [
@@ -325,7 +341,11 @@ def test_every_client_command_against_an_unreachable_webserver(world: World) -> 
         ],
     )
     for outcome in outcomes:
+        # Host, port and reason; main: urllib3's "HTTPConnectionPool(...): Max retries exceeded ...".
         _assert_one_error_line(outcome, 1, mentions="127.0.0.1")
+        assert outcome.error_lines == [
+            f"error: cannot reach the Dagster webserver at 127.0.0.1:{port}: Connection refused"
+        ], outcome.describe()
 
 
 def test_offline_commands_report_bad_files_in_one_line(world: World, tmp_path: Path) -> None:
@@ -333,7 +353,7 @@ def test_offline_commands_report_bad_files_in_one_line(world: World, tmp_path: P
     garbage.write_bytes(b"this is not an encrypted backup part" * 10)
     env = world.env(BACKUP_PIPELINE_STATE_DIR=str(world.a_file))
     key = ("--recovery-key-file", str(world.recovery_key_file))
-    inspect, verify, decrypt, keys_status, keys_export = _run_all(
+    inspect, verify, decrypt, keys_status, keys_export, audit = _run_all(
         env,
         [
             ("inspect", str(garbage)),
@@ -341,6 +361,7 @@ def test_offline_commands_report_bad_files_in_one_line(world: World, tmp_path: P
             ("decrypt", str(garbage), "-o", str(tmp_path / "out"), *key),
             ("keys", "status"),
             ("keys", "export-recovery"),
+            ("audit",),
         ],
     )
     for outcome in (inspect, verify, decrypt):  # a damaged part is a failure, not bad input
@@ -348,6 +369,8 @@ def test_offline_commands_report_bad_files_in_one_line(world: World, tmp_path: P
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     for outcome in (keys_status, keys_export):
         _assert_one_error_line(outcome, 1, mentions=str(world.a_file))
+    # main: "no audit records", exit 0, as if the trail were empty.
+    _assert_one_error_line(audit, 2, mentions=f"BACKUP_PIPELINE_STATE_DIR: {world.a_file} is a file")
 
 
 def test_bad_settings_are_one_line_naming_the_field_exit_2(world: World) -> None:

@@ -24,7 +24,7 @@ def run(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
 def test_check_ok_on_a_shared_drive(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = run(["destination", "check"], drive.env(DriveAuthMode.SHARED_DRIVE), monkeypatch)
     assert code == 0, out
-    assert "verdict: OK — backups can be written here (698.5 GiB of today's upload allowance left)" in out
+    assert "verdict: OK — backups can be written here (750.0 GB of today's upload allowance left)" in out
     assert "3 chunks in one resumable session" in out and "read back" in out and "delete" in out
     assert "PRIVATE KEY" not in out
 
@@ -89,3 +89,55 @@ def test_ls_local_with_property_filter(tmp_path: Path, monkeypatch: pytest.Monke
     assert code == 0 and "a/part\t3\t" in out and "b/part" not in out
     code, out = run(["destination", "ls", "--property", "nonsense"], env, monkeypatch)
     assert code == 2
+
+
+def test_the_default_retry_budget_rides_out_a_brief_outage(
+    drive: DriveFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three 503s in a row: the default back-off (1 s, 2 s, 4 s at most, jittered) retries each."""
+    drive.destination().put("present", [b"x" * 10], {})
+    drive.fault("unavailable", route="list", count=3)
+    env = dict(drive.env(DriveAuthMode.SHARED_DRIVE), BACKUP_PIPELINE_INSTALLATION_ID="test-install")
+    code, out = run(["destination", "ls"], env, monkeypatch)
+    assert code == 0, out
+    assert "present" in out and drive.stats()["faults_fired"] == 3
+
+
+def test_the_retry_budget_is_a_setting(drive: DriveFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """main retried 8 times with waits up to 60 s whatever the operator (or a test) needed."""
+    env = dict(
+        drive.env(DriveAuthMode.SHARED_DRIVE),
+        BACKUP_PIPELINE_DESTINATION_RETRY_ATTEMPTS="2",
+        BACKUP_PIPELINE_DESTINATION_RETRY_MAX_WAIT_SECONDS="0.1",
+    )
+    drive.fault("unavailable", route="list", count=3)
+    code, out = run(["destination", "ls"], env, monkeypatch)
+    assert code == 1 and "gave up after 2 attempts" in out, out
+    assert drive.stats()["faults_fired"] == 2
+
+    for name, value in (("ATTEMPTS", "0"), ("ATTEMPTS", "many"), ("MAX_WAIT_SECONDS", "0")):
+        bad = dict(env, **{f"BACKUP_PIPELINE_DESTINATION_RETRY_{name}": value})
+        code, out = run(["destination", "ls"], bad, monkeypatch)
+        assert code == 2 and f"BACKUP_PIPELINE_DESTINATION_RETRY_{name}" in out, out
+
+
+def test_a_drive_without_its_shared_drive_or_user_is_described_by_the_missing_setting(tmp_path: Path) -> None:
+    """The migration's legacy Drive is built whatever the backup destination is, so settings
+    validation does not catch these; main described them as "My Drive of None"."""
+    from backup_pipeline.ops.migration import build_legacy_drive_resource
+    from backup_pipeline.settings import load_settings
+
+    for mode, setting in (
+        ("delegation", "BACKUP_PIPELINE_DRIVE_SUBJECT"),
+        ("shared_drive", "BACKUP_PIPELINE_DRIVE_SHARED_DRIVE_ID"),
+    ):
+        settings = load_settings(
+            env={
+                "BACKUP_PIPELINE_DESTINATION": "local",
+                "BACKUP_PIPELINE_DRIVE_AUTH_MODE": mode,
+                "BACKUP_PIPELINE_DRIVE_CREDENTIALS_FILE": str(tmp_path / "sa.json"),
+                "BACKUP_PIPELINE_STATE_DIR": str(tmp_path / "state"),
+            }
+        )
+        description = build_legacy_drive_resource(settings).get_destination().description
+        assert "None" not in description and setting in description, description

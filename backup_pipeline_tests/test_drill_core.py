@@ -5,13 +5,16 @@ flipped header bit (refused before anything changes). ``bash scripts/drill.sh`` 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from backup_pipeline import ledger
 from backup_pipeline_tests.drill import scenarios as sc
 from backup_pipeline_tests.drill.matrix import CASES, run_cases
 from backup_pipeline_tests.drill.report import now, render
-from backup_pipeline_tests.drill.world import DrillData, World
+from backup_pipeline_tests.drill.world import INSTALLATION, DrillData, World
+from backup_pipeline_tests.fixtures.drive import DriveFixture
 
 pytestmark = pytest.mark.e2e
 CORE = ("run worker killed during pg_dump", "database part: header bit")
@@ -37,3 +40,14 @@ def test_report_lists_every_row_with_totals(rows: list[sc.Row]) -> None:
     text = render(rows, "bash scripts/drill.sh", now(), 1.0, "test data")
     assert "| backup kill | run worker killed during pg_dump | SIGKILL | failed cleanly |" in text
     assert "failed cleanly: 2" in text and "Ledger stayed true: 2 of 2" in text
+
+
+def test_the_drills_destination_retries_as_the_products_does(drive: DriveFixture, tmp_path: Path) -> None:
+    """The drill judges the ledger through World.destination(): on main a bare
+    GoogleDriveDestination, so one 503 on a listing failed the check although the product retries."""
+    world = World(tmp_path)
+    world.drive = drive.server
+    world.destination_kind = "google_drive"
+    drive.fault("unavailable", route="list", count=2)
+    assert ledger.from_destination(world.destination(), INSTALLATION) == []
+    assert drive.stats()["faults_fired"] == 2

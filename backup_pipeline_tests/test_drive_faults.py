@@ -23,7 +23,6 @@ from backup_pipeline.destinations import (
     RetryingDestination,
     ensure_room,
 )
-from backup_pipeline.destinations.base import human_bytes
 from backup_pipeline.services.backup_parts import ErrorCode
 from backup_pipeline.services.backup_upload import destination_failure
 from backup_pipeline.settings import DriveAuthMode
@@ -151,7 +150,9 @@ def test_the_daily_cap_is_decided_from_the_ledger_and_drives_message(drive: Driv
     drive.fault("daily_cap", route="upload_chunk", skip=1, count=1)
     with pytest.raises(DailyCapError, match="750 GB per user per day") as err:
         dest.put("second", blocks(), {})
-    assert f"of the {human_bytes(cap)} allowance in the last 24 h" in str(err.value)
+    # Google quotes the cap in GB: the figures are decimal (main printed MiB/GiB beside "750 GB").
+    assert f"of the {cap / 1e6:.1f} MB allowance in the last 24 h" in str(err.value)
+    assert "iB" not in str(err.value)
     assert drive.stats()["faults_fired"] == 1  # not retried: waiting minutes does not lift a daily cap
     assert destination_failure(err.value, "uploading part 'database'").code == ErrorCode.DAILY_CAP
     assert [f["name"] for f in complete_files(drive)] == ["first"]
@@ -527,9 +528,10 @@ def test_the_check_fails_when_a_backup_would_be_refused_for_the_daily_cap(drive:
     assert not space.ok
     assert "a backup would be refused now: nothing is left of today's upload allowance" in space.detail
     assert (
-        f"0 B of today's {human_bytes(cap)} upload allowance left ({human_bytes(cap)} uploaded"
+        f"0 B of today's {cap / 1e6:.1f} MB upload allowance left ({cap / 1e6:.1f} MB uploaded"
         in space.detail
     )
+    assert "iB" not in space.detail
     assert report.capacity is not None and report.capacity.daily_upload_remaining == 0
     assert report.fix is not None and "leave the 24-hour window at" in report.fix
     # The rest of the check still ran: the connection itself is fine.

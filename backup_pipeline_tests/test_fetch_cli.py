@@ -249,3 +249,18 @@ def test_bad_input_and_failures_are_one_line_with_their_exit_code(
     (tmp_path / "a-file").write_text("x")
     code, _, stderr = run(["fetch", "--backup-id", BACKUP, "--to", tmp_path / "a-file"], env, monkeypatch)
     assert code == 2 and "--to" in stderr
+
+
+def test_fetch_and_restore_declare_the_destination_and_key_options_once() -> None:
+    """One decorator (cli/destination_options.py); on main each command declared its own copy,
+    and they had drifted (help texts, whether a key file must be readable)."""
+    shared = ("destination_kind", "local_path", "installation_id", "recovery_key_file", "org_secret_file")
+    fetch, restore = (
+        {p.name: p for p in main.commands[name].params if p.name in shared} for name in ("fetch", "restore")
+    )
+    assert set(fetch) == set(restore) == set(shared)
+    for name in ("destination_kind", "local_path", "installation_id"):
+        assert fetch[name].to_info_dict() == restore[name].to_info_dict(), name
+    for name in ("recovery_key_file", "org_secret_file"):
+        assert fetch[name].type.to_info_dict() == restore[name].type.to_info_dict(), name
+        assert fetch[name].type.to_info_dict()["readable"] is True

@@ -20,6 +20,7 @@ from backup_pipeline.ops import migration as ops
 from backup_pipeline.resources import PostgresResource, S3Resource
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.sample_app.content import GeneratedStream
+from backup_pipeline_tests.backup_helpers import expected_failures
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, create_database, drop_database
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.migration_data import LegacyRow, create_legacy_assets, standard_specs
@@ -120,14 +121,15 @@ def test_job_refuses_bad_confirmation_and_busy_lock(db: PgDatabase, s3: S3Server
     with dg.instance_for_test() as instance:
         bad = _run(resources, instance, delete_source=True, confirmation="yes please")
         assert not bad.success
-        failure = bad.get_step_failure_events()[0]
-        assert "confirmation phrase" in str(failure.event_specific_data.error)  # type: ignore[union-attr]
+        # One line with its code, no stack trace in the run view (main: dg.Failure's frames).
+        [refused] = expected_failures(bad)
+        assert refused.code == ops.MIGRATION_REFUSED and "confirmation phrase" in refused.message
 
         with resources["app_db"].data_lock("someone-else"):
             busy = _run(resources, instance)
         assert not busy.success
-        failure = busy.get_step_failure_events()[0]
-        assert "held by" in str(failure.event_specific_data.error)  # type: ignore[union-attr]
+        [locked] = expected_failures(busy)
+        assert locked.code == "BACKUP_LOCKED" and "held by" in locked.message
         with db.connect() as conn:
             assert conn.execute(
                 "SELECT count(*) FROM media_assets WHERE storage_provider = 'minio'"

@@ -388,6 +388,9 @@ def test_objects_that_cannot_be_read_are_anomalies_in_the_manifest_and_warnings(
     warnings = result.warnings()
     assert len(warnings) == 1 and "2 object(s) NOT backed up" in warnings[0]
     assert _ListsMoreThanItServes.DOT_KEY in warnings[0]
+    # What the operator can do about such a key (main: only that it was not backed up).
+    assert "What to do:" in warnings[0] and "keys without those segments" in warnings[0]
+    assert "the next backup then includes them" in warnings[0]
 
     database = {
         "part": {**result.part.to_dict(), "part_name": "database"},

@@ -25,6 +25,7 @@ from backup_pipeline.services.backup_parts import (
     part_properties,
 )
 from backup_pipeline.services.retention import discover_sets
+from backup_pipeline_tests.backup_helpers import expected_failures
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 
 INSTALLATION = "acme"
@@ -106,8 +107,9 @@ def test_retention_negative_keep_last_fails_naming_the_field(
         raise_on_error=False,
     )
     assert not result.success
-    failure = result.failure_data_for_node("apply_retention_op")
-    assert failure is not None and "keep_last: must be at least 1" in str(failure.error)
+    # One line naming the field, no stack trace in the run view (main: dg.Failure's frames).
+    [failure] = expected_failures(result)
+    assert failure.code == "BAD_INPUT" and failure.message.startswith("keep_last: must be at least 1")
 
 
 def test_retention_with_unreachable_destination_fails_and_deletes_nothing(
@@ -125,8 +127,8 @@ def test_retention_with_unreachable_destination_fails_and_deletes_nothing(
         raise_on_error=False,
     )
     assert not result.success
-    failure = result.failure_data_for_node("apply_retention_op")
-    assert failure is not None and "unreachable" in str(failure.error)
+    [failure] = expected_failures(result)
+    assert failure.code == "DESTINATION_UNAVAILABLE" and "unreachable" in failure.message
     assert _deletions(instance) == []
 
 
@@ -146,9 +148,10 @@ def test_delete_backup_job_confirmation_and_newest_guard(
         )
 
     def error(result: dg.ExecuteInProcessResult) -> str:
-        failure = result.failure_data_for_node("delete_backup_op")
-        assert failure is not None
-        return str(failure.error)
+        # Every refusal is one line with its code and no stack trace (main: dg.Failure's frames).
+        [failure] = expected_failures(result)
+        assert failure.step == "delete_backup_op" and failure.code in ("BAD_INPUT", "DELETE_REFUSED")
+        return failure.message
 
     assert "confirm: type exactly" in error(run({"backup_id": older, "confirm": "yes"}))
     assert "no backup set" in error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +19,7 @@ from backup_pipeline.sensors import (
     build_retention_daily_sensor,
     build_run_failure_alert_sensor,
 )
+from backup_pipeline.services.backup_parts import backup_id_time, new_backup_id
 from backup_pipeline.settings import BackupSettings, load_settings
 from backup_pipeline_tests.backup_helpers import evaluate_on_run_failure
 from backup_pipeline_tests.fixtures.alert_receivers import SmtpSink, WebhookReceiver
@@ -198,12 +200,40 @@ def test_freshness_alerts_once_per_stale_period(
 
     # A complete backup lands: fresh again.
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            asset_key=BACKUP_SET_ASSET, metadata={"backup_id": "20260101T000000Z-aaaaaaaa"}
-        )
+        dg.AssetMaterialization(asset_key=BACKUP_SET_ASSET, metadata={"backup_id": new_backup_id()})
     )
     fresh = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=again.cursor))
     assert (fresh.skip_message or "").startswith("fresh")
+
+
+def test_a_restores_safety_set_does_not_make_a_stale_installation_fresh(
+    instance: dg.DagsterInstance,
+    settings: BackupSettings,
+    smtp_server: SmtpSink,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """main took the newest backup_set materialization of any kind: a restore's database-only
+    safety set, made a minute ago, hid that the last regular backup was three days old."""
+    sensor = build_freshness_sensor(settings)
+    old = new_backup_id(datetime.now(UTC) - timedelta(days=3))
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=BACKUP_SET_ASSET, metadata={"backup_id": old, "set_kind": "regular"}
+        )
+    )
+    safety = new_backup_id()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=BACKUP_SET_ASSET,
+            metadata={"backup_id": safety, "set_kind": "safety", "trigger": "pre-restore"},
+        )
+    )
+    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    assert "alert sent via email, webhook" in (data.skip_message or ""), data.skip_message
+    [mail] = smtp_server.wait_for(1)
+    assert "no complete backup for 72 h" in mail["Subject"]
+    body = json.loads(webhook_receiver.wait_for(1)[0].body)
+    assert body["details"]["last_complete_backup"] == backup_id_time(old).isoformat(timespec="seconds")
 
 
 def test_freshness_fresh_on_first_tick_without_backups(

@@ -27,6 +27,7 @@ from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.retention import retention_job
 from backup_pipeline.ops.verification import (
     build_verification_alert_sensor,
+    choose_backup_id,
     verification_check,
     verify_backup_job,
 )
@@ -36,7 +37,7 @@ from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
-from backup_pipeline.services.backup_parts import PART_DATABASE, PROP_BACKUP_ID, PROP_PART_NAME
+from backup_pipeline.services.backup_parts import PART_DATABASE, PROP_BACKUP_ID, PROP_PART_NAME, new_backup_id
 from backup_pipeline.services.retention import BackupSetInfo, plan_retention
 from backup_pipeline.services.verification import SCRATCH_PREFIX, choose_sample, scratch_database_name
 from backup_pipeline.settings import BackupSettings, load_settings
@@ -354,3 +355,18 @@ def test_sample_is_reproducible_and_sized_by_share() -> None:
     assert len(choose_sample(keys, 0.001, random.Random(3))) == 1
     assert choose_sample(keys, 0.0, random.Random(3)) == set()
     assert scratch_database_name("p" + "0a" * 16) == "bp_verify_p" + "0a" * 16
+
+
+def test_the_default_target_is_the_newest_regular_set_never_a_safety_set() -> None:
+    """main verified the newest complete set of any kind: after a restore, its database-only
+    safety set, while backup_set_verified judges the newest regular set."""
+    regular, safety = new_backup_id(datetime.now(UTC) - timedelta(hours=2)), new_backup_id()
+    with dg.instance_for_test() as instance:
+        for backup_id, kind in ((regular, "regular"), (safety, "safety")):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=ledger.BACKUP_SET_ASSET, metadata={"backup_id": backup_id, "set_kind": kind}
+                )
+            )
+        assert choose_backup_id(instance, "") == regular
+        assert choose_backup_id(instance, safety) == safety  # still verifiable by id

@@ -8,7 +8,7 @@ import json
 import click
 
 from backup_pipeline.audit import AuditLog
-from backup_pipeline.settings import load_settings
+from backup_pipeline.settings import SettingsError, load_settings
 
 
 def _parse_since(value: str | None) -> dt.datetime | None:
@@ -31,12 +31,16 @@ def _parse_since(value: str | None) -> dt.datetime | None:
 def audit_command(action: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Show the audit trail: settings changes, manual runs, deletions, restores, key exports."""
     settings = load_settings()
-    records = AuditLog(settings.state_dir).records(action=action, since=_parse_since(since))[-limit:]
+    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+        # Reading nothing from a file would print "no audit records": a wrong setting, not an empty trail.
+        raise SettingsError([f"BACKUP_PIPELINE_STATE_DIR: {settings.state_dir} is a file, not a folder"])
+    log = AuditLog(settings.state_dir)
+    records = log.records(action=action, since=_parse_since(since))[-limit:]
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2, sort_keys=True))
         return
     if not records:
-        click.echo("no audit records")
+        click.echo(f"no audit records in {log.path}")
         return
     for record in records:
         summary = ", ".join(

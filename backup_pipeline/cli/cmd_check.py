@@ -2,7 +2,9 @@
 
 Prints the settings verdict (every bad field named) and exits 2 when the settings are
 invalid; otherwise one line per check (PostgreSQL with pg_dump/pg_restore versions, S3,
-the destination) and exits 1 when any check failed, 0 when all passed.
+the destination) and exits 1 when any check failed, 0 when all passed. A ``warn`` line is
+what a backup would warn about without failing (e.g. no migrations table for the
+schema-version query).
 """
 
 from __future__ import annotations
@@ -16,18 +18,25 @@ from backup_pipeline.cli.settings_file import apply_settings_file
 from backup_pipeline.settings import SettingsError, load_settings
 
 
-def _line(ok: bool, name: str, detail: str) -> None:
-    mark = click.style("ok  ", fg="green") if ok else click.style("FAIL", fg="red", bold=True)
+def _line(ok: bool, name: str, detail: str, *, warning: bool = False) -> None:
+    if warning:
+        mark = click.style("warn", fg="yellow", bold=True)
+    else:
+        mark = click.style("ok  ", fg="green") if ok else click.style("FAIL", fg="red", bold=True)
     click.echo(f"{mark} {name:<12} {detail}")
 
 
-def _run_check(name: str, check: Callable[[], str]) -> bool:
+def _run_check(name: str, check: Callable[[], str | tuple[str, list[str]]]) -> bool:
+    """One line per check (``ok``/``FAIL``), then a ``warn`` line per warning (not a failure)."""
     try:
-        detail = check()
+        outcome = check()
     except Exception as exc:  # every failure becomes one line; the messages name the endpoint
         _line(False, name, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         return False
+    detail, warnings = outcome if isinstance(outcome, tuple) else (outcome, [])
     _line(True, name, detail)
+    for warning in warnings:
+        _line(True, name, warning, warning=True)
     return True
 
 
@@ -79,14 +88,18 @@ def check_command(settings_file: str | None, no_connections: bool) -> None:
         from backup_pipeline.resources.destination import DestinationResource
 
         report = DestinationResource.from_settings(settings).get_destination().check()
-        steps = "; ".join(f"{s.name}: {s.detail}" for s in report.steps)
         if not report.ok:
-            fix = f" — fix: {report.fix}" if report.fix else ""
-            raise RuntimeError(f"{report.destination}: {steps}{fix}")
-        return f"{report.destination}: {steps}"
+            failed = "; ".join(f"{s.name}: {s.detail}" for s in report.steps if not s.ok)
+            fix = report.fix_to_print()
+            raise RuntimeError(f"{report.destination}: {failed}" + (f" — fix: {fix}" if fix else ""))
+        return f"{report.destination}: " + "; ".join(f"{s.name}: {s.detail}" for s in report.steps)
+
+    def postgres_check() -> tuple[str, list[str]]:
+        health = check_postgres(db, settings.schema_version_query)
+        return health.summary(), [health.schema_version_note] if health.schema_version_note else []
 
     results = [
-        _run_check("postgres", lambda: check_postgres(db, settings.schema_version_query).summary()),
+        _run_check("postgres", postgres_check),
         _run_check("s3", s3_check),
         _run_check("destination", destination_check),
     ]

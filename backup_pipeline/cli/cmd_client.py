@@ -15,12 +15,14 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from backup_pipeline.client import PipelineClient
 from backup_pipeline.settings import load_settings
+
+if TYPE_CHECKING:  # client.py imports Dagster: only when a command runs (cli/__init__.py)
+    from backup_pipeline.client import PipelineClient
 
 URL_ENV = "BACKUP_PIPELINE_URL"
 PASSWORD_ENV = "BACKUP_PIPELINE_CLIENT_PASSWORD"
@@ -57,6 +59,8 @@ def _make_client(url: str, headers: tuple[str, ...], user: str | None) -> Pipeli
     if user:
         password = os.environ.get(PASSWORD_ENV) or click.prompt(f"password for {user}", hide_input=True)
         auth = (user, password)
+    from backup_pipeline.client import PipelineClient
+
     try:
         return PipelineClient(url, headers=parsed, basic_auth=auth)
     except ValueError as exc:
@@ -152,9 +156,11 @@ def run_backup(
     "statuses",
     multiple=True,
     type=click.Choice(RUN_STATUSES, case_sensitive=False),
-    help="Filter (repeatable).",
+    help="Filter backup runs (repeatable); safety sets are listed unless the filter leaves out success.",
 )
-@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="Backup runs per page."
+)
 @click.option("--cursor", help="Run id to continue after (the last run id of the previous page).")
 def history(
     url: str,
@@ -165,23 +171,29 @@ def history(
     limit: int,
     cursor: str | None,
 ) -> None:
-    """List backup runs, newest first."""
+    """List backup runs, and the safety sets restores made, newest first."""
     client = _make_client(url, headers, user)
-    runs = client.history(statuses=list(statuses), limit=limit, cursor=cursor)
+    entries, next_cursor = client.backup_history(statuses=list(statuses), limit=limit, cursor=cursor)
 
     def text() -> None:
-        if not runs:
+        if not entries:
             click.echo("no backup runs")
-        for r in runs:
-            click.echo(f"{_ts(r.start_time)}  {r.status:<10} {r.backup_id or '-':<26} run {r.run_id}")
-        if len(runs) == limit:
-            click.echo(f"more: --cursor {runs[-1].run_id}")
+        for entry in entries:
+            run = entry.run
+            if entry.kind == "safety":
+                restored = entry.restore_of or "?"
+                click.echo(
+                    f"{_ts(run.creation_time)}  {'SAFETY':<10} {entry.backup_id:<26} made by restore run "
+                    f"{run.run_id} ({run.status}) before restoring {restored}"
+                )
+            else:
+                click.echo(
+                    f"{_ts(run.start_time)}  {run.status:<10} {run.backup_id or '-':<26} run {run.run_id}"
+                )
+        if next_cursor:
+            click.echo(f"more: --cursor {next_cursor}")
 
-    _emit(
-        {"runs": [r.to_json() for r in runs], "next_cursor": runs[-1].run_id if len(runs) == limit else None},
-        as_json,
-        text,
-    )
+    _emit({"runs": [e.to_json() for e in entries], "next_cursor": next_cursor}, as_json, text)
 
 
 @click.command("show")

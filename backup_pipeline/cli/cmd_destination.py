@@ -16,7 +16,7 @@ import json
 import click
 
 from backup_pipeline.cli.settings_file import apply_settings_file
-from backup_pipeline.destinations.base import Capacity, human_bytes
+from backup_pipeline.destinations.base import Capacity
 from backup_pipeline.settings import SettingsError, load_settings
 
 
@@ -60,7 +60,7 @@ def check_command(settings_file: str | None, as_json: bool) -> None:
                     "destination": report.destination,
                     "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in report.steps],
                     "warnings": report.warnings,
-                    "fix": report.fix,
+                    "fix": report.fix_to_print(),
                     "capacity": None
                     if report.capacity is None
                     else {
@@ -86,8 +86,9 @@ def check_command(settings_file: str | None, as_json: bool) -> None:
             )
         else:
             click.echo(click.style("verdict: FAILED", fg="red", bold=True))
-            if report.fix:
-                click.echo(f"fix: {report.fix}")
+            fix = report.fix_to_print()
+            if fix:
+                click.echo(f"fix: {fix}")
     if not report.ok:
         raise SystemExit(1)
 
@@ -97,9 +98,9 @@ def _room(capacity: Capacity | None) -> str:
         return ""
     parts = []
     if capacity.free_bytes is not None:
-        parts.append(f"{human_bytes(capacity.free_bytes)} free")
+        parts.append(f"{capacity.size(capacity.free_bytes)} free")
     if capacity.daily_upload_remaining is not None:
-        parts.append(f"{human_bytes(capacity.daily_upload_remaining)} of today's upload allowance left")
+        parts.append(f"{capacity.size(capacity.daily_upload_remaining)} of today's upload allowance left")
     return "; ".join(parts)
 
 

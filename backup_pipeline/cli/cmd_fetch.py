@@ -20,10 +20,13 @@ from pathlib import Path
 
 import click
 
-from backup_pipeline.cli.destination_options import fail, load_keys, settings_for
-from backup_pipeline.settings import DestinationKind
-
-_KEY_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+from backup_pipeline.cli.destination_options import (
+    destination_options,
+    fail,
+    key_file_options,
+    load_keys,
+    settings_for,
+)
 
 
 @click.command("fetch")
@@ -41,22 +44,10 @@ _KEY_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Pat
     multiple=True,
     help="Only this part, e.g. database or bucket-photos (repeatable); the manifest always comes along.",
 )
-@click.option("--installation-id", default=None, help="Only sets of this installation (default: any).")
-@click.option(
-    "--from-destination",
-    "destination_kind",
-    type=click.Choice([k.value for k in DestinationKind]),
-    default=None,
-    help="Where the backups are (default: BACKUP_PIPELINE_DESTINATION).",
-)
-@click.option(
-    "--local-path", type=click.Path(path_type=Path), default=None, help="Folder of the local destination."
-)
-@click.option(
-    "--recovery-key-file", type=_KEY_FILE, default=None, help="Also check the parts against the manifest."
-)
-@click.option(
-    "--org-secret-file", type=_KEY_FILE, default=None, help="Or the org secret file, for the same check."
+@destination_options
+@key_file_options(
+    recovery_help="Also check the parts against the manifest.",
+    org_secret_help="Or the org secret file, for the same check.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fetch_command(

@@ -15,62 +15,43 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
-from backup_pipeline.cli.destination_options import load_keys, settings_for
+from backup_pipeline.cli.destination_options import (
+    destination_options,
+    fail,
+    key_file_options,
+    load_keys,
+    settings_for,
+)
 from backup_pipeline.services import restore as svc
 from backup_pipeline.settings import (
     APP_DATABASE_PASSWORD_ENV,
     S3_ACCESS_KEY_ENV,
     S3_SECRET_KEY_ENV,
-    DestinationKind,
     load_settings,
 )
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> svc.RestoreKeys:
     keys = load_keys(recovery_key_file, org_secret_file)
     if keys is None:
-        _fail("--recovery-key-file (or --org-secret-file) is required", 2)
+        fail("--recovery-key-file (or --org-secret-file) is required", 2)
     return keys
 
 
 @click.command("restore")
-@click.option(
-    "--from-destination",
-    "destination_kind",
-    type=click.Choice([k.value for k in DestinationKind]),
-    default=None,
-    help="Where the backups are (default: BACKUP_PIPELINE_DESTINATION). Drive credentials come from the BACKUP_PIPELINE_DRIVE_* settings.",
-)
-@click.option(
-    "--local-path", type=click.Path(path_type=Path), default=None, help="Folder of the local destination."
-)
-@click.option(
-    "--recovery-key-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="File holding the recovery key (BP-RECOVERY-SECRET-1…) exported at set-up.",
-)
-@click.option(
-    "--org-secret-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Alternatively the org secret file, when the server's keys survived.",
+@destination_options
+@key_file_options(
+    recovery_help="File holding the recovery key (BP-RECOVERY-SECRET-1…) exported at set-up.",
+    org_secret_help="Alternatively the org secret file, when the server's keys survived.",
 )
 @click.option("--list", "list_only", is_flag=True, help="Only list the backup sets found, newest first.")
 @click.option("--backup-id", default=svc.LATEST, show_default=True, help="Backup id to restore, or latest.")
-@click.option("--installation-id", default=None, help="Only sets of this installation (default: any).")
 @click.option(
     "--scope", type=click.Choice([s.value for s in svc.RestoreScope]), default="full", show_default=True
 )
@@ -201,13 +182,13 @@ def restore_command(
             log=lambda message: click.echo(message, err=True),
         )
     except svc.RestoreRefused as exc:
-        _fail(f"refused, nothing was changed: {exc}", 1)
+        fail(f"refused, nothing was changed: {exc}", 1)
     except svc.RestoreError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     except ArchiveKeyError as exc:
-        _fail(f"key: {exc}", 2)
+        fail(f"key: {exc}", 2)
     except ArchiveError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     _audit(report, options)
     if as_json:
         click.echo(json.dumps(report, indent=1, default=str))
@@ -232,7 +213,7 @@ def _pg_restore(bin_dir: Path | None) -> Path:
     try:
         return locate_pg_tools(str(bin_dir) if bin_dir else None).pg_restore.path
     except PgToolsError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
 
 
 def _s3_client(endpoint: str, region: str) -> Any:

@@ -15,12 +15,10 @@ import json
 import os
 import sys
 import uuid
+from typing import TYPE_CHECKING
 
 import click
 
-from backup_pipeline.resources.destination import DestinationResource
-from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.services import migration as mig
 from backup_pipeline.services.progress import format_bytes
 from backup_pipeline.settings import (
@@ -31,11 +29,18 @@ from backup_pipeline.settings import (
     load_settings,
 )
 
+if TYPE_CHECKING:  # the resources import Dagster: only when a command runs (cli/__init__.py)
+    from backup_pipeline.resources.destination import DestinationResource
+    from backup_pipeline.resources.postgres import PostgresResource
+    from backup_pipeline.resources.s3 import S3Resource
+
 #: Failures that stop the run are reported once, as the run's error, not per asset.
 _RUN_STOPPER_REASONS = {cls.reason for cls in mig.RUN_STOPPERS}
 
 
 def _postgres(settings: BackupSettings) -> PostgresResource:
+    from backup_pipeline.resources.postgres import PostgresResource
+
     return PostgresResource(
         database_url=settings.app_database_url,
         password=os.environ.get(APP_DATABASE_PASSWORD_ENV) or None,
@@ -47,6 +52,8 @@ def _s3(settings: BackupSettings) -> S3Resource:
     missing = [name for name in (S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV) if not os.environ.get(name)]
     if missing:
         raise click.UsageError(f"set {' and '.join(missing)} (the MinIO credentials)")
+    from backup_pipeline.resources.s3 import S3Resource
+
     return S3Resource(
         endpoint=settings.s3_endpoint,
         access_key=os.environ[S3_ACCESS_KEY_ENV],
@@ -61,6 +68,8 @@ def _legacy_drive(settings: BackupSettings) -> DestinationResource:
             "the legacy files are in Google Drive: set BACKUP_PIPELINE_DRIVE_CREDENTIALS_FILE "
             "(and the drive_* settings) to credentials that can read them"
         )
+    from backup_pipeline.resources.destination import DestinationResource
+
     resource = DestinationResource.from_settings(settings)
     return DestinationResource(**{**resource.model_dump(), "kind": "google_drive"})
 

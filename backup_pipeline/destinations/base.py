@@ -196,6 +196,12 @@ class Capacity:
 
     free_bytes: int | None
     daily_upload_remaining: int | None
+    #: Sizes in decimal units (GB): the destination's limits are quoted that way (Google Drive:
+    #: 750 GB a day, storage plans in GB/TB); a disk's free space reads in binary units (GiB), as df -h.
+    decimal_units: bool = False
+
+    def size(self, n: int) -> str:
+        return decimal_bytes(n) if self.decimal_units else human_bytes(n)
 
 
 @dataclass
@@ -221,6 +227,19 @@ class CheckReport:
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.steps.append(CheckStep(name, ok, detail))
+
+    def failed(self, name: str, exc: DestinationError) -> None:
+        """A failed step worded by the error, which names the cause and the fix (so it is also the
+        report's ``fix``); the destination's name, already the report's heading, is dropped."""
+        detail = str(exc).removeprefix(f"{self.destination}: ")
+        self.add(name, False, detail)
+        self.fix = detail if not self.fix else f"{self.fix}\n{detail}"
+
+    def fix_to_print(self) -> str | None:
+        """The lines of ``fix`` that no step already says: what to print under the steps."""
+        lines = [line for line in (self.fix or "").splitlines() if line.strip()]
+        new = [line for line in lines if not any(line in step.detail for step in self.steps)]
+        return "\n".join(new) or None
 
 
 # --- the contract ------------------------------------------------------------------------
@@ -331,14 +350,14 @@ def ensure_room(destination: Destination, expected_bytes: int) -> None:
         return
     if cap.free_bytes is not None and expected_bytes > cap.free_bytes:
         raise QuotaError(
-            f"{destination.description}: the backup needs about {human_bytes(expected_bytes)} but only "
-            f"{human_bytes(cap.free_bytes)} is free. Free space (retention: keep fewer backups) or add storage."
+            f"{destination.description}: the backup needs about {cap.size(expected_bytes)} but only "
+            f"{cap.size(cap.free_bytes)} is free. Free space (retention: keep fewer backups) or add storage."
         )
     if cap.daily_upload_remaining is not None and expected_bytes > cap.daily_upload_remaining:
         raise DailyCapError(
-            f"{destination.description}: the backup needs about {human_bytes(expected_bytes)} but only "
-            f"{human_bytes(cap.daily_upload_remaining)} remains of today's upload allowance (Google Drive allows "
-            "750 GB per user per day). Run the backup after the 24-hour window resets."
+            f"{destination.description}: the backup needs about {decimal_bytes(expected_bytes)} but only "
+            f"{decimal_bytes(cap.daily_upload_remaining)} remains of today's upload allowance (Google Drive "
+            "allows 750 GB per user per day). Run the backup after the 24-hour window resets."
         )
 
 
@@ -358,13 +377,25 @@ def refusal_reasons(cap: Capacity | None) -> list[str]:
     return reasons
 
 
+def decimal_bytes(n: int) -> str:
+    """Bytes in decimal units (1 GB = 10^9 bytes), as Google quotes Drive's limits (750 GB a day)."""
+    return _scaled_bytes(n, 1000, ("kB", "MB", "GB", "TB"))
+
+
 def human_bytes(n: int) -> str:
+    """Bytes in binary units (1 GiB = 2^30 bytes), as df -h shows a disk."""
+    return _scaled_bytes(n, 1024, ("KiB", "MiB", "GiB", "TiB"))
+
+
+def _scaled_bytes(n: int, step: int, units: tuple[str, ...]) -> str:
+    if n < step:
+        return f"{n} B"
     size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    return f"{n} B"
+    for unit in units:
+        size /= step
+        if size < step or unit == units[-1]:
+            break
+    return f"{size:.1f} {unit}"
 
 
 # --- retries (a wrapper, not sprinkled inside) -------------------------------------------

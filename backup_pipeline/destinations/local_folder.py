@@ -266,8 +266,7 @@ class LocalFolderDestination:
             self.delete(stored.id)
             report.add("delete", True, "test file deleted")
         except DestinationError as exc:
-            report.add("write/read/delete", False, str(exc))
-            report.fix = "\n".join(filter(None, [report.fix, str(exc)]))
+            report.failed("write/read/delete", exc)
         return report
 
     def capacity(self) -> Capacity | None:
@@ -340,5 +339,13 @@ def _os_error(description: str, exc: OSError) -> DestinationError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PermanentError(
             f"{description}: permission denied ({exc.strerror}); make the folder writable by this user"
+        )
+    if exc.errno == errno.ENOTDIR or (
+        exc.errno == errno.EEXIST and exc.filename is not None and not os.path.isdir(exc.filename)
+    ):
+        # mkdir on a file where the folder should be says "File exists": say what is wrong.
+        where = exc.filename or description
+        return PermanentError(
+            f"{description}: {where} is not a folder. Check BACKUP_PIPELINE_LOCAL_DESTINATION_PATH."
         )
     return PermanentError(f"{description}: {exc.strerror or exc}")

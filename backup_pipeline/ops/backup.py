@@ -22,6 +22,7 @@ from backup_pipeline.ops.data_lease import (
     run_data_lease,
 )
 from backup_pipeline.ops.rate_limit import enforce_manual_backup_interval
+from backup_pipeline.ops.step_errors import expected_failure, quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource
@@ -81,7 +82,8 @@ class BackupConfig(dg.Config):
     )
     schema_version_query: str = Field(
         default="SELECT max(version) FROM schema_migrations",
-        description="Query giving the app's schema version, recorded with the backup. Leave as is.",
+        description="Query giving the app's schema version, recorded with the backup (not recorded, with a "
+        "warning, when the app has no such table). Leave as is.",
     )
     compression_level: int = Field(default=1, description="gzip level 1 (fast) to 9 (smaller, slower).")
     progress_interval_seconds: float = Field(
@@ -98,27 +100,26 @@ class BackupConfig(dg.Config):
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def failure_from(err: BackupError | DataLockBusy | DestinationError) -> dg.Failure:
-    """A dg.Failure with a readable description and the stable code in its metadata."""
+def failure_from(
+    context: dg.OpExecutionContext, err: BackupError | DataLockBusy | DestinationError
+) -> Exception:
+    """``[code] message`` without a stack trace (``ops/step_errors.py``); a retryable error is
+    retried by the step's retry policy first."""
     if isinstance(err, BackupError):
         code, message, retry = err.code, err.message, err.retryable
     elif isinstance(err, DataLockBusy):
         code, message, retry = ErrorCode.LOCKED, str(err), False
     else:
         code, message, retry = destination_error_code(err), str(err), err.retryable
-    return dg.Failure(
-        description=f"[{code}] {message}",
-        metadata={"error_code": code, "retryable": retry},
-        allow_retries=retry,
-    )
+    return expected_failure(context, message, code, retryable=retry)
 
 
 @contextlib.contextmanager
-def backup_errors() -> Iterator[None]:
+def backup_errors(context: dg.OpExecutionContext) -> Iterator[None]:
     try:
         yield
     except (BackupError, DataLockBusy, DestinationError) as err:
-        raise failure_from(err) from None
+        raise failure_from(context, err) from None
 
 
 def build_encryptor(keys: BackupKeysResource) -> tuple[Encryptor, dict[str, Any]]:
@@ -208,10 +209,8 @@ def discard_if_run_failed(
         # A part the destination keeps (object lock) stays: without a manifest it is no backup.
         with contextlib.suppress(LockedError):
             remove_part(destination, installation_id, backup_id, part)
-        raise dg.Failure(
-            description=f"[{ErrorCode.INTERNAL}] another step of this backup failed; part {part!r} discarded",
-            metadata={"error_code": "SIBLING_STEP_FAILED"},
-            allow_retries=False,
+        raise quiet_failure(
+            f"another step of this backup failed; part {part!r} discarded", ErrorCode.INTERNAL
         )
 
 
@@ -280,7 +279,7 @@ def plan_backup(
     enforce_manual_backup_interval(
         context, config.min_manual_backup_interval_minutes, force=config.force, state_dir=keys.state_dir
     )
-    with backup_errors(), run_data_lease(context, app_db):
+    with backup_errors(context), run_data_lease(context, app_db):
         run = context.instance.get_run_by_id(context.run_id)
         started = datetime.now(UTC)
         backup_id = (run.tags.get(BACKUP_ID_TAG) if run else None) or new_backup_id(started, context.run_id)
@@ -372,7 +371,7 @@ def dump_database_op(
     keys: BackupKeysResource,
 ) -> dict:
     backup_id, installation_id = plan["backup_id"], plan["installation_id"]
-    with backup_errors(), run_data_lease(context, app_db):
+    with backup_errors(context), run_data_lease(context, app_db):
         encryptor, _ = build_encryptor(keys)
         dest = destination.get_destination()
         context.log.info(f"encrypting the database dump into part {PART_DATABASE!r} of backup {backup_id}")
@@ -394,6 +393,8 @@ def dump_database_op(
             on_start=lambda cmd: context.log.info("running " + " ".join(cmd)),
         )
         discard_if_run_failed(context, dest, installation_id, backup_id, PART_DATABASE)
+    if result.schema_version_note:
+        context.log.warning(result.schema_version_note)
     out = result.to_dict()
     context.add_output_metadata(
         {
@@ -402,7 +403,7 @@ def dump_database_op(
             "ciphertext_bytes": result.part.size,
             "dump_bytes": result.part.plaintext_size,
             "seconds": round(result.seconds, 3),
-            "schema_version": str(result.schema_version),
+            "schema_version": result.schema_version or result.schema_version_note or "not configured",
             "pg_dump_version": result.pg_dump_version,
         }
     )
@@ -424,7 +425,7 @@ def export_bucket_op(
     keys: BackupKeysResource,
 ) -> dict:
     backup_id, installation_id, name = plan["backup_id"], plan["installation_id"], bucket["bucket"]
-    with backup_errors(), run_data_lease(context, app_db):
+    with backup_errors(context), run_data_lease(context, app_db):
         encryptor, _ = build_encryptor(keys)
         dest = destination.get_destination()
         context.log.info(
@@ -485,7 +486,7 @@ def finalize_backup_op(
     destination: DestinationResource,
     keys: BackupKeysResource,
 ) -> dict:
-    with backup_errors(), run_data_lease(context, app_db):
+    with backup_errors(context), run_data_lease(context, app_db):
         encryptor, key_ids = build_encryptor(keys)
         dest = destination.get_destination()
         entry = finalize_backup(

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
+from backup_pipeline.ops.step_errors import expected_failure
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresResource, PostgresUnavailable
 from backup_pipeline.services.backup_parts import ErrorCode
 from backup_pipeline.services.data_lease import HolderFinished
@@ -62,21 +63,16 @@ def _step_key(context: dg.OpExecutionContext) -> str:
     return context.get_step_execution_context().step.key
 
 
-def lease_failure(exc: DataLockBusy | PostgresUnavailable) -> dg.Failure:
+def lease_failure(context: dg.OpExecutionContext, exc: DataLockBusy | PostgresUnavailable) -> Exception:
+    """``[BACKUP_LOCKED]`` (not retried: the holder's run may last hours) or ``[DATABASE_UNREACHABLE]``
+    (retried by the step's retry policy if it has one), one line without a stack trace."""
     if isinstance(exc, DataLockBusy):
-        return dg.Failure(
-            description=f"[{ErrorCode.LOCKED}] {exc}",
-            metadata={"error_code": ErrorCode.LOCKED, "retryable": False},
-            allow_retries=False,
-        )
-    return dg.Failure(
-        description=f"[{ErrorCode.DATABASE_UNREACHABLE}] {exc}",
-        metadata={"error_code": ErrorCode.DATABASE_UNREACHABLE, "retryable": True},
-    )
+        return expected_failure(context, str(exc), ErrorCode.LOCKED)
+    return expected_failure(context, str(exc), ErrorCode.DATABASE_UNREACHABLE, retryable=True)
 
 
 def acquire_run_data_lease(context: dg.OpExecutionContext, app_db: PostgresResource) -> None:
-    """Take or share the lease for this run; a ``dg.Failure`` (``BACKUP_LOCKED`` / ``DATABASE_UNREACHABLE``) if not."""
+    """Take or share the lease for this run; fails the step (``BACKUP_LOCKED`` / ``DATABASE_UNREACHABLE``) if not."""
     try:
         acquisition = app_db.acquire_data_lease(
             context.run_id,
@@ -85,7 +81,7 @@ def acquire_run_data_lease(context: dg.OpExecutionContext, app_db: PostgresResou
             holder_finished=holder_finished(context.instance),
         )
     except (DataLockBusy, PostgresUnavailable) as exc:
-        raise lease_failure(exc) from None
+        raise lease_failure(context, exc) from None
     if acquisition.previous is not None:
         context.log.warning(f"took over the data lease from a dead holder: {acquisition.previous.describe()}")
 

@@ -22,11 +22,13 @@ from backup_pipeline.ops.data_lease import (
     release_run_data_lease,
     run_data_lease,
 )
+from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources import PostgresResource, S3Resource
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.postgres import DataLockBusy, PostgresUnavailable
 from backup_pipeline.safety import evaluation_of
 from backup_pipeline.services import migration as mig
+from backup_pipeline.services.backup_parts import ErrorCode
 from backup_pipeline.services.progress import ProgressTracker
 from backup_pipeline.settings import BackupSettings
 
@@ -34,6 +36,10 @@ STORAGE_MIGRATION_ASSET = dg.AssetKey("storage_migration")
 #: Resource key of the Google Drive that holds the legacy files (may differ from the backup destination).
 LEGACY_DRIVE = "legacy_drive"
 STORAGE_STATUS_CHECK = "primary_storage_status"
+# Codes of the expected failures (the step's one-line error starts with one).
+MIGRATION_REFUSED = "MIGRATION_REFUSED"
+MIGRATION_STOPPED = "MIGRATION_STOPPED"
+DRIVE_UNAVAILABLE = "DRIVE_UNAVAILABLE"
 
 
 class MigrationConfig(dg.Config):
@@ -90,8 +96,20 @@ def migration_context(
     )
 
 
-def _fail(exc: BaseException) -> dg.Failure:
-    return dg.Failure(description=str(exc), allow_retries=False)
+def _fail(exc: BaseException) -> Exception:
+    """An expected failure (bad options, the lease busy, a store unavailable): one line with its
+    code and no stack trace in the run view (``ops/step_errors.py``)."""
+    if isinstance(exc, DataLockBusy):
+        code = ErrorCode.LOCKED
+    elif isinstance(exc, PostgresUnavailable):
+        code = ErrorCode.DATABASE_UNREACHABLE
+    elif isinstance(exc, mig.StorageUnavailable):
+        code = ErrorCode.S3_UNREACHABLE
+    elif isinstance(exc, mig.DriveUnavailable | DestinationError):
+        code = DRIVE_UNAVAILABLE
+    else:
+        code = MIGRATION_REFUSED
+    return quiet_failure(str(exc), code)
 
 
 @dg.op(
@@ -168,11 +186,10 @@ def migrate_batch(
             f"not the {item['sent_content_type']!r} sent (migrated; the recorded type is kept)"
         )
     if result.fatal:
-        raise dg.Failure(
-            description=f"{result.fatal} (batch {batch['index']}: {result.moved} moved before it stopped; "
-            "a rerun continues where this one stopped)",
-            metadata={"moved": result.moved, "failed": result.failed, "not_attempted": result.not_attempted},
-            allow_retries=False,
+        raise quiet_failure(
+            f"{result.fatal} (batch {batch['index']}: {result.moved} moved, {result.failed} failed, "
+            f"{result.not_attempted} not attempted before it stopped; a rerun continues where this one stopped)",
+            MIGRATION_STOPPED,
         )
     context.add_output_metadata(
         {"moved": result.moved, "failed": result.failed, "bytes_moved": result.bytes_moved}

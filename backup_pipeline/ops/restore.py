@@ -8,7 +8,7 @@ Graph (one restore = one run)::
 
 * ``start_restore`` checks the request (confirmation phrase naming the backup, buckets,
   versions, the database role's privileges) and resolves ``latest`` (the newest complete
-  regular set, never a safety set); a bad request fails here with ``dagster.Failure``. A real
+  regular set, never a safety set); a bad request fails here (``[RESTORE_REFUSED]``). A real
   run then drops the scratch databases of killed runs it can prove dead.
 * ``verify_restore_parts`` streams every needed part once, authenticating each chunk and
   comparing both SHA-256 with the manifest, BEFORE anything is touched (we stream twice
@@ -25,6 +25,10 @@ Graph (one restore = one run)::
 * ``finish_restore``: swaps the scratch database in (one transaction; the replaced database is
   dropped unless kept on request), consistency report (full restores), audit, outcome tags.
 
+Every expected failure (a refusal, a damaged set, the destination, S3 or the database
+unreachable, the data lease busy) fails its step with ``[CODE] message`` and no stack trace in
+the run view (``ops/step_errors.py``); an unexpected exception keeps its trace.
+
 A failed step drops the run's scratch database (hook ``drop_restore_scratch_on_failure``): the
 target database changes only in ``finish_restore``, so a failure anywhere leaves it as it was.
 
@@ -33,9 +37,10 @@ A real restore holds the run-level data lease (``ops/data_lease.py``) from ``sta
 """
 
 import getpass
+import json
 import os
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import Enum
@@ -47,6 +52,7 @@ from pydantic import Field
 
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
+from backup_pipeline.destinations.base import DestinationError
 from backup_pipeline.ops.backup import BACKUP_SET_ASSET, build_encryptor
 from backup_pipeline.ops.data_lease import (
     acquire_run_data_lease,
@@ -55,17 +61,26 @@ from backup_pipeline.ops.data_lease import (
     release_run_data_lease,
     run_data_lease,
 )
+from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
-from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.resources.s3 import S3Resource
+from backup_pipeline.resources.postgres import (
+    DataLockBusy,
+    PgToolsError,
+    PostgresResource,
+    PostgresUnavailable,
+)
+from backup_pipeline.resources.s3 import S3Resource, S3Unavailable
 from backup_pipeline.services import restore as svc
 from backup_pipeline.services.backup_parts import (
     SET_KIND_SAFETY,
     TRIGGER_PRE_RESTORE,
+    BackupError,
+    ErrorCode,
     bucket_part_name,
     mapping_key,
 )
+from backup_pipeline.services.backup_upload import destination_error_code
 from backup_pipeline.services.errors import first_line
 
 TAG_PREFIX = "backup_pipeline/"
@@ -74,6 +89,11 @@ TAG_DRY_RUN = TAG_PREFIX + "dry_run"
 TAG_LAUNCHED_BY = TAG_PREFIX + "launched_by"
 TAG_OUTCOME = TAG_PREFIX + "restore_outcome"
 TAG_SAFETY_BACKUP = TAG_PREFIX + "safety_backup_id"
+#: Error codes of a restore step's expected failures (the step's one-line error starts with one).
+RESTORE_REFUSED = "RESTORE_REFUSED"
+RESTORE_VERIFY_FAILED = "RESTORE_VERIFY_FAILED"
+RESTORE_DATABASE_FAILED = "RESTORE_DATABASE_FAILED"
+RESTORE_BUCKET_FAILED = "RESTORE_BUCKET_FAILED"
 
 
 class Scope(Enum):
@@ -173,8 +193,41 @@ def options_from_plan(plan: dict[str, Any]) -> svc.RestoreOptions:
     return svc.RestoreOptions(**raw)
 
 
-def _fail(message: str, **metadata: Any) -> dg.Failure:
-    return dg.Failure(description=message, metadata={k: v for k, v in metadata.items() if v is not None})
+def _fail(context: dg.OpExecutionContext, message: str, code: str, **details: Any) -> Exception:
+    """An expected failure of this step: one line, no stack trace; ``details`` (counts) go to the log."""
+    shown = {k: v for k, v in details.items() if v is not None}
+    if shown:
+        context.log.error(f"[{code}] details: {json.dumps(shown, default=str, sort_keys=True)}")
+    return quiet_failure(message, code)
+
+
+#: Failures of what a restore depends on (destination, S3, database, pg tools, the data lease, the
+#: safety backup): expected, reported in one line with their code.
+_UNAVAILABLE = (DestinationError, S3Unavailable, PostgresUnavailable, PgToolsError, DataLockBusy, BackupError)
+
+
+def _unavailable(context: dg.OpExecutionContext, exc: BaseException) -> Exception:
+    if isinstance(exc, DestinationError):
+        code = destination_error_code(exc)
+    elif isinstance(exc, BackupError):
+        code = exc.code
+    elif isinstance(exc, S3Unavailable):
+        code = ErrorCode.S3_UNREACHABLE
+    elif isinstance(exc, PostgresUnavailable):
+        code = ErrorCode.DATABASE_UNREACHABLE
+    elif isinstance(exc, DataLockBusy):
+        code = ErrorCode.LOCKED
+    else:
+        code = ErrorCode.PG_TOOLS_UNUSABLE
+    return _fail(context, exc.message if isinstance(exc, BackupError) else str(exc), code)
+
+
+@contextmanager
+def _expected_errors(context: dg.OpExecutionContext) -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise _unavailable(context, exc) from None
 
 
 def _keys(keys: Any) -> svc.RestoreKeys:
@@ -246,7 +299,9 @@ def start_restore(
             )
             svc.check_or_note(options.dry_run, would_refuse, svc.check_privileges, target)
     except (svc.RestoreRefused, ArchiveError) as exc:
-        raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
+        raise _fail(context, str(exc), RESTORE_REFUSED) from None
+    except _UNAVAILABLE as exc:
+        raise _unavailable(context, exc) from None
     if not options.dry_run:
         acquire_run_data_lease(context, app_db)  # held until finish_restore
         if options.restores_database:
@@ -359,9 +414,11 @@ def _verify_parts(
             try:
                 svc.check_or_note(options.dry_run, notes, svc.check_roles, target, facts, options.ownership)
             except svc.RestoreRefused as exc:
-                raise _fail(str(exc), error_code="RESTORE_REFUSED") from None
+                raise _fail(context, str(exc), RESTORE_REFUSED) from None
     except svc.RestoreRefused as exc:
-        raise _fail(str(exc), error_code="RESTORE_VERIFY_FAILED") from None
+        raise _fail(context, str(exc), RESTORE_VERIFY_FAILED) from None
+    except _UNAVAILABLE as exc:
+        raise _unavailable(context, exc) from None
     return results, notes
 
 
@@ -382,7 +439,7 @@ def safety_backup(
     if not svc.database_has_tables(target):
         context.log.info(f"database {target.dbname} is missing or empty: nothing to keep")
         return {"skipped": True, "reason": "target database missing or empty"}
-    with run_data_lease(context, app_db):
+    with _expected_errors(context), run_data_lease(context, app_db):
         entry = make_safety_backup(context, app_db, destination, keys, target.dbname)
     context.instance.add_run_tags(context.run_id, {TAG_SAFETY_BACKUP: entry["backup_id"]})
     context.log_event(
@@ -457,11 +514,11 @@ def restore_database_step(
     options = options_from_plan(plan)
     if not options.restores_database:
         return {"skipped": True}
-    resolved = _resolve(destination, keys, plan)
     target = _target_db(app_db, options)
-    pg_restore = app_db.pg_tools(check_server=False).pg_restore.path
-    dump = svc.open_part(destination.get_destination(), _keys(keys), resolved, svc.PART_DATABASE)
     try:
+        resolved = _resolve(destination, keys, plan)
+        pg_restore = app_db.pg_tools(check_server=False).pg_restore.path
+        dump = svc.open_part(destination.get_destination(), _keys(keys), resolved, svc.PART_DATABASE)
         if options.dry_run:
             result = svc.plan_database(
                 dump, target, pg_restore=pg_restore, expected_rows=resolved.table_rows()
@@ -489,7 +546,9 @@ def restore_database_step(
                 expected_rows=resolved.table_rows(),
             )
     except svc.RestoreError as exc:
-        raise _fail(str(exc), error_code="RESTORE_DATABASE_FAILED", database=target.dbname) from None
+        raise _fail(context, str(exc), RESTORE_DATABASE_FAILED) from None
+    except _UNAVAILABLE as exc:
+        raise _unavailable(context, exc) from None
     context.add_output_metadata(
         {
             **_metadata({k: v for k, v in result.items() if k not in ("tables", "source_database")}),
@@ -550,7 +609,8 @@ def restore_bucket_step(
                 client, bucket, inventory.values(), options.conflict_policy, options.key_prefix
             )
         except Exception as exc:
-            raise s3.describe_error(exc, f"planning the restore of bucket {bucket}") from None
+            reason = s3.describe_error(exc, f"planning the restore of bucket {bucket}")
+            raise _fail(context, str(reason), ErrorCode.S3_UNREACHABLE) from None
         context.add_output_metadata({"dry_run": True, **_metadata(summary)})
         return {**summary, "dry_run": True}
 
@@ -564,7 +624,7 @@ def restore_bucket_step(
                 f"{bucket}: {done}/{len(inventory)} objects, {summary.bytes_written} bytes written"
             )
 
-    with run_data_lease(context, app_db):
+    with _expected_errors(context), run_data_lease(context, app_db):
         plaintext = svc.open_part(
             destination.get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
         )
@@ -580,16 +640,15 @@ def restore_bucket_step(
                 on_progress=progress,
             )
         except svc.BucketRestoreFailed as exc:
-            raise _fail(
-                str(exc), error_code="RESTORE_BUCKET_FAILED", **_metadata(exc.summary.as_dict())
-            ) from None
+            raise _fail(context, str(exc), RESTORE_BUCKET_FAILED, **exc.summary.as_dict()) from None
     summary = result.as_dict()
     context.add_output_metadata(_metadata(summary))
     if result.failed:
         raise _fail(
+            context,
             f"bucket {bucket}: {result.failed} objects failed to restore",
-            error_code="RESTORE_BUCKET_FAILED",
-            **_metadata(summary),
+            RESTORE_BUCKET_FAILED,
+            **summary,
         )
     return summary
 
@@ -618,10 +677,10 @@ def finish_restore(
     swapped: dict[str, Any] = {}
     target = _target_db(app_db, options)
     if not options.dry_run and database.get("scratch_database"):
-        with run_data_lease(context, app_db):
+        with _expected_errors(context), run_data_lease(context, app_db):
             swapped = _swap_in(context, app_db, options, database, target)
     if options.scope is svc.RestoreScope.FULL and not options.dry_run and not options.schema_only:
-        with run_data_lease(context, app_db):
+        with _expected_errors(context), run_data_lease(context, app_db):
             report = svc.consistency_report(
                 target.conninfo(), s3.client(), plan["buckets"], query=plan["consistency_query"]
             )
@@ -670,7 +729,7 @@ def _swap_in(
             options=options,
         )
     except svc.RestoreError as exc:
-        raise _fail(str(exc), error_code="RESTORE_DATABASE_FAILED", database=target.dbname) from None
+        raise _fail(context, str(exc), RESTORE_DATABASE_FAILED) from None
     if swapped.get("previous_kept"):
         context.log.warning(
             f"the replaced database is kept as {swapped['replaced_database']}: drop it when no longer needed"

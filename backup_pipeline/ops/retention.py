@@ -26,6 +26,7 @@ from backup_pipeline.ops.data_lease import (
     run_data_lease,
 )
 from backup_pipeline.ops.restore import TAG_RESTORE_OF
+from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
@@ -48,6 +49,9 @@ BACKUP_ID_TAG = "backup_pipeline/backup_id"
 DELETED_EVENT = "deleted"
 RETENTION_JOB_NAME = "retention_job"
 DELETE_BACKUP_JOB_NAME = "delete_backup_job"
+# Codes of the expected failures (one line, no stack trace in the run view: ops/step_errors.py).
+BAD_INPUT = "BAD_INPUT"
+DESTINATION_UNAVAILABLE = "DESTINATION_UNAVAILABLE"
 
 
 def deletion_event(deleted: DeletedSet, run_id: str) -> dg.AssetObservation:
@@ -124,9 +128,9 @@ def apply_retention_op(
 ) -> dict:
     keep_last = backup_policy.retention_keep_last if config.keep_last is None else config.keep_last
     if keep_last < 1:
-        raise dg.Failure(
-            description=f"keep_last: must be at least 1 (the newest complete backup is never deleted), got {keep_last}",
-            allow_retries=False,
+        raise quiet_failure(
+            f"keep_last: must be at least 1 (the newest complete backup is never deleted), got {keep_last}",
+            BAD_INPUT,
         )
     with _data_lock(context, app_db):
         return _run_retention(context, config, destination, backup_policy, keep_last)
@@ -143,16 +147,16 @@ def _run_retention(
     try:
         sets = discover_sets(destination, policy.installation_id)
     except DestinationError as exc:
-        raise dg.Failure(
-            description=f"cannot list backups on {destination.description}: {exc}. Nothing was deleted.",
-            metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+        raise quiet_failure(
+            f"cannot list backups on {destination.description}: {exc}. Nothing was deleted.",
+            DESTINATION_UNAVAILABLE,
         ) from None
     if not sets and ledger_complete_count(context.instance) > 0:
         # An unmounted NAS folder lists as empty: never treat "sees nothing" as "nothing exists".
-        raise dg.Failure(
-            description=f"{destination.description} shows no backup sets although the ledger records complete "
+        raise quiet_failure(
+            f"{destination.description} shows no backup sets although the ledger records complete "
             "backups: the destination is unreachable, unmounted or misconfigured. Nothing was deleted.",
-            metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+            DESTINATION_UNAVAILABLE,
         )
     plan = plan_retention(
         sets,
@@ -213,17 +217,15 @@ def _run_retention(
     )
     report_locked(context, result.locked)
     if result.failed:
-        raise dg.Failure(
-            description=f"{len(result.failed)} backup set(s) could not be deleted and stay in the ledger; "
+        # The sets that did go are in the ledger (deletion observations) and the log above.
+        raise quiet_failure(
+            f"{len(result.failed)} backup set(s) could not be deleted and stay in the ledger; "
             "the next retention run retries them: "
-            + "; ".join(f"{bid}: {why}" for bid, why in result.failed.items()),
-            metadata={
-                "error_code": "RETENTION_DELETE_FAILED",
-                "failed": dg.MetadataValue.json(result.failed),
-                "deleted": dg.MetadataValue.json(summary["deleted"]),
-                "bytes_freed": result.bytes_freed,
-                "locked": dg.MetadataValue.json(summary["locked"]),
-            },
+            + "; ".join(f"{bid}: {why}" for bid, why in result.failed.items())
+            + f" ({len(summary['deleted'])} deleted, {result.bytes_freed} bytes freed"
+            + (f", {len(summary['locked'])} kept under a lock" if summary["locked"] else "")
+            + ")",
+            "RETENTION_DELETE_FAILED",
         )
     context.add_output_metadata(
         {
@@ -287,15 +289,12 @@ def delete_backup_op(
     app_db: PostgresResource,
 ) -> dict:
     if not is_backup_id(config.backup_id):
-        raise dg.Failure(
-            description=f"backup_id: {config.backup_id!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)",
-            allow_retries=False,
+        raise quiet_failure(
+            f"backup_id: {config.backup_id!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)", BAD_INPUT
         )
     expected = f"delete {config.backup_id}"
     if config.confirm.strip() != expected:
-        raise dg.Failure(
-            description=f"confirm: type exactly {expected!r} to delete this backup", allow_retries=False
-        )
+        raise quiet_failure(f"confirm: type exactly {expected!r} to delete this backup", BAD_INPUT)
     with _data_lock(context, app_db):
         destination_ = destination.get_destination()
         try:
@@ -309,12 +308,12 @@ def delete_backup_op(
         except LockedError as exc:
             return _refused(context, backup_policy, config.backup_id, exc.until, str(exc))
         except RetentionError as exc:
-            raise dg.Failure(description=str(exc), allow_retries=False) from None
+            raise quiet_failure(str(exc), "DELETE_REFUSED") from None
         except DestinationError as exc:
-            raise dg.Failure(
-                description=f"deleting {config.backup_id} on {destination_.description} failed: {exc}. "
+            raise quiet_failure(
+                f"deleting {config.backup_id} on {destination_.description} failed: {exc}. "
                 "The ledger still lists it; run the job again.",
-                metadata={"error_code": "DESTINATION_UNAVAILABLE"},
+                DESTINATION_UNAVAILABLE,
             ) from None
     context.log_event(deletion_event(deleted, context.run_id))
     AuditLog(_state_dir(backup_policy)).append(

@@ -1,8 +1,8 @@
 """``verify_backup_job``, the ``backup_set_verified`` asset check and the failed-verification alert.
 
 Thin wiring over ``services/verification.py``. One run verifies one backup set (config
-``backup_id``; empty = the newest complete set without a verdict yet, else the newest complete
-set again). The verdict is recorded in the ledger (``ledger.verification_observation``: an
+``backup_id``; empty = the newest complete regular set without a verdict yet, else the newest
+complete regular set again; a restore's safety set only when named). The verdict is recorded in the ledger (``ledger.verification_observation``: an
 ``AssetObservation`` of ``backup_set`` with ``event=verified`` or ``event=verification_failed``
 and the checks as details) and in the audit trail. A failed verdict then fails the run, so the
 run is red and ``alert_on_failed_verification`` sends the alert (e-mail / signed webhook).
@@ -54,8 +54,8 @@ ERROR_BAD_INPUT = "BAD_INPUT"
 class VerifyConfig(dg.Config):
     backup_id: str = Field(
         default="",
-        description="Backup id to verify; empty: the newest complete set not verified yet "
-        "(or, when all have a verdict, the newest complete set again).",
+        description="Backup id to verify; empty: the newest complete regular set not verified yet "
+        "(or, when all have a verdict, the newest complete regular set again). Safety sets only by id.",
     )
     sample_share: float = Field(
         default=svc.DEFAULT_SAMPLE_SHARE,
@@ -78,10 +78,12 @@ def choose_backup_id(instance: dg.DagsterInstance, requested: str) -> str:
                 f"backup_id: {requested!r} is not a backup id (yyyymmddThhmmssZ-xxxxxxxx)", ERROR_BAD_INPUT
             )
         return requested
-    complete = ledger.complete_sets(instance)
+    # A restore's safety set (database only) is verified when named, never by default: the
+    # default proves the newest regular backup, which is what backup_set_verified judges.
+    complete = [e for e in ledger.complete_sets(instance) if not e.is_safety]
     if not complete:
         raise quiet_failure(
-            "backup_id: the ledger records no complete backup set to verify", ERROR_CANNOT_VERIFY
+            "backup_id: the ledger records no complete regular backup set to verify", ERROR_CANNOT_VERIFY
         )
     statuses = ledger.verification_statuses(instance)
     unverified = [e for e in complete if e.backup_id not in statuses]

@@ -56,9 +56,9 @@ class DestinationResource(ConfigurableResource):
     s3_lock_mode: str = Field("governance", description="governance, compliance or none.")
     s3_lock_days: int = Field(default=9, description="Retention written on each part, in days.")
     s3_read_timeout_seconds: float = 120.0
-    retry_attempts: int = 8
+    retry_attempts: int = Field(8, description="destination_retry_attempts (settings).")
     retry_initial_wait_seconds: float = 1.0
-    retry_max_wait_seconds: float = 60.0
+    retry_max_wait_seconds: float = Field(60.0, description="destination_retry_max_wait_seconds (settings).")
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> DestinationResource:
@@ -78,6 +78,8 @@ class DestinationResource(ConfigurableResource):
             drive_api_root=settings.drive_api_root,
             drive_token_uri=settings.drive_token_uri,
             drive_daily_upload_cap_bytes=settings.drive_daily_upload_cap_bytes,
+            retry_attempts=settings.destination_retry_attempts,
+            retry_max_wait_seconds=settings.destination_retry_max_wait_seconds,
             s3_endpoint=settings.s3_destination_endpoint,
             s3_bucket=settings.s3_destination_bucket,
             s3_prefix=settings.s3_destination_prefix,

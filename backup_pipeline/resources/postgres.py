@@ -70,6 +70,37 @@ def redact_url(url: str) -> str:
     return f"{user + '@' if user else ''}{host}:{port}/{db}"
 
 
+def libpq_reason(exc: BaseException) -> str:
+    """Why libpq could not connect, in one line, without the endpoint (the caller names it).
+
+    libpq writes ``connection to server at "h", port p failed: <reason>`` per address it tried,
+    then hint lines (``\tIs the server running on that host ...?``); the reason ("Connection
+    refused", ``FATAL:  password authentication failed for user "app"``) is what an operator
+    acts on, so it leads, with the first hint after it.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reasons: list[str] = []
+    hints: list[str] = []
+    for line in lines:
+        _, marker, reason = line.rpartition(" failed: ")
+        if marker:
+            if reason not in reasons:
+                reasons.append(reason)
+        elif line.startswith("connection failed"):
+            continue
+        else:
+            hints.append(line)
+    if not reasons:
+        return " ".join(lines)
+    text = "; ".join(" ".join(r.split()) for r in reasons)
+    if not hints:
+        return text
+    hint = hints[0].rstrip("?")
+    return f"{text} ({hint[:1].lower()}{hint[1:]}?)"
+
+
 def tool_version(path: Path) -> str:
     try:
         out = subprocess.run(
@@ -184,11 +215,7 @@ class PostgresResource(ConfigurableResource):
         try:
             return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
         except psycopg.Error as exc:
-            # psycopg's message is libpq's ("connection to server ... failed: ..."); keep its last
-            # line, which says why, and name the endpoint ourselves.
-            reason = self._redact(
-                str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            )
+            reason = self._redact(libpq_reason(exc))
             raise PostgresUnavailable(
                 f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}"
             ) from None

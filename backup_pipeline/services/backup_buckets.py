@@ -383,6 +383,17 @@ class UnreadableObject:
     reason: str
 
 
+#: The anomaly ``detail`` of such a key (also in the test vectors' manifest: keep the wording).
+DOT_SEGMENT_REASON = "the S3 client library cannot address a key with a '.' or '..' segment"
+#: What the run's warning tells the operator to do about them (docs/ARCHITECTURE.md, known gaps).
+DOT_SEGMENT_ADVICE = (
+    "a key with a '.' or '..' path segment is legal on AWS S3 but minio-py, the S3 library this "
+    "pipeline uses, cannot read it: such objects are in no backup until the application gives them "
+    "keys without those segments (copy each to its new key with a client that sends the key "
+    "unchanged, then delete the original); the next backup then includes them"
+)
+
+
 def client_cannot_address(key: str) -> bool:
     """minio-py refuses every request for a key with a ``.`` or ``..`` path segment."""
     return any(segment in (".", "..") for segment in key.split("/"))
@@ -423,7 +434,7 @@ def open_object(
     endpoint = s3_endpoint(client)
     what = f"s3://{bucket}/{listed.key}"
     if client_cannot_address(listed.key):
-        return UnreadableObject("the S3 client library cannot address a key with a '.' or '..' segment")
+        return UnreadableObject(DOT_SEGMENT_REASON)
     try:
         response = client.get_object(bucket, listed.key)
     except S3Error as exc:
@@ -673,10 +684,13 @@ class BucketExportResult:
                 "vanished during the backup (recorded in the manifest)"
             )
         if self.unreadable:
-            found.append(
+            text = (
                 f"bucket {self.bucket}: {len(self.unreadable)} object(s) NOT backed up (recorded in the "
                 "manifest): " + _some_anomalies(self.unreadable)
             )
+            if any(a.get("detail") == DOT_SEGMENT_REASON for a in self.unreadable):
+                text += f". What to do: {DOT_SEGMENT_ADVICE}"
+            found.append(text)
         if self.inexact:
             found.append(
                 f"bucket {self.bucket}: {len(self.inexact)} object(s) backed up with a header that is not "

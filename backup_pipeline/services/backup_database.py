@@ -65,24 +65,59 @@ def locate_and_check_pg_dump(pg: PostgresResource) -> tuple[PgTools, int, str]:
     return tools, major, full
 
 
-def query_schema_version(pg: PostgresResource, query: str) -> str | None:
-    """The app's latest applied migration, or None when no query is configured or nothing is applied."""
+SCHEMA_VERSION_SETTING = "BACKUP_PIPELINE_SCHEMA_VERSION_QUERY"
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """The app's schema version, or None with ``note`` saying why it could not be recorded."""
+
+    value: str | None
+    note: str | None = None
+
+
+def read_schema_version(conn: psycopg.Connection[Any], query: str) -> SchemaVersion:
+    """Run the schema-version query on ``conn``.
+
+    An application without the table (or column) the query reads — a new user's database and
+    the default query, or an app that has not created its migrations table yet — is not a
+    reason to fail a backup: the version is not recorded and ``note`` names the setting. Any
+    other error (syntax, permissions) is a misconfiguration: ``SCHEMA_VERSION_QUERY_FAILED``.
+    """
     if not query.strip():
-        return None
+        return SchemaVersion(None)
     try:
-        with pg.connect(autocommit=True) as conn:
-            row = conn.execute(query).fetchone()  # type: ignore[call-overload]
-    except PostgresUnavailable as exc:
-        raise BackupError(ErrorCode.DATABASE_UNREACHABLE, str(exc), retryable=True) from None
+        row = conn.execute(query).fetchone()  # type: ignore[call-overload]
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        conn.rollback()
+        return SchemaVersion(
+            None,
+            f"schema version not recorded: {first_line(exc)} — {SCHEMA_VERSION_SETTING} is {query!r}; set it "
+            "to the query giving your application's latest migration, or empty to skip",
+        )
+    except psycopg.OperationalError:
+        raise  # the connection broke: the caller reports the database unreachable
     except psycopg.Error as exc:
         raise BackupError(
             ErrorCode.SCHEMA_VERSION_QUERY_FAILED,
-            f"schema version query failed ({first_line(exc)}); fix BACKUP_PIPELINE_SCHEMA_VERSION_QUERY "
-            "or set it empty to skip",
+            f"schema version query failed ({first_line(exc)}); fix {SCHEMA_VERSION_SETTING} or set it empty to skip",
         ) from None
-    if row is None or row[0] is None:
-        return None
-    return str(row[0])
+    return SchemaVersion(None if row is None or row[0] is None else str(row[0]))
+
+
+def query_schema_version(pg: PostgresResource, query: str) -> SchemaVersion:
+    """The app's latest applied migration (``read_schema_version``) on a connection of its own."""
+    if not query.strip():
+        return SchemaVersion(None)
+    try:
+        with pg.connect(autocommit=True) as conn:
+            return read_schema_version(conn, query)
+    except PostgresUnavailable as exc:
+        raise BackupError(ErrorCode.DATABASE_UNREACHABLE, str(exc), retryable=True) from None
+    except psycopg.OperationalError as exc:
+        raise BackupError(
+            ErrorCode.DATABASE_UNREACHABLE, f"reading the schema version: {first_line(exc)}", retryable=True
+        ) from None
 
 
 def pg_dump_command(
@@ -175,6 +210,8 @@ class DatabaseDumpResult:
     seconds: float
     # schema.table -> rows in the dump (tables whose data is dumped); what verification compares.
     table_rows: dict[str, int] = field(default_factory=dict)
+    # Why schema_version is None although a query is configured (a warning for the run's log).
+    schema_version_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +219,7 @@ class DatabaseDumpResult:
             "server_version": self.server_version,
             "pg_dump_version": self.pg_dump_version,
             "schema_version": self.schema_version,
+            "schema_version_note": self.schema_version_note,
             "exclude_table_data": list(self.exclude_table_data),
             "seconds": round(self.seconds, 3),
             "table_rows": dict(self.table_rows),
@@ -279,8 +317,9 @@ def dump_database(
         part=part,
         server_version=server_version,
         pg_dump_version=tools.pg_dump.version,
-        schema_version=schema_version,
+        schema_version=schema_version.value,
         exclude_table_data=tuple(exclude_table_data),
         seconds=time.monotonic() - started,
         table_rows=table_rows,
+        schema_version_note=schema_version.note,
     )

@@ -155,6 +155,8 @@ class ErrorCode:
     LOCKED = "BACKUP_LOCKED"
     PG_DUMP_NOT_FOUND = "PG_DUMP_NOT_FOUND"
     PG_DUMP_TOO_OLD = "PG_DUMP_TOO_OLD"
+    # restore_job and storage_health_job: pg_dump/pg_restore missing, or older than the server.
+    PG_TOOLS_UNUSABLE = "PG_TOOLS_UNUSABLE"
     DATABASE_UNREACHABLE = "DATABASE_UNREACHABLE"
     PG_DUMP_FAILED = "PG_DUMP_FAILED"
     SCHEMA_VERSION_QUERY_FAILED = "SCHEMA_VERSION_QUERY_FAILED"

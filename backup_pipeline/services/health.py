@@ -8,6 +8,7 @@ from typing import Any
 
 from backup_pipeline.resources.postgres import PostgresResource, check_tools_against_server
 from backup_pipeline.resources.s3 import S3Resource
+from backup_pipeline.services.backup_database import read_schema_version
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class PostgresHealth:
     database_size_bytes: int
     table_count: int
     schema_version: str | None
+    schema_version_note: str | None = None  # why a configured query recorded nothing
 
     def as_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +55,8 @@ class S3Health:
 def check_postgres(db: PostgresResource, schema_version_query: str = "") -> PostgresHealth:
     """Connect, read the server version and size, and check pg_dump/pg_restore against the server.
 
-    Raises PostgresUnavailable or PgToolsError with a message naming the endpoint/tool.
+    Raises PostgresUnavailable or PgToolsError with a message naming the endpoint/tool, and
+    ``BackupError`` (``SCHEMA_VERSION_QUERY_FAILED``) when the schema-version query is broken.
     """
     major, version = db.server_version()
     tools = db.pg_tools(check_server=False)
@@ -63,14 +66,8 @@ def check_postgres(db: PostgresResource, schema_version_query: str = "") -> Post
         tables_row = conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()
-        schema_version: str | None = None
-        if schema_version_query.strip():
-            try:
-                row = conn.execute(schema_version_query).fetchone()  # type: ignore[arg-type]
-                schema_version = None if not row or row[0] is None else str(row[0])
-            except Exception:
-                # A fresh database has no migrations table yet; that is not a connection problem.
-                conn.rollback()
+        # What a backup will record; a missing migrations table is a note, a broken query a BackupError.
+        schema = read_schema_version(conn, schema_version_query)
     return PostgresHealth(
         endpoint=db.endpoint,
         server_version=version,
@@ -79,7 +76,8 @@ def check_postgres(db: PostgresResource, schema_version_query: str = "") -> Post
         pg_bin_dir=str(tools.bin_dir),
         database_size_bytes=int(size_row[0]) if size_row else 0,
         table_count=int(tables_row[0]) if tables_row else 0,
-        schema_version=schema_version,
+        schema_version=schema.value,
+        schema_version_note=schema.note,
     )
 
 

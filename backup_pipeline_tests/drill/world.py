@@ -26,8 +26,9 @@ from psycopg import sql
 
 from backup_pipeline import ledger
 from backup_pipeline.destinations.base import Destination
-from backup_pipeline.destinations.local_folder import LocalFolderDestination
+from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.settings import load_settings
 from backup_pipeline_tests.e2e.e2e_support import ProductFiles, product_env, product_files
 from backup_pipeline_tests.fixtures.dagster import DagsterHome, DagsterStack, make_dagster_home
 from backup_pipeline_tests.fixtures.drive import (
@@ -360,23 +361,27 @@ class World:
     # --- what is true afterwards ----------------------------------------------------------
 
     def destination(self) -> Destination:
+        """The destination as the product builds it from the same settings, its retry policy
+        included: a Drive listing hit by a 503 is retried here as the product's own calls are
+        (the drill judged the ledger through a bare GoogleDriveDestination, without retries)."""
+        env = {"BACKUP_PIPELINE_INSTALLATION_ID": INSTALLATION}
         if self.destination_kind == "google_drive":
-            from backup_pipeline.destinations.google_drive import DriveConfig, GoogleDriveDestination
-            from backup_pipeline.settings import DriveAuthMode
-
-            return GoogleDriveDestination(
-                DriveConfig(
-                    auth_mode=DriveAuthMode.SHARED_DRIVE,
-                    credentials_file=str(self.root / "drive-sa.json"),
-                    shared_drive_id=SHARED_DRIVE_ID,
-                    folder_name=INSTALLATION,
-                    api_root=self.drive.url,
-                    token_uri=self.drive.token_uri,
-                    state_dir=str(self.root / "drive-state"),
-                )
+            key = write_service_account_key(self.root / "drive-sa.json", self.drive.token_uri)
+            env.update(
+                {
+                    "BACKUP_PIPELINE_DESTINATION": "google_drive",
+                    "BACKUP_PIPELINE_STATE_DIR": str(self.root / "drive-state"),
+                    "BACKUP_PIPELINE_DRIVE_AUTH_MODE": "shared_drive",
+                    "BACKUP_PIPELINE_DRIVE_CREDENTIALS_FILE": str(key),
+                    "BACKUP_PIPELINE_DRIVE_API_ROOT": self.drive.url,
+                    "BACKUP_PIPELINE_DRIVE_TOKEN_URI": self.drive.token_uri,
+                    "BACKUP_PIPELINE_DRIVE_SHARED_DRIVE_ID": SHARED_DRIVE_ID,
+                }
             )
-        assert self.local_path is not None
-        return LocalFolderDestination(str(self.local_path))
+        else:
+            assert self.local_path is not None
+            env["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(self.local_path)
+        return DestinationResource.from_settings(load_settings(env=env)).get_destination()
 
     def ledger_check(self) -> tuple[bool, str]:
         """The ledger is true when every set Dagster lists as complete has its manifest on the

@@ -19,7 +19,7 @@ import google.auth.transport.requests
 
 from backup_pipeline.settings import DriveAuthMode
 
-from ..base import Capacity, CheckReport, DestinationError, human_bytes, refusal_reasons
+from ..base import Capacity, CheckReport, DestinationError, decimal_bytes, refusal_reasons
 from .config import UPLOAD_GRANULARITY
 
 if TYPE_CHECKING:
@@ -85,8 +85,7 @@ def run_check(dest: GoogleDriveDestination) -> CheckReport:
         leftover = None
         report.add(step, True, "test file permanently deleted")
     except DestinationError as exc:
-        report.add(step, False, str(exc))
-        report.fix = _also(report.fix, str(exc))
+        report.failed(step, exc)
     finally:
         if leftover is not None and step != "delete":
             with contextlib.suppress(
@@ -97,7 +96,8 @@ def run_check(dest: GoogleDriveDestination) -> CheckReport:
 
 
 def _space(dest: GoogleDriveDestination, report: CheckReport) -> None:
-    """The space step: the numbers, and a failed step when a backup would be refused."""
+    """The space step: the numbers (in GB, as Google quotes its limits), and a failed step when a
+    backup would be refused."""
     cfg = dest.cfg
     if cfg.shared:
         storage = "free space unknown (a shared drive draws on the organisation's pool, which the API does not report)"
@@ -106,18 +106,18 @@ def _space(dest: GoogleDriveDestination, report: CheckReport) -> None:
         limit, usage = dest.retry.call(dest.storage_quota)
         free = None if limit is None else max(0, limit - usage)
         storage = (
-            f"{human_bytes(usage)} used, no storage limit"
+            f"{decimal_bytes(usage)} used, no storage limit"
             if limit is None
-            else f"{human_bytes(free or 0)} free ({human_bytes(usage)} of {human_bytes(limit)} used)"
+            else f"{decimal_bytes(free or 0)} free ({decimal_bytes(usage)} of {decimal_bytes(limit)} used)"
         )
     ledger = dest.ledger()
     used = ledger.uploaded_last_24h()
     left = max(0, cfg.daily_upload_cap_bytes - used)
     daily = (
-        f"{human_bytes(left)} of today's {human_bytes(cfg.daily_upload_cap_bytes)} upload allowance left "
-        f"({human_bytes(used)} uploaded by this pipeline in the last 24 h)"
+        f"{decimal_bytes(left)} of today's {decimal_bytes(cfg.daily_upload_cap_bytes)} upload allowance left "
+        f"({decimal_bytes(used)} uploaded by this pipeline in the last 24 h)"
     )
-    report.capacity = Capacity(free_bytes=free, daily_upload_remaining=left)
+    report.capacity = Capacity(free_bytes=free, daily_upload_remaining=left, decimal_units=True)
     refused = refusal_reasons(report.capacity)
     if not refused:
         report.add("space", True, f"{storage}; {daily}")
@@ -131,7 +131,7 @@ def _space(dest: GoogleDriveDestination, report: CheckReport) -> None:
     if left <= 0:
         oldest = ledger.oldest()
         frees = (
-            f"; the oldest {human_bytes(oldest[1])} of it leave the 24-hour window at "
+            f"; the oldest {decimal_bytes(oldest[1])} of it leave the 24-hour window at "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(oldest[0]))}"
             if oldest
             else ""

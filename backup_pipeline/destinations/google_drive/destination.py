@@ -58,13 +58,19 @@ class GoogleDriveDestination:
 
     @property
     def description(self) -> str:
-        where = (
-            f"shared drive {self.cfg.shared_drive_id}"
-            if self.cfg.shared
-            else f"My Drive of {self.cfg.subject}"
-            if self.cfg.auth_mode is DriveAuthMode.DELEGATION
-            else "My Drive of the OAuth user"
-        )
+        cfg = self.cfg
+        if cfg.shared and cfg.shared_drive_id:
+            where = f"shared drive {cfg.shared_drive_id}"
+        elif cfg.shared:
+            where = "a shared drive, none configured: set BACKUP_PIPELINE_DRIVE_SHARED_DRIVE_ID"
+        elif cfg.auth_mode is DriveAuthMode.DELEGATION and cfg.subject:
+            where = f"My Drive of {cfg.subject}"
+        elif cfg.auth_mode is DriveAuthMode.DELEGATION:
+            # The validated settings refuse this for the backup destination; the migration's
+            # legacy Drive is built whatever the destination is.
+            where = "delegation without a user to act as: set BACKUP_PIPELINE_DRIVE_SUBJECT"
+        else:
+            where = "My Drive of the OAuth user"
         return f"Google Drive ({where})"
 
     def principal(self) -> str:
@@ -217,10 +223,10 @@ class GoogleDriveDestination:
         daily = max(0, self.cfg.daily_upload_cap_bytes - self.ledger().uploaded_last_24h())
         if self.cfg.shared:
             # A shared drive draws on the organisation's pooled storage, which the API does not report.
-            return Capacity(free_bytes=None, daily_upload_remaining=daily)
+            return Capacity(free_bytes=None, daily_upload_remaining=daily, decimal_units=True)
         limit, usage = self.storage_quota()
         free = None if limit is None else max(0, limit - usage)
-        return Capacity(free_bytes=free, daily_upload_remaining=daily)
+        return Capacity(free_bytes=free, daily_upload_remaining=daily, decimal_units=True)
 
     # --- contract: download ----------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from ..base import (
     PermanentError,
     QuotaError,
     RetryableError,
-    human_bytes,
+    decimal_bytes,
 )
 from .auth import DriveCredentials
 from .config import DriveConfig
@@ -240,14 +240,14 @@ class DriveErrors:
         if used is not None and used >= cap * DAILY_CAP_EVIDENCE:
             return DailyCapError(
                 f"{detail}. Google Drive's daily upload cap (750 GB per user per day) is reached for "
-                f"{self.creds.principal()}: this pipeline uploaded {human_bytes(used)} of the "
-                f"{human_bytes(cap)} allowance in the last 24 h. Uploads can continue as the 24-hour window "
+                f"{self.creds.principal()}: this pipeline uploaded {decimal_bytes(used)} of the "
+                f"{decimal_bytes(cap)} allowance in the last 24 h. Uploads can continue as the 24-hour window "
                 "moves on; split large backups or reduce what is backed up"
             )
-        seen = "unknown (the upload ledger cannot be read)" if used is None else human_bytes(used)
+        seen = "unknown (the upload ledger cannot be read)" if used is None else decimal_bytes(used)
         return RetryableError(
             f"{detail}; Google uses these words both for throttling and for its 750 GB/day upload cap, but this "
-            f"pipeline uploaded only {seen} of the {human_bytes(cap)} allowance in the last 24 h, so it is "
+            f"pipeline uploaded only {seen} of the {decimal_bytes(cap)} allowance in the last 24 h, so it is "
             f"treated as throttling and retried with backoff (if other tools upload as {self.creds.principal()}, "
             "the cap may really be reached: it frees up within 24 h)",
             retry_after=wait,
