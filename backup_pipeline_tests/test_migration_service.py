@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from backup_pipeline.destinations.base import NotFoundError
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.sample_app.content import GeneratedStream
 from backup_pipeline.services import migration as mig
@@ -218,6 +219,6 @@ def test_delete_source_only_after_switch(db: PgDatabase, s3: S3Server, tmp_path:
     assert summary.sources_deleted == 1
     source = LocalFolderDestination(tmp_path / "drive")
     ok, tampered = rows
-    with pytest.raises(mig.NotFoundError):
+    with pytest.raises(NotFoundError):
         source.stat(ok.drive_file_id)
     assert source.stat(tampered.drive_file_id).size == 900  # never verified: kept

@@ -45,7 +45,7 @@ from backup_pipeline.services.backup_buckets import (
     export_bucket,
 )
 from backup_pipeline.services.backup_finalize import FinalizeInput, build_manifest
-from backup_pipeline.services.migration import _hash_object
+from backup_pipeline.services.migration.copy import _hash_object
 
 from . import backup_helpers as h
 from . import s3_raw
