@@ -65,12 +65,20 @@ class CpuProfile:
         return samples / self.rate
 
 
-def _process_kind(header: str) -> str:
-    if "forkserver" in header or "multiprocessing" in header:
-        return "step workers (forked by the forkserver)"
-    if "dagster" in header:
+# ``process PID:"command line"`` (the command line may hold ``;``: python -c code), then frames.
+_HEADER = re.compile(r'^process (\d+):"(.*?)";(?=\S+ \()')
+
+
+def _process_kind(command: str, frames: Sequence[str]) -> str:
+    if "multiprocessing.forkserver" in command:
+        # The forkserver preloads dagster and the code location, then forks one worker per step
+        # (a worker's stack goes through the forkserver's _serve_one).
+        if any("_serve_one" in f for f in frames):
+            return "step workers (forked)"
+        return "forkserver (preloading dagster and the code location)"
+    if not command or "dagster" in command:
         return "dagster job execute (run coordinator)"
-    return "other process"
+    return "other process (" + command.split(" ")[-1][-40:] + ")"
 
 
 def classify(frames: Sequence[str]) -> str:
@@ -89,11 +97,12 @@ def parse_raw(text: str, rate: int = SAMPLE_RATE) -> CpuProfile:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        parts = stack.split(";")
-        header, frames = parts[0], [f for f in parts[1:] if not f.startswith("thread ")]
+        match = _HEADER.match(stack)
+        command, rest = (match.group(2), stack[match.end() :]) if match else ("", stack)
+        frames = [f for f in rest.split(";") if f and not f.startswith("thread ")]
         profile.total += count
         profile.by_activity[classify(frames)] += count
-        profile.by_process[_process_kind(header)] += count
+        profile.by_process[_process_kind(command, frames)] += count
         if frames:
             profile.by_function[_short(frames[-1])] += count
     return profile
