@@ -331,28 +331,29 @@ class Bench:
         self.baseline_archive = archive_gz
         self.bench_read_floors(dump)
 
-    def bench_read_floors(self, dump: Path) -> None:
-        """The backup's floor: every object read raw (1 and JOB_STREAMS streams) and pg_dump alone."""
+    def transfer_floors(self, mode: str, label: str, before: Callable[[], None] | None = None) -> None:
+        """A raw transfer of every object (``floors.py``), on 1 and on JOB_STREAMS streams."""
         for streams in (1, JOB_STREAMS):
             s = self.add(
-                f"floor_get{streams}",
-                f"raw GET of all objects → /dev/null, {streams} stream{'s' if streams > 1 else ''}",
+                f"floor_{mode}{streams}",
+                f"{label}, {streams} stream{'s' if streams > 1 else ''}",
                 "floor",
                 "floor",
                 self.object_bytes,
             )
-            self.measure(
-                s,
-                [
-                    PY,
-                    "-m",
-                    "backup_pipeline_tests.bench.floors",
-                    "get",
-                    self.s3_endpoint_args(),
-                    str(streams),
-                ],
-                inner=True,
-            )
+            command = [
+                PY,
+                "-m",
+                "backup_pipeline_tests.bench.floors",
+                mode,
+                self.s3_endpoint_args(),
+                str(streams),
+            ]
+            self.measure(s, command, before=before, inner=True)
+
+    def bench_read_floors(self, dump: Path) -> None:
+        """The backup's floor: every object read raw (1 and JOB_STREAMS streams) and pg_dump alone."""
+        self.transfer_floors("get", "raw GET of all objects → /dev/null")
         s = self.add("floor_pg_dump", "pg_dump -Fc → /dev/null (alone)", "floor", "floor", self.db_bytes)
         self.measure(s, f"pg_dump -h 127.0.0.1 -U postgres -Fc {DB} > /dev/null")
         self.dump_file = dump
@@ -535,27 +536,7 @@ class Bench:
 
     def bench_write_floors(self, wipe: Callable[[], None]) -> None:
         """The restore's floor: every object PUT from memory (1 and JOB_STREAMS streams), pg_restore alone."""
-        for streams in (1, JOB_STREAMS):
-            s = self.add(
-                f"floor_put{streams}",
-                f"raw PUT of all objects from memory, {streams} stream{'s' if streams > 1 else ''}",
-                "floor",
-                "floor",
-                self.object_bytes,
-            )
-            self.measure(
-                s,
-                [
-                    PY,
-                    "-m",
-                    "backup_pipeline_tests.bench.floors",
-                    "put",
-                    self.s3_endpoint_args(),
-                    str(streams),
-                ],
-                before=wipe,
-                inner=True,
-            )
+        self.transfer_floors("put", "raw PUT of all objects from memory", before=wipe)
 
         def drop_floor_db() -> None:
             subprocess.run(
