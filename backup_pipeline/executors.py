@@ -29,7 +29,19 @@ CELERY_BACKEND_URL_ENV = "DAGSTER_CELERY_BACKEND_URL"
 DOCKER_NETWORK_ENV = "BACKUP_PIPELINE_DOCKER_NETWORK"
 
 # Imported once by the multiprocess executor's forkserver, before it forks each step worker.
-FORKSERVER_PRELOAD = ("dagster", "backup_pipeline.definitions")
+# The instance's storage classes too: a worker rehydrates the run/event storage of the instance
+# it reports to, and `import dagster` does not import them (sqlalchemy, alembic, the SQLite and
+# PostgreSQL storages): without them each step paid ~1-2.6 s of imports before its first line
+# (py-spy of backup_job, docs/benchmarks.md). Imports only: no connection is opened.
+FORKSERVER_PRELOAD = (
+    "dagster",
+    "backup_pipeline.definitions",
+    "dagster._core.storage.sqlite_storage",
+    "dagster._core.storage.migration.utils",
+    "dagster._core.storage.root",
+    "dagster._core.storage.defs_state.blob_storage_state_storage",
+    "dagster_postgres",
+)
 
 # The version every optional integration must have: the Dagster family is pinned together.
 INTEGRATION_VERSION = "0.29.27"

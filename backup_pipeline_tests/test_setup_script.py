@@ -74,7 +74,7 @@ def _listed(purpose: str) -> tuple[set[str], set[str]]:
 def test_the_demo_installs_only_what_it_needs() -> None:
     demo_debian, demo_extras = _listed("demo")
     assert demo_debian == {"postgresql-client"}
-    assert demo_extras == {"demo"}  # moto for the embedded S3; no pytest, Playwright, ruff, mypy
+    assert demo_extras == {"demo"}  # SeaweedFS for the embedded S3; no pytest, Playwright, ruff, mypy
     test_debian, test_extras = _listed("test")
     assert {"chromium", "docker-compose"} <= test_debian and "restic" not in test_debian
     assert {"dev", "deploy"} <= test_extras

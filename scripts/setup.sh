@@ -4,10 +4,10 @@
 # PostgreSQL running.
 #
 #   bash scripts/setup.sh --for demo    what scripts/demo.sh runs: pg_dump/pg_restore, the package,
-#                                       the embedded S3 server (moto); no browser, no benchmark tools
+#                                       the embedded S3 server (SeaweedFS); no browser, no benchmark tools
 #   bash scripts/setup.sh --for test    what scripts/test.sh runs: + Chromium (UI tests), docker-compose
 #                                       (deployment tests), the dev tools (pytest, ruff, mypy, Playwright)
-#   bash scripts/setup.sh --for bench   what scripts/bench.sh needs: + age, pigz, restic, /usr/bin/time
+#   bash scripts/setup.sh --for bench   what scripts/bench.sh needs: + age, pigz, restic, /usr/bin/time, py-spy
 #   bash scripts/setup.sh               all of the above
 #   bash scripts/setup.sh --for demo --list   print the Debian packages and extras, install nothing
 #
@@ -34,8 +34,8 @@ bench_tools=("age:age" "pigz:pigz" "restic:restic" "time:time" "pgbench:postgres
 case "$purpose" in
   demo) tools=("${demo_tools[@]}"); extras="demo" ;;
   test) tools=("${demo_tools[@]}" "${test_tools[@]}"); extras="dev,deploy" ;;
-  bench) tools=("${demo_tools[@]}" "${bench_tools[@]}"); extras="dev,deploy" ;;
-  all) tools=("${demo_tools[@]}" "${test_tools[@]}" "${bench_tools[@]}"); extras="dev,deploy" ;;
+  bench) tools=("${demo_tools[@]}" "${bench_tools[@]}"); extras="dev,deploy,bench" ;;
+  all) tools=("${demo_tools[@]}" "${test_tools[@]}" "${bench_tools[@]}"); extras="dev,deploy,bench" ;;
   *) echo "setup: --for must be demo, test, bench or all, got '$purpose'" >&2; exit 2 ;;
 esac
 
