@@ -2,10 +2,12 @@
 
 Graph (one restore = one run)::
 
-    start_restore ─► verify_restore_parts ─► safety_backup ─► restore_database_step ─┐
+    restore_to_moment ─► start_restore ─► verify_restore_parts ─► safety_backup ─► restore_database_step ─┐
                                                                                      ├─► fan_out_buckets ─► restore_bucket_step[<bucket>] ─► finish_restore
                                                                                      ┘
 
+* ``restore_to_moment`` (``ops/restore_moment.py``): given a ``target_time``, point-in-time recovery
+  into a new data directory, and every step below is skipped; without one it does nothing.
 * ``start_restore`` checks the request (confirmation phrase naming the backup, buckets,
   versions, the database role's privileges) and resolves ``latest`` (the newest complete
   regular set, never a safety set); a bad request fails here (``[RESTORE_REFUSED]``). A real
@@ -61,6 +63,7 @@ from backup_pipeline.ops.data_lease import (
     release_run_data_lease,
     run_data_lease,
 )
+from backup_pipeline.ops.restore_moment import restore_to_moment
 from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
@@ -267,6 +270,7 @@ def _resolve(destination: DestinationResource, keys: Any, plan: dict[str, Any]) 
 
 
 @dg.op(
+    ins={"backup_set": dg.In(dg.Nothing)},  # skipped when restore_to_moment took a target_time
     description="Checks the request (confirmation phrase, buckets, pg_restore and server versions) and resolves `latest`.",
 )
 def start_restore(
@@ -774,7 +778,7 @@ def _audit(action: str, details: dict[str, Any], actor: str) -> None:
 
 @dg.graph(description="Restore a backup set: verify every part first, safety backup, database, then buckets.")
 def restore_graph() -> None:
-    plan = verify_restore_parts(start_restore())
+    plan = verify_restore_parts(start_restore(backup_set=restore_to_moment().backup_set))
     database = restore_database_step(plan, safety_backup(plan))
     results = fan_out_buckets(plan, database).map(restore_bucket_step)
     finish_restore(plan, database, results.collect())
@@ -785,7 +789,8 @@ restore_job = restore_graph.to_job(
     description=(
         "Restore the database and/or buckets from a backup set. Dry run by default: set dry_run false and "
         "confirm `restore <backup id>` to change data. Every part is verified before anything is touched; "
-        "the current database is backed up first (pre-restore)."
+        "the current database is backed up first (pre-restore). With restore_to_moment's target_time: "
+        "point-in-time recovery into a new data directory instead (PITR profile)."
     ),
     tags={**EXCLUSIVE_RUN_TAGS, TAG_PREFIX + "job": "restore"},
     hooks={release_data_lease_on_failure, drop_restore_scratch_on_failure},
