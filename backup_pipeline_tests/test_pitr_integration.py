@@ -15,16 +15,22 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
 from backup_pipeline.alerts import verify_webhook_signature
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
 from backup_pipeline.ops import pitr as pitr_ops
+from backup_pipeline.ops.restore import restore_job
+from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
+from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.sensors import build_pitr_archive_sensor
 from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import archive_command, segment_number
@@ -390,6 +396,88 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
     assert "[PITR_TARGET_INVALID]" in failure.error.message and "no UTC offset" in failure.error.message
     assert failure.error.stack == []  # an expected refusal, not a crash
     assert not (world.root / "never").exists()
+
+
+def _restore_job(world: PitrWorld, moment: dict[str, object]) -> dg.ExecuteInProcessResult:
+    """restore_job as the Launchpad runs it with restore_to_moment's config (the backup-set resources
+    point at nothing a PITR run uses: the local destination is an empty folder)."""
+    return restore_job.execute_in_process(
+        instance=world.instance,
+        resources={
+            "app_db": PostgresResource(database_url=world.env["BACKUP_PIPELINE_APP_DATABASE_URL"]),
+            "s3": S3Resource(
+                endpoint=world.s3.server.endpoint,
+                access_key=world.s3.server.access_key,
+                secret_key=world.s3.server.secret_key,
+            ),
+            "destination": DestinationResource(
+                kind="local",
+                installation_id="pitr",
+                state_dir=str(world.settings.state_dir),
+                local_path=str(world.root / "no-sets"),
+            ),
+            "keys": world.keys_resource(),
+        },
+        run_config={"ops": {RESTORE_TO_MOMENT_OP: {"config": moment}}},
+        raise_on_error=False,
+    )
+
+
+def test_restore_job_with_a_target_time_restores_that_moment(world: PitrWorld) -> None:
+    world.cluster.execute("CREATE TABLE via_restore_job (id int)", APP_DB)
+    before = _now(world)
+    world.cluster.execute("INSERT INTO via_restore_job VALUES (1)", APP_DB)
+    time.sleep(1.2)
+    target = _now(world)
+    time.sleep(1.2)
+    world.cluster.execute("INSERT INTO via_restore_job VALUES (2)", APP_DB)  # after the target
+    world.wait_archived(world.switch_wal())
+    restore_dir = world.root / "restored-by-restore-job"
+    port = free_low_port()
+    try:
+        result = _restore_job(
+            world, {"target_time": target.isoformat(), "data_dir": str(restore_dir), "port": port}
+        )
+        assert result.success
+        started = {e.step_key for e in result.all_events if e.is_step_start}
+        assert started == {RESTORE_TO_MOMENT_OP}  # no backup-set step ran
+        report = result.output_for_node(RESTORE_TO_MOMENT_OP, "moment")
+        # the moment reached is the insert's commit: the last transaction before the target
+        assert before <= datetime.fromisoformat(report["reached"]) <= target
+        with psycopg.connect(host=report["socket_dir"], port=port, dbname=APP_DB, user="postgres") as conn:
+            rows = conn.execute("SELECT id FROM via_restore_job ORDER BY id").fetchall()
+        assert rows == [(1,)]  # the row of the target's moment, not the one written after it
+        step = next(
+            e for e in result.all_events if e.is_successful_output and e.step_key == RESTORE_TO_MOMENT_OP
+        )
+        assert step.event_specific_data is not None
+        meta = step.event_specific_data.metadata
+        assert meta["reached"].value == report["reached"]  # the UI shows the moment reached
+    finally:
+        stop_restored(world.ctx.engine, PG_BIN, restore_dir)
+
+
+def test_restore_job_refuses_moments_outside_the_window_naming_it(world: PitrWorld) -> None:
+    world.wait_archived(world.switch_wal())
+    time.sleep(1.5)
+    after_latest = _now(world)  # nothing archived after it: past the latest restorable moment
+    earliest = world.ctx.engine.info().earliest_restorable
+    assert earliest is not None
+    for target, rule in (
+        (after_latest, "is after the recoverable window ["),
+        (earliest - timedelta(minutes=5), "is before the recoverable window ["),
+    ):
+        restore_dir = world.root / "never-restored"
+        result = _restore_job(
+            world, {"target_time": target.isoformat(), "data_dir": str(restore_dir), "port": free_low_port()}
+        )
+        assert not result.success
+        failure = result.failure_data_for_node(RESTORE_TO_MOMENT_OP)
+        assert failure is not None and failure.error is not None
+        message = failure.error.message
+        assert "[PITR_RESTORE_REFUSED]" in message and f"target_time {target.isoformat()} {rule}" in message
+        assert earliest.astimezone(UTC).isoformat(timespec="seconds") in message
+        assert not restore_dir.exists()
 
 
 def _cli(world: PitrWorld, *args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
