@@ -559,7 +559,7 @@ def test_cli_status_shows_the_window(world: PitrWorld) -> None:
 
 
 def _sensor_alerts(
-    world: PitrWorld, receiver: WebhookReceiver, cursor: str | None
+    world: PitrWorld, receiver: WebhookReceiver, cursor: str | None, **overrides: str
 ) -> tuple[dg.SensorResult, list[dict[str, object]]]:
     secret = world.root / "webhook-secret"
     secret.write_text("webhook-key-of-the-pitr-tests")
@@ -569,6 +569,7 @@ def _sensor_alerts(
             "BACKUP_PIPELINE_ALERT_WEBHOOK_URL": receiver.url,
             "BACKUP_PIPELINE_ALERT_WEBHOOK_SECRET_FILE": str(secret),
             "BACKUP_PIPELINE_PITR_ARCHIVE_LAG_ALERT_SECONDS": "30",
+            **overrides,
         }
     )
     sensor = build_pitr_archive_sensor(settings)
@@ -605,18 +606,27 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
             time.sleep(1)
         during = world.status()
         kinds = {p.kind for p in archive_problems(during, **limits)}
-        assert "archive_failing" in kinds, during
-        assert during.waiting_segments >= 1
-        result, alerts = _sensor_alerts(world, webhook_receiver, None)
-        assert "pitr_archive_failing" in [a["kind"] for a in alerts]
+        # archive-push gives up after ARCHIVE_PUSH_TIMEOUT s, so the oldest waiting segment is older
+        assert {"archive_failing", "archive_lag"} <= kinds, during
+        assert during.waiting_segments >= 1 and during.archive_lag_seconds >= ARCHIVE_PUSH_TIMEOUT
+        # pg_wal holds the waiting segments and the current one: more than the smallest limit (16 MiB)
+        assert during.wal_dir_bytes > 16 * 2**20
+        small_wal = {"BACKUP_PIPELINE_PITR_WAL_DIR_ALERT_MB": "16"}
+        result, alerts = _sensor_alerts(world, webhook_receiver, None, **small_wal)
+        assert {"pitr_archive_failing", "pitr_pg_wal_size"} <= {a["kind"] for a in alerts}
         first_count = len(alerts)
         assert world.ctx.secrets.cipher_pass not in json.dumps(alerts)
-        failed = {
-            e.check_name: e.passed for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)
+        evaluations = {e.check_name: e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)}
+        assert evaluations[pitr_ops.ARCHIVING_CHECK].passed is False
+        # the UI (the checks of pitr_archive, re-evaluated by the sensor) shows the lag and the window
+        shown = {k: getattr(v, "value", v) for k, v in evaluations[pitr_ops.ARCHIVING_CHECK].metadata.items()}
+        assert shown["archive_lag_seconds"] >= ARCHIVE_PUSH_TIMEOUT and shown["pg_wal_bytes"] > 16 * 2**20
+        window_meta = {
+            k: getattr(v, "value", v) for k, v in evaluations[pitr_ops.WINDOW_CHECK].metadata.items()
         }
-        assert failed[pitr_ops.ARCHIVING_CHECK] is False
+        assert window_meta["earliest_restorable"] != "none" and window_meta["latest_restorable"] != "never"
         # the next tick in the same incident does not alert again
-        again, alerts = _sensor_alerts(world, webhook_receiver, result.cursor)
+        again, alerts = _sensor_alerts(world, webhook_receiver, result.cursor, **small_wal)
         assert len(alerts) == first_count
     finally:
         world.s3.start()
