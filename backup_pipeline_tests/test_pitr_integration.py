@@ -650,16 +650,32 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
 def test_expire_keeps_the_retention_count_and_the_wal_they_need(world: PitrWorld) -> None:
     assert world.settings.retention_keep_last == 2
     before = world.ctx.engine.info().usable_backups
-    for _ in range(2):
-        world.cluster.execute(
-            "INSERT INTO wal_filler SELECT g, 'retention' FROM generate_series(1, 1000) g", APP_DB
-        )
-        info = pitr.run_base_backup(world.ctx, "full")
+    fill = "INSERT INTO wal_filler SELECT g, 'retention' FROM generate_series(1, 1000) g"
+    world.cluster.execute(fill, APP_DB)
+    first = pitr.run_base_backup(world.ctx, "full").usable_backups[-1]
+    # a moment just after the backup that becomes the oldest kept one: the window's first minutes
+    moment = _now(world)
+    rows_at_moment = int(world.cluster.execute("SELECT count(*) FROM wal_filler", APP_DB)[0][0])
+    world.cluster.execute(fill, APP_DB)
+    info = pitr.run_base_backup(world.ctx, "full")
     kept = info.usable_backups
-    assert len(kept) == 2 and before[0].label not in {b.label for b in kept}
+    assert len(kept) == 2 and before[0].label not in {b.label for b in kept} and kept[0].label == first.label
     assert (
         info.archive_min is not None and info.archive_min <= kept[0].wal_start
     )  # WAL back to the oldest kept
     assert segment_number(info.archive_min) > segment_number(before[0].wal_start)  # older WAL expired
     segments = pitr.archive_segments(world.ctx.client, world.ctx.engine.cfg)
     assert pitr.recoverable_window(info, segments, world.status()).missing == ()
+    # the WAL kept is usable: a moment right after the oldest kept backup restores from it
+    assert info.earliest_restorable is not None and info.earliest_restorable <= moment
+    restore_dir = world.root / "restored-oldest-kept"
+    request = RestoreRequest(target=moment, data_dir=restore_dir, port=free_low_port(), database=APP_DB)
+    check_request(request, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=info)
+    try:
+        report = restore_to_moment(
+            world.ctx.engine, request, pg_bin=PG_BIN, secrets_env=world.ctx.secrets_env()
+        )
+        assert report.backup_set == kept[0].label
+        assert report.tables["public.wal_filler"] == rows_at_moment
+    finally:
+        stop_restored(world.ctx.engine, PG_BIN, restore_dir)
