@@ -310,7 +310,9 @@ def _rule_reasons(
 def _beyond_reason(keep_last: int, verified: set[str] | frozenset[str] | None, periods: PeriodRules) -> str:
     """Why a complete regular set no rule keeps is due."""
     if not periods.active:
-        return (REASON_BEYOND_KEEP if verified is None else REASON_BEYOND_KEEP_VERIFIED).format(keep=keep_last)
+        return (REASON_BEYOND_KEEP if verified is None else REASON_BEYOND_KEEP_VERIFIED).format(
+            keep=keep_last
+        )
     newest = f"newest {keep_last}" + ("" if verified is None else " verified") + ", " if keep_last else ""
     return REASON_NO_RULE.format(rules=newest + periods.describe())
 
