@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from backup_pipeline.services.retention_rules import SETTING_NAMES, PeriodRules, rule_problems
+from backup_pipeline.services.retention_rules import PERIODS, SETTING_NAMES, PeriodRules, rule_violations
 
 ENV_PREFIX = "BACKUP_PIPELINE_"
 SETTINGS_FILE_ENV = "BACKUP_PIPELINE_SETTINGS_FILE"
@@ -261,13 +261,6 @@ class BackupSettings(BaseSettings):
     schedule_day: Weekday = Field(Weekday.SUNDAY, description="Day of the week for weekly backups.")
     schedule_time: str = Field("02:30", description="Local time of day, HH:MM (24 h).")
     schedule_timezone: str = Field("UTC", description="IANA time zone of schedule_time, e.g. Europe/Berlin.")
-    retention_keep_last: int = Field(
-        7,
-        ge=0,
-        le=1000,
-        description="The newest N complete backup sets are kept; older ones are deleted unless a daily/weekly/"
-        "monthly/yearly rule keeps them. 0 only with one of those rules set.",
-    )
     retention_keep_daily: int = Field(
         0,
         ge=0,
@@ -292,6 +285,13 @@ class BackupSettings(BaseSettings):
         ge=0,
         le=1000,
         description="Also keep the newest set of each of the last N calendar years that have one; 0 = off.",
+    )
+    retention_keep_last: int = Field(
+        7,
+        ge=0,
+        le=1000,
+        description="The newest N complete backup sets are kept; older ones are deleted unless a daily/weekly/"
+        "monthly/yearly rule keeps them. 0 only with one of those rules set.",
     )
     incomplete_grace_hours: int = Field(
         24, ge=1, description="Incomplete sets (no manifest) older than this are removed by retention."
@@ -407,6 +407,20 @@ class BackupSettings(BaseSettings):
         # lists, one error naming every field); pydantic-settings' own env parsing would expect
         # JSON for list fields and fail before our validators run.
         return (init_settings,)
+
+    @field_validator("retention_keep_last")
+    @classmethod
+    def _check_keep_last(cls, value: int, info: ValidationInfo) -> int:
+        # The period counts are declared (so validated) before this field: all zero is checked
+        # here, beside the other field errors, not in a model validator that runs only without them.
+        counts = [info.data.get(f"retention_keep_{rule}", 0) for rule in PERIODS]
+        periods = PeriodRules(*counts)
+        problems = [
+            text for key, text in rule_violations(value, periods, SETTING_NAMES) if key == "keep_last"
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("schedule_time")
     @classmethod
@@ -529,14 +543,6 @@ class BackupSettings(BaseSettings):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}", value):
             raise ValueError("must be 1-40 characters of letters, digits, '.', '_' or '-'")
         return value
-
-    @model_validator(mode="after")
-    def _check_retention(self) -> BackupSettings:
-        # Counts are range-checked per field above; what is left is the rule across fields.
-        problems = rule_problems(self.retention_keep_last, self.retention_periods, SETTING_NAMES)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
     @model_validator(mode="after")
     def _check_destination(self) -> BackupSettings:

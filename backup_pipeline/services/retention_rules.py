@@ -83,7 +83,14 @@ CONFIG_NAMES: Mapping[str, str] = {
 
 
 def rule_problems(keep_last: int, periods: PeriodRules, names: Mapping[str, str] = CONFIG_NAMES) -> list[str]:
-    """Every problem of a rule set, each naming its field and the rule it breaks; [] when valid.
+    """Every problem of a rule set as "<field>: <rule>", fields named by ``names``; [] when valid."""
+    return [f"{names[key]}: {text}" for key, text in rule_violations(keep_last, periods, names)]
+
+
+def rule_violations(
+    keep_last: int, periods: PeriodRules, names: Mapping[str, str] = CONFIG_NAMES
+) -> list[tuple[str, str]]:
+    """(field key, the rule it breaks) for every problem; ``names`` name the other fields in the text.
 
     All counts 0 is refused rather than read as "keep everything" or "delete everything": a
     policy that keeps nothing is a typo far more often than a wish (and the newest complete set
@@ -92,25 +99,30 @@ def rule_problems(keep_last: int, periods: PeriodRules, names: Mapping[str, str]
     problems = []
     if keep_last < 0:
         problems.append(
-            f"{names['keep_last']}: must be at least 1 (or 0 when a daily, weekly, monthly or yearly "
-            f"count is set), got {keep_last}"
+            (
+                "keep_last",
+                f"must be at least 1 (or 0 when a daily, weekly, monthly or yearly count is set), got {keep_last}",
+            )
         )
     elif keep_last > MAX_COUNT:
-        problems.append(f"{names['keep_last']}: must be at most {MAX_COUNT}, got {keep_last}")
+        problems.append(("keep_last", f"must be at most {MAX_COUNT}, got {keep_last}"))
     for rule, count in periods.counts():
         if count < 0 or count > MAX_COUNT:
-            problems.append(f"{names[rule]}: must be 0 (rule off) to {MAX_COUNT}, got {count}")
+            problems.append((rule, f"must be 0 (rule off) to {MAX_COUNT}, got {count}"))
     if keep_last == 0 and not periods.active and not problems:
         off = ", ".join(names[rule] for rule in PERIODS)
         problems.append(
-            f"{names['keep_last']}: must be at least 1 when {off} are all 0: rules that keep nothing are "
-            "refused (to keep every backup, do not run retention), got 0"
+            (
+                "keep_last",
+                f"must be at least 1 when {off} are all 0: rules that keep nothing are refused "
+                "(to keep every backup, do not run retention), got 0",
+            )
         )
     try:
         zoneinfo.ZoneInfo(periods.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         problems.append(
-            f"{names['timezone']}: must be an IANA time zone such as UTC or Europe/Berlin, got {periods.timezone!r}"
+            ("timezone", f"must be an IANA time zone such as UTC or Europe/Berlin, got {periods.timezone!r}")
         )
     return problems
 
