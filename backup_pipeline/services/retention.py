@@ -74,7 +74,6 @@ from backup_pipeline.services.backup_parts import (
     set_properties,
 )
 from backup_pipeline.services.retention_rules import (
-    AWAITING_VERIFICATION,
     DELETE,
     IN_USE,
     INCOMPLETE_YOUNG,
@@ -82,6 +81,7 @@ from backup_pipeline.services.retention_rules import (
     LOCKED,
     NEWEST_COMPLETE,
     NEWEST_VERIFIED,
+    NOT_VERIFIED_YET,
     SAFETY,
     Candidate,
     PeriodRules,
@@ -303,7 +303,7 @@ def _rule_reasons(
             if info.backup_id in verified:
                 verified_newer += 1
             elif verified_newer < window and info.backup_id not in reasons:
-                reasons[info.backup_id] = [AWAITING_VERIFICATION]
+                reasons[info.backup_id] = [NOT_VERIFIED_YET.format(window=window)]
     return reasons
 
 

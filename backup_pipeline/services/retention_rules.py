@@ -33,7 +33,8 @@ MAX_COUNT = 1000
 # Reason labels of the guards (kept although no counting rule keeps the set).
 NEWEST_COMPLETE = "newest complete"
 NEWEST_VERIFIED = "newest verified"
-AWAITING_VERIFICATION = "awaiting verification"
+# Rule 7's window: an unverified (or failed) set newer than the N-th verified set.
+NOT_VERIFIED_YET = "not verified, newer than the newest {window} verified"
 SAFETY = "safety"
 IN_USE = "in use by a restore"
 INCOMPLETE_YOUNG = "incomplete, may still be uploading"
