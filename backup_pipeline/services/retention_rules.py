@@ -107,10 +107,7 @@ def rule_violations(
         )
     elif keep_last > MAX_COUNT:
         problems.append(("keep_last", f"must be at most {MAX_COUNT}, got {keep_last}"))
-    for rule, count in periods.counts():
-        if count < 0 or count > MAX_COUNT:
-            problems.append((rule, f"must be 0 (rule off) to {MAX_COUNT}, got {count}"))
-    if keep_last == 0 and not periods.active and not problems:
+    elif keep_last == 0 and not periods.active:
         off = ", ".join(names[rule] for rule in PERIODS)
         problems.append(
             (
@@ -119,6 +116,9 @@ def rule_violations(
                 "(to keep every backup, do not run retention), got 0",
             )
         )
+    for rule, count in periods.counts():
+        if count < 0 or count > MAX_COUNT:
+            problems.append((rule, f"must be 0 (rule off) to {MAX_COUNT}, got {count}"))
     try:
         zoneinfo.ZoneInfo(periods.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
