@@ -137,7 +137,7 @@ def test_retention_job_with_gfs_rules_deletes_exactly_the_planned_sets_and_says_
     deleted = {d["backup_id"]: d for d in _deletions(instance)}
     assert set(deleted) == doomed
     assert {d["reason"] for d in deleted.values()} == {
-        f"kept by no rule (newest 2, daily 5, weekly 4, monthly 3 ({zone}))"
+        f"kept by no rule: newest 2, daily 5, weekly 4, monthly 3 ({zone})"
     }
     meta = step_metadata(result, "apply_retention_op")["apply_retention_op"]
     assert meta["rules"] == f"newest 2, daily 5, weekly 4, monthly 3 ({zone})"

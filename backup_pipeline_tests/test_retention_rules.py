@@ -73,7 +73,7 @@ def test_a_year_of_daily_sets_across_dst_and_iso_week_53(zone: str) -> None:
     got = {d.backup_id: list(d.reasons) for d in plan.decisions if d.action == KEEP}
     assert got == expected
     assert {d.backup_id for d in plan.delete} == {s.backup_id for s in sets} - set(expected)
-    assert all(d.reason.startswith("kept by no rule (newest 3, daily 10, weekly 9") for d in plan.delete)
+    assert all(d.reason.startswith("kept by no rule: newest 3, daily 10, weekly 9") for d in plan.delete)
     # 10 daily + 9 weekly + 13 months that have sets (2026-01 to 2027-01) + 2 years, as labels.
     labels = [label for reasons in got.values() for label in reasons]
     assert [sum(lb.startswith(rule) for lb in labels) for rule in counts] == [10, 9, 13, 2]

@@ -97,7 +97,7 @@ REASON_BEYOND_KEEP_VERIFIED = "older than the newest {keep} verified sets"
 REASON_INCOMPLETE = "incomplete (no manifest) and older than {hours} h"
 REASON_SUPERSEDED = "incomplete (no manifest) and older than a complete set"
 REASON_SAFETY = "safety set older than the newest {keep} complete regular sets"
-REASON_NO_RULE = "kept by no rule ({rules})"
+REASON_NO_RULE = "kept by no rule: {rules}"
 REASON_MANUAL = "deleted by request"
 
 
