@@ -351,3 +351,50 @@ def test_report_counts_every_set_and_lists_only_the_newest() -> None:
     assert len(lines) == 2 + 3 + 1 and lines[-1].startswith("| … 4 older sets not shown")
     assert "2026-12-06 02:30 CET" in lines[2] and "newest 2; daily 2026-12-06" in lines[2]
     assert "a \\| b" in lines[4]
+
+
+def test_the_example_of_backup_strategy_md() -> None:
+    """docs/architecture/BACKUP-STRATEGY.md, Retention rules, Example: the table as written."""
+
+    def utc(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+
+    created = {
+        "A": "2026-12-06 01:30",
+        "B": "2026-12-05 13:00",
+        "C": "2026-12-05 01:30",
+        "D": "2026-12-03 23:30",
+        "E": "2026-11-29 01:30",
+        "F": "2026-11-27 01:30",
+        "G": "2026-10-31 23:30",
+        "H": "2026-10-25 00:30",
+        "I": "2026-10-25 01:30",
+    }
+    sets = {name: _set(utc(when), i) for i, (name, when) in enumerate(created.items())}
+    name_of = {info.backup_id: name for name, info in sets.items()}
+
+    def kept(monthly: int, verified: frozenset[str] | None = None) -> dict[str, tuple[str, ...]]:
+        plan = plan_retention(
+            sets.values(),
+            keep_last=2,
+            incomplete_grace=GRACE,
+            now=utc("2026-12-06 12:00"),
+            verified=verified,
+            periods=PeriodRules(daily=3, weekly=2, monthly=monthly, timezone="Europe/Berlin"),
+        )
+        return {name_of[d.backup_id]: d.reasons for d in plan.decisions if d.action == KEEP}
+
+    assert kept(2) == {
+        "A": ("newest 2", "daily 2026-12-06", "weekly 2026-W49", "monthly 2026-12"),
+        "B": ("newest 2", "daily 2026-12-05"),
+        "D": ("daily 2026-12-04",),
+        "E": ("weekly 2026-W48", "monthly 2026-11"),
+    }
+    assert kept(3)["I"] == ("monthly 2026-10",)
+    assert kept(2, frozenset({sets["B"].backup_id, sets["C"].backup_id})) == {
+        "A": ("daily 2026-12-06",),
+        "B": ("newest 2 verified", "daily 2026-12-05", "weekly 2026-W49", "monthly 2026-12"),
+        "C": ("newest 2 verified",),
+        "D": ("daily 2026-12-04",),
+        "E": ("weekly 2026-W48", "monthly 2026-11"),
+    }
