@@ -398,3 +398,21 @@ def test_the_example_of_backup_strategy_md() -> None:
         "D": ("daily 2026-12-04",),
         "E": ("weekly 2026-W48", "monthly 2026-11"),
     }
+
+
+def test_the_schedule_description_states_the_period_rules() -> None:
+    from backup_pipeline.schedules import describe_schedule
+
+    settings = load_settings(
+        {
+            "BACKUP_PIPELINE_RETENTION_KEEP_LAST": "0",
+            "BACKUP_PIPELINE_RETENTION_KEEP_DAILY": "7",
+            "BACKUP_PIPELINE_RETENTION_KEEP_YEARLY": "2",
+            "BACKUP_PIPELINE_SCHEDULE_TIMEZONE": "Europe/Berlin",
+        }
+    )
+    assert (
+        "Retention keeps the newest set of each of the last 7 days, plus the newest set of each of the last 2 years;"
+        in describe_schedule(settings)
+    )
+    assert "Retention keeps the newest 7 complete backup sets;" in describe_schedule(load_settings({}))
