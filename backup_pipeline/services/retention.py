@@ -24,9 +24,9 @@ Rules (MUST); ``plan.decisions`` names, for every set, the rules that keep it or
    leaves the set in the ledger; the run reports it and fails, and the next run retries it.
 7. With verification in use (``verified`` given: the sets whose latest verification passed),
    only verified sets count towards ``keep_last``: the newest ``keep_last`` verified sets are
-   kept (and the newest verified one is never deleted, whatever the rules), and an unverified
-   or failed complete set is kept while it is newer than the ``keep_last``-th verified set and deleted once it
-   is older. ``verified=None`` (nothing was ever verified, e.g. verification disabled) keeps
+   kept (and the newest verified one is never deleted, whatever the rules), and an
+   unverified or failed complete set is kept while it is newer than the ``keep_last``-th
+   verified set and deleted once it is older. ``verified=None`` (nothing was ever verified, e.g. verification disabled) keeps
    rule 1 unchanged. If verification stops running, unverified sets accumulate (nothing
    newer gets counted) until it runs again; the ``backup_set_verified`` check turns red.
 8. Safety sets (``setKind=safety``: the database-only backup a restore makes of the database it
