@@ -129,7 +129,10 @@ def test_retention_job_with_gfs_rules_deletes_exactly_the_planned_sets_and_says_
     )
     assert dry.success and len(discover_sets(folder, INSTALLATION)) == len(ids)
     planned = step_metadata(dry, "apply_retention_op")["apply_retention_op"]
-    assert set(planned["planned"]) == doomed and planned["dry_run"] is True
+    newest_first = sorted(doomed, key=lambda b: created[b], reverse=True)
+    # Bounded metadata: the count of every planned deletion, the ids of the newest 50.
+    assert planned["planned"] == newest_first[:50] and planned["planned_count"] == len(doomed)
+    assert planned["dry_run"] is True
 
     result = retention_job.execute_in_process(instance=instance, resources=resources)
     assert result.success
@@ -140,6 +143,7 @@ def test_retention_job_with_gfs_rules_deletes_exactly_the_planned_sets_and_says_
         f"kept by no rule: newest 2, daily 5, weekly 4, monthly 3 ({zone})"
     }
     meta = step_metadata(result, "apply_retention_op")["apply_retention_op"]
+    assert meta["deleted"] == newest_first[:50] and meta["deleted_count"] == len(doomed)
     assert meta["rules"] == f"newest 2, daily 5, weekly 4, monthly 3 ({zone})"
     assert meta["kept_by_rule"] == {
         "newest 2": 2,

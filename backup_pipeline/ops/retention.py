@@ -237,7 +237,12 @@ def _run_retention(
                 f"would delete {planned.backup_id} ({planned.size_bytes} bytes): {planned.reason}"
             )
         context.add_output_metadata(
-            {**report, "dry_run": True, "planned": dg.MetadataValue.json(summary["planned"])}
+            {
+                **report,
+                "dry_run": True,
+                "planned_count": len(summary["planned"]),
+                "planned": dg.MetadataValue.json(summary["planned"][:REPORT_ROWS]),
+            }
         )
         return summary
 
@@ -282,7 +287,8 @@ def _run_retention(
         {
             **report,
             "kept": dg.MetadataValue.json(plan.keep[:REPORT_ROWS]),
-            "deleted": dg.MetadataValue.json(summary["deleted"]),
+            "deleted_count": len(summary["deleted"]),
+            "deleted": dg.MetadataValue.json(summary["deleted"][:REPORT_ROWS]),
             "bytes_freed": result.bytes_freed,
             "locked": dg.MetadataValue.json(summary["locked"]),
         }
@@ -290,7 +296,9 @@ def _run_retention(
     return summary
 
 
-REPORT_ROWS = 50  # sets listed in the run's metadata and log; the counts cover every set
+# Sets listed in the run's metadata and log (the first retention after a policy change may delete
+# thousands); the counts cover every set, the ledger and audit log every deletion.
+REPORT_ROWS = 50
 
 
 def plan_report(plan: RetentionPlan, keep_last: int, periods: PeriodRules) -> dict[str, Any]:
