@@ -267,7 +267,7 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
     @dg.job(
         name=PITR_BASE_BACKUP_JOB,
         description=f"PITR base backup with pgBackRest ({settings.pitr_base_backup_type} by schedule), then "
-        f"expire (keeps {settings.retention_keep_last} full backups and the WAL they need) and the "
+        f"expire (keeps {max(settings.retention_keep_last, 1)} full backups and the WAL they need) and the "
         "recoverable window recorded on pitr_archive.",
         tags={"backup_pipeline/profile": "pitr"},
     )
