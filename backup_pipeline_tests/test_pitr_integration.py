@@ -240,7 +240,8 @@ def test_base_backup_job_records_the_window_on_pitr_archive(world: PitrWorld) ->
     meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
     info = world.ctx.engine.info()
     assert meta["backup_label"] == info.usable_backups[-1].label and meta["backup_type"] == "full"
-    assert meta["earliest_restorable"] == info.usable_backups[0].stopped_at.isoformat(timespec="seconds")
+    earliest = info.usable_backups[0].stopped_at + timedelta(seconds=1)  # pgBackRest: stop second < target
+    assert meta["earliest_restorable"] == earliest.isoformat(timespec="seconds")
     assert meta["latest_restorable"] != "none" and meta["wal_missing_segments"] == 0
     assert "archive_lag_seconds" in meta and meta["failed_count"] == 0
     text = repr(meta)
@@ -653,7 +654,9 @@ def test_expire_keeps_the_retention_count_and_the_wal_they_need(world: PitrWorld
     fill = "INSERT INTO wal_filler SELECT g, 'retention' FROM generate_series(1, 1000) g"
     world.cluster.execute(fill, APP_DB)
     first = pitr.run_base_backup(world.ctx, "full").usable_backups[-1]
-    # a moment just after the backup that becomes the oldest kept one: the window's first minutes
+    # a moment just after the backup that becomes the oldest kept one, past its stop second (the
+    # window starts one second after it: pgBackRest compares whole seconds)
+    time.sleep(1.1)
     moment = _now(world)
     rows_at_moment = int(world.cluster.execute("SELECT count(*) FROM wal_filler", APP_DB)[0][0])
     world.cluster.execute(fill, APP_DB)
