@@ -56,9 +56,6 @@ def product_env(
         "BACKUP_PIPELINE_ORG_SECRET_FILE": str(files.org_secret_file),
         # One process per run: the 2-core CI machine runs the whole suite at once.
         "BACKUP_PIPELINE_EXECUTOR": "in_process",
-        # Retention, verification and alerts follow a run within 5 s instead of 30 s (Dagster's
-        # default): the tests wait for them after almost every run.
-        "BACKUP_PIPELINE_RUN_SENSOR_INTERVAL_SECONDS": "5",
     }
     env.update({f"BACKUP_PIPELINE_{name.upper()}": value for name, value in settings.items()})
     return env
