@@ -11,20 +11,41 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from dagster import ConfigurableResource
+from typing import Any
+
+from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 from backup_pipeline.destinations import Destination, RetryingDestination, RetryPolicy
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
+from backup_pipeline.destination_settings import NamedDestination
 from backup_pipeline.settings import BackupSettings, DestinationKind, DriveAuthMode, S3LockMode
 
 DESTINATION = "destination"  # resource key the ops ask for
 
 
+class CopyDestination(Config):
+    """A destination copy_backup_job fills: its name, what the 3-2-1 status counts it as, its
+    retention, and its ``DestinationResource`` fields as strings (Dagster config cannot nest a
+    resource in a list; every field is a non-secret value or a path)."""
+
+    name: str
+    offsite: bool = True
+    keep_last: int = 7
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
 class DestinationResource(ConfigurableResource):
-    """Where backup parts go: a local folder, Google Drive or an S3-compatible bucket."""
+    """Where backup parts go: a local folder, Google Drive or an S3-compatible bucket; with several
+    destinations this is the primary (the backup writes it) and ``copies`` are the others."""
 
     kind: str = Field("local", description="local, google_drive or s3")
+    name: str = Field("", description="The destination's name (BACKUP_PIPELINE_DESTINATIONS); empty: its kind.")
+    offsite: bool | None = Field(None, description="Counted off-site by the 3-2-1 check; empty: not local.")
+    keep_last: int | None = Field(None, description="Sets retention keeps here; empty: retention_keep_last.")
+    copies: list[CopyDestination] = Field(
+        default_factory=list, description="The other destinations (copy_backup_job), in settings order."
+    )
     installation_id: str = Field("backup-pipeline", description="Names the Drive backup folder.")
     state_dir: str = Field(
         ".backup_pipeline_state", description="Upload sessions and upload ledger live here."
@@ -51,6 +72,14 @@ class DestinationResource(ConfigurableResource):
     s3_credentials_file: str | None = Field(
         None, description="Path of an AWS credentials file (never its content); empty: the two env vars."
     )
+    s3_access_key_env: str = Field(
+        "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY",
+        description="Name (never the value) of the env var with the access key, without a credentials file.",
+    )
+    s3_secret_key_env: str = Field(
+        "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY",
+        description="Name (never the value) of the env var with the secret key, without a credentials file.",
+    )
     s3_storage_class: str | None = None
     s3_part_size_mib: int = Field(default=16, description="Multipart part size (MiB, at least 5).")
     s3_lock_mode: str = Field("governance", description="governance, compliance or none.")
@@ -62,6 +91,34 @@ class DestinationResource(ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> DestinationResource:
+        """The primary, with every other named destination as a copy."""
+        primary = cls.for_named(settings.primary)
+        copies = [
+            CopyDestination(
+                name=d.name,
+                offsite=d.offsite,
+                keep_last=d.keep_last,
+                fields={
+                    k: str(v)
+                    for k, v in cls.for_named(d).model_dump(exclude={"copies", "name", "offsite", "keep_last"}).items()
+                    if v is not None
+                },
+            )
+            for d in settings.copy_targets
+        ]
+        return primary.model_copy(update={"copies": copies}) if copies else primary
+
+    @classmethod
+    def for_named(cls, named: NamedDestination) -> DestinationResource:
+        resource = cls.for_settings(named.settings)
+        update: dict[str, Any] = {"name": named.name, "offsite": named.offsite, "keep_last": named.keep_last}
+        if named.s3_access_key_env and named.s3_secret_key_env:
+            update.update(s3_access_key_env=named.s3_access_key_env, s3_secret_key_env=named.s3_secret_key_env)
+        return resource.model_copy(update=update)
+
+    @classmethod
+    def for_settings(cls, settings: BackupSettings) -> DestinationResource:
+        """The single destination these settings describe (``destination`` and its fields)."""
         return cls(
             kind=settings.destination.value,
             installation_id=settings.installation_id,
@@ -92,6 +149,41 @@ class DestinationResource(ConfigurableResource):
             s3_lock_mode=settings.s3_destination_lock_mode.value,
             s3_lock_days=settings.s3_destination_retention_days,
         )
+
+    @property
+    def label(self) -> str:
+        """The destination's name (its kind when the installation has one destination)."""
+        return self.name or self.kind
+
+    @property
+    def is_offsite(self) -> bool:
+        return self.offsite if self.offsite is not None else DestinationKind(self.kind) is not DestinationKind.LOCAL
+
+    def copy_resources(self) -> list[DestinationResource]:
+        """The other destinations as resources of their own (settings order)."""
+        out = []
+        for copy in self.copies:
+            fields: dict[str, Any] = dict(copy.fields)
+            out.append(
+                DestinationResource(
+                    **fields, name=copy.name, offsite=copy.offsite, keep_last=copy.keep_last
+                )
+            )
+        return out
+
+    def all_named(self) -> list[DestinationResource]:
+        """The primary, then the copies."""
+        return [self.model_copy(update={"copies": []}), *self.copy_resources()]
+
+    def named(self, name: str | None) -> DestinationResource:
+        """The destination called ``name`` (empty: the primary); ValueError naming the known ones."""
+        if not name or name == self.label:
+            return self
+        for resource in self.copy_resources():
+            if resource.label == name:
+                return resource
+        known = ", ".join(r.label for r in self.all_named())
+        raise ValueError(f"destination: no destination named {name!r}; known: {known}")
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -154,7 +246,10 @@ class DestinationResource(ConfigurableResource):
             state_dir=self.state_dir,
             read_timeout=self.s3_read_timeout_seconds,
         )
-        return S3Destination(config, credentials_from(self.s3_credentials_file), retry=self.retry_policy)
+        credentials = credentials_from(
+            self.s3_credentials_file, access_env=self.s3_access_key_env, secret_env=self.s3_secret_key_env
+        )
+        return S3Destination(config, credentials, retry=self.retry_policy)
 
 
 def _same_server(a: str, b: str) -> bool:
