@@ -153,7 +153,13 @@ def build_named(
     out: list[NamedDestination] = []
     # What a named destination inherits: everything but the destination fields and the list itself.
     inherited = base.model_dump(
-        exclude={"destinations", "primary_destination", "copy_policy", "copy_policy_severity", *FIELDS.values()}
+        exclude={
+            "destinations",
+            "primary_destination",
+            "copy_policy",
+            "copy_policy_severity",
+            *FIELDS.values(),
+        }
     )
     for name in names:
         raw = dict(options.get(name, {}))
@@ -221,8 +227,8 @@ def _named_problems(name: str, exc: ValidationError) -> list[str]:
         for field, suffix in _SETTING_TO_SUFFIX.items():
             msg = msg.replace(f"{ENV_PREFIX}{field.upper()}", env_name(name, suffix))
         msg = msg.replace("destination=", f"{env_name(name, 'KIND')}=")
-        suffix = _SETTING_TO_SUFFIX.get(loc)
-        problems.append(f"{env_name(name, suffix)}: {msg}" if suffix else msg)
+        field_suffix = _SETTING_TO_SUFFIX.get(loc)
+        problems.append(f"{env_name(name, field_suffix)}: {msg}" if field_suffix else msg)
     return problems
 
 

@@ -611,7 +611,9 @@ class BackupSettings(BaseSettings):
         if not self.destinations:
             return [named.single(self)]
         if self._named is None:  # built in code rather than by load_settings: the environment's fields
-            found, problems = named.build_named(self, named.options_from_env(self.destinations, dict(os.environ)))
+            found, problems = named.build_named(
+                self, named.options_from_env(self.destinations, dict(os.environ))
+            )
             if problems:
                 raise SettingsError(problems)
             self._named = found

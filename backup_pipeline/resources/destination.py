@@ -9,16 +9,15 @@ destination first connects and never enters run config, logs or metadata.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from typing import Any
+from urllib.parse import urlsplit
 
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from backup_pipeline.destination_settings import NamedDestination
 from backup_pipeline.destinations import Destination, RetryingDestination, RetryPolicy
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
-from backup_pipeline.destination_settings import NamedDestination
 from backup_pipeline.settings import BackupSettings, DestinationKind, DriveAuthMode, S3LockMode
 
 DESTINATION = "destination"  # resource key the ops ask for
@@ -40,9 +39,15 @@ class DestinationResource(ConfigurableResource):
     destinations this is the primary (the backup writes it) and ``copies`` are the others."""
 
     kind: str = Field("local", description="local, google_drive or s3")
-    name: str = Field("", description="The destination's name (BACKUP_PIPELINE_DESTINATIONS); empty: its kind.")
-    offsite: bool | None = Field(None, description="Counted off-site by the 3-2-1 check; empty: not local.")
-    keep_last: int | None = Field(None, description="Sets retention keeps here; empty: retention_keep_last.")
+    destination_name: str = Field(
+        default="", description="The destination's name (BACKUP_PIPELINE_DESTINATIONS); empty: its kind."
+    )
+    offsite: bool | None = Field(
+        default=None, description="Counted off-site by the 3-2-1 check; empty: not local."
+    )
+    keep_last: int | None = Field(
+        default=None, description="Sets retention keeps here; empty: retention_keep_last."
+    )
     copies: list[CopyDestination] = Field(
         default_factory=list, description="The other destinations (copy_backup_job), in settings order."
     )
@@ -73,11 +78,11 @@ class DestinationResource(ConfigurableResource):
         None, description="Path of an AWS credentials file (never its content); empty: the two env vars."
     )
     s3_access_key_env: str = Field(
-        "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY",
+        default="BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY",
         description="Name (never the value) of the env var with the access key, without a credentials file.",
     )
     s3_secret_key_env: str = Field(
-        "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY",
+        default="BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY",
         description="Name (never the value) of the env var with the secret key, without a credentials file.",
     )
     s3_storage_class: str | None = None
@@ -100,7 +105,9 @@ class DestinationResource(ConfigurableResource):
                 keep_last=d.keep_last,
                 fields={
                     k: str(v)
-                    for k, v in cls.for_named(d).model_dump(exclude={"copies", "name", "offsite", "keep_last"}).items()
+                    for k, v in cls.for_named(d)
+                    .model_dump(exclude={"copies", "destination_name", "offsite", "keep_last"})
+                    .items()
                     if v is not None
                 },
             )
@@ -111,9 +118,15 @@ class DestinationResource(ConfigurableResource):
     @classmethod
     def for_named(cls, named: NamedDestination) -> DestinationResource:
         resource = cls.for_settings(named.settings)
-        update: dict[str, Any] = {"name": named.name, "offsite": named.offsite, "keep_last": named.keep_last}
+        update: dict[str, Any] = {
+            "destination_name": named.name,
+            "offsite": named.offsite,
+            "keep_last": named.keep_last,
+        }
         if named.s3_access_key_env and named.s3_secret_key_env:
-            update.update(s3_access_key_env=named.s3_access_key_env, s3_secret_key_env=named.s3_secret_key_env)
+            update.update(
+                s3_access_key_env=named.s3_access_key_env, s3_secret_key_env=named.s3_secret_key_env
+            )
         return resource.model_copy(update=update)
 
     @classmethod
@@ -153,11 +166,15 @@ class DestinationResource(ConfigurableResource):
     @property
     def label(self) -> str:
         """The destination's name (its kind when the installation has one destination)."""
-        return self.name or self.kind
+        return self.destination_name or self.kind
 
     @property
     def is_offsite(self) -> bool:
-        return self.offsite if self.offsite is not None else DestinationKind(self.kind) is not DestinationKind.LOCAL
+        return (
+            self.offsite
+            if self.offsite is not None
+            else DestinationKind(self.kind) is not DestinationKind.LOCAL
+        )
 
     def copy_resources(self) -> list[DestinationResource]:
         """The other destinations as resources of their own (settings order)."""
@@ -166,7 +183,7 @@ class DestinationResource(ConfigurableResource):
             fields: dict[str, Any] = dict(copy.fields)
             out.append(
                 DestinationResource(
-                    **fields, name=copy.name, offsite=copy.offsite, keep_last=copy.keep_last
+                    **fields, destination_name=copy.name, offsite=copy.offsite, keep_last=copy.keep_last
                 )
             )
         return out
