@@ -96,13 +96,21 @@ class SafetyPolicy:
     local_destination: str | None  # None: Google Drive or an S3 bucket (off-site)
     state_dir: str
     verification_max_age_hours: int = DEFAULT_MAX_VERIFICATION_AGE_HOURS
+    #: ``copy_status.CopyPolicyView`` with several destinations or a copy policy: the backup_3_2_1 check.
+    copies: Any = None
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> SafetyPolicy:
+        copies = None
+        if settings.destinations or settings.copy_policy:
+            from backup_pipeline.copy_status import CopyPolicyView
+
+            copies = CopyPolicyView.from_settings(settings)
         return cls(
             freshness_max_age_hours=2 * settings.schedule_interval_hours,
             local_destination=None if settings.off_site_destination else str(settings.local_destination_path),
             state_dir=str(settings.state_dir),
+            copies=copies,
         )
 
 
@@ -321,6 +329,10 @@ def backup_set_verdicts(instance: dg.DagsterInstance, policy: SafetyPolicy) -> d
     )
     if destination is not None:
         verdicts[DESTINATION_CHECK] = destination
+    if policy.copies is not None:
+        from backup_pipeline.copy_status import COPY_POLICY_CHECK, copy_policy_verdict
+
+        verdicts[COPY_POLICY_CHECK] = copy_policy_verdict(instance, policy.copies)
     return verdicts
 
 
