@@ -17,8 +17,6 @@ holds the data lease (so retention of the primary never deletes a set being copi
 exclusive tag.
 """
 
-from __future__ import annotations
-
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
