@@ -2,6 +2,7 @@
 destination's own retention; the ledger says per set where a complete copy is.
 
 plan_copies ──► copy_to_destination[<name>] (one step per destination, in parallel) ──► finish_copies
+    ──► report_missing_copies (fails the run naming each destination without its copy)
 
 Why a job of its own, started by the ``copy_after_backup`` sensor after each successful
 ``backup_job`` (rather than copy steps inside the backup run): a slow or unreachable secondary
@@ -267,6 +268,17 @@ def finish_copies(
     verdict = copy_status.copy_policy_verdict(context.instance, policy)
     context.log_event(copy_status.evaluation(context.instance, verdict))  # type: ignore[arg-type]
     missing = {r["name"]: r["failed"] for r in results if r["failed"]}
+    return {"newest": plan["newest"], "verdict": verdict.description, "missing": missing}
+
+
+@dg.op(
+    description="Fails the run naming every destination that lacks a copy (alert_on_run_failure alerts); the "
+    "next copy_backup_job run fills them. Its own step, so the check recorded before it is kept.",
+)
+def report_missing_copies(finished: dict) -> None:
+    # Events an op logs are emitted only when it returns, so the failure is raised after
+    # finish_copies has recorded the backup_3_2_1 evaluation.
+    missing: dict[str, dict[str, str]] = finished["missing"]
     if missing:
         raise quiet_failure(
             "copies missing: "
@@ -277,7 +289,6 @@ def finish_copies(
             + ". The other destinations hold their copies; the next copy_backup_job run fills these.",
             COPY_FAILED,
         )
-    return {"newest": plan["newest"], "verdict": verdict.description}
 
 
 @dg.job(
@@ -291,4 +302,4 @@ def finish_copies(
 def copy_backup_job() -> None:
     plan, targets = plan_copies()
     results = targets.map(lambda t: copy_to_destination(plan, t))
-    finish_copies(plan, results.collect())
+    report_missing_copies(finish_copies(plan, results.collect()))

@@ -113,7 +113,7 @@ class DestinationResource(ConfigurableResource):
             )
             for d in settings.copy_targets
         ]
-        return primary.model_copy(update={"copies": copies}) if copies else primary
+        return primary.replace(copies=copies) if copies else primary
 
     @classmethod
     def for_named(cls, named: NamedDestination) -> DestinationResource:
@@ -127,7 +127,7 @@ class DestinationResource(ConfigurableResource):
             update.update(
                 s3_access_key_env=named.s3_access_key_env, s3_secret_key_env=named.s3_secret_key_env
             )
-        return resource.model_copy(update=update)
+        return resource.replace(**update)
 
     @classmethod
     def for_settings(cls, settings: BackupSettings) -> DestinationResource:
@@ -163,6 +163,12 @@ class DestinationResource(ConfigurableResource):
             s3_lock_days=settings.s3_destination_retention_days,
         )
 
+    def replace(self, **changes: Any) -> DestinationResource:
+        """A new resource with ``changes``: ``model_copy`` would not do, Dagster rebuilds a resource from
+        the values it was constructed with and drops what a copy changed."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return DestinationResource(**{**values, **changes})
+
     @property
     def label(self) -> str:
         """The destination's name (its kind when the installation has one destination)."""
@@ -190,7 +196,7 @@ class DestinationResource(ConfigurableResource):
 
     def all_named(self) -> list[DestinationResource]:
         """The primary, then the copies."""
-        return [self.model_copy(update={"copies": []}), *self.copy_resources()]
+        return [self.replace(copies=[]), *self.copy_resources()]
 
     def named(self, name: str | None) -> DestinationResource:
         """The destination called ``name`` (empty: the primary); ValueError naming the known ones."""
@@ -245,6 +251,11 @@ class DestinationResource(ConfigurableResource):
         if DestinationKind(self.kind) is not DestinationKind.S3 or not self.s3_endpoint:
             return None
         return self.s3_bucket if _same_server(self.s3_endpoint, endpoint) else None
+
+    def buckets_on(self, endpoint: str) -> list[str]:
+        """Every destination bucket (the primary's and the copies') on the S3 server at ``endpoint``."""
+        found = [r.bucket_on(endpoint) for r in [self, *self.copy_resources()]]
+        return sorted({b for b in found if b})
 
     def _s3_destination(self) -> Destination:
         from backup_pipeline.destinations.s3 import LockMode, S3Config, S3Destination, credentials_from

@@ -1,0 +1,288 @@
+"""Several destinations end to end: Google Drive (the project's Drive v3 test server) as the primary,
+SeaweedFS with object lock under the product's least-privilege credentials, and a local folder (a NAS).
+
+backup_job writes the primary; copy_backup_job copies the set to the others; the ledger and the
+backup_3_2_1 verdict say where complete copies are. Then: the Drive and local copies are destroyed
+and the disaster-recovery CLI restores from the S3 copy with only the recovery key, while deleting
+that copy with the product's credentials is refused. And: one destination unreachable during the
+copy → the others complete, the run and the check name the missing one, the next run fills it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from backup_pipeline import ledger
+from backup_pipeline.copy_status import CopyPolicyView, copy_policy_verdict
+from backup_pipeline.destinations.base import LockedError
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.ops.copy import copy_backup_job
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.services.backup_parts import set_properties
+from backup_pipeline.settings import BackupSettings, load_settings
+from backup_pipeline_tests.fixtures import s3_destination as sd
+from backup_pipeline_tests.fixtures.cutting_proxy import CuttingProxy
+from backup_pipeline_tests.fixtures.drive import SHARED_DRIVE_ID, DriveFixture
+from backup_pipeline_tests.fixtures.postgres import PgDatabase
+from backup_pipeline_tests.fixtures.s3 import S3Server
+from backup_pipeline_tests.restore_support import INSTALLATION, Installation, normalised_dump, wipe_database
+
+VENV_BIN = Path(sys.executable).parent
+BUCKETS = ("media", "avatars")
+SPEC = SeedSpec(
+    buckets=BUCKETS,
+    small_objects=25,
+    large_object_bytes=(),
+    users=10,
+    comments=50,
+    audit_events=50,
+    sessions=5,
+    upload_workers=4,
+)
+POLICY = "copies=3,kinds=3,offsite=2,immutable=1"
+
+
+def _settings_env(drive: DriveFixture, s3_endpoint: str, inst: Installation) -> dict[str, str]:
+    """The product's settings for drive + s3lock + nas (environment form): paths and names only."""
+    credentials = inst.state_dir / "s3lock-credentials"
+    inst.state_dir.mkdir(parents=True, exist_ok=True)
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {sd.WRITER_ACCESS_KEY}\naws_secret_access_key = {sd.WRITER_SECRET_KEY}\n"
+    )
+    credentials.chmod(0o600)
+    return {
+        "BACKUP_PIPELINE_INSTALLATION_ID": INSTALLATION,
+        "BACKUP_PIPELINE_STATE_DIR": str(inst.state_dir),
+        "BACKUP_PIPELINE_DESTINATIONS": "drive,s3lock,nas",
+        "BACKUP_PIPELINE_DESTINATION_DRIVE_KIND": "google_drive",
+        "BACKUP_PIPELINE_DESTINATION_DRIVE_DRIVE_CREDENTIALS_FILE": str(drive.service_account_file),
+        "BACKUP_PIPELINE_DESTINATION_DRIVE_DRIVE_SHARED_DRIVE_ID": SHARED_DRIVE_ID,
+        "BACKUP_PIPELINE_DESTINATION_DRIVE_DRIVE_API_ROOT": drive.server.url,
+        "BACKUP_PIPELINE_DESTINATION_DRIVE_DRIVE_TOKEN_URI": drive.server.token_uri,
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_KIND": "s3",
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_ENDPOINT": s3_endpoint,
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_BUCKET": sd.BUCKET,
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_PREFIX": sd.PREFIX,
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_CREDENTIALS_FILE": str(credentials),
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_LOCK_DAYS": "1",
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_PART_SIZE_MIB": "5",
+        "BACKUP_PIPELINE_DESTINATION_NAS_KIND": "local",
+        "BACKUP_PIPELINE_DESTINATION_NAS_PATH": str(inst.root / "nas"),
+        "BACKUP_PIPELINE_DESTINATION_RETRY_ATTEMPTS": "2",
+        "BACKUP_PIPELINE_DESTINATION_RETRY_MAX_WAIT_SECONDS": "0.2",
+        "BACKUP_PIPELINE_COPY_POLICY": POLICY,
+    }
+
+
+def _resources(inst: Installation, settings: BackupSettings) -> dict[str, Any]:
+    destination = DestinationResource.from_settings(settings).replace(
+        retry_initial_wait_seconds=0.05, drive_chunk_size_mib=1
+    )
+    return {
+        **inst.resources(),
+        "destination": destination,
+        "backup_policy": BackupPolicyResource.from_settings(settings),
+    }
+
+
+def _backup(instance: dg.DagsterInstance, resources: dict[str, Any]) -> str:
+    result = build_backup_job(executor_def=dg.in_process_executor).execute_in_process(
+        instance=instance,
+        resources=resources,
+        run_config={
+            "ops": {
+                "plan_backup": {
+                    "config": {"installation_id": INSTALLATION, "exclude_table_patterns": [], "force": True}
+                }
+            }
+        },
+    )
+    assert result.success
+    return str(result.dagster_run.tags["backup_pipeline/backup_id"])
+
+
+def _copy(instance: dg.DagsterInstance, resources: dict[str, Any]) -> dg.ExecuteInProcessResult:
+    return copy_backup_job.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
+
+
+def _failure_messages(result: dg.ExecuteInProcessResult) -> str:
+    return " ".join(
+        (e.step_failure_data.error.message if e.step_failure_data.error else "")
+        + (
+            e.step_failure_data.user_failure_data.description or ""
+            if e.step_failure_data.user_failure_data
+            else ""
+        )
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    )
+
+
+@pytest.fixture()
+def installation(pg_database: PgDatabase, s3: S3Server, tmp_path: Path) -> Installation:
+    wipe_database(pg_database)
+    inst = Installation(pg_database, s3, tmp_path / "server")
+    with pg_database.connect() as conn:
+        seed_sample_app(conn, s3.client(), SPEC)
+    return inst
+
+
+def test_copies_on_three_destinations_and_disaster_recovery_from_the_locked_copy(
+    installation: Installation, s3: S3Server, drive: DriveFixture, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    inst = installation
+    sd.make_bucket(s3, object_lock=True)
+    env = _settings_env(drive, s3.endpoint, inst)
+    settings = load_settings(env)
+    resources = _resources(inst, settings)
+    db_before = normalised_dump(pg_database.url)
+
+    with dg.instance_for_test() as instance:
+        backup_id = _backup(instance, resources)
+        copied = _copy(instance, resources)
+        assert copied.success, _failure_messages(copied)
+
+        states = ledger.copy_states(instance)[backup_id]
+        assert {name: s.event for name, s in states.items()} == {
+            "drive": ledger.COPY_COMPLETE_EVENT,
+            "s3lock": ledger.COPY_COMPLETE_EVENT,
+            "nas": ledger.COPY_COMPLETE_EVENT,
+        }
+        assert states["s3lock"].immutable(datetime.now(UTC)) and not states["nas"].offsite
+        verdict = copy_policy_verdict(instance, CopyPolicyView.from_settings(settings))
+        assert verdict.passed, verdict.description
+        assert verdict.metadata["copies"] == 3 and verdict.metadata["immutable"] == 1
+        checks = [e for e in copied.get_asset_check_evaluations() if e.check_name == "backup_3_2_1"]
+        assert checks and checks[0].passed
+
+        # A second run finds every copy complete and writes nothing.
+        again = _copy(instance, resources)
+        assert again.success
+        copy_steps = [
+            e
+            for e in again.all_events
+            if e.event_type_value == "STEP_OUTPUT" and "copy_to_destination" in (e.step_key or "")
+        ]
+        for event in copy_steps:
+            meta = {k: getattr(v, "value", v) for k, v in event.event_specific_data.metadata.items()}
+            assert meta["copied"] == [] and meta["already_complete"] == [backup_id]
+
+    # The disaster: the application's data, the Drive copy and the local copy are gone.
+    named = {r.label: r for r in resources["destination"].all_named()}
+    drive_dest = named["drive"].get_destination()
+    for stored in list(drive_dest.list(set_properties(INSTALLATION, backup_id))):
+        drive_dest.delete(stored.id)
+    shutil.rmtree(inst.root / "nas")
+    (inst.root / "nas").mkdir()
+    # With the product's own credentials the locked copy cannot be deleted.
+    locked = named["s3lock"].get_destination()
+    for stored in locked.list(set_properties(INSTALLATION, backup_id)):
+        with pytest.raises(LockedError):
+            locked.delete(stored.id)
+    wipe_database(pg_database)
+    client = s3.client()
+    for bucket in BUCKETS:
+        client.remove_bucket(bucket)  # SeaweedFS removes a non-empty bucket
+
+    recovery_key = inst.export_recovery_key(tmp_path / "recovery-key.txt")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    cli_env = {
+        **env,
+        "BACKUP_PIPELINE_STATE_DIR": str(bare / "state"),
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "HOME": str(bare),
+        "LANG": "C.UTF-8",
+        "BACKUP_PIPELINE_APP_DATABASE_URL": pg_database.url,
+        "BACKUP_PIPELINE_S3_ENDPOINT": s3.endpoint,
+        "BACKUP_PIPELINE_S3_ACCESS_KEY": s3.access_key,
+        "BACKUP_PIPELINE_S3_SECRET_KEY": s3.secret_key,
+    }
+    listed = subprocess.run(
+        ["backup-pipeline", "restore", "--list"],
+        env=cli_env,
+        cwd=bare,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any(line.startswith("destination drive: 0 backup set(s)") for line in lines), listed.stdout
+    assert any(line.startswith("destination nas: 0 backup set(s)") for line in lines), listed.stdout
+    assert any(line.startswith("destination s3lock: 1 backup set(s)") for line in lines), listed.stdout
+    assert f"  {backup_id}  {INSTALLATION}" in listed.stdout
+
+    done = subprocess.run(
+        [
+            "backup-pipeline", "restore", "--recovery-key-file", str(recovery_key), "--no-dry-run",
+            "--confirm", f"restore {backup_id}", "--conflict-policy", "overwrite",
+        ],
+        env=cli_env, cwd=bare, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "destination drive: no copy of" in done.stderr
+    assert "restoring bucket bp-destination" not in done.stderr  # a copy's bucket is never backed up
+    assert f"restoring {backup_id} from destination s3lock" in done.stderr
+    assert "0 rows point to missing objects" in done.stdout
+    assert normalised_dump(pg_database.url) == db_before
+    assert sd.WRITER_SECRET_KEY not in done.stdout + done.stderr + listed.stdout + listed.stderr
+
+
+def test_an_unreachable_destination_gets_its_copy_from_the_next_run_and_is_named_until_then(
+    installation: Installation, s3: S3Server, drive: DriveFixture
+) -> None:
+    inst = installation
+    sd.make_bucket(s3, object_lock=True)
+    with CuttingProxy("127.0.0.1", s3.port) as proxy:
+        settings = load_settings(_settings_env(drive, proxy.endpoint, inst))
+        resources = _resources(inst, settings)
+        view = CopyPolicyView.from_settings(settings)
+        with dg.instance_for_test() as instance:
+            backup_id = _backup(instance, resources)
+            proxy.cut_after(1, repeat=True)  # the S3 destination is down for the whole copy run
+            failed = _copy(instance, resources)
+
+            assert not failed.success
+            message = _failure_messages(failed)
+            assert (
+                "COPY_INCOMPLETE" in message
+                and "s3lock" in message
+                and "nas" not in message.split("copies missing:")[1]
+            )
+            states = ledger.copy_states(instance)[backup_id]
+            assert states["nas"].complete and states["drive"].complete
+            assert states["s3lock"].event == ledger.COPY_MISSING_EVENT
+            verdict = copy_policy_verdict(instance, view)
+            assert not verdict.passed
+            assert "copy missing on s3lock" in verdict.description
+            assert verdict.metadata["copies"] == 2
+            recorded = [
+                e.event_specific_data
+                for e in failed.all_events
+                if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                and e.event_specific_data.check_name == "backup_3_2_1"
+            ]
+            assert recorded and not recorded[0].passed and "s3lock" in (recorded[0].description or "")
+            nas = {r.label: r for r in resources["destination"].all_named()}["nas"].get_destination()
+            assert any(
+                f.properties["partName"] == "manifest"
+                for f in nas.list(set_properties(INSTALLATION, backup_id))
+            )
+
+            proxy.heal()
+            filled = _copy(instance, resources)
+            assert filled.success, _failure_messages(filled)
+            assert ledger.copy_states(instance)[backup_id]["s3lock"].complete
+            verdict = copy_policy_verdict(instance, view)
+            assert verdict.passed, verdict.description
