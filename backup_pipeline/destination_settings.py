@@ -83,9 +83,9 @@ class NamedDestination:
     primary: bool
     offsite: bool
     keep_last: int
-    #: Names of the environment variables with this S3 destination's key pair (no credentials file).
-    s3_access_key_env: str | None = None
-    s3_secret_key_env: str | None = None
+    #: ``<prefix>ACCESS_KEY`` / ``<prefix>SECRET_KEY``: the environment variables with this S3
+    #: destination's key pair (no credentials file); None: the single-destination pair.
+    s3_key_env_prefix: str | None = None
 
     @property
     def kind(self) -> str:
@@ -211,8 +211,7 @@ def build_named(
                 primary=name == primary,
                 offsite=offsite,
                 keep_last=keep_last,
-                s3_access_key_env=env_name(name, "S3_ACCESS_KEY") if len(secrets) == 2 else None,
-                s3_secret_key_env=env_name(name, "S3_SECRET_KEY") if len(secrets) == 2 else None,
+                s3_key_env_prefix=env_name(name, "S3_") if len(secrets) == 2 else None,
             )
         )
     return out, problems

@@ -138,7 +138,9 @@ def test_a_manifest_over_a_missing_part_is_withdrawn_and_the_copy_completed(
     make_set(source, ID_NEW, {"database": 100_000, "bucket-media": 100_000})
     copy_set(source, target, INSTALLATION, ID_NEW)
     lost = next(
-        f for f in target.list(set_properties(INSTALLATION, ID_NEW)) if f.properties["partName"] == "bucket-media"
+        f
+        for f in target.list(set_properties(INSTALLATION, ID_NEW))
+        if f.properties["partName"] == "bucket-media"
     )
     target.delete(lost.id)
 

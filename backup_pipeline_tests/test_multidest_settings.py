@@ -68,10 +68,10 @@ def test_named_destinations_primary_first_with_their_own_fields(tmp_path: Path) 
     resource = DestinationResource.from_settings(settings)
     assert [r.label for r in resource.all_named()] == ["nas", "drive", "s3lock"]
     s3lock = resource.named("s3lock")
-    assert (s3lock.s3_bucket, s3lock.keep_last, s3lock.s3_access_key_env) == (
+    assert (s3lock.s3_bucket, s3lock.keep_last, s3lock.s3_key_env_prefix) == (
         "backups-locked",
         30,
-        f"{P}DESTINATION_S3LOCK_S3_ACCESS_KEY",
+        f"{P}DESTINATION_S3LOCK_S3_",
     )
     # Secrets never become settings or resource fields: only the variables' names travel.
     shown = str(settings.redacted()) + str(resource.model_dump())

@@ -77,13 +77,10 @@ class DestinationResource(ConfigurableResource):
     s3_credentials_file: str | None = Field(
         None, description="Path of an AWS credentials file (never its content); empty: the two env vars."
     )
-    s3_access_key_env: str = Field(
-        default="BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY",
-        description="Name (never the value) of the env var with the access key, without a credentials file.",
-    )
-    s3_secret_key_env: str = Field(
-        default="BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY",
-        description="Name (never the value) of the env var with the secret key, without a credentials file.",
+    s3_key_env_prefix: str | None = Field(
+        default=None,
+        description="Without a credentials file: the key pair is read from <prefix>ACCESS_KEY and <prefix>SECRET_KEY "
+        "(only the names travel); empty: BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY / _SECRET_KEY.",
     )
     s3_storage_class: str | None = None
     s3_part_size_mib: int = Field(default=16, description="Multipart part size (MiB, at least 5).")
@@ -123,10 +120,8 @@ class DestinationResource(ConfigurableResource):
             "offsite": named.offsite,
             "keep_last": named.keep_last,
         }
-        if named.s3_access_key_env and named.s3_secret_key_env:
-            update.update(
-                s3_access_key_env=named.s3_access_key_env, s3_secret_key_env=named.s3_secret_key_env
-            )
+        if named.s3_key_env_prefix:
+            update["s3_key_env_prefix"] = named.s3_key_env_prefix
         return resource.replace(**update)
 
     @classmethod
@@ -274,8 +269,13 @@ class DestinationResource(ConfigurableResource):
             state_dir=self.state_dir,
             read_timeout=self.s3_read_timeout_seconds,
         )
-        credentials = credentials_from(
-            self.s3_credentials_file, access_env=self.s3_access_key_env, secret_env=self.s3_secret_key_env
+        prefix = self.s3_key_env_prefix
+        credentials = (
+            credentials_from(
+                self.s3_credentials_file, access_env=f"{prefix}ACCESS_KEY", secret_env=f"{prefix}SECRET_KEY"
+            )
+            if prefix
+            else credentials_from(self.s3_credentials_file)
         )
         return S3Destination(config, credentials, retry=self.retry_policy)
 
