@@ -10,7 +10,10 @@ copy → the others complete, the run and the check name the missing one, the ne
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -286,3 +289,92 @@ def test_an_unreachable_destination_gets_its_copy_from_the_next_run_and_is_named
             assert ledger.copy_states(instance)[backup_id]["s3lock"].complete
             verdict = copy_policy_verdict(instance, view)
             assert verdict.passed, verdict.description
+
+
+COPY_RUN = """
+import json, os, sys
+import dagster as dg
+from dagster._core.instance.ref import InstanceRef
+args = json.loads(sys.argv[1])
+os.environ.update(args["env"])
+from backup_pipeline.ops.copy import copy_backup_job
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.settings import load_settings
+settings = load_settings()
+instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(args["home"]))
+copy_backup_job.execute_in_process(
+    instance=instance,
+    resources={
+        "app_db": PostgresResource(database_url=args["db"]),
+        "destination": DestinationResource.from_settings(settings),
+        "backup_policy": BackupPolicyResource.from_settings(settings),
+    },
+)
+print("finished", flush=True)
+"""
+
+
+def test_a_copy_run_killed_midway_leaves_no_copy_and_the_next_run_completes_it(
+    installation: Installation, s3: S3Server, drive: DriveFixture, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    inst = installation
+    sd.make_bucket(s3, object_lock=True)
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    with CuttingProxy("127.0.0.1", s3.port) as proxy:
+        env = _settings_env(drive, proxy.endpoint, inst)
+        settings = load_settings(env)
+        resources = _resources(inst, settings)
+        with dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
+            backup_id = _backup(instance, {**resources, "app_db": resources["app_db"]})
+            on_primary = sum(
+                f.size
+                for f in resources["destination"]
+                .get_destination()
+                .list(set_properties(INSTALLATION, backup_id))
+            )
+            # The copy to s3lock hangs half-way through the set's bytes; then its process is killed.
+            proxy.freeze_after(on_primary // 2)
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    COPY_RUN,
+                    json.dumps({"env": env, "home": str(home), "db": pg_database.url}),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )
+            try:
+                assert proxy.frozen.wait(timeout=180), "the copy never reached the freeze point"
+            finally:
+                child.send_signal(signal.SIGKILL)
+                out, _ = child.communicate(timeout=30)
+            assert "finished" not in out
+            proxy.thaw()
+
+            s3lock = {r.label: r for r in resources["destination"].all_named()}["s3lock"].get_destination()
+            there = list(s3lock.list(set_properties(INSTALLATION, backup_id)))
+            assert there and not any(f.properties["partName"] == "manifest" for f in there)
+            assert "s3lock" not in {
+                n for n, s in ledger.copy_states(instance).get(backup_id, {}).items() if s.complete
+            }
+            # What fail_dead_lease_holder does for a run whose process died: the run is failed, and
+            # the next run takes the data lease over from it.
+            [killed] = instance.get_runs(filters=dg.RunsFilter(job_name="copy_backup_job"))
+            instance.report_run_failed(killed, "its process was killed (test)")
+
+            again = _copy(instance, resources)
+            assert again.success, _failure_messages(again)
+            states = ledger.copy_states(instance)[backup_id]
+            assert states["s3lock"].complete and states["nas"].complete
+            assert any(
+                f.properties["partName"] == "manifest"
+                for f in s3lock.list(set_properties(INSTALLATION, backup_id))
+            )
+            assert copy_policy_verdict(instance, CopyPolicyView.from_settings(settings)).passed
