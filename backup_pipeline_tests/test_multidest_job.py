@@ -28,6 +28,7 @@ from backup_pipeline.copy_status import CopyPolicyView, copy_policy_verdict
 from backup_pipeline.destinations.base import LockedError
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.copy import copy_backup_job
+from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
@@ -192,6 +193,22 @@ def test_copies_on_three_destinations_and_disaster_recovery_from_the_locked_copy
     for stored in locked.list(set_properties(INSTALLATION, backup_id)):
         with pytest.raises(LockedError):
             locked.delete(stored.id)
+    # restore_job reads the primary unless told otherwise: the Drive copy is gone, the S3 copy restores.
+    with dg.instance_for_test() as instance:
+        run_config = {"backup_id": backup_id, "dry_run": True}
+        from_primary = restore_job.execute_in_process(
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"start_restore": {"config": run_config}}},
+            raise_on_error=False,
+        )
+        assert not from_primary.success and backup_id in _failure_messages(from_primary)
+        from_copy = restore_job.execute_in_process(
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"start_restore": {"config": {**run_config, "destination": "s3lock"}}}},
+        )
+        assert from_copy.success
     wipe_database(pg_database)
     client = s3.client()
     for bucket in BUCKETS:
@@ -298,6 +315,7 @@ from dagster._core.instance.ref import InstanceRef
 args = json.loads(sys.argv[1])
 os.environ.update(args["env"])
 from backup_pipeline.ops.copy import copy_backup_job
+from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.policy import BackupPolicyResource
