@@ -186,9 +186,15 @@ def copy_to_destination(
             )
         retention: dict[str, Any] = {}
         if target["retention"] and not failed:
-            retention = _retention(
-                context, dest, resource, plan["installation_id"], target["keep_last"], backup_policy
-            )
+            try:
+                retention = _retention(
+                    context, dest, resource, plan["installation_id"], target["keep_last"], backup_policy
+                )
+            except DestinationError as exc:
+                # The copies are made and recorded; a retention that could not run here is retried
+                # by the next run, as a failed deletion of retention_job is.
+                context.log.warning(f"{name}: retention not applied this time: {exc}")
+                retention = {"error": str(exc)}
     copied_now = [c.backup_id for c in done if not c.was_complete]
     already = [c.backup_id for c in done if c.was_complete]
     context.add_output_metadata(

@@ -185,12 +185,17 @@ def copy_set(
         on_target.setdefault(_part(stored), []).append(stored)
     source_sha: dict[str, str | None] = {_part(f): f.sha256 for f in files}
 
+    matches: dict[str, StoredFile | None] = {}
+
     def verified(src: StoredFile) -> StoredFile | None:
-        expected = src.sha256 or _sha256_of(source, src)
-        source_sha[_part(src)] = expected
-        return next(
-            (t for t in on_target.get(_part(src), []) if _matches(target, t, src.size, expected)), None
-        )
+        """The target's file of this part with the source's size and SHA-256 (looked up once)."""
+        part = _part(src)
+        if part not in matches:
+            expected = src.sha256 or _sha256_of(source, src)
+            source_sha[part] = expected
+            candidates = on_target.get(part, [])
+            matches[part] = next((t for t in candidates if _matches(target, t, src.size, expected)), None)
+        return matches[part]
 
     copied: list[str] = []
     kept: list[str] = []
