@@ -97,6 +97,11 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
         record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
         target = safety.latest_materialization(instance, safety.BACKUP_SET_ASSET)
     assert record.evaluation is not None and record.evaluation.passed and safety.judges(record, target)
+    # A local primary with an off-site copy is not the "NOT off-site" warning of a lone local folder.
+    with stack.home.instance() as instance:
+        key = dg.AssetCheckKey(safety.BACKUP_SET_ASSET, safety.DESTINATION_CHECK)
+        where = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
+    assert where is not None and where.passed and "copied off-site to s3lock" in (where.description or "")
 
     secrets = [s3.secret_key, sd.WRITER_SECRET_KEY]
     with open_chromium(viewport=(1400, 1000)) as page:
