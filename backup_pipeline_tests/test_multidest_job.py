@@ -56,7 +56,7 @@ SPEC = SeedSpec(
 POLICY = "copies=3,kinds=3,offsite=2,immutable=1"
 
 
-def _settings_env(drive: DriveFixture, s3_endpoint: str, inst: Installation) -> dict[str, str]:
+def _settings_env(drive: DriveFixture, s3_endpoint: str, inst: Installation, **extra: str) -> dict[str, str]:
     """The product's settings for drive + s3lock + nas (environment form): paths and names only."""
     credentials = inst.state_dir / "s3lock-credentials"
     inst.state_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,7 @@ def _settings_env(drive: DriveFixture, s3_endpoint: str, inst: Installation) -> 
         "BACKUP_PIPELINE_DESTINATION_RETRY_ATTEMPTS": "2",
         "BACKUP_PIPELINE_DESTINATION_RETRY_MAX_WAIT_SECONDS": "0.2",
         "BACKUP_PIPELINE_COPY_POLICY": POLICY,
+        **extra,
     }
 
 
@@ -265,7 +266,11 @@ def test_an_unreachable_destination_gets_its_copy_from_the_next_run_and_is_named
     inst = installation
     sd.make_bucket(s3, object_lock=True)
     with CuttingProxy("127.0.0.1", s3.port) as proxy:
-        settings = load_settings(_settings_env(drive, proxy.endpoint, inst))
+        one = {
+            "BACKUP_PIPELINE_DESTINATION_NAS_KEEP_LAST": "1",
+            "BACKUP_PIPELINE_DESTINATION_S3LOCK_KEEP_LAST": "1",
+        }
+        settings = load_settings(_settings_env(drive, proxy.endpoint, inst, **one))
         resources = _resources(inst, settings)
         view = CopyPolicyView.from_settings(settings)
         with dg.instance_for_test() as instance:
@@ -306,6 +311,23 @@ def test_an_unreachable_destination_gets_its_copy_from_the_next_run_and_is_named
             assert ledger.copy_states(instance)[backup_id]["s3lock"].complete
             verdict = copy_policy_verdict(instance, view)
             assert verdict.passed, verdict.description
+
+            # Each destination's own retention (KEEP_LAST=1) after the next backup's copies: the local
+            # folder drops the older set (recorded as copy_deleted there), the locked bucket keeps it
+            # until its lock ends (reported, not a failure); the primary keeps both (retention_job's job).
+            second = _backup(instance, resources)
+            kept = _copy(instance, resources)
+            assert kept.success, _failure_messages(kept)
+            states = ledger.copy_states(instance)
+            assert states[backup_id]["nas"].event == ledger.COPY_DELETED_EVENT
+            assert states[backup_id]["s3lock"].complete
+            assert states[second]["nas"].complete and states[second]["s3lock"].complete
+            assert {f.properties["backupId"] for f in nas.list()} == {second}
+            primary = resources["destination"].get_destination()
+            assert {f.properties["backupId"] for f in primary.list()} == {backup_id, second}
+            logs = " ".join(entry.user_message for entry in instance.all_logs(kept.run_id))
+            assert f"s3lock: kept {backup_id}" in logs and "locked until" in logs
+            assert copy_policy_verdict(instance, view).passed
 
 
 COPY_RUN = """
