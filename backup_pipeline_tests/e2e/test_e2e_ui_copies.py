@@ -103,6 +103,17 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
         where = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
     assert where is not None and where.passed and "copied off-site to s3lock" in (where.description or "")
 
+    def verified() -> bool:
+        # verify_after_backup verifies the first backup (from the primary) beside the copies; waiting
+        # for it makes the screenshots show the installation as it settles, not mid-way.
+        with stack.home.instance() as instance:
+            key = dg.AssetCheckKey(safety.BACKUP_SET_ASSET, safety.VERIFICATION_CHECK)
+            found = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+            newest = safety.latest_materialization(instance, safety.BACKUP_SET_ASSET)
+        return bool(found and found.evaluation and found.evaluation.passed and safety.judges(found, newest))
+
+    wait_for(verified, timeout=300, what="backup_set_verified passed (verify_after_backup)", stack=stack)
+
     secrets = [s3.secret_key, sd.WRITER_SECRET_KEY]
     with open_chromium(viewport=(1400, 1000)) as page:
         page.set_default_timeout(120_000)  # the first page of a fresh webserver is slow on a busy machine
