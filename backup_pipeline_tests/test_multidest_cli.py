@@ -89,3 +89,15 @@ def test_the_first_reachable_complete_copy_of_the_newest_set_is_chosen(
         pick_copy(list_across(only_nas, INSTALLATION), "latest", said.append)
     with pytest.raises(NoCompleteCopy, match=f"complete copy of {ID_OLD}"):
         pick_copy(list_across(only_nas, INSTALLATION), ID_OLD, said.append)
+
+
+def test_a_named_destinations_s3_keys_are_masked_in_cli_errors() -> None:
+    from backup_pipeline.cli.errors import mask_secrets
+
+    environ = {
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_SECRET_KEY": "named-secret-value",
+        "BACKUP_PIPELINE_DESTINATION_S3LOCK_S3_ACCESS_KEY": "named-access-value",
+        "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY": "single-secret-value",
+    }
+    text = "failed: named-secret-value / named-access-value / single-secret-value"
+    assert mask_secrets(text, environ) == "failed: *** / *** / ***"
