@@ -101,3 +101,16 @@ def test_a_named_destinations_s3_keys_are_masked_in_cli_errors() -> None:
     }
     text = "failed: named-secret-value / named-access-value / single-secret-value"
     assert mask_secrets(text, environ) == "failed: *** / *** / ***"
+
+
+def test_destination_check_and_ls_take_a_named_destination(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = _run(["destination", "ls", "--destination", "old"], env, monkeypatch)
+    assert code == 0, out + err
+    assert len(out.splitlines()) == 4 and ID_OLD in out and ID_NEW in out  # two sets of database + manifest
+    code, out, err = _run(["destination", "check", "--destination", "nas", "--json"], env, monkeypatch)
+    assert code == 0, out + err
+    assert '"ok": true' in out and str(Path(env["BACKUP_PIPELINE_DESTINATION_NAS_PATH"])) in out
+    code, _, err = _run(["destination", "ls", "--destination", "tape"], env, monkeypatch)
+    assert code == 2 and "no destination named 'tape'; known: nas, offline, old" in err
