@@ -14,6 +14,7 @@ from backup_pipeline.copy_status import CopyPolicyView, DestinationView, alert_d
 from backup_pipeline.destination_settings import CopyPolicy, parse_copy_policy
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.settings import DestinationKind, SettingsError, load_settings
+from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 
 P = "BACKUP_PIPELINE_"
 
@@ -185,3 +186,43 @@ def test_the_verdict_counts_copies_kinds_offsite_and_live_locks_and_names_what_i
         _copy(instance, "nas", ledger.COPY_DELETED_EVENT, detail="older than the newest 1 complete sets")
         deleted = copy_policy_verdict(instance, _view())
         assert not deleted.passed and "copy missing on nas (deleted by its retention" in deleted.description
+
+
+def test_the_3_2_1_alert_goes_out_once_per_failing_state_and_only_when_nothing_is_pending(
+    tmp_path: Path, webhook_receiver: WebhookReceiver
+) -> None:
+    import json
+
+    from backup_pipeline.copy_sensors import build_copy_policy_alert_sensor, build_copy_sensors
+
+    (tmp_path / "hook.key").write_bytes(b"k" * 32)
+    settings = load_settings(
+        {
+            **_env(tmp_path),
+            f"{P}COPY_POLICY": "copies=3,kinds=2,offsite=2,immutable=1",
+            f"{P}ALERT_WEBHOOK_URL": webhook_receiver.url,
+            f"{P}ALERT_WEBHOOK_SECRET_FILE": str(tmp_path / "hook.key"),
+        }
+    )
+    assert [s.name for s in build_copy_sensors(settings)] == [
+        "copy_after_backup",
+        "copy_daily_safety_net",
+        "backup_3_2_1_alert",
+    ]
+    sensor = build_copy_policy_alert_sensor(settings)
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=ledger.BACKUP_SET_ASSET, metadata={"backup_id": NEWEST})
+        )
+        pending = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert "pending" in (pending.skip_message or "") and webhook_receiver.requests == []
+
+        _copy(instance, "s3lock", ledger.COPY_MISSING_EVENT, detail="connection refused")
+        _copy(instance, "nas", ledger.COPY_COMPLETE_EVENT)
+        sent = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=pending.cursor))
+        assert "alert sent via webhook" in (sent.skip_message or "")
+        body = json.loads(webhook_receiver.wait_for(1)[0].body)
+        assert body["kind"] == "copy_policy" and "copy missing on s3lock" in body["message"]
+
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=sent.cursor))
+        assert "already alerted" in (again.skip_message or "") and len(webhook_receiver.requests) == 1
