@@ -328,7 +328,7 @@ class BackupSettings(BaseSettings):
         ge=5,
         le=3600,
         description="Seconds between two evaluations of each sensor that reacts to finished runs "
-        "(retention and verification after a backup, failure alerts, heartbeats): the longest wait "
+        "(retention, copies and verification after a backup, failure alerts, heartbeats): the longest wait "
         "between a run's end and what follows it. 30 is Dagster's default; its daemon cannot go below 5.",
     )
 

@@ -257,10 +257,18 @@ def test_run_sensor_interval_setting_reaches_every_run_status_sensor(tmp_path: P
         "alert_on_failed_verification",
         "heartbeat_on_success",
         "heartbeat_on_failure",
+        "copy_after_backup",
+    }
+    # Two destinations, so that the copy sensors load too.
+    two_destinations = {
+        "BACKUP_PIPELINE_STATE_DIR": str(tmp_path),
+        "BACKUP_PIPELINE_DESTINATIONS": "a,b",
+        **{f"BACKUP_PIPELINE_DESTINATION_{n}_KIND": "local" for n in "AB"},
+        **{f"BACKUP_PIPELINE_DESTINATION_{n}_PATH": str(tmp_path / n) for n in "AB"},
     }
 
     def intervals(env: dict[str, str]) -> dict[str, int | None]:
-        defs = build_definitions(load_settings(env={"BACKUP_PIPELINE_STATE_DIR": str(tmp_path), **env}))
+        defs = build_definitions(load_settings(env={**two_destinations, **env}))
         return {s.name: s.minimum_interval_seconds for s in defs.sensors}
 
     default = intervals({})
