@@ -122,6 +122,13 @@ class BucketSummary:
         }
 
 
+def shown_key(key: str, limit: int = 120) -> str:
+    """``key`` for a one-line message: a long one shortened in the middle, its length said."""
+    if len(key) <= limit:
+        return key
+    return f"{key[: limit // 2]}…{key[-limit // 3 :]} ({len(key.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
 def keep_both_key(key: str, backup_id: str) -> str:
     """``<key>.restored-<id>``; a folder marker ``a/b/`` stays one: ``a/b.restored-<id>/``."""
     stem = key.rstrip("/")
@@ -548,8 +555,8 @@ class _Outcomes:
                 self._report(f"s3://{summary.bucket}/{line}")
             if self._policy is OnUnrestorable.FAIL:
                 raise Unrestorable(
-                    f"s3://{summary.bucket}/{line} — the target cannot hold it exactly "
-                    "(on_unrestorable=continue restores the other objects and lists such ones)"
+                    f"s3://{summary.bucket}/{shown_key(key)}: {written.problem} — the target cannot hold "
+                    "it exactly (on_unrestorable=continue restores the other objects and lists such ones)"
                 )
         if not written.refused:
             summary.count(action)
@@ -765,7 +772,7 @@ class BucketRestoreFailed(RestoreError):
         if from_s3:
             why = s3_error_reason(cause, endpoint, "writing objects")
         elif isinstance(cause, RestoreError):
-            why = _safe(cause)
+            why = str(cause)[:1000]  # our own wording: no secret in it
         else:
             why = f"{type(cause).__name__}: {_safe(cause)}"
         super().__init__(
