@@ -47,11 +47,10 @@ from minio import Minio
 from minio.commonconfig import COPY, CopySource
 from minio.error import S3Error
 
+from backup_pipeline.services.backup_parts import UNDO_PREFIX as UNDO_PREFIX  # re-exported
 from backup_pipeline.services.errors import S3_ERRORS, first_line
 from backup_pipeline.services.restore.common import RestoreError
 
-#: Reserved key prefix of undo copies in a restored bucket (never backed up, never restored).
-UNDO_PREFIX = ".bp-restore-undo/"
 JOURNAL_DIR = "restore-undo"
 COMMITTED = "COMMITTED"
 ABORTED = "ABORTED"
