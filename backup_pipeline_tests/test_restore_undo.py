@@ -303,3 +303,12 @@ def test_the_dry_run_names_keys_some_servers_refuse(s3: S3Server) -> None:
     plan = svc.plan_bucket(s3.client(), BUCKET, _inventory(objects).values(), svc.ConflictPolicy.OVERWRITE)
     assert plan["at_risk"] == 1
     assert plan["at_risk_keys"] == [f"{REFUSED_KEY}: a path segment over 255 bytes (refused by SeaweedFS)"]
+
+
+def test_backups_skip_the_undo_copies_a_killed_restore_left(s3: S3Server) -> None:
+    from backup_pipeline.services.backup_buckets import iter_listing
+
+    _populate(s3)
+    put_object(s3, BUCKET, CorpusObject(f"{UNDO_PREFIX}p{'0' * 32}/1", b"an old version"))
+    listed = [o.key for o in iter_listing(s3.client(), BUCKET)]
+    assert sorted(listed) == sorted(o.key for o in _current())

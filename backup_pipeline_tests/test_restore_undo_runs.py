@@ -40,7 +40,8 @@ from backup_pipeline_tests.restore_support import (
     step_metadata,
 )
 
-MEDIA, DOCS, MANY = "undo-media", "undo-docs", "undo-many"
+# Steps run before and after the failing bucket (MEDIA), whatever order the executor takes.
+MEDIA, DOCS, MANY = "undo-media", "undo-docs", "undo-zz-many"
 REFUSED_KEY = "m/" + "x" * 300  # stored by moto, refused by SeaweedFS (KeyTooLongError)
 MANY_OBJECTS = 600
 VENV_BIN = Path(sys.executable).parent

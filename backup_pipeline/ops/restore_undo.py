@@ -6,8 +6,10 @@ the run is all-or-nothing across all of them:
 * ``start_restore`` (a real run, once it holds the data lease, so no other restore is alive)
   rolls back the journals of killed runs before anything else (``recover_at_start``).
 * Each ``restore_bucket_step`` journals its bucket (``journaled_bucket``). A step that fails rolls
-  its bucket back itself and marks the run ``ABORTED``; a step that succeeds after the run was
-  marked rolls its own bucket back and fails. The run's lock file orders the two decisions.
+  its bucket back itself and marks the run ``ABORTED``; a step that starts after a step of the
+  run failed writes nothing, and one that succeeds after it rolls its own bucket back and fails
+  (the run's ``STEP_FAILURE`` events say so even once a rollback removed the marker). The run's
+  lock file orders these decisions.
 * The failure hook ``roll_back_buckets_on_failure`` (any step of the run) marks the run and rolls
   back every bucket no step is writing right now; a step still writing sees the mark when done.
 * ``finish_restore`` commits after the database swap (``commit_buckets``): ``COMMITTED`` first,
@@ -63,6 +65,10 @@ def journaled_bucket(
     """The bucket's journal while the step writes; on failure the bucket is rolled back (and the
     run marked aborted) before the error propagates, the message then says so."""
     journal = run_journal(context, destination)
+    if _step_failed(context):
+        raise svc.RestoreRolledBack(
+            f"bucket {bucket}: another step of this restore failed; nothing was restored"
+        )
     try:
         with journal.open_bucket(client, bucket) as bucket_journal:
             yield bucket_journal
@@ -72,10 +78,19 @@ def journaled_bucket(
         abort_run(context, journal, client)
         raise
     with journal.run_lock():
-        aborted = journal.aborted
+        aborted = journal.aborted or _step_failed(context)
     if aborted:
         message = abort_run(context, journal, client)
         raise svc.RestoreRolledBack(f"bucket {bucket}: another step of this restore failed; {message}")
+
+
+def _step_failed(context: dg.OpExecutionContext) -> bool:
+    """Whether a step of this run failed already (its failure hook may have rolled back and
+    removed the journal directory, marker included, before this step opened its journal)."""
+    failures = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1
+    )
+    return bool(failures.records)
 
 
 def abort_run(context: dg.OpExecutionContext | dg.HookContext, journal: RunJournal, client: Any) -> str:
