@@ -312,3 +312,22 @@ def test_backups_skip_the_undo_copies_a_killed_restore_left(s3: S3Server) -> Non
     put_object(s3, BUCKET, CorpusObject(f"{UNDO_PREFIX}p{'0' * 32}/1", b"an old version"))
     listed = [o.key for o in iter_listing(s3.client(), BUCKET)]
     assert sorted(listed) == sorted(o.key for o in _current())
+
+
+def test_a_key_the_server_normalises_is_unrestorable_and_the_object_it_replaced_comes_back(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """SeaweedFS stores ``n//x.txt`` as ``n/x.txt``: writing it replaces that object."""
+    _populate(s3)
+    put_object(s3, BUCKET, CorpusObject("n/x.txt", b"the object a normalised key lands on"))
+    before = snapshot_buckets(s3, [BUCKET], always_read_tags=True)
+    objects = {"n//x.txt": b"restored under a key with a double slash"}
+    journal = RunJournal(tmp_path, svc.process_token())
+
+    with pytest.raises(svc.BucketRestoreFailed) as info:
+        _restore(s3, journal, objects, svc.OnUnrestorable.FAIL)
+    assert "the server stored it under another one" in str(info.value)
+
+    journal.rollback(s3.client())
+    report = compare_buckets(before, snapshot_buckets(s3, [BUCKET], always_read_tags=True))
+    assert report.differences == [], report.render()

@@ -149,7 +149,7 @@ def key_risk(key: str) -> str | None:
         return f"key of {len(raw)} bytes (S3 allows {KEY_BYTES_MAX})"
     if any(len(part.encode("utf-8", "surrogatepass")) > SEGMENT_BYTES_MAX for part in key.split("/")):
         return f"a path segment over {SEGMENT_BYTES_MAX} bytes (refused by SeaweedFS)"
-    if "//" in key or key.startswith("/") or "\\" in key:
+    if _normalisable(key):
         return "'//', a leading '/' or '\\' (stored under a normalised key by SeaweedFS)"
     if key.startswith(UNDO_PREFIX):
         return f"the reserved prefix {UNDO_PREFIX} (the restore's undo copies)"
@@ -340,7 +340,7 @@ def plan_bucket(
         action = decide(
             policy,
             item,
-            existing.size(item.key),
+            _size_now(client, bucket, item.key, existing),
             lambda key=item.key: object_sha256(client, bucket, key),  # type: ignore[misc]
         )
         summary.count(action)
@@ -458,7 +458,42 @@ def served_differently(client: Minio, bucket: str, key: str, entry: RestoreEntry
             wrong.append(
                 f"metadata {name} {served.metadata.get(name)!r} (written {written_meta.get(name)!r})"
             )
+    if _normalisable(key) and not _listed_as_written(client, bucket, key):
+        wrong.append("the key: the server stored it under another one (normalised like a path)")
     return "served differently: " + "; ".join(wrong) if wrong else None
+
+
+def _size_now(client: Minio, bucket: str, key: str, existing: ExistingSizes) -> int | None:
+    """The size of ``key`` in the bucket now. A key the listing lacks but the server may normalise
+    is also asked for (a HEAD of ``x//y`` on such a server answers for ``x/y``, which the write would
+    replace: it must be journaled and, under ``skip``, kept)."""
+    size = existing.size(key)
+    if size is None and _normalisable(key):
+        size = _existing_size(client, bucket, key)
+    return size
+
+
+def _normalisable(key: str) -> bool:
+    """Keys some servers store under another key (SeaweedFS: ``//``, a leading ``/``, ``\\``)."""
+    return "//" in key or key.startswith("/") or "\\" in key
+
+
+def _listed_as_written(client: Minio, bucket: str, key: str, limit: int = LISTING_LOOKAHEAD) -> bool:
+    """Whether a listing shows ``key`` itself (a HEAD of a normalised key finds the other object).
+
+    Listed from the part of the key before what a server may rewrite, since SeaweedFS normalises
+    a prefix too and even echoes it as a key; keys come in order, so the scan stops at the first
+    one past ``key``, or after ``limit`` (then the key is not confirmed, and is reported).
+    """
+    cuts = [i for i in (key.find("//"), key.find("\\")) if i >= 0]
+    prefix = "" if key.startswith("/") else key[: min(cuts)] if cuts else key
+    for seen, obj in enumerate(client.list_objects(bucket, prefix=prefix or None, recursive=True)):
+        name = obj.object_name or ""
+        if name == key:
+            return True
+        if name > key or seen >= limit:
+            return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -708,7 +743,7 @@ def restore_bucket(
                     _drain(entry.fileobj)
                     continue
                 incoming = inventory.get(entry.key) or IncomingObject(entry.key, entry.size, "")
-                size_now = existing.size(entry.key)
+                size_now = _size_now(client, bucket, entry.key, existing)
                 action = decide(
                     policy,
                     incoming,
