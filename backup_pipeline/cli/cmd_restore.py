@@ -246,6 +246,7 @@ def _audit(report: dict[str, Any], options: svc.RestoreOptions) -> None:
             "dry_run": options.dry_run,
             "scope": options.scope.value,
             "conflict_policy": options.conflict_policy.value,
+            "on_unrestorable": options.on_unrestorable.value,
             "via": "cli",
         }
         audit_log(load_settings()).append("restore_dry_run" if options.dry_run else "restore", details)

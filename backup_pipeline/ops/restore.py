@@ -683,6 +683,7 @@ def finish_restore(
         "dry_run": options.dry_run,
         "scope": options.scope.value,
         "conflict_policy": options.conflict_policy.value,
+        "on_unrestorable": options.on_unrestorable.value,
         "database": {
             k: v for k, v in {**database, **swapped}.items() if k not in ("tables", "source_database")
         },

@@ -46,12 +46,10 @@ from backup_pipeline.services.restore.buckets import (
     decide,
     decompress_backup,
     keep_both_key,
-    key_risk,
     object_sha256,
     plan_bucket,
     put_entry,
     restore_bucket,
-    shown_key,
 )
 from backup_pipeline.services.restore.common import (
     DEFAULT_CONSISTENCY_QUERY,
@@ -90,6 +88,11 @@ from backup_pipeline.services.restore.dump_info import (
     DatabaseFacts,
     database_facts_of,
     inspect_dump,
+)
+from backup_pipeline.services.restore.fidelity import (
+    key_risk,
+    served_differently,
+    shown_key,
 )
 from backup_pipeline.services.restore.report import (
     consistency_report,
@@ -220,6 +223,7 @@ __all__ = [
     "run_restore",
     "run_token",
     "scratch_name",
+    "served_differently",
     "server_version",
     "shown_key",
     "swap_into_place",

@@ -21,7 +21,7 @@ from minio.error import S3Error
 from backup_pipeline.archive.gzip_members import gunzip_stream
 from backup_pipeline.archive.tar_parts import read_bucket_archive
 from backup_pipeline.services.errors import S3_ERRORS, s3_endpoint, s3_error_reason
-from backup_pipeline.services.object_headers import RECORDED_HEADERS, put_headers, record_headers, wire_value
+from backup_pipeline.services.object_headers import put_headers, wire_value
 from backup_pipeline.services.restore.common import (
     KEEP_BOTH_SUFFIX,
     ConflictPolicy,
@@ -31,7 +31,13 @@ from backup_pipeline.services.restore.common import (
     RestoreError,
     _safe,
 )
-from backup_pipeline.services.restore.undo_journal import UNDO_PREFIX, BucketJournal
+from backup_pipeline.services.restore.fidelity import (
+    key_risk,
+    normalisable,
+    served_differently,
+    shown_key,
+)
+from backup_pipeline.services.restore.undo_journal import BucketJournal
 
 log = logging.getLogger(__name__)
 
@@ -122,38 +128,12 @@ class BucketSummary:
         }
 
 
-def shown_key(key: str, limit: int = 120) -> str:
-    """``key`` for a one-line message: a long one shortened in the middle, its length said."""
-    if len(key) <= limit:
-        return key
-    return f"{key[: limit // 2]}…{key[-limit // 3 :]} ({len(key.encode('utf-8', 'surrogatepass'))} bytes)"
-
-
 def keep_both_key(key: str, backup_id: str) -> str:
     """``<key>.restored-<id>``; a folder marker ``a/b/`` stays one: ``a/b.restored-<id>/``."""
     stem = key.rstrip("/")
     if stem and stem != key:
         return stem + KEEP_BOTH_SUFFIX.format(backup_id=backup_id) + key[len(stem) :]
     return key + KEEP_BOTH_SUFFIX.format(backup_id=backup_id)
-
-
-#: Key shapes some S3 servers cannot hold as written (S3-COMPATIBILITY.md): a dry run names them.
-KEY_BYTES_MAX = 1024
-SEGMENT_BYTES_MAX = 255
-
-
-def key_risk(key: str) -> str | None:
-    """Why ``key`` may not be restorable exactly on some servers, or None."""
-    raw = key.encode("utf-8", "surrogatepass")
-    if len(raw) > KEY_BYTES_MAX:
-        return f"key of {len(raw)} bytes (S3 allows {KEY_BYTES_MAX})"
-    if any(len(part.encode("utf-8", "surrogatepass")) > SEGMENT_BYTES_MAX for part in key.split("/")):
-        return f"a path segment over {SEGMENT_BYTES_MAX} bytes (refused by SeaweedFS)"
-    if _normalisable(key):
-        return "'//', a leading '/' or '\\' (stored under a normalised key by SeaweedFS)"
-    if key.startswith(UNDO_PREFIX):
-        return f"the reserved prefix {UNDO_PREFIX} (the restore's undo copies)"
-    return None
 
 
 def decide(
@@ -432,68 +412,14 @@ def _read_body(bucket: str, key: str, entry: RestoreEntry, expected_sha256: str 
     return body
 
 
-def served_differently(client: Minio, bucket: str, key: str, entry: RestoreEntry) -> str | None:
-    """What the server serves for ``key`` that differs from what was written, or None.
-
-    One HEAD: size, Content-Type, the recorded standard headers and user metadata (tags are
-    sent with the put, which a server refuses rather than drops).
-    """
-    stat = client.stat_object(bucket, key)
-    wrong: list[str] = []
-    if int(stat.size or 0) != entry.size:
-        wrong.append(f"size {stat.size} (written {entry.size})")
-    written_type = entry.content_type or "application/octet-stream"
-    if (stat.content_type or "") != written_type:
-        wrong.append(f"Content-Type {stat.content_type!r} (written {written_type!r})")
-    served = record_headers((stat.metadata or {}).items())
-    # The names the put sends (object_headers.put_headers), as a GET records them.
-    canonical = {name.lower(): name for name in RECORDED_HEADERS}
-    written_headers = {canonical[k.lower()]: v for k, v in entry.headers.items() if k.lower() in canonical}
-    for name in sorted(set(served.headers) | set(written_headers)):
-        if served.headers.get(name) != written_headers.get(name):
-            wrong.append(f"{name} {served.headers.get(name)!r} (written {written_headers.get(name)!r})")
-    written_meta = {k.lower(): v for k, v in entry.metadata.items()}
-    for name in sorted(set(served.metadata) | set(written_meta)):
-        if served.metadata.get(name) != written_meta.get(name):
-            wrong.append(
-                f"metadata {name} {served.metadata.get(name)!r} (written {written_meta.get(name)!r})"
-            )
-    if _normalisable(key) and not _listed_as_written(client, bucket, key):
-        wrong.append("the key: the server stored it under another one (normalised like a path)")
-    return "served differently: " + "; ".join(wrong) if wrong else None
-
-
 def _size_now(client: Minio, bucket: str, key: str, existing: ExistingSizes) -> int | None:
     """The size of ``key`` in the bucket now. A key the listing lacks but the server may normalise
     is also asked for (a HEAD of ``x//y`` on such a server answers for ``x/y``, which the write would
     replace: it must be journaled and, under ``skip``, kept)."""
     size = existing.size(key)
-    if size is None and _normalisable(key):
+    if size is None and normalisable(key):
         size = _existing_size(client, bucket, key)
     return size
-
-
-def _normalisable(key: str) -> bool:
-    """Keys some servers store under another key (SeaweedFS: ``//``, a leading ``/``, ``\\``)."""
-    return "//" in key or key.startswith("/") or "\\" in key
-
-
-def _listed_as_written(client: Minio, bucket: str, key: str, limit: int = LISTING_LOOKAHEAD) -> bool:
-    """Whether a listing shows ``key`` itself (a HEAD of a normalised key finds the other object).
-
-    Listed from the part of the key before what a server may rewrite, since SeaweedFS normalises
-    a prefix too and even echoes it as a key; keys come in order, so the scan stops at the first
-    one past ``key``, or after ``limit`` (then the key is not confirmed, and is reported).
-    """
-    cuts = [i for i in (key.find("//"), key.find("\\")) if i >= 0]
-    prefix = "" if key.startswith("/") else key[: min(cuts)] if cuts else key
-    for seen, obj in enumerate(client.list_objects(bucket, prefix=prefix or None, recursive=True)):
-        name = obj.object_name or ""
-        if name == key:
-            return True
-        if name > key or seen >= limit:
-            return False
-    return False
 
 
 @dataclass(frozen=True)
@@ -527,7 +453,13 @@ def _apply(
     except S3Error as exc:
         # The server refused this object (its key, a header, …): one object, not the server gone.
         return _Written(0, f"refused by the server: {exc.code}", refused=True)
-    problem = served_differently(client, bucket, change.target, entry) if change.verify else None
+    problem = (
+        served_differently(
+            client, bucket, change.target, entry.size, entry.content_type, entry.headers, entry.metadata
+        )
+        if change.verify
+        else None
+    )
     return _Written(written, problem)
 
 
