@@ -331,3 +331,22 @@ def test_a_key_the_server_normalises_is_unrestorable_and_the_object_it_replaced_
     journal.rollback(s3.client())
     report = compare_buckets(before, snapshot_buckets(s3, [BUCKET], always_read_tags=True))
     assert report.differences == [], report.render()
+
+
+def test_a_retried_bucket_reopens_its_journal_and_the_rollback_still_reaches_the_first_state(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """A retried step writes the same bucket again: its undo copies never replace the first ones."""
+    _populate(s3)
+    before = snapshot_buckets(s3, [BUCKET], always_read_tags=True)
+    objects = {k: v for k, v in _backup_objects().items() if k != REFUSED_KEY}
+    journal = RunJournal(tmp_path, svc.process_token())
+    _restore(s3, journal, objects, svc.OnUnrestorable.FAIL)
+    second = {k: v + b" (second attempt)" for k, v in objects.items()}
+    summary = _restore(s3, journal, second, svc.OnUnrestorable.FAIL)
+    assert summary.overwritten == len(second)
+
+    journal.rollback(s3.client())
+    report = compare_buckets(before, snapshot_buckets(s3, [BUCKET], always_read_tags=True))
+    assert report.differences == [], report.render()
+    assert _undo_objects(s3) == []

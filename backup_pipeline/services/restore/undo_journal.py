@@ -114,7 +114,9 @@ class BucketJournal:
         self._sync_lock = threading.Lock()
         self._written = 0  # entries written
         self._synced = 0  # entries known durable
-        self._sequence = 0
+        # Reopened (a retried step): undo keys continue after the lines already there, so an
+        # earlier entry's copy is never overwritten.
+        self._sequence = _count_lines(path)
         self.entries = 0
         if os.fstat(self._fd).st_size == 0:
             self._append({"op": "begin", "bucket": bucket, "token": token})
@@ -224,6 +226,14 @@ class RollbackReport:
         )
 
 
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1024 * 1024):
+            count += block.count(b"\n")
+    return count
+
+
 def _lines_reversed(path: Path, block: int = 64 * 1024) -> Iterator[str]:
     """The lines of ``path`` last first, reading blocks from the end (constant memory per line)."""
     with open(path, "rb") as handle:
@@ -301,8 +311,12 @@ def _rollback_bucket(client: Minio, path: Path, report: RollbackReport) -> None:
                 if not _missing(exc):  # no copy: the object was never changed
                     raise
         elif op == "created":
-            client.remove_object(bucket, entry["key"])
-            report.deleted += 1
+            try:
+                client.remove_object(bucket, entry["key"])
+                report.deleted += 1
+            except S3Error as exc:
+                if not _missing(exc):  # the bucket is gone: nothing of it to delete
+                    raise
         elif op == "bucket_created":
             created_bucket = True
     report.undo_copies_removed += _remove_undo_copies(client, bucket, token)
