@@ -14,6 +14,8 @@ populated buckets — the "objects backed up elsewhere" case of S3-COMPATIBILITY
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -27,7 +29,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from backup_pipeline.services.restore.undo_journal import JOURNAL_DIR, UNDO_PREFIX
+from backup_pipeline.services import restore as svc
+from backup_pipeline.services.restore.undo_journal import JOURNAL_DIR, UNDO_PREFIX, RunJournal
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, create_database, drop_database
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.buckets import CorpusObject, put_object
@@ -303,3 +306,35 @@ def test_the_dry_run_journals_nothing_and_names_the_key_at_risk(
     assert done.returncode == 0, done.stderr
     assert '"at_risk": 1' in done.stdout
     assert world.journals() == []
+
+
+def test_restore_job_rolls_back_a_killed_restores_journal_before_anything_else(
+    world: World, s3: S3Server, target_db: PgDatabase
+) -> None:
+    _populate_target(s3)
+    before = snapshot_buckets(s3, [MANY], always_read_tags=True)
+    # A restore killed half-way (a CLI process: its owner lock is gone with it).
+    killed = RunJournal(world.root / "state", svc.process_token())
+    half = {f"k/{i:05d}": f"half-restored {i}".encode() for i in range(50)}
+    entries = (
+        svc.RestoreEntry(
+            key=k, size=len(v), content_type="text/plain", metadata={}, tags={}, fileobj=io.BytesIO(v)
+        )
+        for k, v in half.items()
+    )
+    inventory = {k: svc.IncomingObject(k, len(v), hashlib.sha256(v).hexdigest()) for k, v in half.items()}
+    with killed.open_bucket(s3.client(), MANY) as journal:
+        svc.restore_bucket(
+            s3.client(), MANY, entries, inventory, svc.ConflictPolicy.OVERWRITE, "x", journal=journal
+        )
+    assert compare_buckets(before, snapshot_buckets(s3, [MANY], always_read_tags=True)).differences
+
+    result = _restore(world, target_db, s3, scope="files", buckets=[DOCS], conflict_policy="overwrite")
+
+    assert result.success, _failure_text(result)
+    recovered = step_metadata(result, "start_restore")["start_restore"]["recovered_undo_journals"]
+    assert [r["token"] for r in recovered] == [killed.token] and recovered[0]["restored"] == 50
+    report = compare_buckets(before, snapshot_buckets(s3, [MANY], always_read_tags=True))
+    assert report.differences == [], report.render()
+    assert world.journals() == []
+    _no_undo_copies(s3)
