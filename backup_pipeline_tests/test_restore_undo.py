@@ -49,7 +49,10 @@ def _current() -> list[CorpusObject]:
             b"current three",
             headers={"Content-Type": "text/csv", "Content-Language": "de"},
         ),
-        CorpusObject("folder/", b""),
+        # A folder marker: SeaweedFS cannot CopyObject from or to one exactly (copy_exactly streams).
+        CorpusObject(
+            "folder/", b"", headers={"Content-Type": "text/x-folder", "x-amz-meta-m": "v"}, tags={"t": "1"}
+        ),
         CorpusObject("untouched.txt", b"not in the backup"),
     ]
 
@@ -350,3 +353,20 @@ def test_a_retried_bucket_reopens_its_journal_and_the_rollback_still_reaches_the
     report = compare_buckets(before, snapshot_buckets(s3, [BUCKET], always_read_tags=True))
     assert report.differences == [], report.render()
     assert _undo_objects(s3) == []
+
+
+def test_a_folder_marker_is_saved_and_put_back_exactly(s3: S3Server, tmp_path: Path) -> None:
+    """SeaweedFS can neither CopyObject from a folder marker nor to one exactly, and a put over an
+    existing one keeps the old headers: the restore names it, the undo copy is streamed."""
+    _populate(s3)
+    before = snapshot_buckets(s3, [BUCKET], always_read_tags=True)
+    journal = RunJournal(tmp_path, svc.process_token())
+
+    summary = _restore(s3, journal, {"folder/": b""}, svc.OnUnrestorable.CONTINUE)
+
+    assert summary.overwritten == 1 and summary.inexact == 1
+    assert summary.unrestorable[0].startswith("folder/: served differently: Cache-Control None")
+    assert len(_undo_objects(s3)) == 1, "the old folder marker was copied aside"
+    journal.rollback(s3.client())
+    report = compare_buckets(before, snapshot_buckets(s3, [BUCKET], always_read_tags=True))
+    assert report.differences == [], report.render()

@@ -49,6 +49,7 @@ from minio.error import S3Error
 
 from backup_pipeline.services.backup_parts import UNDO_PREFIX as UNDO_PREFIX  # re-exported
 from backup_pipeline.services.errors import S3_ERRORS, first_line
+from backup_pipeline.services.object_headers import put_headers, record_headers, wire_value
 from backup_pipeline.services.restore.common import RestoreError
 
 JOURNAL_DIR = "restore-undo"
@@ -171,19 +172,56 @@ class BucketJournal:
         return self._append({"op": "saved", "key": key, "undo": undo}), undo
 
     def save_copy(self, key: str, undo: str) -> None:
-        """The current version of ``key`` copied aside to ``undo`` (server-side; headers, metadata, tags kept)."""
+        """The current version of ``key`` copied aside to ``undo`` (headers, metadata, tags kept)."""
         try:
-            self._client.copy_object(
-                self.bucket,
-                undo,
-                CopySource(self.bucket, key),
-                metadata_directive=COPY,
-                tagging_directive=COPY,
-            )
+            copy_exactly(self._client, self.bucket, key, undo)
         except ValueError as exc:  # minio: over 5 GiB a copy cannot keep metadata (multipart copy)
             raise UndoError(
                 f"s3://{self.bucket}/{key}: no exact undo copy can be made ({exc}); nothing was changed for it"
             ) from None
+
+
+class _RawBody:
+    """A GET response read as the bytes on the wire (a gzip-encoded body is never inflated)."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self._response.read(None if n < 0 else n, decode_content=False))
+
+
+def copy_exactly(client: Minio, bucket: str, source: str, target: str) -> None:
+    """``source`` copied to ``target`` in ``bucket`` with its bytes, headers, metadata and tags.
+
+    CopyObject (directives COPY) where it is exact. A folder marker (a key ending in ``/``) is
+    streamed instead (GET, then PUT of the recorded headers, as a restore writes objects):
+    SeaweedFS answers NoSuchKey when copying from one and writes an empty
+    ``application/x-directory`` object when copying to one.
+    """
+    if not (source.endswith("/") or target.endswith("/")):
+        client.copy_object(
+            bucket, target, CopySource(bucket, source), metadata_directive=COPY, tagging_directive=COPY
+        )
+        return
+    stat = client.stat_object(bucket, source)
+    recorded = record_headers((stat.metadata or {}).items())
+    tags = client.get_object_tags(bucket, source)
+    response = client.get_object(bucket, source)
+    try:
+        client.put_object(
+            bucket,
+            target,
+            _RawBody(response),  # type: ignore[arg-type]
+            int(stat.size or 0),
+            content_type=wire_value(stat.content_type or "application/octet-stream"),
+            sse=put_headers(recorded.headers, recorded.metadata),
+            tags=tags,
+            part_size=16 * 1024 * 1024,
+        )
+    finally:
+        response.close()
+        response.release_conn()
 
 
 @dataclass
@@ -299,13 +337,7 @@ def _rollback_bucket(client: Minio, path: Path, report: RollbackReport) -> None:
         op = entry.get("op")
         if op == "saved":
             try:
-                client.copy_object(
-                    bucket,
-                    entry["key"],
-                    CopySource(bucket, entry["undo"]),
-                    metadata_directive=COPY,
-                    tagging_directive=COPY,
-                )
+                copy_exactly(client, bucket, entry["undo"], entry["key"])
                 report.restored += 1
             except S3Error as exc:
                 if not _missing(exc):  # no copy: the object was never changed
