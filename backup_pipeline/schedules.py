@@ -43,11 +43,24 @@ def describe_schedule(settings: BackupSettings) -> str:
         when = f"Daily at {settings.schedule_time}"
     return (
         f"{when} ({settings.schedule_timezone}; cron `{settings.cron_schedule}`). "
-        f"Retention keeps the newest {settings.retention_keep_last} complete backup sets; "
+        f"Retention keeps {describe_retention(settings)}; "
         f"incomplete sets older than {settings.incomplete_grace_hours} h are removed. "
         "A tick while a backup or restore is in progress is skipped, not queued. "
         "Change via settings + code-location reload."
     )
+
+
+def describe_retention(settings: BackupSettings) -> str:
+    """E.g. "the newest 7 complete backup sets, plus the newest set of each of the last 4 weeks"."""
+    parts = (
+        [f"the newest {settings.retention_keep_last} complete backup sets"]
+        if settings.retention_keep_last
+        else []
+    )
+    periods = settings.retention_periods
+    units = {"daily": "days", "weekly": "ISO weeks", "monthly": "months", "yearly": "years"}
+    parts += [f"the newest set of each of the last {n} {units[rule]}" for rule, n in periods.counts() if n]
+    return ", plus ".join(parts)
 
 
 def _check_schedule_settings(settings: BackupSettings) -> None:

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from backup_pipeline.services.retention_rules import PERIODS, SETTING_NAMES, PeriodRules, rule_violations
 
 ENV_PREFIX = "BACKUP_PIPELINE_"
 SETTINGS_FILE_ENV = "BACKUP_PIPELINE_SETTINGS_FILE"
@@ -259,8 +261,37 @@ class BackupSettings(BaseSettings):
     schedule_day: Weekday = Field(Weekday.SUNDAY, description="Day of the week for weekly backups.")
     schedule_time: str = Field("02:30", description="Local time of day, HH:MM (24 h).")
     schedule_timezone: str = Field("UTC", description="IANA time zone of schedule_time, e.g. Europe/Berlin.")
+    retention_keep_daily: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Grandfather-father-son: also keep the newest set of each of the last N days that have one "
+        "(days in schedule_timezone); 0 = rule off. See docs/architecture/BACKUP-STRATEGY.md, Retention rules.",
+    )
+    retention_keep_weekly: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Also keep the newest set of each of the last N ISO weeks (Monday-Sunday, in schedule_timezone) that have one; 0 = off.",
+    )
+    retention_keep_monthly: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Also keep the newest set of each of the last N calendar months that have one; 0 = off.",
+    )
+    retention_keep_yearly: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Also keep the newest set of each of the last N calendar years that have one; 0 = off.",
+    )
     retention_keep_last: int = Field(
-        7, ge=1, le=1000, description="Complete backup sets kept; older ones are deleted."
+        7,
+        ge=0,
+        le=1000,
+        description="The newest N complete backup sets are kept; older ones are deleted unless a daily/weekly/"
+        "monthly/yearly rule keeps them. 0 only with one of those rules set.",
     )
     incomplete_grace_hours: int = Field(
         24, ge=1, description="Incomplete sets (no manifest) older than this are removed by retention."
@@ -376,6 +407,20 @@ class BackupSettings(BaseSettings):
         # lists, one error naming every field); pydantic-settings' own env parsing would expect
         # JSON for list fields and fail before our validators run.
         return (init_settings,)
+
+    @field_validator("retention_keep_last")
+    @classmethod
+    def _check_keep_last(cls, value: int, info: ValidationInfo) -> int:
+        # The period counts are declared (so validated) before this field: all zero is checked
+        # here, beside the other field errors, not in a model validator that runs only without them.
+        counts = [info.data.get(f"retention_keep_{rule}", 0) for rule in PERIODS]
+        periods = PeriodRules(*counts)
+        problems = [
+            text for key, text in rule_violations(value, periods, SETTING_NAMES) if key == "keep_last"
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("schedule_time")
     @classmethod
@@ -547,6 +592,17 @@ class BackupSettings(BaseSettings):
         return f"{minute} {hour} * * *"
 
     @property
+    def retention_periods(self) -> PeriodRules:
+        """The grandfather-father-son counts, in the schedule's time zone."""
+        return PeriodRules(
+            daily=self.retention_keep_daily,
+            weekly=self.retention_keep_weekly,
+            monthly=self.retention_keep_monthly,
+            yearly=self.retention_keep_yearly,
+            timezone=self.schedule_timezone,
+        )
+
+    @property
     def schedule_interval_hours(self) -> int:
         return 24 * 7 if self.schedule_frequency is ScheduleFrequency.WEEKLY else 24
 
@@ -566,8 +622,12 @@ class BackupSettings(BaseSettings):
             return self.s3_destination_lock_days
         from backup_pipeline.destinations.s3.config import lock_days_for
 
+        # keep_last 0 (period rules only): a lock of one interval + margin; a lock shorter than what
+        # the period rules keep is harmless, it only stops deleting early.
         return lock_days_for(
-            self.retention_keep_last, self.schedule_interval_hours, self.s3_destination_lock_margin_days
+            max(self.retention_keep_last, 1),
+            self.schedule_interval_hours,
+            self.s3_destination_lock_margin_days,
         )
 
     def redacted(self) -> dict[str, Any]:

@@ -141,3 +141,55 @@ def test_a_drive_without_its_shared_drive_or_user_is_described_by_the_missing_se
         )
         description = build_legacy_drive_resource(settings).get_destination().description
         assert "None" not in description and setting in description, description
+
+
+def test_retention_dry_run_prints_why_each_set_is_kept_and_deletes_nothing(
+    drive: DriveFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from backup_pipeline.services.backup_parts import (
+        PART_DATABASE,
+        PART_MANIFEST,
+        new_backup_id,
+        part_file_name,
+        part_properties,
+    )
+    from backup_pipeline_tests.gfs_reference import reference_period_keeps
+
+    installation, zone = "test-install", "Asia/Tokyo"
+    destination = drive.destination()
+    # 20:00 UTC is 05:00 the next day in Tokyo: local days are not UTC days.
+    created = [datetime(2026, 11, 20, 20, 0, tzinfo=UTC) + timedelta(days=d) for d in range(12)]
+    ids = [new_backup_id(when, f"{i:08x}") for i, when in enumerate(created)]
+    for backup_id in ids:
+        for part in (PART_DATABASE, PART_MANIFEST):
+            destination.put(
+                part_file_name(installation, backup_id, part),
+                [b"x"],
+                part_properties(installation, backup_id, part),
+            )
+    env = dict(
+        drive.env(DriveAuthMode.SHARED_DRIVE),
+        BACKUP_PIPELINE_INSTALLATION_ID=installation,
+        BACKUP_PIPELINE_SCHEDULE_TIMEZONE=zone,
+        BACKUP_PIPELINE_RETENTION_KEEP_WEEKLY="3",
+    )
+    code, out = run(["destination", "retention", "--keep-last", "1", "--json"], env, monkeypatch)
+    assert code == 0, out
+    decisions = {row["backup_id"]: row for row in json.loads(out)}
+    expected = reference_period_keeps(list(zip(ids, created, strict=True)), zone, weekly=3)
+    expected[ids[-1]] = ["newest 1", *expected.get(ids[-1], [])]
+    assert {b: r["why"] for b, r in decisions.items() if r["decision"] == "keep"} == expected
+    # 2026-11-30 05:00 JST (a Monday) opens week 49; 2026-11-29 05:00 JST is the newest of week 48.
+    assert expected[ids[8]] == ["weekly 2026-W48"]
+
+    code, out = run(["destination", "retention", "--keep-last", "1"], env, monkeypatch)
+    assert code == 0, out
+    assert "nothing is deleted" in out and "CREATED (Asia/Tokyo)" in out
+    assert f"{ids[8]:<26} 2026-11-29 05:00 JST" in out and "weekly 2026-W48" in out
+    assert f"{len(expected)} kept (newest 1: 1, weekly: 3), {len(ids) - len(expected)} to delete" in out
+    assert len(list(destination.list({"backupId": ids[0]}))) == 2  # a dry run
+
+    code, out = run(["destination", "retention", "--keep-last", "0", "--keep-weekly", "0"], env, monkeypatch)
+    assert code == 2 and "--keep-last: must be at least 1 when --keep-daily" in out

@@ -27,6 +27,8 @@ from backup_pipeline.services.backup_parts import (
 from backup_pipeline.services.retention import discover_sets
 from backup_pipeline_tests.backup_helpers import expected_failures
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
+from backup_pipeline_tests.gfs_reference import reference_period_keeps
+from backup_pipeline_tests.restore_support import step_metadata
 
 INSTALLATION = "acme"
 
@@ -55,7 +57,7 @@ def _resources(tmp_path: Path, pg: PgDatabase, folder: Path, keep: int = 2) -> d
 
 
 def _put_set(dest: LocalFolderDestination, days_ago: float, complete: bool = True) -> str:
-    backup_id = new_backup_id(datetime.now(UTC) - timedelta(days=days_ago))
+    backup_id = new_backup_id(datetime.now(UTC) - timedelta(days=days_ago), os.urandom(4).hex())
     for part in [PART_DATABASE] + ([PART_MANIFEST] if complete else []):
         dest.put(
             part_file_name(INSTALLATION, backup_id, part),
@@ -96,6 +98,70 @@ def test_retention_job_deletes_and_records_in_ledger_and_audit(
     assert run is not None and run.tags["backup_pipeline/exclusive"] == "data"
 
 
+def test_retention_job_with_gfs_rules_deletes_exactly_the_planned_sets_and_says_why(
+    tmp_path: Path, pg_database: PgDatabase, folder: LocalFolderDestination, instance: dg.DagsterInstance
+) -> None:
+    zone = "America/New_York"
+    # ~7 weeks of sets, one a day and a few days with a second one (the hour shifts local days).
+    ages = [d + 0.05 for d in range(48)] + [d + 0.6 for d in range(0, 48, 5)]
+    ids = [_put_set(folder, age) for age in ages]
+    resources = _resources(tmp_path, pg_database, folder.root)
+    resources["backup_policy"] = BackupPolicyResource(
+        installation_id=INSTALLATION,
+        state_dir=str(tmp_path / "state"),
+        retention_keep_last=2,
+        retention_keep_daily=5,
+        retention_keep_weekly=4,
+        retention_keep_monthly=3,
+        schedule_timezone=zone,
+    )
+    created = {s.backup_id: s.created for s in discover_sets(folder, INSTALLATION)}
+    expected = reference_period_keeps(list(created.items()), zone, daily=5, weekly=4, monthly=3)
+    for backup_id in sorted(created, key=lambda b: created[b], reverse=True)[:2]:
+        expected[backup_id] = ["newest 2", *expected.get(backup_id, [])]
+    doomed = set(ids) - set(expected)
+    assert len(doomed) > 30
+
+    dry = retention_job.execute_in_process(
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"apply_retention_op": {"config": {"dry_run": True}}}},
+    )
+    assert dry.success and len(discover_sets(folder, INSTALLATION)) == len(ids)
+    planned = step_metadata(dry, "apply_retention_op")["apply_retention_op"]
+    newest_first = sorted(doomed, key=lambda b: created[b], reverse=True)
+    # Bounded metadata: the count of every planned deletion, the ids of the newest 50.
+    assert planned["planned"] == newest_first[:50] and planned["planned_count"] == len(doomed)
+    assert planned["dry_run"] is True
+
+    result = retention_job.execute_in_process(instance=instance, resources=resources)
+    assert result.success
+    assert {s.backup_id for s in discover_sets(folder, INSTALLATION)} == set(expected)
+    deleted = {d["backup_id"]: d for d in _deletions(instance)}
+    assert set(deleted) == doomed
+    assert {d["reason"] for d in deleted.values()} == {
+        f"kept by no rule: newest 2, daily 5, weekly 4, monthly 3 ({zone})"
+    }
+    meta = step_metadata(result, "apply_retention_op")["apply_retention_op"]
+    assert meta["deleted"] == newest_first[:50] and meta["deleted_count"] == len(doomed)
+    assert meta["rules"] == f"newest 2, daily 5, weekly 4, monthly 3 ({zone})"
+    assert meta["kept_by_rule"] == {
+        "newest 2": 2,
+        "daily": 5,
+        "weekly": 4,
+        "monthly": sum(any(r.startswith("monthly") for r in why) for why in expected.values()),
+        "to delete": len(doomed),
+    }
+    table = meta["decisions"].splitlines()
+    assert len(table) == 2 + 50 + 1 and table[-1].startswith(f"| … {len(ids) - 50} older sets not shown")
+    for line in table[2:-1]:
+        backup_id = line.split("`")[1]
+        if backup_id in expected:
+            assert f"| keep | {'; '.join(expected[backup_id])} |" in line
+        else:
+            assert "| delete | kept by no rule" in line
+
+
 def test_retention_negative_keep_last_fails_naming_the_field(
     tmp_path: Path, pg_database: PgDatabase, folder: LocalFolderDestination, instance: dg.DagsterInstance
 ) -> None:
@@ -110,6 +176,20 @@ def test_retention_negative_keep_last_fails_naming_the_field(
     # One line naming the field, no stack trace in the run view (main: dg.Failure's frames).
     [failure] = expected_failures(result)
     assert failure.code == "BAD_INPUT" and failure.message.startswith("keep_last: must be at least 1")
+    # The period overrides are checked the same way, every bad field named in one message.
+    result = retention_job.execute_in_process(
+        instance=instance,
+        resources=_resources(tmp_path, pg_database, folder.root),
+        run_config={"ops": {"apply_retention_op": {"config": {"keep_last": 0, "keep_weekly": -2}}}},
+        raise_on_error=False,
+    )
+    [failure] = expected_failures(result)
+    assert failure.code == "BAD_INPUT"
+    assert failure.message == (
+        "keep_last: must be at least 1 when keep_daily, "
+        "keep_weekly, keep_monthly, keep_yearly are all 0: rules that keep nothing are refused (to keep every "
+        "backup, do not run retention), got 0; keep_weekly: must be 0 (rule off) to 1000, got -2"
+    )
 
 
 def test_retention_with_unreachable_destination_fails_and_deletes_nothing(

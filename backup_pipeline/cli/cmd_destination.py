@@ -1,4 +1,5 @@
-"""``backup-pipeline destination check|ls``: test the configured destination, list what it holds.
+"""``backup-pipeline destination check|ls|policy|retention``: test the configured destination, list what
+it holds, print the S3 policy, preview retention (which sets the rules keep and why).
 
 ``check`` writes, reads back and deletes a small file (creating a folder proves nothing:
 Drive service accounts may create folders but not store bytes; on Drive the write is a
@@ -12,6 +13,7 @@ Exit codes: 0 ok, 1 failed, 2 bad settings.
 from __future__ import annotations
 
 import json
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -150,6 +152,110 @@ def policy_command(settings_file: str | None, bucket: str | None, prefix: str | 
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     click.echo(json.dumps(least_privilege_policy(bucket, prefix or ""), indent=2))
+
+
+_CLI_NAMES = {
+    "keep_last": "--keep-last",
+    "daily": "--keep-daily",
+    "weekly": "--keep-weekly",
+    "monthly": "--keep-monthly",
+    "yearly": "--keep-yearly",
+    "timezone": "BACKUP_PIPELINE_SCHEDULE_TIMEZONE",
+}
+
+
+@destination_group.command("retention")
+@_settings_option
+@click.option("--keep-last", type=int, default=None, help="Try another retention_keep_last.")
+@click.option("--keep-daily", type=int, default=None, help="Try another retention_keep_daily.")
+@click.option("--keep-weekly", type=int, default=None, help="Try another retention_keep_weekly.")
+@click.option("--keep-monthly", type=int, default=None, help="Try another retention_keep_monthly.")
+@click.option("--keep-yearly", type=int, default=None, help="Try another retention_keep_yearly.")
+@click.option("--json", "as_json", is_flag=True, help="Print every set's decision as JSON.")
+def retention_command(
+    settings_file: str | None,
+    keep_last: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    keep_yearly: int | None,
+    as_json: bool,
+) -> None:
+    """Dry run of retention: which sets the rules keep and why, which would be deleted. Deletes nothing.
+
+    The plan is the retention_job's, minus what only the Dagster instance knows (verification
+    verdicts, restores in progress): with verification in use the job counts verified sets only,
+    so it may keep more than shown here.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from backup_pipeline.destinations import DestinationError
+    from backup_pipeline.resources.destination import DestinationResource
+    from backup_pipeline.services.retention import discover_sets, plan_retention
+    from backup_pipeline.services.retention_rules import PeriodRules, rule_counts, rule_problems
+
+    settings = _settings(settings_file)
+
+    def pick(override: int | None, setting: int) -> int:
+        return setting if override is None else override
+
+    keep = pick(keep_last, settings.retention_keep_last)
+    periods = PeriodRules(
+        daily=pick(keep_daily, settings.retention_keep_daily),
+        weekly=pick(keep_weekly, settings.retention_keep_weekly),
+        monthly=pick(keep_monthly, settings.retention_keep_monthly),
+        yearly=pick(keep_yearly, settings.retention_keep_yearly),
+        timezone=settings.schedule_timezone,
+    )
+    problems = rule_problems(keep, periods, _CLI_NAMES)
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(2)
+    destination = DestinationResource.from_settings(settings).get_destination()
+    try:
+        sets = discover_sets(destination, settings.installation_id)
+    except DestinationError as exc:
+        click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+        raise SystemExit(1) from None
+    plan = plan_retention(
+        sets,
+        keep_last=keep,
+        incomplete_grace=timedelta(hours=settings.incomplete_grace_hours),
+        now=datetime.now(UTC),
+        periods=periods,
+    )
+    if as_json:
+        rows = [
+            {
+                "backup_id": d.backup_id,
+                "created": d.created.isoformat(timespec="seconds"),
+                "kind": d.kind,
+                "complete": d.complete,
+                "decision": d.action,
+                "why": list(d.reasons),
+            }
+            for d in plan.decisions
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    rules = ([f"newest {keep}"] if keep else []) + ([periods.describe()] if periods.active else [])
+    click.echo(f"retention dry run on {destination.description}: {', '.join(rules)}; nothing is deleted")
+    zone = ZoneInfo(periods.timezone)
+    click.echo(f"{'BACKUP SET':<26} {'CREATED (' + periods.timezone + ')':<26} {'DECISION':<17} WHY")
+    for d in plan.decisions:
+        when = d.created.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+        what = (
+            d.action
+            + ("" if d.complete else " (incomplete)")
+            + ("" if d.kind == "regular" else f" ({d.kind})")
+        )
+        click.echo(f"{d.backup_id:<26} {when:<26} {what:<17} {'; '.join(d.reasons)}")
+    counts = rule_counts(plan.decisions)
+    kept = ", ".join(f"{rule}: {n}" for rule, n in counts.items() if rule not in ("to delete", "locked"))
+    click.echo(
+        f"{len(plan.keep)} kept ({kept or 'none'}), {len(plan.delete)} to delete, {len(plan.locked)} due but locked"
+    )
 
 
 def register(group: click.Group) -> None:

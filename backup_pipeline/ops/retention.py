@@ -7,6 +7,7 @@ set is gone from the destination. The original materialization stays, so history
 truthful ("made then, deleted now").
 """
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -37,11 +38,19 @@ from backup_pipeline.services.retention import (
     DeletedSet,
     LockedSet,
     RetentionError,
+    RetentionPlan,
     apply_retention,
     check_manual_deletion,
     delete_backup_set,
     discover_sets,
     plan_retention,
+)
+from backup_pipeline.services.retention_rules import (
+    CONFIG_NAMES,
+    PeriodRules,
+    decisions_table,
+    rule_counts,
+    rule_problems,
 )
 
 BACKUP_SET_ASSET = dg.AssetKey("backup_set")
@@ -115,10 +124,43 @@ class RetentionConfig(dg.Config):
     keep_last: int | None = Field(
         None, description="Override of retention_keep_last for this run (at least 1); empty = the setting."
     )
-    dry_run: bool = Field(False, description="Only report what would be deleted.")
+    keep_daily: int | None = Field(
+        None, description="Override of retention_keep_daily (0 = off); empty = the setting."
+    )
+    keep_weekly: int | None = Field(
+        None, description="Override of retention_keep_weekly; empty = the setting."
+    )
+    keep_monthly: int | None = Field(
+        None, description="Override of retention_keep_monthly; empty = the setting."
+    )
+    keep_yearly: int | None = Field(
+        None, description="Override of retention_keep_yearly; empty = the setting."
+    )
+    dry_run: bool = Field(
+        False,
+        description="Only report what would be deleted and which rule keeps each set (try a policy here).",
+    )
 
 
-@dg.op(description="Delete backup sets beyond the newest N complete ones, and stale incomplete sets.")
+def _effective_rules(config: RetentionConfig, policy: BackupPolicyResource) -> tuple[int, PeriodRules]:
+    """The policy's rules with this run's overrides (a config value wins, empty = the setting)."""
+
+    def pick(override: int | None, setting: int) -> int:
+        return setting if override is None else override
+
+    return pick(config.keep_last, policy.retention_keep_last), PeriodRules(
+        daily=pick(config.keep_daily, policy.retention_keep_daily),
+        weekly=pick(config.keep_weekly, policy.retention_keep_weekly),
+        monthly=pick(config.keep_monthly, policy.retention_keep_monthly),
+        yearly=pick(config.keep_yearly, policy.retention_keep_yearly),
+        timezone=policy.schedule_timezone,
+    )
+
+
+@dg.op(
+    description="Delete backup sets no retention rule keeps (newest N, daily/weekly/monthly/yearly), and stale "
+    "incomplete sets; the output metadata says which rule keeps each set."
+)
 def apply_retention_op(
     context: dg.OpExecutionContext,
     config: RetentionConfig,
@@ -126,14 +168,12 @@ def apply_retention_op(
     backup_policy: BackupPolicyResource,
     app_db: PostgresResource,
 ) -> dict:
-    keep_last = backup_policy.retention_keep_last if config.keep_last is None else config.keep_last
-    if keep_last < 1:
-        raise quiet_failure(
-            f"keep_last: must be at least 1 (the newest complete backup is never deleted), got {keep_last}",
-            BAD_INPUT,
-        )
+    keep_last, periods = _effective_rules(config, backup_policy)
+    problems = rule_problems(keep_last, periods, CONFIG_NAMES)
+    if problems:
+        raise quiet_failure("; ".join(problems), BAD_INPUT)
     with _data_lock(context, app_db):
-        return _run_retention(context, config, destination, backup_policy, keep_last)
+        return _run_retention(context, config, destination, backup_policy, keep_last, periods)
 
 
 def _run_retention(
@@ -142,6 +182,7 @@ def _run_retention(
     destination_resource: DestinationResource,
     policy: BackupPolicyResource,
     keep_last: int,
+    periods: PeriodRules,
 ) -> dict:
     destination = destination_resource.get_destination()
     try:
@@ -165,12 +206,18 @@ def _run_retention(
         now=datetime.now(UTC),
         in_use=backup_ids_in_use(context.instance),
         verified=verified_backup_ids(context.instance),
+        periods=periods,
     )
     context.log.info(
         f"{len(sets)} sets on {destination.description}; keeping {len(plan.keep)}, "
         f"deleting {len(plan.delete)}"
         + (f", {len(plan.locked)} due but locked" if plan.locked else "")
         + (" (dry run)" if config.dry_run else "")
+    )
+    report = plan_report(plan, keep_last, periods)
+    context.log.info(
+        f"rules: {report['rules'].value}; kept sets per rule: {json.dumps(report['kept_by_rule'].value)}\n"
+        + str(report["decisions"].value)
     )
     for backup_id, why in plan.protected.items():
         context.log.info(f"kept {backup_id}: {why}")
@@ -181,6 +228,7 @@ def _run_retention(
         "bytes_freed": 0,
         "failed": {},
         "locked": locked_summary(plan.locked),
+        "kept_by_rule": report["kept_by_rule"].value,
     }
     if config.dry_run:
         report_locked(context, plan.locked)
@@ -188,6 +236,14 @@ def _run_retention(
             context.log.info(
                 f"would delete {planned.backup_id} ({planned.size_bytes} bytes): {planned.reason}"
             )
+        context.add_output_metadata(
+            {
+                **report,
+                "dry_run": True,
+                "planned_count": len(summary["planned"]),
+                "planned": dg.MetadataValue.json(summary["planned"][:REPORT_ROWS]),
+            }
+        )
         return summary
 
     audit = AuditLog(_state_dir(policy))
@@ -229,13 +285,30 @@ def _run_retention(
         )
     context.add_output_metadata(
         {
-            "kept": dg.MetadataValue.json(plan.keep),
-            "deleted": dg.MetadataValue.json(summary["deleted"]),
+            **report,
+            "kept": dg.MetadataValue.json(plan.keep[:REPORT_ROWS]),
+            "deleted_count": len(summary["deleted"]),
+            "deleted": dg.MetadataValue.json(summary["deleted"][:REPORT_ROWS]),
             "bytes_freed": result.bytes_freed,
             "locked": dg.MetadataValue.json(summary["locked"]),
         }
     )
     return summary
+
+
+# Sets listed in the run's metadata and log (the first retention after a policy change may delete
+# thousands); the counts cover every set, the ledger and audit log every deletion.
+REPORT_ROWS = 50
+
+
+def plan_report(plan: RetentionPlan, keep_last: int, periods: PeriodRules) -> dict[str, Any]:
+    """What the run keeps and why, bounded: counts per rule over every set, a table of the newest sets."""
+    rules = ([f"newest {keep_last}"] if keep_last else []) + ([periods.describe()] if periods.active else [])
+    return {
+        "rules": dg.MetadataValue.text(", ".join(rules)),
+        "kept_by_rule": dg.MetadataValue.json(rule_counts(plan.decisions)),
+        "decisions": dg.MetadataValue.md(decisions_table(plan.decisions, periods.timezone, REPORT_ROWS)),
+    }
 
 
 def locked_summary(locked: list[LockedSet]) -> dict[str, str | None]:
@@ -260,8 +333,10 @@ def _state_dir(policy: BackupPolicyResource) -> Path:
 
 @dg.job(
     name=RETENTION_JOB_NAME,
-    description="Retention: keep the newest N complete backup sets (N = retention_keep_last), never the newest "
-    "complete one nor one a restore is reading; remove incomplete sets past the grace period. "
+    description="Retention: keep the newest N complete backup sets (N = retention_keep_last) and, when set, the "
+    "newest set of each of the last days/ISO weeks/months/years (retention_keep_daily/weekly/monthly/yearly, in "
+    "the schedule's time zone); never the newest complete or newest verified one nor one a restore is reading; "
+    "remove incomplete sets past the grace period. The run's metadata lists which rule keeps each set. "
     "Deletions are recorded in the ledger; a failed deletion fails the run and is retried next time. A set "
     "the destination keeps (S3 object lock) is reported as 'locked until …' and deleted by a run after that.",
     tags=EXCLUSIVE_RUN_TAGS,

@@ -14,6 +14,12 @@ class BackupPolicyResource(ConfigurableResource):
     installation_id: str = "backup-pipeline"
     state_dir: str = Field(default=".backup_pipeline_state", description="Where the audit trail lives.")
     retention_keep_last: int = 7
+    # Grandfather-father-son counts (0 = rule off) and the zone their days/weeks/months/years are in.
+    retention_keep_daily: int = 0
+    retention_keep_weekly: int = 0
+    retention_keep_monthly: int = 0
+    retention_keep_yearly: int = 0
+    schedule_timezone: str = "UTC"
     incomplete_grace_hours: int = 24
     min_manual_backup_interval_minutes: int = 10
 
@@ -23,6 +29,11 @@ class BackupPolicyResource(ConfigurableResource):
             installation_id=settings.installation_id,
             state_dir=str(settings.state_dir),
             retention_keep_last=settings.retention_keep_last,
+            retention_keep_daily=settings.retention_keep_daily,
+            retention_keep_weekly=settings.retention_keep_weekly,
+            retention_keep_monthly=settings.retention_keep_monthly,
+            retention_keep_yearly=settings.retention_keep_yearly,
+            schedule_timezone=settings.schedule_timezone,
             incomplete_grace_hours=settings.incomplete_grace_hours,
             min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
         )

@@ -74,7 +74,7 @@ def engine_config(settings: BackupSettings) -> EngineConfig:
         pg_port=settings.pitr_pg_port,
         pg_user=settings.pitr_pg_user,
         work_dir=settings.pitr_config_dir.absolute(),
-        retention_full=settings.retention_keep_last,
+        retention_full=max(settings.retention_keep_last, 1),  # pgBackRest needs at least 1
         os_user=settings.pitr_os_user,
     )
 

@@ -8,9 +8,10 @@ What exists is read from the destination itself (every file carries the set prop
 manifest is written last, after every part verified — and *incomplete* otherwise. The
 destination is the truth about what occupies space; the ledger is told about deletions.
 
-Rules (MUST):
+Rules (MUST); ``plan.decisions`` names, for every set, the rules that keep it or why it is due:
 
-1. Keep the newest ``keep_last`` complete sets; delete older complete sets.
+1. Keep the newest ``keep_last`` complete sets ("newest 7"); delete complete sets no rule keeps.
+   ``keep_last`` may be 0 only when a period rule (rule 10) is set.
 2. Never delete the newest complete set (not even via ``delete_backup_job`` unless forced).
 3. Never delete a set a restore in progress is reading (``in_use``), whatever its age.
 4. Delete incomplete sets older than the grace period (younger ones may be a backup still
@@ -23,9 +24,9 @@ Rules (MUST):
    leaves the set in the ledger; the run reports it and fails, and the next run retries it.
 7. With verification in use (``verified`` given: the sets whose latest verification passed),
    only verified sets count towards ``keep_last``: the newest ``keep_last`` verified sets are
-   kept (so the newest verified one is never deleted), and an unverified or failed complete
-   set is kept while it is newer than the ``keep_last``-th verified set and deleted once it
-   is older. ``verified=None`` (nothing was ever verified, e.g. verification disabled) keeps
+   kept (and the newest verified one is never deleted, whatever the rules), and an
+   unverified or failed complete set is kept while it is newer than the ``keep_last``-th
+   verified set and deleted once it is older. ``verified=None`` (nothing was ever verified, e.g. verification disabled) keeps
    rule 1 unchanged. If verification stops running, unverified sets accumulate (nothing
    newer gets counted) until it runs again; the ``backup_set_verified`` check turns red.
 8. Safety sets (``setKind=safety``: the database-only backup a restore makes of the database it
@@ -42,6 +43,13 @@ Rules (MUST):
    ledger; the set stays due, and the first retention run after the date deletes it. The
    manifest is written last, so its lock ends last: when the manifest can be deleted (rule
    5), the parts can too.
+10. Grandfather-father-son (``services/retention_rules.py``): beside rule 1, ``daily``,
+   ``weekly``, ``monthly`` and ``yearly`` counts each keep the newest complete regular set of
+   each of their newest periods in the schedule's time zone ("daily 2026-12-05", "weekly
+   2026-W49", "monthly 2026-11", "yearly 2025"); with verification in use, a period's newest
+   verified set is preferred, and a period without one keeps its newest complete set. A set is
+   kept when any rule keeps it. In rules 7 and 8, N is ``max(keep_last, 1)`` when ``keep_last``
+   is 0.
 """
 
 from __future__ import annotations
@@ -65,12 +73,31 @@ from backup_pipeline.services.backup_parts import (
     set_kind_of,
     set_properties,
 )
+from backup_pipeline.services.retention_rules import (
+    DELETE,
+    IN_USE,
+    INCOMPLETE_YOUNG,
+    KEEP,
+    LOCKED,
+    NEWEST_COMPLETE,
+    NEWEST_VERIFIED,
+    NOT_VERIFIED_YET,
+    SAFETY,
+    Candidate,
+    PeriodRules,
+    SetDecision,
+    rule_problems,
+    select_periods,
+)
+
+NO_PERIODS = PeriodRules()
 
 REASON_BEYOND_KEEP = "older than the newest {keep} complete sets"
 REASON_BEYOND_KEEP_VERIFIED = "older than the newest {keep} verified sets"
 REASON_INCOMPLETE = "incomplete (no manifest) and older than {hours} h"
 REASON_SUPERSEDED = "incomplete (no manifest) and older than a complete set"
 REASON_SAFETY = "safety set older than the newest {keep} complete regular sets"
+REASON_NO_RULE = "kept by no rule: {rules}"
 REASON_MANUAL = "deleted by request"
 
 
@@ -118,6 +145,7 @@ class RetentionPlan:
     delete: list[PlannedDeletion] = field(default_factory=list)
     protected: dict[str, str] = field(default_factory=dict)  # backup id → why kept against the rules
     locked: list[LockedSet] = field(default_factory=list)  # due, but under retention (rule 9)
+    decisions: list[SetDecision] = field(default_factory=list)  # every set, newest first, with why
 
 
 @dataclass(frozen=True)
@@ -178,51 +206,119 @@ def plan_retention(
     now: datetime,
     in_use: set[str] | frozenset[str] = frozenset(),
     verified: set[str] | frozenset[str] | None = None,
+    periods: PeriodRules = NO_PERIODS,
 ) -> RetentionPlan:
-    if keep_last < 1:
-        raise RetentionError(f"retention_keep_last: must be at least 1, got {keep_last}")
+    """Decide every set's fate (rules 1-10); ``plan.decisions`` says, per set, which rules keep it.
+
+    A pure function of its arguments: the sets found, the rules (``keep_last`` and the period
+    counts with their time zone), ``now`` and what verification and running restores report.
+    """
+    problems = rule_problems(keep_last, periods, SETTING_NAMES_SHORT)
+    if problems:
+        raise RetentionError("; ".join(problems))
     ordered = sorted(sets, key=lambda s: (s.created, s.backup_id), reverse=True)
+    regular = [s for s in ordered if s.complete and not s.is_safety]
+    reasons = _rule_reasons(regular, keep_last, verified, periods)
+    beyond = _beyond_reason(keep_last, verified, periods)
     plan = RetentionPlan()
 
-    def decide(info: BackupSetInfo, keep: bool, reason: str) -> None:
-        """Keep, protect (in use by a restore, rule 3) or delete one set."""
-        if keep:
+    def decide(info: BackupSetInfo, why_kept: list[str], due_reason: str) -> None:
+        """Keep (some rule or guard keeps it), protect (in use by a restore, rule 3) or delete one set."""
+        if why_kept:
             plan.keep.append(info.backup_id)
+            plan.decisions.append(_decision(info, KEEP, why_kept))
         elif info.backup_id in in_use:
             plan.protected[info.backup_id] = "in use by a restore in progress"
             plan.keep.append(info.backup_id)
+            plan.decisions.append(_decision(info, KEEP, [IN_USE]))
         elif info.locked_until is not None and info.locked_until > now:  # rule 9
-            plan.locked.append(LockedSet(info.backup_id, reason, info.locked_until, "object lock"))
+            plan.locked.append(LockedSet(info.backup_id, due_reason, info.locked_until, "object lock"))
+            until = info.locked_until.isoformat(timespec="seconds")
+            plan.decisions.append(_decision(info, LOCKED, [f"locked until {until}", due_reason]))
         else:
-            plan.delete.append(PlannedDeletion(info.backup_id, reason, info.complete, info.size_bytes))
+            plan.delete.append(PlannedDeletion(info.backup_id, due_reason, info.complete, info.size_bytes))
+            plan.decisions.append(_decision(info, DELETE, [due_reason]))
 
-    complete_seen = 0  # complete regular sets, newest first
-    verified_seen = 0
+    safety_keep = max(keep_last, 1)  # rule 8: about as long as the regular set it sits between
+    regular_seen = 0  # complete regular sets newer than the current one
     any_complete = False
     for info in ordered:
         any_complete = any_complete or info.complete
         if info.complete and info.is_safety:  # rule 8
-            decide(info, complete_seen < keep_last, REASON_SAFETY.format(keep=keep_last))
-        elif info.complete and verified is not None:
-            complete_seen += 1
-            if info.backup_id in verified:
-                verified_seen += 1
-                counted_out = verified_seen > keep_last
-            else:
-                # Not counted (rule 7): kept while newer than the keep_last-th verified set.
-                counted_out = verified_seen >= keep_last and complete_seen > 1
-            decide(info, not counted_out, REASON_BEYOND_KEEP_VERIFIED.format(keep=keep_last))
+            keep = regular_seen < safety_keep
+            decide(info, [SAFETY] if keep else [], REASON_SAFETY.format(keep=safety_keep))
         elif info.complete:
-            complete_seen += 1
-            decide(info, complete_seen <= keep_last, REASON_BEYOND_KEEP.format(keep=keep_last))
+            regular_seen += 1
+            decide(info, reasons.get(info.backup_id, []), beyond)
         elif any_complete:
             # Backups run one at a time, so an incomplete set older than a complete one
             # is dead (failed, or a deletion interrupted half-way), whatever its age.
-            decide(info, False, REASON_SUPERSEDED)
+            decide(info, [], REASON_SUPERSEDED)
         else:
             hours = int(incomplete_grace.total_seconds() // 3600)
-            decide(info, now - info.created <= incomplete_grace, REASON_INCOMPLETE.format(hours=hours))
+            young = now - info.created <= incomplete_grace
+            decide(info, [INCOMPLETE_YOUNG] if young else [], REASON_INCOMPLETE.format(hours=hours))
     return plan
+
+
+# Field names in plan_retention's own errors (callers validated with their names already).
+SETTING_NAMES_SHORT = {
+    "keep_last": "retention_keep_last",
+    **{rule: f"retention_keep_{rule}" for rule in ("daily", "weekly", "monthly", "yearly")},
+    "timezone": "schedule_timezone",
+}
+
+
+def _rule_reasons(
+    regular: list[BackupSetInfo],
+    keep_last: int,
+    verified: set[str] | frozenset[str] | None,
+    periods: PeriodRules,
+) -> dict[str, list[str]]:
+    """backup id → why a complete regular set (``regular``, newest first) is kept; absent: it is due.
+
+    Counting rules first (rule 1 or 7: newest ``keep_last``; rule 10: the periods), then the
+    guards, listed only for a set no counting rule keeps: the newest complete set (rule 2), the
+    newest verified set and, with verification in use, unverified sets newer than the
+    ``max(keep_last, 1)``-th verified set (rule 7).
+    """
+    counted = regular if verified is None else [s for s in regular if s.backup_id in verified]
+    newest_label = f"newest {keep_last}" + ("" if verified is None else " verified")
+    reasons: dict[str, list[str]] = {s.backup_id: [newest_label] for s in counted[:keep_last]}
+    if periods.active:
+        candidates = [
+            Candidate(s.backup_id, s.created, verified is None or s.backup_id in verified) for s in regular
+        ]
+        for backup_id, labels in select_periods(candidates, periods).items():
+            reasons.setdefault(backup_id, []).extend(labels)
+    if regular and regular[0].backup_id not in reasons:
+        reasons[regular[0].backup_id] = [NEWEST_COMPLETE]
+    if verified is not None:
+        if counted and counted[0].backup_id not in reasons:
+            reasons[counted[0].backup_id] = [NEWEST_VERIFIED]
+        # Unverified sets wait for a verdict while fewer than max(keep_last, 1) verified sets are newer.
+        window = max(keep_last, 1)
+        verified_newer = 0
+        for info in regular:
+            if info.backup_id in verified:
+                verified_newer += 1
+            elif verified_newer < window and info.backup_id not in reasons:
+                reasons[info.backup_id] = [NOT_VERIFIED_YET.format(window=window)]
+    return reasons
+
+
+def _beyond_reason(keep_last: int, verified: set[str] | frozenset[str] | None, periods: PeriodRules) -> str:
+    """Why a complete regular set no rule keeps is due."""
+    if not periods.active:
+        return (REASON_BEYOND_KEEP if verified is None else REASON_BEYOND_KEEP_VERIFIED).format(
+            keep=keep_last
+        )
+    newest = f"newest {keep_last}" + ("" if verified is None else " verified") + ", " if keep_last else ""
+    return REASON_NO_RULE.format(rules=newest + periods.describe())
+
+
+def _decision(info: BackupSetInfo, action: str, reasons: list[str]) -> SetDecision:
+    return SetDecision(info.backup_id, info.created, action, tuple(reasons), info.kind, info.complete)
 
 
 def delete_backup_set(
