@@ -51,6 +51,13 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     org_secret_help="Alternatively the org secret file, when the server's keys survived.",
 )
 @click.option("--list", "list_only", is_flag=True, help="Only list the backup sets found, newest first.")
+@click.option(
+    "--destination",
+    "destination_name",
+    default=None,
+    help="With several destinations (BACKUP_PIPELINE_DESTINATIONS): read only this one. Default: every "
+    "destination in settings order, the set read from the first reachable one holding it complete.",
+)
 @click.option("--backup-id", default=svc.LATEST, show_default=True, help="Backup id to restore, or latest.")
 @click.option(
     "--scope", type=click.Choice([s.value for s in svc.RestoreScope]), default="full", show_default=True
@@ -114,6 +121,7 @@ def restore_command(
     recovery_key_file: Path | None,
     org_secret_file: Path | None,
     list_only: bool,
+    destination_name: str | None,
     backup_id: str,
     installation_id: str | None,
     scope: str,
@@ -150,8 +158,16 @@ def restore_command(
         return
     from backup_pipeline.resources.destination import DestinationResource
 
-    destination = DestinationResource.from_settings(settings).get_destination()
+    configured = DestinationResource.from_settings(settings)
+    try:
+        resources = [configured.named(destination_name)] if destination_name else configured.all_named()
+    except ValueError as exc:
+        fail(f"--destination: {str(exc).removeprefix('destination: ')}", 2)
+    destination = resources[0].get_destination()
     if list_only:  # file properties only: no key is read
+        if len(resources) > 1:
+            _list_across(resources, installation_id, as_json)
+            return
         sets = svc.list_backups(destination, installation_id=installation_id)
         if as_json:
             click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
@@ -161,6 +177,16 @@ def restore_command(
                 click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
         return
     keys = _load_keys(recovery_key_file, org_secret_file)
+    if len(resources) > 1:
+        from backup_pipeline.cli.destination_choice import NoCompleteCopy, list_across, pick_copy
+
+        try:
+            chosen, backup_id = pick_copy(
+                list_across(resources, installation_id), backup_id, lambda m: click.echo(m, err=True)
+            )
+        except NoCompleteCopy as exc:
+            fail(str(exc), 1)
+        destination = chosen.destination
     try:
         options = svc.RestoreOptions(
             backup_id=backup_id,
@@ -206,6 +232,32 @@ def restore_command(
         click.echo(json.dumps(report, indent=1, default=str))
     else:
         _print_report(report)
+
+
+def _list_across(resources: list[Any], installation_id: str | None, as_json: bool) -> None:
+    from backup_pipeline.cli.destination_choice import list_across
+
+    listings = list_across(resources, installation_id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    li.name: {"error": li.error}
+                    if li.sets is None
+                    else {"description": li.destination.description, "sets": [s.as_dict() for s in li.sets]}
+                    for li in listings
+                },
+                indent=1,
+            )
+        )
+        return
+    for li in listings:
+        if li.sets is None:
+            click.echo(f"destination {li.name}: UNREACHABLE ({li.error})")
+            continue
+        click.echo(f"destination {li.name}: {len(li.sets)} backup set(s) on {li.destination.description}:")
+        for s in li.sets:
+            click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
 
 
 def _set_label(info: svc.BackupSetInfo) -> str:

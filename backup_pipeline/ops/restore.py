@@ -177,6 +177,11 @@ class RestoreConfig(dg.Config):
         default="",
         description="For a real restore (dry_run false): type `restore <backup id>` naming the backup being restored.",
     )
+    destination: str = Field(
+        default="",
+        description="With several destinations: the one to read the backup from (a name of "
+        "BACKUP_PIPELINE_DESTINATIONS); empty: the primary. A restore's safety backup still goes to the primary.",
+    )
     consistency_query: str = Field(
         default=svc.DEFAULT_CONSISTENCY_QUERY,
         description="SQL returning (bucket, object key) of every object the application references; used by the consistency report after a full restore.",
@@ -273,9 +278,14 @@ def _target_db(app_db: PostgresResource, options: svc.RestoreOptions) -> svc.PgT
     )
 
 
+def _source(destination: DestinationResource, plan: dict[str, Any]) -> DestinationResource:
+    """The destination the backup is read from: the one the request named, else the primary."""
+    return destination.named(plan.get("source_destination") or "")
+
+
 def _resolve(destination: DestinationResource, keys: Any, plan: dict[str, Any]) -> svc.ResolvedBackup:
     return svc.resolve_backup(
-        destination.get_destination(),
+        _source(destination, plan).get_destination(),
         _keys(keys),
         plan["backup_id"],
         installation_id=plan["installation_id"],
@@ -295,8 +305,12 @@ def start_restore(
 ) -> dict[str, Any]:
     options = config.options()
     try:
+        source = destination.named(config.destination.strip())
+    except ValueError as exc:
+        raise _fail(context, str(exc), RESTORE_REFUSED) from None
+    try:
         resolved = svc.resolve_backup(
-            destination.get_destination(),
+            source.get_destination(),
             _keys(keys),
             options.backup_id,
             installation_id=destination.installation_id,
@@ -340,6 +354,7 @@ def start_restore(
     )
     plan = {
         "backup_id": resolved.backup_id,
+        "source_destination": source.label if config.destination.strip() else "",
         "installation_id": resolved.installation_id,
         "options": {**asdict(options), "confirm": "", "buckets": list(options.buckets)},
         "parts": parts,
@@ -389,7 +404,7 @@ def verify_restore_parts(
     destination: DestinationResource,
     keys: BackupKeysResource,
 ) -> dict[str, Any]:
-    dest = destination.get_destination()
+    dest = _source(destination, plan).get_destination()
     # A real restore keeps its lease fresh while it reads: retention must not delete these parts.
     with _lease_unless_dry_run(context, app_db, plan):
         results, notes = _verify_parts(context, app_db, destination, keys, plan, dest)
@@ -495,7 +510,9 @@ def restore_database_step(
     try:
         resolved = _resolve(destination, keys, plan)
         pg_restore = app_db.pg_tools(check_server=False).pg_restore.path
-        dump = svc.open_part(destination.get_destination(), _keys(keys), resolved, svc.PART_DATABASE)
+        dump = svc.open_part(
+            _source(destination, plan).get_destination(), _keys(keys), resolved, svc.PART_DATABASE
+        )
         if options.dry_run:
             result = svc.plan_database(
                 dump, target, pg_restore=pg_restore, expected_rows=resolved.table_rows()
@@ -603,7 +620,7 @@ def restore_bucket_step(
 
     with _expected_errors(context), run_data_lease(context, app_db):
         plaintext = svc.open_part(
-            destination.get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
+            _source(destination, plan).get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
         )
         details: dict[str, Any] = {}
         try:
