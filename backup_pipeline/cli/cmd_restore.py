@@ -88,6 +88,14 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     "non-empty database without a safety backup).",
 )
 @click.option(
+    "--on-unrestorable",
+    type=click.Choice([o.value for o in svc.OnUnrestorable]),
+    default=svc.OnUnrestorable.FAIL.value,
+    show_default=True,
+    help="An object the target S3 server cannot hold exactly (refused key, other headers served): fail "
+    "stops and rolls the buckets back; continue restores the rest and lists each such object.",
+)
+@click.option(
     "--dry-run/--no-dry-run", default=True, show_default=True, help="Only report what would change."
 )
 @click.option("--confirm", default="", help="For --no-dry-run: 'restore <backup id>'.")
@@ -124,6 +132,7 @@ def restore_command(
     schema_only: bool,
     ownership: str,
     keep_previous_database: bool,
+    on_unrestorable: str,
     dry_run: bool,
     confirm: str,
     skip_safety_backup: bool,
@@ -189,6 +198,7 @@ def restore_command(
             schema_only=schema_only,
             ownership=svc.Ownership(ownership),
             keep_previous_database=keep_previous_database,
+            on_unrestorable=svc.OnUnrestorable(on_unrestorable),
             dry_run=dry_run,
             confirm=confirm,
         )
@@ -206,6 +216,8 @@ def restore_command(
             installation_id=installation_id,
             safety_backup=None if not skip_safety_backup else _no_safety_backup,
             log=lambda message: click.echo(message, err=True),
+            # The undo journal of the buckets: a failed or killed restore leaves them as before.
+            state_dir=settings.state_dir,
         )
     except svc.RestoreRefused as exc:
         fail(f"refused, nothing was changed: {exc}", 1)
@@ -286,6 +298,7 @@ def _audit(report: dict[str, Any], options: svc.RestoreOptions) -> None:
             "dry_run": options.dry_run,
             "scope": options.scope.value,
             "conflict_policy": options.conflict_policy.value,
+            "on_unrestorable": options.on_unrestorable.value,
             "via": "cli",
         }
         audit_log(load_settings()).append("restore_dry_run" if options.dry_run else "restore", details)
@@ -311,11 +324,23 @@ def _print_report(report: dict[str, Any]) -> None:
             )
             if database.get("previous_kept"):
                 click.echo(f"  the replaced database is kept as {database['replaced_database']}")
+    for item in report.get("recovered_undo_journals") or []:
+        if "pending" in item:
+            click.echo(f"  an interrupted restore left {item['pending']}: a real restore rolls it back first")
     for bucket, summary in report.get("buckets", {}).items():
         click.echo(
             f"  bucket {bucket} {verb}: {summary['added']} added, {summary['overwritten']} overwritten, "
-            f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} failed"
+            f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} refused"
+            + (f", {summary['inexact']} served differently" if summary.get("inexact") else "")
         )
+        for line in summary.get("unrestorable") or []:
+            click.echo(f"    not restored exactly: {svc.shown_key(line, 200)}")
+        if summary.get("at_risk"):
+            click.echo(f"    {summary['at_risk']} keys some S3 servers refuse or rewrite:")
+            for line in summary["at_risk_keys"]:
+                click.echo(f"      {svc.shown_key(line, 200)}")
+    for warning in report.get("warnings") or []:
+        click.echo(f"  WARNING: {warning}")
     for note in report.get("would_refuse") or []:
         click.echo(f"  a real restore would be refused: {note}")
     consistency = report.get("consistency")
