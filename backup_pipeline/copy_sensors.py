@@ -15,17 +15,20 @@ from backup_pipeline.alerts import Alert, send_alert
 from backup_pipeline.copy_status import CopyPolicyView, alert_due, copy_policy_verdict
 from backup_pipeline.ops.copy import COPY_JOB_NAME, copy_backup_job
 from backup_pipeline.schedules import BACKUP_JOB_NAME
-from backup_pipeline.settings import BackupSettings
+from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 COPY_AFTER_BACKUP_SENSOR = "copy_after_backup"
 COPY_DAILY_SENSOR = "copy_daily_safety_net"
 COPY_POLICY_ALERT_SENSOR = "backup_3_2_1_alert"
 
 
-def build_copy_after_backup_sensor() -> dg.SensorDefinition:
+def build_copy_after_backup_sensor(
+    interval_seconds: int = DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name=COPY_AFTER_BACKUP_SENSOR,
         run_status=dg.DagsterRunStatus.SUCCESS,
+        minimum_interval_seconds=interval_seconds,
         request_job=copy_backup_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Requests {COPY_JOB_NAME} after each successful {BACKUP_JOB_NAME} run (run key = the backup run).",
@@ -91,7 +94,7 @@ def build_copy_policy_alert_sensor(settings: BackupSettings) -> dg.SensorDefinit
 
 def build_copy_sensors(settings: BackupSettings) -> list[dg.SensorDefinition]:
     return [
-        build_copy_after_backup_sensor(),
+        build_copy_after_backup_sensor(settings.run_sensor_interval_seconds),
         build_copy_daily_sensor(),
         build_copy_policy_alert_sensor(settings),
     ]

@@ -34,7 +34,7 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
     sensors: list[dg.SensorDefinition] = [
         *build_sensors(settings),
         verification_ops.build_verification_alert_sensor(settings),
-        verification_ops.build_verify_after_backup_sensor(),
+        verification_ops.build_verify_after_backup_sensor(settings.run_sensor_interval_seconds),
         admin_view.build_status_sensor(settings),
     ]
     assets: list[dg.AssetSpec] = [

@@ -87,6 +87,11 @@ class ExecutorKind(StrEnum):
     DOCKER = "docker"
 
 
+#: Dagster's own default interval of a sensor (dagster.SensorDefinition, 30 s): the run-status
+#: sensors keep it unless ``run_sensor_interval_seconds`` says otherwise.
+DEFAULT_RUN_SENSOR_INTERVAL_SECONDS = 30
+
+
 class BackupSettings(BaseSettings):
     """Everything an operator sets. Field descriptions double as the README's settings table."""
 
@@ -317,6 +322,14 @@ class BackupSettings(BaseSettings):
     )
     min_manual_backup_interval_minutes: int = Field(
         10, ge=0, description="A manual backup this soon after the last one is refused unless forced."
+    )
+    run_sensor_interval_seconds: int = Field(
+        DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+        ge=5,
+        le=3600,
+        description="Seconds between two evaluations of each sensor that reacts to finished runs "
+        "(retention, copies and verification after a backup, failure alerts, heartbeats): the longest wait "
+        "between a run's end and what follows it. 30 is Dagster's default; its daemon cannot go below 5.",
     )
 
     # --- execution ----------------------------------------------------------------------

@@ -75,6 +75,8 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
         destination_s3lock_s3_lock_days="1",
         copy_policy="copies=2,offsite=1,immutable=1",
         copy_policy_severity="error",
+        # The test waits for copy_after_backup and verify_after_backup (run-status sensors).
+        run_sensor_interval_seconds="5",
     )
     stack = dagster_stack(env)
 
