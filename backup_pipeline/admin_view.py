@@ -217,7 +217,30 @@ def build_backup_checks(settings: BackupSettings) -> list[dg.AssetChecksDefiniti
     def backup_safe(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         return safety.health_verdict(safety.backup_set_verdicts(context.instance, policy)).result()
 
-    return [backup_set_fresh, backup_destination, recovery_key_exported, backup_safe]
+    checks = [backup_set_fresh, backup_destination, recovery_key_exported, backup_safe]
+    if policy.copies is not None:
+        checks.append(build_copy_policy_check(policy.copies))
+    return checks
+
+
+def build_copy_policy_check(view: Any) -> dg.AssetChecksDefinition:
+    """``backup_3_2_1`` (verdict: ``copy_status.py``), on when several destinations or a copy policy are set."""
+    from backup_pipeline import copy_status
+
+    names = ", ".join(f"{d.name} ({d.kind}{', off-site' if d.offsite else ''})" for d in view.destinations)
+
+    @dg.asset_check(
+        asset=BACKUP_SET_ASSET,
+        name=copy_status.COPY_POLICY_CHECK,
+        description=f"3-2-1: how many of the destinations ({names}) hold a complete copy of the newest backup, on "
+        f"how many kinds, how many off-site, how many immutable (S3 object lock); fails when the policy "
+        f"({view.policy.describe() or 'copies=1'}) is not met or a destination's copy is missing. Recorded by "
+        "copy_backup_job and by the backup_status_checks sensor.",
+    )
+    def backup_3_2_1(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return copy_status.copy_policy_verdict(context.instance, view).result()
+
+    return backup_3_2_1
 
 
 BACKUP_HEALTH_SPEC = dg.AssetSpec(

@@ -34,7 +34,7 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
     sensors: list[dg.SensorDefinition] = [
         *build_sensors(settings),
         verification_ops.build_verification_alert_sensor(settings),
-        verification_ops.build_verify_after_backup_sensor(),
+        verification_ops.build_verify_after_backup_sensor(settings.run_sensor_interval_seconds),
         admin_view.build_status_sensor(settings),
     ]
     assets: list[dg.AssetSpec] = [
@@ -54,6 +54,12 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
         verification_ops.build_verification_check(),
         *admin_view.build_backup_checks(settings),
     ]
+    if settings.copy_targets:  # several destinations: copies, their sensors and alert
+        from backup_pipeline.copy_sensors import build_copy_sensors
+        from backup_pipeline.ops.copy import copy_backup_job
+
+        jobs.append(copy_backup_job)
+        sensors += build_copy_sensors(settings)
     if settings.pitr_enabled:  # opt-in profile: with it off, nothing of PITR loads
         jobs += pitr_ops.build_pitr_jobs(settings)
         schedules.append(build_pitr_schedule(settings))

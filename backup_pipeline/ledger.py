@@ -298,3 +298,106 @@ def reconcile(
         ),
         incomplete_on_destination=sorted(b for b, e in dest.items() if not e.complete),
     )
+
+
+# --- copies on several destinations ------------------------------------------------------------
+
+#: A destination holds a complete, verified copy of the set (copy_backup_job; for the primary: the
+#: backup itself, confirmed by copy_backup_job's plan with the lock it found).
+COPY_COMPLETE_EVENT = "copy_complete"
+#: A copy was attempted and failed: the destination does not hold the set (``detail`` says why).
+COPY_MISSING_EVENT = "copy_missing"
+#: Retention of that destination removed its copy (the set may live on elsewhere).
+COPY_DELETED_EVENT = "copy_deleted"
+COPY_EVENTS = (COPY_COMPLETE_EVENT, COPY_MISSING_EVENT, COPY_DELETED_EVENT)
+
+
+@dataclass(frozen=True)
+class CopyState:
+    """The latest thing the ledger knows about one set on one destination."""
+
+    backup_id: str
+    destination: str
+    event: str
+    kind: str
+    offsite: bool
+    locked_until: datetime | None
+    at: datetime
+    detail: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.event == COPY_COMPLETE_EVENT
+
+    def immutable(self, now: datetime) -> bool:
+        """Complete and under a retention lock that has not ended (S3 object lock)."""
+        return self.complete and self.locked_until is not None and self.locked_until > now
+
+
+def copy_observation(
+    backup_id: str,
+    destination: str,
+    event: str,
+    *,
+    kind: str,
+    offsite: bool,
+    locked_until: datetime | None = None,
+    detail: str = "",
+    run_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dg.AssetObservation:
+    """What copy_backup_job logs per set and destination; the UI shows it under backup_set's events."""
+    words = {
+        COPY_COMPLETE_EVENT: "holds a complete, verified copy",
+        COPY_MISSING_EVENT: "has NO copy",
+        COPY_DELETED_EVENT: "no longer holds a copy (retention there)",
+    }[event]
+    return dg.AssetObservation(
+        asset_key=BACKUP_SET_ASSET,
+        description=f"{destination} {words} of {backup_id}" + (f": {detail}" if detail else ""),
+        metadata={
+            "backup_id": backup_id,
+            "event": event,
+            "destination": destination,
+            "destination_kind": kind,
+            "offsite": offsite,
+            "locked_until": locked_until.isoformat(timespec="seconds") if locked_until else "",
+            "detail": detail,
+            "by_run": run_id or "",
+            **dict(extra or {}),
+        },
+    )
+
+
+def copy_states(
+    instance: dg.DagsterInstance, backup_id: str | None = None
+) -> dict[str, dict[str, CopyState]]:
+    """backup id → destination name → its latest copy event (newest records win)."""
+    states: dict[str, dict[str, CopyState]] = {}
+    for record in _page_all(instance.fetch_observations, BACKUP_SET_ASSET):
+        obs = record.asset_observation
+        if obs is None:
+            continue
+        meta = _metadata_dict(obs.metadata)
+        event, set_id, name = (
+            meta.get("event"),
+            str(meta.get("backup_id", "")),
+            str(meta.get("destination", "")),
+        )
+        if event not in COPY_EVENTS or not set_id or not name or (backup_id and set_id != backup_id):
+            continue
+        per_set = states.setdefault(set_id, {})
+        if name in per_set:
+            continue  # records come newest first
+        locked = str(meta.get("locked_until") or "")
+        per_set[name] = CopyState(
+            backup_id=set_id,
+            destination=name,
+            event=str(event),
+            kind=str(meta.get("destination_kind", "")),
+            offsite=bool(meta.get("offsite")),
+            locked_until=datetime.fromisoformat(locked) if locked else None,
+            at=datetime.fromtimestamp(record.timestamp, UTC),
+            detail=str(meta.get("detail", "")),
+        )
+    return states

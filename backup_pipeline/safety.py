@@ -23,7 +23,7 @@ materialization: by the op that materializes (same run, see ``record_backup_chec
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,13 +96,24 @@ class SafetyPolicy:
     local_destination: str | None  # None: Google Drive or an S3 bucket (off-site)
     state_dir: str
     verification_max_age_hours: int = DEFAULT_MAX_VERIFICATION_AGE_HOURS
+    #: ``copy_status.CopyPolicyView`` with several destinations or a copy policy: the backup_3_2_1 check.
+    copies: Any = None
+    #: Names of the off-site destinations copy_backup_job fills (a local primary is then not a warning).
+    offsite_copies: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> SafetyPolicy:
+        copies = None
+        if settings.destinations or settings.copy_policy:
+            from backup_pipeline.copy_status import CopyPolicyView
+
+            copies = CopyPolicyView.from_settings(settings)
         return cls(
             freshness_max_age_hours=2 * settings.schedule_interval_hours,
             local_destination=None if settings.off_site_destination else str(settings.local_destination_path),
             state_dir=str(settings.state_dir),
+            copies=copies,
+            offsite_copies=tuple(d.name for d in settings.copy_targets if d.offsite),
         )
 
 
@@ -168,6 +179,21 @@ def local_destination_verdict(path: str) -> Verdict:
     )
 
 
+def local_with_offsite_copies_verdict(path: str, copies: Sequence[str]) -> Verdict:
+    """A local primary whose sets copy_backup_job copies to off-site destinations: not a warning here;
+    whether the newest set is really there is the backup_3_2_1 check's verdict."""
+    names = ", ".join(copies)
+    return Verdict(
+        True,
+        dg.AssetCheckSeverity.WARN,
+        f"Backups are written to the local folder {path} (on-site) and copied off-site to {names} by "
+        "copy_backup_job; the backup_3_2_1 check says whether the newest backup is complete there.",
+        {"destination": f"local folder {path}", "off_site": False, "off_site_copies": names},
+        f"local:{names}",
+        summary=f"local folder {path}, off-site copies on {names}",
+    )
+
+
 def drive_evidence_verdict(instance: dg.DagsterInstance) -> Verdict | None:
     """An off-site destination (Google Drive, S3), judged by the newest backup written there (None
     before the first one).
@@ -196,7 +222,12 @@ def live_destination_verdict(destination: DestinationResource) -> Verdict:
     report = destination.get_destination().check()
     steps = "; ".join(f"{s.name}: {'ok' if s.ok else 'FAILED'} ({s.detail})" for s in report.steps)
     if DestinationKind(destination.kind) is DestinationKind.LOCAL:
-        local = local_destination_verdict(destination.local_path)
+        offsite = [c.label for c in destination.copy_resources() if c.is_offsite]
+        local = (
+            local_with_offsite_copies_verdict(destination.local_path, offsite)
+            if offsite
+            else local_destination_verdict(destination.local_path)
+        )
         return Verdict(local.passed, local.severity, local.description, {**local.metadata, "checks": steps})
     meta: dict[str, Any] = {"destination": report.destination, "off_site": True, "checks": steps}
     if report.warnings:
@@ -315,12 +346,18 @@ def backup_set_verdicts(instance: dg.DagsterInstance, policy: SafetyPolicy) -> d
         RECOVERY_KEY_CHECK: recovery_key_verdict(policy.state_dir),
     }
     destination = (
-        local_destination_verdict(policy.local_destination)
-        if policy.local_destination is not None
-        else drive_evidence_verdict(instance)
+        drive_evidence_verdict(instance)
+        if policy.local_destination is None
+        else local_with_offsite_copies_verdict(policy.local_destination, policy.offsite_copies)
+        if policy.offsite_copies
+        else local_destination_verdict(policy.local_destination)
     )
     if destination is not None:
         verdicts[DESTINATION_CHECK] = destination
+    if policy.copies is not None:
+        from backup_pipeline.copy_status import COPY_POLICY_CHECK, copy_policy_verdict
+
+        verdicts[COPY_POLICY_CHECK] = copy_policy_verdict(instance, policy.copies)
     return verdicts
 
 

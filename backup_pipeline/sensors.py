@@ -30,7 +30,7 @@ from backup_pipeline.resources.postgres import PostgresResource, PostgresUnavail
 from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
 from backup_pipeline.services.data_lease import LeaseHolder
 from backup_pipeline.services.errors import first_line
-from backup_pipeline.settings import BackupSettings
+from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 RETENTION_AFTER_BACKUP_SENSOR = "retention_after_backup"
 RETENTION_DAILY_SENSOR = "retention_daily_safety_net"
@@ -54,14 +54,18 @@ ALERTED_JOBS = frozenset(
         MIGRATION_JOB_NAME,
         pitr_ops.PITR_BASE_BACKUP_JOB,
         pitr_ops.PITR_RESTORE_JOB,
+        "copy_backup_job",  # ops/copy.py COPY_JOB_NAME (not imported: the module loads the copy job)
     }
 )
 
 
-def build_retention_after_backup_sensor() -> dg.SensorDefinition:
+def build_retention_after_backup_sensor(
+    interval_seconds: int = DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name=RETENTION_AFTER_BACKUP_SENSOR,
         run_status=dg.DagsterRunStatus.SUCCESS,
+        minimum_interval_seconds=interval_seconds,
         request_job=retention_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Requests retention_job after each successful backup_job run (run key = the backup run).",
@@ -113,6 +117,7 @@ def _failure_text(context: dg.RunFailureSensorContext) -> tuple[str, dict[str, s
 def build_run_failure_alert_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name=RUN_FAILURE_ALERT_SENSOR,
+        minimum_interval_seconds=settings.run_sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Alerts (e-mail / signed webhook) when a backup, restore, retention, delete or migration run "
         f"fails. Channels: {', '.join(configured_channels(settings)) or 'none configured'}.",
@@ -173,6 +178,7 @@ def send_heartbeat(settings: BackupSettings, log: logging.Logger, *, ok: bool, s
 def build_heartbeat_success_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name=HEARTBEAT_SUCCESS_SENSOR,
+        minimum_interval_seconds=settings.run_sensor_interval_seconds,
         run_status=dg.DagsterRunStatus.SUCCESS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Dead-man's switch: pings the heartbeat URL (Healthchecks.io / Uptime Kuma push) after every "
@@ -210,6 +216,7 @@ def build_heartbeat_success_sensor(settings: BackupSettings) -> dg.SensorDefinit
 def build_heartbeat_failure_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name=HEARTBEAT_FAILURE_SENSOR,
+        minimum_interval_seconds=settings.run_sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Dead-man's switch: pings the heartbeat URL as failed (Healthchecks.io <url>/fail, Uptime Kuma "
         "status=down) when a backup_job or verify_backup_job run fails. A refused manual backup is canceled, "
@@ -434,7 +441,7 @@ def build_dead_lease_holder_sensor(
 
 def build_sensors(settings: BackupSettings) -> list[dg.SensorDefinition]:
     return [
-        build_retention_after_backup_sensor(),
+        build_retention_after_backup_sensor(settings.run_sensor_interval_seconds),
         build_retention_daily_sensor(),
         build_run_failure_alert_sensor(settings),
         build_freshness_sensor(settings),

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from backup_pipeline import destination_settings as named
 from backup_pipeline.services.retention_rules import PERIODS, SETTING_NAMES, PeriodRules, rule_violations
 
 ENV_PREFIX = "BACKUP_PIPELINE_"
@@ -84,6 +85,11 @@ class ExecutorKind(StrEnum):
     K8S = "k8s"
     CELERY = "celery"
     DOCKER = "docker"
+
+
+#: Dagster's own default interval of a sensor (dagster.SensorDefinition, 30 s): the run-status
+#: sensors keep it unless ``run_sensor_interval_seconds`` says otherwise.
+DEFAULT_RUN_SENSOR_INTERVAL_SECONDS = 30
 
 
 class BackupSettings(BaseSettings):
@@ -229,6 +235,24 @@ class BackupSettings(BaseSettings):
         le=365,
         description="`s3` destination: days added to the computed retention (a late or failed backup keeps a set longer than planned).",
     )
+    destinations: list[str] = Field(
+        default_factory=list,
+        description="Several destinations: their names, e.g. `drive,s3lock,nas`; each is set by "
+        "BACKUP_PIPELINE_DESTINATION_<NAME>_<FIELD> (KIND, PATH, DRIVE_*, S3_*, OFFSITE, KEEP_LAST; "
+        "docs/guides/SEVERAL-DESTINATIONS.md). The backup writes the primary; copy_backup_job copies each "
+        "complete set to the others. Empty: the one destination of BACKUP_PIPELINE_DESTINATION.",
+    )
+    primary_destination: str | None = Field(
+        None, description="Which of `destinations` the backup writes; empty: the first."
+    )
+    copy_policy: str = Field(
+        "",
+        description="3-2-1 policy of the backup_3_2_1 check on the newest set: `copies=<n>,kinds=<n>,"
+        "offsite=<n>,immutable=<n>` (e.g. `copies=3,kinds=2,offsite=1,immutable=1`); empty: one copy.",
+    )
+    copy_policy_severity: Literal["warn", "error"] = Field(
+        "warn", description="Severity of a failing backup_3_2_1 check (and of its alert)."
+    )
     destination_retry_attempts: int = Field(
         8,
         ge=1,
@@ -298,6 +322,14 @@ class BackupSettings(BaseSettings):
     )
     min_manual_backup_interval_minutes: int = Field(
         10, ge=0, description="A manual backup this soon after the last one is refused unless forced."
+    )
+    run_sensor_interval_seconds: int = Field(
+        DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+        ge=5,
+        le=3600,
+        description="Seconds between two evaluations of each sensor that reacts to finished runs "
+        "(retention, copies and verification after a backup, failure alerts, heartbeats): the longest wait "
+        "between a run's end and what follows it. 30 is Dagster's default; its daemon cannot go below 5.",
     )
 
     # --- execution ----------------------------------------------------------------------
@@ -393,6 +425,8 @@ class BackupSettings(BaseSettings):
         ge=16,
         description="Alert when the server's pg_wal holds more than this (archive outage fills the disk).",
     )
+
+    _named: list[named.NamedDestination] | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -544,6 +578,19 @@ class BackupSettings(BaseSettings):
             raise ValueError("must be 1-40 characters of letters, digits, '.', '_' or '-'")
         return value
 
+    @field_validator("copy_policy")
+    @classmethod
+    def _check_copy_policy(cls, value: str) -> str:
+        named.parse_copy_policy(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_destination_names(self) -> BackupSettings:
+        problems = named.check_names(self.destinations, self.primary_destination)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @model_validator(mode="after")
     def _check_destination(self) -> BackupSettings:
         if self.destination is DestinationKind.GOOGLE_DRIVE:
@@ -630,9 +677,52 @@ class BackupSettings(BaseSettings):
             self.s3_destination_lock_margin_days,
         )
 
+    def named_destinations(self) -> list[named.NamedDestination]:
+        """Every destination, the primary first: the named ones (``destinations``) or the one of
+        ``destination``, named after its kind."""
+        if not self.destinations:
+            return [named.single(self)]
+        if self._named is None:  # built in code rather than by load_settings: the environment's fields
+            found, problems = named.build_named(
+                self, named.options_from_env(self.destinations, dict(os.environ))
+            )
+            if problems:
+                raise SettingsError(problems)
+            self._named = found
+        return sorted(self._named, key=lambda d: not d.primary)
+
+    @property
+    def primary(self) -> named.NamedDestination:
+        return self.named_destinations()[0]
+
+    @property
+    def copy_targets(self) -> list[named.NamedDestination]:
+        """The destinations copy_backup_job fills (all but the primary)."""
+        return self.named_destinations()[1:]
+
+    @property
+    def parsed_copy_policy(self) -> named.CopyPolicy:
+        return named.parse_copy_policy(self.copy_policy)
+
     def redacted(self) -> dict[str, Any]:
         """Effective settings for display. No field holds a secret; paths to secret files are shown as paths."""
-        return self.model_dump(mode="json")
+        shown = self.model_dump(mode="json")
+        if self.destinations:
+            shown["named_destinations"] = {
+                d.name: {
+                    "kind": d.kind,
+                    "primary": d.primary,
+                    "offsite": d.offsite,
+                    "keep_last": d.keep_last,
+                    **{
+                        suffix.lower(): d.settings.model_dump(mode="json")[field]
+                        for suffix, field in named.FIELDS.items()
+                        if suffix != "KIND"
+                    },
+                }
+                for d in self.named_destinations()
+            }
+        return shown
 
 
 class SettingsError(Exception):
@@ -649,6 +739,9 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
         loc = ".".join(str(x) for x in err["loc"])
         field = f"{ENV_PREFIX}{loc.upper()}" if loc else "settings"
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc and msg.startswith(ENV_PREFIX):  # a model rule that names its variables itself
+            problems.extend(msg.splitlines())
+            continue
         problems.append(f"{field}: {msg}")
     return problems
 
@@ -680,9 +773,22 @@ def load_settings(
             annotation = str(BackupSettings.model_fields[name].annotation)
             kwargs[name] = _split_list(raw) if annotation.startswith("list") else raw
     try:
-        return BackupSettings.model_validate(kwargs)
+        settings = BackupSettings.model_validate(kwargs)
     except ValidationError as exc:
         raise SettingsError(_format_validation_error(exc)) from None
+    if not settings.destinations:
+        return settings
+    found, problems = named.build_named(settings, named.options_from_env(settings.destinations, values))
+    if problems:
+        raise SettingsError(problems)
+    # The primary's fields become the top-level destination fields, so everything that knows one
+    # destination (backup_job, restore_job, retention_job, the checks) works on the primary unchanged.
+    primary = next(d for d in found if d.primary)
+    settings = settings.model_copy(
+        update={field: getattr(primary.settings, field) for field in named.FIELDS.values()}
+    )
+    settings._named = found
+    return settings
 
 
 def _split_list(raw: str) -> list[str]:

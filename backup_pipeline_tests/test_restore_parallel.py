@@ -147,7 +147,7 @@ def test_one_rejected_object_among_parallel_puts_is_counted_and_named(s3: S3Serv
     )
 
     assert summary.completed and summary.bucket_created
-    assert summary.failed == 1 and summary.failures == [f"{bad}: KeyTooLongError"]
+    assert summary.failed == 1 and summary.failures == [f"{bad}: refused by the server: KeyTooLongError"]
     assert summary.added == len(objects) - 1
     assert summary.bytes_written == sum(len(v) for k, v in objects.items() if k != bad)
     assert {name for name, _ in progress} == {threading.current_thread().name}, "progress from our thread"

@@ -20,7 +20,7 @@ from backup_pipeline.sensors import (
     build_run_failure_alert_sensor,
 )
 from backup_pipeline.services.backup_parts import backup_id_time, new_backup_id
-from backup_pipeline.settings import BackupSettings, load_settings
+from backup_pipeline.settings import BackupSettings, SettingsError, load_settings
 from backup_pipeline_tests.backup_helpers import evaluate_on_run_failure
 from backup_pipeline_tests.fixtures.alert_receivers import SmtpSink, WebhookReceiver
 
@@ -243,3 +243,41 @@ def test_freshness_fresh_on_first_tick_without_backups(
     data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
     assert (data.skip_message or "").startswith("fresh")
     assert "watching_since" in json.loads(data.cursor or "{}")
+
+
+def test_run_sensor_interval_setting_reaches_every_run_status_sensor(tmp_path: Path) -> None:
+    """BACKUP_PIPELINE_RUN_SENSOR_INTERVAL_SECONDS sets how often the daemon evaluates the sensors
+    reacting to finished runs; the others keep their own intervals; Dagster's 30 s by default."""
+    from backup_pipeline.definitions import build_definitions
+
+    run_sensors = {
+        "retention_after_backup",
+        "verify_after_backup",
+        "alert_on_run_failure",
+        "alert_on_failed_verification",
+        "heartbeat_on_success",
+        "heartbeat_on_failure",
+        "copy_after_backup",
+    }
+    # Two destinations, so that the copy sensors load too.
+    two_destinations = {
+        "BACKUP_PIPELINE_STATE_DIR": str(tmp_path),
+        "BACKUP_PIPELINE_DESTINATIONS": "a,b",
+        **{f"BACKUP_PIPELINE_DESTINATION_{n}_KIND": "local" for n in "AB"},
+        **{f"BACKUP_PIPELINE_DESTINATION_{n}_PATH": str(tmp_path / n) for n in "AB"},
+    }
+
+    def intervals(env: dict[str, str]) -> dict[str, int | None]:
+        defs = build_definitions(load_settings(env={**two_destinations, **env}))
+        return {s.name: s.minimum_interval_seconds for s in defs.sensors}
+
+    default = intervals({})
+    assert {name: default[name] for name in run_sensors} == dict.fromkeys(run_sensors, 30)
+    fast = intervals({"BACKUP_PIPELINE_RUN_SENSOR_INTERVAL_SECONDS": "5"})
+    assert {name: fast[name] for name in run_sensors} == dict.fromkeys(run_sensors, 5)
+    others = set(default) - run_sensors
+    assert others and {n: fast[n] for n in others} == {n: default[n] for n in others}
+    with pytest.raises(
+        SettingsError, match="RUN_SENSOR_INTERVAL_SECONDS: Input should be greater than or equal to 5"
+    ):
+        load_settings(env={"BACKUP_PIPELINE_RUN_SENSOR_INTERVAL_SECONDS": "1"})

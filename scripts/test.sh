@@ -16,7 +16,7 @@ mkdir -p test-artifacts
 # longest modules first (backup_pipeline_tests/fixtures/scheduling.py; --no-loadscope-reorder
 # keeps that order). PYTEST_WORKERS=0 runs serially; plain `pytest` is serial too.
 set +e
-.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=15 "$@"
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=15 --junitxml=test-artifacts/junit.xml "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "test.sh: no tests were collected: failing" >&2; exit 1; fi

@@ -13,6 +13,7 @@ Exit codes: 0 ok, 1 failed, 2 bad settings.
 from __future__ import annotations
 
 import json
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
@@ -43,17 +44,32 @@ _settings_option = click.option(
     type=click.Path(dir_okay=False),
     help="dotenv file (default: $BACKUP_PIPELINE_SETTINGS_FILE).",
 )
+_name_option = click.option(
+    "--destination",
+    "destination_name",
+    default=None,
+    help="With several destinations (BACKUP_PIPELINE_DESTINATIONS): this one; default: the primary.",
+)
+
+
+def _named(settings: Any, name: str | None) -> Any:
+    """The ``DestinationResource`` of ``name`` (the primary when empty); an unknown name is bad input."""
+    from backup_pipeline.resources.destination import DestinationResource
+
+    try:
+        return DestinationResource.from_settings(settings).named(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("destination: "), param_hint="--destination") from None
 
 
 @destination_group.command("check")
 @_settings_option
+@_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check_command(settings_file: str | None, as_json: bool) -> None:
+def check_command(settings_file: str | None, destination_name: str | None, as_json: bool) -> None:
     """Write, read back and delete a small file; print a verdict and the fix."""
-    from backup_pipeline.resources.destination import DestinationResource
-
     settings = _settings(settings_file)
-    report = DestinationResource.from_settings(settings).get_destination().check()
+    report = _named(settings, destination_name).get_destination().check()
     if as_json:
         click.echo(
             json.dumps(
@@ -108,11 +124,11 @@ def _room(capacity: Capacity | None) -> str:
 
 @destination_group.command("ls")
 @_settings_option
+@_name_option
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE", help="Filter (repeatable).")
-def ls_command(settings_file: str | None, properties: tuple[str, ...]) -> None:
+def ls_command(settings_file: str | None, destination_name: str | None, properties: tuple[str, ...]) -> None:
     """List the files on the destination (optionally those with given properties)."""
     from backup_pipeline.destinations import DestinationError
-    from backup_pipeline.resources.destination import DestinationResource
 
     wanted: dict[str, str] = {}
     for item in properties:
@@ -122,7 +138,7 @@ def ls_command(settings_file: str | None, properties: tuple[str, ...]) -> None:
         wanted[key] = value
     settings = _settings(settings_file)
     try:
-        for stored in DestinationResource.from_settings(settings).get_destination().list(wanted or None):
+        for stored in _named(settings, destination_name).get_destination().list(wanted or None):
             created = stored.created.isoformat(timespec="seconds") if stored.created else "-"
             click.echo(f"{stored.id}\t{stored.size}\t{created}\t{stored.name}")
     except DestinationError as exc:

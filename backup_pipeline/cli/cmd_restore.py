@@ -51,6 +51,13 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     org_secret_help="Alternatively the org secret file, when the server's keys survived.",
 )
 @click.option("--list", "list_only", is_flag=True, help="Only list the backup sets found, newest first.")
+@click.option(
+    "--destination",
+    "destination_name",
+    default=None,
+    help="With several destinations (BACKUP_PIPELINE_DESTINATIONS): read only this one. Default: every "
+    "destination in settings order, the set read from the first reachable one holding it complete.",
+)
 @click.option("--backup-id", default=svc.LATEST, show_default=True, help="Backup id to restore, or latest.")
 @click.option(
     "--scope", type=click.Choice([s.value for s in svc.RestoreScope]), default="full", show_default=True
@@ -81,6 +88,14 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     "non-empty database without a safety backup).",
 )
 @click.option(
+    "--on-unrestorable",
+    type=click.Choice([o.value for o in svc.OnUnrestorable]),
+    default=svc.OnUnrestorable.FAIL.value,
+    show_default=True,
+    help="An object the target S3 server cannot hold exactly (refused key, other headers served): fail "
+    "stops and rolls the buckets back; continue restores the rest and lists each such object.",
+)
+@click.option(
     "--dry-run/--no-dry-run", default=True, show_default=True, help="Only report what would change."
 )
 @click.option("--confirm", default="", help="For --no-dry-run: 'restore <backup id>'.")
@@ -106,6 +121,7 @@ def restore_command(
     recovery_key_file: Path | None,
     org_secret_file: Path | None,
     list_only: bool,
+    destination_name: str | None,
     backup_id: str,
     installation_id: str | None,
     scope: str,
@@ -116,6 +132,7 @@ def restore_command(
     schema_only: bool,
     ownership: str,
     keep_previous_database: bool,
+    on_unrestorable: str,
     dry_run: bool,
     confirm: str,
     skip_safety_backup: bool,
@@ -141,8 +158,16 @@ def restore_command(
         return
     from backup_pipeline.resources.destination import DestinationResource
 
-    destination = DestinationResource.from_settings(settings).get_destination()
+    configured = DestinationResource.from_settings(settings)
+    try:
+        resources = [configured.named(destination_name)] if destination_name else configured.all_named()
+    except ValueError as exc:
+        fail(f"--destination: {str(exc).removeprefix('destination: ')}", 2)
+    destination = resources[0].get_destination()
     if list_only:  # file properties only: no key is read
+        if len(resources) > 1:
+            _list_across(resources, installation_id, as_json)
+            return
         sets = svc.list_backups(destination, installation_id=installation_id)
         if as_json:
             click.echo(json.dumps([s.as_dict() for s in sets], indent=1))
@@ -152,6 +177,16 @@ def restore_command(
                 click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
         return
     keys = _load_keys(recovery_key_file, org_secret_file)
+    if len(resources) > 1:
+        from backup_pipeline.cli.destination_choice import NoCompleteCopy, list_across, pick_copy
+
+        try:
+            chosen, backup_id = pick_copy(
+                list_across(resources, installation_id), backup_id, lambda m: click.echo(m, err=True)
+            )
+        except NoCompleteCopy as exc:
+            fail(str(exc), 1)
+        destination = chosen.destination
     try:
         options = svc.RestoreOptions(
             backup_id=backup_id,
@@ -163,6 +198,7 @@ def restore_command(
             schema_only=schema_only,
             ownership=svc.Ownership(ownership),
             keep_previous_database=keep_previous_database,
+            on_unrestorable=svc.OnUnrestorable(on_unrestorable),
             dry_run=dry_run,
             confirm=confirm,
         )
@@ -180,6 +216,8 @@ def restore_command(
             installation_id=installation_id,
             safety_backup=None if not skip_safety_backup else _no_safety_backup,
             log=lambda message: click.echo(message, err=True),
+            # The undo journal of the buckets: a failed or killed restore leaves them as before.
+            state_dir=settings.state_dir,
         )
     except svc.RestoreRefused as exc:
         fail(f"refused, nothing was changed: {exc}", 1)
@@ -194,6 +232,32 @@ def restore_command(
         click.echo(json.dumps(report, indent=1, default=str))
     else:
         _print_report(report)
+
+
+def _list_across(resources: list[Any], installation_id: str | None, as_json: bool) -> None:
+    from backup_pipeline.cli.destination_choice import list_across
+
+    listings = list_across(resources, installation_id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    li.name: {"error": li.error}
+                    if li.sets is None
+                    else {"description": li.destination.description, "sets": [s.as_dict() for s in li.sets]}
+                    for li in listings
+                },
+                indent=1,
+            )
+        )
+        return
+    for li in listings:
+        if li.sets is None:
+            click.echo(f"destination {li.name}: UNREACHABLE ({li.error})")
+            continue
+        click.echo(f"destination {li.name}: {len(li.sets)} backup set(s) on {li.destination.description}:")
+        for s in li.sets:
+            click.echo(f"  {s.backup_id}  {s.installation_id}  {s.size} bytes  {_set_label(s)}")
 
 
 def _set_label(info: svc.BackupSetInfo) -> str:
@@ -234,6 +298,7 @@ def _audit(report: dict[str, Any], options: svc.RestoreOptions) -> None:
             "dry_run": options.dry_run,
             "scope": options.scope.value,
             "conflict_policy": options.conflict_policy.value,
+            "on_unrestorable": options.on_unrestorable.value,
             "via": "cli",
         }
         audit_log(load_settings()).append("restore_dry_run" if options.dry_run else "restore", details)
@@ -259,11 +324,23 @@ def _print_report(report: dict[str, Any]) -> None:
             )
             if database.get("previous_kept"):
                 click.echo(f"  the replaced database is kept as {database['replaced_database']}")
+    for item in report.get("recovered_undo_journals") or []:
+        if "pending" in item:
+            click.echo(f"  an interrupted restore left {item['pending']}: a real restore rolls it back first")
     for bucket, summary in report.get("buckets", {}).items():
         click.echo(
             f"  bucket {bucket} {verb}: {summary['added']} added, {summary['overwritten']} overwritten, "
-            f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} failed"
+            f"{summary['skipped']} skipped, {summary['kept_both']} kept both, {summary['failed']} refused"
+            + (f", {summary['inexact']} served differently" if summary.get("inexact") else "")
         )
+        for line in summary.get("unrestorable") or []:
+            click.echo(f"    not restored exactly: {svc.shown_key(line, 200)}")
+        if summary.get("at_risk"):
+            click.echo(f"    {summary['at_risk']} keys some S3 servers refuse or rewrite:")
+            for line in summary["at_risk_keys"]:
+                click.echo(f"      {svc.shown_key(line, 200)}")
+    for warning in report.get("warnings") or []:
+        click.echo(f"  WARNING: {warning}")
     for note in report.get("would_refuse") or []:
         click.echo(f"  a real restore would be refused: {note}")
     consistency = report.get("consistency")

@@ -75,6 +75,9 @@ def settings_for(destination_kind: str | None, local_path: Path | None) -> Backu
         overrides["BACKUP_PIPELINE_DESTINATION"] = destination_kind
     if local_path:
         overrides["BACKUP_PIPELINE_LOCAL_DESTINATION_PATH"] = str(local_path)
+    if overrides:
+        # Aimed at one destination by hand: the named destinations of the settings do not apply.
+        overrides["BACKUP_PIPELINE_DESTINATIONS"] = ""
     return load_settings({**os.environ, **overrides})
 
 

@@ -14,6 +14,7 @@ imported (an exception can only be an instance of a loaded class): the offline c
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -30,7 +31,11 @@ SECRET_ENVS = (
     "BACKUP_PIPELINE_CLIENT_PASSWORD",
     "BACKUP_PIPELINE_PITR_S3_ACCESS_KEY",
     "BACKUP_PIPELINE_PITR_S3_SECRET_KEY",
+    "BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY",
+    "BACKUP_PIPELINE_S3_DESTINATION_SECRET_KEY",
 )
+#: A named destination's S3 key pair (``destination_settings.SECRET_FIELDS``), whatever its name.
+_NAMED_SECRET_ENV = re.compile(r"^BACKUP_PIPELINE_DESTINATION_[A-Z0-9_]+_S3_(ACCESS|SECRET)_KEY$")
 # Shorter values are no real keys (test fixtures use "a"); masking them would garble the line.
 _MIN_MASKED_LENGTH = 8
 
@@ -86,7 +91,7 @@ def one_line(text: str) -> str:
 
 def mask_secrets(text: str, environ: dict[str, str] | None = None) -> str:
     source = os.environ if environ is None else environ
-    for name in SECRET_ENVS:
+    for name in [*SECRET_ENVS, *(key for key in source if _NAMED_SECRET_ENV.match(key))]:
         value = source.get(name) or ""
         if len(value) >= _MIN_MASKED_LENGTH:
             text = text.replace(value, "***")

@@ -295,12 +295,12 @@ def plan_backup(
         _, key_ids = build_encryptor(keys)
         tools, _, server_version = locate_and_check_pg_dump(app_db)
         client = s3.client()
-        own = destination.bucket_on(s3.endpoint)
-        if own and own not in config.buckets_exclude:
+        own = [b for b in destination.buckets_on(s3.endpoint) if b not in config.buckets_exclude]
+        for bucket in own:
             context.log.info(
-                f"bucket {own} is this backup's destination on the same S3 server: not backed up"
+                f"bucket {bucket} is a destination of this backup on the same S3 server: not backed up"
             )
-        exclude = [*config.buckets_exclude, *([own] if own else [])]
+        exclude = [*config.buckets_exclude, *own]
         buckets = discover_buckets(client, config.buckets_include, exclude)
         summaries = [summarize_bucket(client, b) for b in buckets]
         db_size = _database_size(app_db)

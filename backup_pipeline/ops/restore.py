@@ -2,12 +2,12 @@
 
 Graph (one restore = one run)::
 
-    restore_to_moment ─► start_restore ─► verify_restore_parts ─► safety_backup ─► restore_database_step ─┐
+    start_restore ─► verify_restore_parts ─► safety_backup ─► restore_database_step ─┐
                                                                                      ├─► fan_out_buckets ─► restore_bucket_step[<bucket>] ─► finish_restore
                                                                                      ┘
 
-* ``restore_to_moment`` (``ops/restore_moment.py``): given a ``target_time``, point-in-time recovery
-  into a new data directory, and every step below is skipped; without one it does nothing.
+* ``restore_to_moment`` (``ops/restore_moment.py``) runs first: given a ``target_time``, PITR into
+  a new data directory and every step below is skipped; without one it does nothing.
 * ``start_restore`` checks the request (confirmation phrase naming the backup, buckets,
   versions, the database role's privileges) and resolves ``latest`` (the newest complete
   regular set, never a safety set); a bad request fails here (``[RESTORE_REFUSED]``). A real
@@ -44,9 +44,8 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
-from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import psycopg
@@ -55,7 +54,7 @@ from pydantic import Field
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import DestinationError
-from backup_pipeline.ops.backup import BACKUP_SET_ASSET, build_encryptor
+from backup_pipeline.ops.backup import BACKUP_SET_ASSET
 from backup_pipeline.ops.data_lease import (
     acquire_run_data_lease,
     holder_finished,
@@ -64,6 +63,13 @@ from backup_pipeline.ops.data_lease import (
     run_data_lease,
 )
 from backup_pipeline.ops.restore_moment import restore_to_moment
+from backup_pipeline.ops.restore_safety import make_safety_backup
+from backup_pipeline.ops.restore_undo import (
+    commit_buckets,
+    journaled_bucket,
+    recover_at_start,
+    roll_back_buckets_on_failure,
+)
 from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
@@ -76,7 +82,6 @@ from backup_pipeline.resources.postgres import (
 from backup_pipeline.resources.s3 import S3Resource, S3Unavailable
 from backup_pipeline.services import restore as svc
 from backup_pipeline.services.backup_parts import (
-    SET_KIND_SAFETY,
     TRIGGER_PRE_RESTORE,
     BackupError,
     ErrorCode,
@@ -158,6 +163,15 @@ class RestoreConfig(dg.Config):
         default=False,
         description="Keep the database the restore replaces on the server as bp_replaced_<run id> (default: dropped once the restore succeeded).",
     )
+    # A Literal, not an Enum: `continue` is a Python keyword, so no enum member can carry the name.
+    on_unrestorable: Literal["fail", "continue"] = Field(
+        default="fail",
+        description=(
+            "An object the target S3 server cannot hold exactly (it refuses the key or serves other headers "
+            "than written): fail stops the restore and rolls the buckets back; continue restores the rest, "
+            "succeeds with a warning and lists each such object."
+        ),
+    )
     dry_run: bool = Field(
         default=True,
         description="Only report what would change (objects added/overwritten/skipped per bucket, tables and row counts); nothing is touched.",
@@ -165,6 +179,11 @@ class RestoreConfig(dg.Config):
     confirm: str = Field(
         default="",
         description="For a real restore (dry_run false): type `restore <backup id>` naming the backup being restored.",
+    )
+    destination: str = Field(
+        default="",
+        description="With several destinations: the one to read the backup from (a name of "
+        "BACKUP_PIPELINE_DESTINATIONS); empty: the primary. A restore's safety backup still goes to the primary.",
     )
     consistency_query: str = Field(
         default=svc.DEFAULT_CONSISTENCY_QUERY,
@@ -182,6 +201,7 @@ class RestoreConfig(dg.Config):
             schema_only=self.schema_only,
             ownership=svc.Ownership(Ownership(self.ownership).value),
             keep_previous_database=self.keep_previous_database,
+            on_unrestorable=svc.OnUnrestorable(self.on_unrestorable),
             dry_run=self.dry_run,
             confirm=self.confirm,
         )
@@ -193,6 +213,7 @@ def options_from_plan(plan: dict[str, Any]) -> svc.RestoreOptions:
     raw["conflict_policy"] = svc.ConflictPolicy(raw["conflict_policy"])
     raw["buckets"] = tuple(raw["buckets"])
     raw["ownership"] = svc.Ownership(raw.get("ownership", svc.Ownership.SOURCE))
+    raw["on_unrestorable"] = svc.OnUnrestorable(raw.get("on_unrestorable", svc.OnUnrestorable.FAIL))
     return svc.RestoreOptions(**raw)
 
 
@@ -260,9 +281,14 @@ def _target_db(app_db: PostgresResource, options: svc.RestoreOptions) -> svc.PgT
     )
 
 
+def _source(destination: DestinationResource, plan: dict[str, Any]) -> DestinationResource:
+    """The destination the backup is read from: the one the request named, else the primary."""
+    return destination.named(plan.get("source_destination") or "")
+
+
 def _resolve(destination: DestinationResource, keys: Any, plan: dict[str, Any]) -> svc.ResolvedBackup:
     return svc.resolve_backup(
-        destination.get_destination(),
+        _source(destination, plan).get_destination(),
         _keys(keys),
         plan["backup_id"],
         installation_id=plan["installation_id"],
@@ -279,11 +305,16 @@ def start_restore(
     app_db: PostgresResource,
     destination: DestinationResource,
     keys: BackupKeysResource,
+    s3: S3Resource,
 ) -> dict[str, Any]:
     options = config.options()
     try:
+        source = destination.named(config.destination.strip())
+    except ValueError as exc:
+        raise _fail(context, str(exc), RESTORE_REFUSED) from None
+    try:
         resolved = svc.resolve_backup(
-            destination.get_destination(),
+            source.get_destination(),
             _keys(keys),
             options.backup_id,
             installation_id=destination.installation_id,
@@ -308,8 +339,14 @@ def start_restore(
         raise _unavailable(context, exc) from None
     if not options.dry_run:
         acquire_run_data_lease(context, app_db)  # held until finish_restore
-        if options.restores_database:
-            _cleanup_leftovers(context, _target_db(app_db, options))
+    # First act on data (under the lease: no other restore is alive): undo killed restores' buckets.
+    with _expected_errors(context):
+        try:
+            recovered = recover_at_start(context, destination, s3.client(), dry_run=options.dry_run)
+        except svc.RestoreError as exc:
+            raise _fail(context, str(exc), RESTORE_BUCKET_FAILED) from None
+    if not options.dry_run and options.restores_database:
+        _cleanup_leftovers(context, _target_db(app_db, options))
     launched_by = _launched_by(context)
     context.instance.add_run_tags(
         context.run_id,
@@ -321,6 +358,7 @@ def start_restore(
     )
     plan = {
         "backup_id": resolved.backup_id,
+        "source_destination": source.label if config.destination.strip() else "",
         "installation_id": resolved.installation_id,
         "options": {**asdict(options), "confirm": "", "buckets": list(options.buckets)},
         "parts": parts,
@@ -337,6 +375,7 @@ def start_restore(
             "parts": ", ".join(parts),
             "launched_by": launched_by,
             **{f"version_{k}": v for k, v in versions.items()},
+            **({"recovered_undo_journals": dg.MetadataValue.json(recovered)} if recovered else {}),
         }
     )
     return plan
@@ -369,7 +408,7 @@ def verify_restore_parts(
     destination: DestinationResource,
     keys: BackupKeysResource,
 ) -> dict[str, Any]:
-    dest = destination.get_destination()
+    dest = _source(destination, plan).get_destination()
     # A real restore keeps its lease fresh while it reads: retention must not delete these parts.
     with _lease_unless_dry_run(context, app_db, plan):
         results, notes = _verify_parts(context, app_db, destination, keys, plan, dest)
@@ -457,53 +496,6 @@ def safety_backup(
     return {"skipped": False, "backup_id": entry["backup_id"]}
 
 
-def make_safety_backup(
-    context: dg.OpExecutionContext,
-    app_db: PostgresResource,
-    destination: DestinationResource,
-    keys: BackupKeysResource,
-    dbname: str,
-) -> dict[str, Any]:
-    """A database-only backup set of ``dbname`` through the backup job's own functions."""
-    from backup_pipeline.services.backup_database import dump_database
-    from backup_pipeline.services.backup_finalize import FinalizeInput, finalize_backup
-    from backup_pipeline.services.backup_parts import new_backup_id
-
-    dest = destination.get_destination()
-    pg = PostgresResource(
-        database_url=app_db.url_for(dbname), password=app_db.password, pg_bin_dir=app_db.pg_bin_dir
-    )
-    backup_id = new_backup_id(run_id=context.run_id)
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    encryptor, key_ids = build_encryptor(keys)
-    context.log.info(f"safety backup {backup_id} of database {dbname} before the restore")
-    database = dump_database(
-        pg,
-        dest,
-        encryptor,
-        installation_id=destination.installation_id,
-        backup_id=backup_id,
-        set_kind=SET_KIND_SAFETY,
-    )
-    entry = finalize_backup(
-        dest,
-        encryptor,
-        FinalizeInput(
-            installation_id=destination.installation_id,
-            backup_id=backup_id,
-            started_at=started_at,
-            database=database.to_dict(),
-            buckets=[],
-            key_ids=key_ids,
-            versions={"trigger": TRIGGER_PRE_RESTORE},
-            set_kind=SET_KIND_SAFETY,
-        ),
-    )
-    # The same ledger fields as a scheduled backup's entry: where the set is stored.
-    entry["destination"] = dest.description
-    return entry
-
-
 @dg.op(
     description="Restores the database into the scratch database bp_restore_<run id> and checks every table's rows against the manifest; the target is swapped only by finish_restore (dry run: tables and row counts, backup vs now).",
 )
@@ -522,7 +514,9 @@ def restore_database_step(
     try:
         resolved = _resolve(destination, keys, plan)
         pg_restore = app_db.pg_tools(check_server=False).pg_restore.path
-        dump = svc.open_part(destination.get_destination(), _keys(keys), resolved, svc.PART_DATABASE)
+        dump = svc.open_part(
+            _source(destination, plan).get_destination(), _keys(keys), resolved, svc.PART_DATABASE
+        )
         if options.dry_run:
             result = svc.plan_database(
                 dump, target, pg_restore=pg_restore, expected_rows=resolved.table_rows()
@@ -630,29 +624,37 @@ def restore_bucket_step(
 
     with _expected_errors(context), run_data_lease(context, app_db):
         plaintext = svc.open_part(
-            destination.get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
+            _source(destination, plan).get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
         )
+        details: dict[str, Any] = {}
         try:
-            result = svc.restore_bucket(
-                client,
-                bucket,
-                svc.bucket_entries(plaintext),
-                inventory,
-                options.conflict_policy,
-                resolved.backup_id,
-                key_prefix=options.key_prefix,
-                on_progress=progress,
-            )
-        except svc.BucketRestoreFailed as exc:
-            raise _fail(context, str(exc), RESTORE_BUCKET_FAILED, **exc.summary.as_dict()) from None
+            # Every change journaled first; a failure rolls the bucket (and the run's others) back.
+            with journaled_bucket(context, destination, client, bucket) as journal:
+                try:
+                    result = svc.restore_bucket(
+                        client,
+                        bucket,
+                        svc.bucket_entries(plaintext),
+                        inventory,
+                        options.conflict_policy,
+                        resolved.backup_id,
+                        key_prefix=options.key_prefix,
+                        on_progress=progress,
+                        journal=journal,
+                        on_unrestorable=options.on_unrestorable,
+                        report_unrestorable=lambda line: context.log.warning(f"not restored exactly: {line}"),
+                    )
+                except svc.BucketRestoreFailed as exc:
+                    details = exc.summary.as_dict()
+                    raise
+        except svc.RestoreError as exc:
+            raise _fail(context, str(exc), RESTORE_BUCKET_FAILED, **details) from None
     summary = result.as_dict()
     context.add_output_metadata(_metadata(summary))
-    if result.failed:
-        raise _fail(
-            context,
-            f"bucket {bucket}: {result.failed} objects failed to restore",
-            RESTORE_BUCKET_FAILED,
-            **summary,
+    if result.failed or result.inexact:
+        context.log.warning(
+            f"bucket {bucket}: {result.failed} objects refused and {result.inexact} served differently by the "
+            "target (on_unrestorable=continue): restored without them, each named above"
         )
     return summary
 
@@ -675,6 +677,7 @@ def finish_restore(
     buckets: list[dict[str, Any]],
     app_db: PostgresResource,
     s3: S3Resource,
+    destination: DestinationResource,
 ) -> dict[str, Any]:
     options = options_from_plan(plan)
     report: dict[str, Any] | None = None
@@ -683,6 +686,12 @@ def finish_restore(
     if not options.dry_run and database.get("scratch_database"):
         with _expected_errors(context), run_data_lease(context, app_db):
             swapped = _swap_in(context, app_db, options, database, target)
+    if not options.dry_run:
+        with _expected_errors(context):
+            try:
+                commit_buckets(context, destination, s3.client())
+            except svc.RestoreError as exc:
+                raise _fail(context, str(exc), RESTORE_BUCKET_FAILED) from None
     if options.scope is svc.RestoreScope.FULL and not options.dry_run and not options.schema_only:
         with _expected_errors(context), run_data_lease(context, app_db):
             report = svc.consistency_report(
@@ -695,11 +704,14 @@ def finish_restore(
         "dry_run": options.dry_run,
         "scope": options.scope.value,
         "conflict_policy": options.conflict_policy.value,
+        "on_unrestorable": options.on_unrestorable.value,
         "database": {
             k: v for k, v in {**database, **swapped}.items() if k not in ("tables", "source_database")
         },
         "buckets": {
-            b["bucket"]: {k: b[k] for k in ("added", "overwritten", "skipped", "kept_both", "failed")}
+            b["bucket"]: {
+                k: b.get(k, 0) for k in ("added", "overwritten", "skipped", "kept_both", "failed", "inexact")
+            }
             for b in buckets
         },
         "consistency": report,
@@ -793,5 +805,5 @@ restore_job = restore_graph.to_job(
         "point-in-time recovery into a new data directory instead (PITR profile)."
     ),
     tags={**EXCLUSIVE_RUN_TAGS, TAG_PREFIX + "job": "restore"},
-    hooks={release_data_lease_on_failure, drop_restore_scratch_on_failure},
+    hooks={release_data_lease_on_failure, drop_restore_scratch_on_failure, roll_back_buckets_on_failure},
 )

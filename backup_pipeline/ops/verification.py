@@ -36,7 +36,7 @@ from backup_pipeline.resources.postgres import PgToolsError, PostgresResource
 from backup_pipeline.services import restore as rs
 from backup_pipeline.services import verification as svc
 from backup_pipeline.services.backup_parts import is_backup_id
-from backup_pipeline.settings import BackupSettings
+from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 VERIFY_JOB_NAME = "verify_backup_job"
 VERIFICATION_CHECK_NAME = safety.VERIFICATION_CHECK
@@ -231,10 +231,13 @@ def verification_due(
     return None
 
 
-def build_verify_after_backup_sensor() -> dg.SensorDefinition:
+def build_verify_after_backup_sensor(
+    interval_seconds: int = DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name=VERIFY_AFTER_BACKUP_SENSOR,
         run_status=dg.DagsterRunStatus.SUCCESS,
+        minimum_interval_seconds=interval_seconds,
         request_job=verify_backup_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="After a successful backup_job run, requests verify_backup_job for the new set when no set "
@@ -268,6 +271,7 @@ def build_verify_after_backup_sensor() -> dg.SensorDefinition:
 def build_verification_alert_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name=VERIFICATION_ALERT_SENSOR,
+        minimum_interval_seconds=settings.run_sensor_interval_seconds,
         monitored_jobs=[verify_backup_job],
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Alerts (e-mail / signed webhook) when verify_backup_job fails: a set failed verification, or "

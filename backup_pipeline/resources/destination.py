@@ -9,11 +9,13 @@ destination first connects and never enters run config, logs or metadata.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
-from dagster import ConfigurableResource
+from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from backup_pipeline.destination_settings import NamedDestination
 from backup_pipeline.destinations import Destination, RetryingDestination, RetryPolicy
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.settings import BackupSettings, DestinationKind, DriveAuthMode, S3LockMode
@@ -21,10 +23,34 @@ from backup_pipeline.settings import BackupSettings, DestinationKind, DriveAuthM
 DESTINATION = "destination"  # resource key the ops ask for
 
 
+class CopyDestination(Config):
+    """A destination copy_backup_job fills: its name, what the 3-2-1 status counts it as, its
+    retention, and its ``DestinationResource`` fields as strings (Dagster config cannot nest a
+    resource in a list; every field is a non-secret value or a path)."""
+
+    name: str
+    offsite: bool = True
+    keep_last: int = 7
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
 class DestinationResource(ConfigurableResource):
-    """Where backup parts go: a local folder, Google Drive or an S3-compatible bucket."""
+    """Where backup parts go: a local folder, Google Drive or an S3-compatible bucket; with several
+    destinations this is the primary (the backup writes it) and ``copies`` are the others."""
 
     kind: str = Field("local", description="local, google_drive or s3")
+    destination_name: str = Field(
+        default="", description="The destination's name (BACKUP_PIPELINE_DESTINATIONS); empty: its kind."
+    )
+    offsite: bool | None = Field(
+        default=None, description="Counted off-site by the 3-2-1 check; empty: not local."
+    )
+    keep_last: int | None = Field(
+        default=None, description="Sets retention keeps here; empty: retention_keep_last."
+    )
+    copies: list[CopyDestination] = Field(
+        default_factory=list, description="The other destinations (copy_backup_job), in settings order."
+    )
     installation_id: str = Field("backup-pipeline", description="Names the Drive backup folder.")
     state_dir: str = Field(
         ".backup_pipeline_state", description="Upload sessions and upload ledger live here."
@@ -51,6 +77,11 @@ class DestinationResource(ConfigurableResource):
     s3_credentials_file: str | None = Field(
         None, description="Path of an AWS credentials file (never its content); empty: the two env vars."
     )
+    s3_key_env_prefix: str | None = Field(
+        default=None,
+        description="Without a credentials file: the key pair is read from <prefix>ACCESS_KEY and <prefix>SECRET_KEY "
+        "(only the names travel); empty: BACKUP_PIPELINE_S3_DESTINATION_ACCESS_KEY / _SECRET_KEY.",
+    )
     s3_storage_class: str | None = None
     s3_part_size_mib: int = Field(default=16, description="Multipart part size (MiB, at least 5).")
     s3_lock_mode: str = Field("governance", description="governance, compliance or none.")
@@ -62,6 +93,40 @@ class DestinationResource(ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> DestinationResource:
+        """The primary, with every other named destination as a copy."""
+        primary = cls.for_named(settings.primary)
+        copies = [
+            CopyDestination(
+                name=d.name,
+                offsite=d.offsite,
+                keep_last=d.keep_last,
+                fields={
+                    k: str(v)
+                    for k, v in cls.for_named(d)
+                    .model_dump(exclude={"copies", "destination_name", "offsite", "keep_last"})
+                    .items()
+                    if v is not None
+                },
+            )
+            for d in settings.copy_targets
+        ]
+        return primary.replace(copies=copies) if copies else primary
+
+    @classmethod
+    def for_named(cls, named: NamedDestination) -> DestinationResource:
+        resource = cls.for_settings(named.settings)
+        update: dict[str, Any] = {
+            "destination_name": named.name,
+            "offsite": named.offsite,
+            "keep_last": named.keep_last,
+        }
+        if named.s3_key_env_prefix:
+            update["s3_key_env_prefix"] = named.s3_key_env_prefix
+        return resource.replace(**update)
+
+    @classmethod
+    def for_settings(cls, settings: BackupSettings) -> DestinationResource:
+        """The single destination these settings describe (``destination`` and its fields)."""
         return cls(
             kind=settings.destination.value,
             installation_id=settings.installation_id,
@@ -92,6 +157,51 @@ class DestinationResource(ConfigurableResource):
             s3_lock_mode=settings.s3_destination_lock_mode.value,
             s3_lock_days=settings.s3_destination_retention_days,
         )
+
+    def replace(self, **changes: Any) -> DestinationResource:
+        """A new resource with ``changes``: ``model_copy`` would not do, Dagster rebuilds a resource from
+        the values it was constructed with and drops what a copy changed."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return DestinationResource(**{**values, **changes})
+
+    @property
+    def label(self) -> str:
+        """The destination's name (its kind when the installation has one destination)."""
+        return self.destination_name or self.kind
+
+    @property
+    def is_offsite(self) -> bool:
+        return (
+            self.offsite
+            if self.offsite is not None
+            else DestinationKind(self.kind) is not DestinationKind.LOCAL
+        )
+
+    def copy_resources(self) -> list[DestinationResource]:
+        """The other destinations as resources of their own (settings order)."""
+        out = []
+        for copy in self.copies:
+            fields: dict[str, Any] = dict(copy.fields)
+            out.append(
+                DestinationResource(
+                    **fields, destination_name=copy.name, offsite=copy.offsite, keep_last=copy.keep_last
+                )
+            )
+        return out
+
+    def all_named(self) -> list[DestinationResource]:
+        """The primary, then the copies."""
+        return [self.replace(copies=[]), *self.copy_resources()]
+
+    def named(self, name: str | None) -> DestinationResource:
+        """The destination called ``name`` (empty: the primary); ValueError naming the known ones."""
+        if not name or name == self.label:
+            return self
+        for resource in self.copy_resources():
+            if resource.label == name:
+                return resource
+        known = ", ".join(r.label for r in self.all_named())
+        raise ValueError(f"destination: no destination named {name!r}; known: {known}")
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -137,6 +247,11 @@ class DestinationResource(ConfigurableResource):
             return None
         return self.s3_bucket if _same_server(self.s3_endpoint, endpoint) else None
 
+    def buckets_on(self, endpoint: str) -> list[str]:
+        """Every destination bucket (the primary's and the copies') on the S3 server at ``endpoint``."""
+        found = [r.bucket_on(endpoint) for r in [self, *self.copy_resources()]]
+        return sorted({b for b in found if b})
+
     def _s3_destination(self) -> Destination:
         from backup_pipeline.destinations.s3 import LockMode, S3Config, S3Destination, credentials_from
 
@@ -154,7 +269,15 @@ class DestinationResource(ConfigurableResource):
             state_dir=self.state_dir,
             read_timeout=self.s3_read_timeout_seconds,
         )
-        return S3Destination(config, credentials_from(self.s3_credentials_file), retry=self.retry_policy)
+        prefix = self.s3_key_env_prefix
+        credentials = (
+            credentials_from(
+                self.s3_credentials_file, access_env=f"{prefix}ACCESS_KEY", secret_env=f"{prefix}SECRET_KEY"
+            )
+            if prefix
+            else credentials_from(self.s3_credentials_file)
+        )
+        return S3Destination(config, credentials, retry=self.retry_policy)
 
 
 def _same_server(a: str, b: str) -> bool:

@@ -22,6 +22,8 @@ class BackupPolicyResource(ConfigurableResource):
     schedule_timezone: str = "UTC"
     incomplete_grace_hours: int = 24
     min_manual_backup_interval_minutes: int = 10
+    copy_policy: str = Field(default="", description="3-2-1 policy of the backup_3_2_1 check (copy_policy).")
+    copy_policy_severity: str = Field(default="warn", description="warn or error.")
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> BackupPolicyResource:
@@ -36,4 +38,6 @@ class BackupPolicyResource(ConfigurableResource):
             schedule_timezone=settings.schedule_timezone,
             incomplete_grace_hours=settings.incomplete_grace_hours,
             min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
+            copy_policy=settings.copy_policy,
+            copy_policy_severity=settings.copy_policy_severity,
         )

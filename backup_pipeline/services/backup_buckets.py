@@ -40,7 +40,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from ..destinations.base import Destination
-from .backup_parts import BackupError, ErrorCode, bucket_part_name
+from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart, upload_part
 from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
 from .object_headers import record_headers, wire_text
@@ -169,8 +169,8 @@ def iter_listing(client: Minio, bucket: str) -> Iterator[ListedObject]:
         # No delimiter (recursive): every item is an object, including keys ending in "/"
         # (minio-py calls those is_dir, but without a delimiter they are not prefixes).
         for obj in client.list_objects(bucket, recursive=True):
-            if obj.object_name is None:
-                continue
+            if obj.object_name is None or obj.object_name.startswith(UNDO_PREFIX):
+                continue  # a restore's undo copies (left by a killed one) are not the application's
             yield ListedObject(
                 key=obj.object_name,
                 size=int(obj.size or 0),

@@ -37,6 +37,9 @@ TRIGGER_PRE_RESTORE = "pre-restore"
 PART_DATABASE = "database"
 PART_MANIFEST = "manifest"
 BUCKET_PART_PREFIX = "bucket-"
+#: Reserved key prefix of a restore's undo copies (``services/restore/undo_journal.py``): such
+#: objects are the restore's own, never backed up (and so never restored).
+UNDO_PREFIX = ".bp-restore-undo/"
 
 KIND_DATABASE = "database"
 KIND_BUCKET = "bucket"

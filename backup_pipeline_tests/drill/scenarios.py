@@ -196,6 +196,11 @@ def kill_whole_tree(world: World, row: Row) -> Row:
     if hit:
         killed = world.kill_stack_tree()
         row.note(f"SIGKILL to {killed} processes (webserver, daemon, code servers, run worker)")
+        # Nothing of the run is alive now; what is tested is that the restarted daemon's run
+        # monitoring fails the orphaned STARTED run. Its maximum runtime (the world's, 90-270 s from
+        # the run's start) would only add idle minutes: lower it for this dead run (Dagster's own
+        # per-run max_runtime tag) so the first monitoring poll after the restart finds it over.
+        world.instance.add_run_tags(run_id, {dg.MAX_RUNTIME_SECONDS_TAG: "1"})
         started = time.monotonic()
         world.start_stack()
         status = world.wait(run_id, timeout=world.max_runtime_seconds + 120)

@@ -151,6 +151,9 @@ def scenario(
         schedule_enabled="true",
         retention_keep_last="3",
         min_manual_backup_interval_minutes="0",
+        # The scenario waits for the retention (run-status sensor) after every successful backup and
+        # for the failure alert: 5 s between sensor evaluations instead of Dagster's 30 s.
+        run_sensor_interval_seconds="5",
         alert_smtp_host="127.0.0.1",
         alert_smtp_port=str(smtp.port),
         # pydantic-settings reads list settings from the environment as JSON.

@@ -190,6 +190,8 @@ def ui(
         "BACKUP_PIPELINE_EXECUTOR": "in_process",
         "BACKUP_PIPELINE_SCHEDULE_TIME": "02:30",
         "BACKUP_PIPELINE_SCHEDULE_TIMEZONE": "Europe/Berlin",
+        # verify_after_backup follows the first backup within 5 s (default 30): the checks test waits for it.
+        "BACKUP_PIPELINE_RUN_SENSOR_INTERVAL_SECONDS": "5",
     }
     home = make_dagster_home(tmp / "dagster_home")
     logs = tmp / "logs"

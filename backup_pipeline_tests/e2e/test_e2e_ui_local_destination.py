@@ -122,7 +122,13 @@ def test_first_backup_shows_the_warnings_and_a_verified_set_without_a_click(
     heartbeat = tmp_path / "heartbeat-url"
     heartbeat.write_text(webhook_receiver.url.replace("/hooks/backup", "/ping/demo-check-token"))
     env = product_env(
-        files, pg_database.url, s3.env(), schedule_enabled="false", heartbeat_url_file=str(heartbeat)
+        files,
+        pg_database.url,
+        s3.env(),
+        schedule_enabled="false",
+        heartbeat_url_file=str(heartbeat),
+        # The test waits for verify_after_backup and the heartbeat pings (run-status sensors).
+        run_sensor_interval_seconds="5",
     )
     stack = dagster_stack(env)
 

@@ -53,18 +53,23 @@ class Credentials:
 CredentialsLoader = Callable[[], Credentials]
 
 
-def credentials_from(file: str | None, environ: dict[str, str] | None = None) -> CredentialsLoader:
-    """A loader reading the key pair from ``file`` (AWS shared-credentials format) or the environment."""
+def credentials_from(
+    file: str | None,
+    environ: dict[str, str] | None = None,
+    *,
+    access_env: str = ACCESS_KEY_ENV,
+    secret_env: str = SECRET_KEY_ENV,
+) -> CredentialsLoader:
+    """A loader reading the key pair from ``file`` (AWS shared-credentials format) or the environment
+    (``access_env`` / ``secret_env``: a named destination has its own pair)."""
 
     def load() -> Credentials:
         if file:
             return _from_file(Path(file))
         env = os.environ if environ is None else environ
-        access, secret = env.get(ACCESS_KEY_ENV, ""), env.get(SECRET_KEY_ENV, "")
+        access, secret = env.get(access_env, ""), env.get(secret_env, "")
         if not access or not secret:
-            missing = [
-                name for name, value in ((ACCESS_KEY_ENV, access), (SECRET_KEY_ENV, secret)) if not value
-            ]
+            missing = [name for name, value in ((access_env, access), (secret_env, secret)) if not value]
             raise AuthError(
                 f"S3 destination credentials: {' and '.join(missing)} not set; set both, or point "
                 f"{CREDENTIALS_FILE_SETTING} at a credentials file"

@@ -41,6 +41,7 @@ from backup_pipeline.services.restore.buckets import (
     BucketSummary,
     ExistingSizes,
     RestoreEntry,
+    Unrestorable,
     bucket_entries,
     decide,
     decompress_backup,
@@ -57,6 +58,7 @@ from backup_pipeline.services.restore.common import (
     ConflictPolicy,
     IncomingObject,
     ObjectAction,
+    OnUnrestorable,
     Ownership,
     RestoreError,
     RestoreOptions,
@@ -87,10 +89,17 @@ from backup_pipeline.services.restore.dump_info import (
     database_facts_of,
     inspect_dump,
 )
+from backup_pipeline.services.restore.fidelity import (
+    key_risk,
+    served_differently,
+    shown_key,
+)
 from backup_pipeline.services.restore.report import (
     consistency_report,
 )
 from backup_pipeline.services.restore.run import (
+    RestoreRolledBack,
+    recover_before_restore,
     run_restore,
 )
 from backup_pipeline.services.restore.scratch import (
@@ -154,6 +163,7 @@ __all__ = [
     "ExistingSizes",
     "IncomingObject",
     "ObjectAction",
+    "OnUnrestorable",
     "Ownership",
     "PartRef",
     "PartVerificationError",
@@ -165,8 +175,10 @@ __all__ = [
     "RestoreKeys",
     "RestoreOptions",
     "RestoreRefused",
+    "RestoreRolledBack",
     "RestoreScope",
     "ScratchUnavailable",
+    "Unrestorable",
     "bucket_entries",
     "check_can_create",
     "check_confirmation",
@@ -191,6 +203,7 @@ __all__ = [
     "inspect_dump",
     "install_restored_database",
     "keep_both_key",
+    "key_risk",
     "list_backups",
     "manifest_inventory",
     "manifest_parts",
@@ -202,6 +215,7 @@ __all__ = [
     "plan_database",
     "process_token",
     "put_entry",
+    "recover_before_restore",
     "replaced_name",
     "resolve_backup",
     "restore_bucket",
@@ -209,7 +223,9 @@ __all__ = [
     "run_restore",
     "run_token",
     "scratch_name",
+    "served_differently",
     "server_version",
+    "shown_key",
     "swap_into_place",
     "verify_database_part",
     "verify_part",

@@ -4,6 +4,7 @@ parallel writes of objects into the target bucket."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -26,13 +27,22 @@ from backup_pipeline.services.restore.common import (
     ConflictPolicy,
     IncomingObject,
     ObjectAction,
+    OnUnrestorable,
     RestoreError,
     _safe,
 )
+from backup_pipeline.services.restore.fidelity import (
+    key_risk,
+    normalisable,
+    served_differently,
+    shown_key,
+)
+from backup_pipeline.services.restore.undo_journal import BucketJournal
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
+#: Keys of unrestorable objects kept in a summary (metadata stays small; the log names them all).
+LISTED_KEYS = 20
 
 
 def decompress_backup(blocks: Iterable[bytes]) -> Iterator[bytes]:
@@ -66,6 +76,22 @@ class BucketSummary:
     failures: list[str] = field(default_factory=list)
     bucket_created: bool = False
     completed: bool = False
+    #: Objects written but served differently than written (headers, type, size).
+    inexact: int = 0
+    #: The first ``LISTED_KEYS`` objects refused or served differently: "key: why".
+    unrestorable: list[str] = field(default_factory=list)
+
+    def note_unrestorable(self, key: str, why: str, *, refused: bool) -> str:
+        line = f"{key}: {why}"
+        if refused:
+            self.failed += 1
+            if len(self.failures) < LISTED_KEYS:
+                self.failures.append(line)
+        else:
+            self.inexact += 1
+        if len(self.unrestorable) < LISTED_KEYS:
+            self.unrestorable.append(line)
+        return line
 
     def count(self, action: ObjectAction) -> None:
         if action is ObjectAction.ADD:
@@ -88,7 +114,9 @@ class BucketSummary:
             "bytes_written": self.bytes_written,
             "bucket_created": self.bucket_created,
             "completed": self.completed,
-            "failures": self.failures[:20],
+            "failures": self.failures[:LISTED_KEYS],
+            "inexact": self.inexact,
+            "unrestorable": self.unrestorable[:LISTED_KEYS],
         }
 
     def counts(self) -> dict[str, int]:
@@ -101,6 +129,10 @@ class BucketSummary:
 
 
 def keep_both_key(key: str, backup_id: str) -> str:
+    """``<key>.restored-<id>``; a folder marker ``a/b/`` stays one: ``a/b.restored-<id>/``."""
+    stem = key.rstrip("/")
+    if stem and stem != key:
+        return stem + KEEP_BOTH_SUFFIX.format(backup_id=backup_id) + key[len(stem) :]
     return key + KEEP_BOTH_SUFFIX.format(backup_id=backup_id)
 
 
@@ -275,18 +307,26 @@ def plan_bucket(
         _listing(client, bucket, key_prefix) if exists else (),
         lambda key: _existing_size(client, bucket, key),
     )
+    at_risk: list[str] = []
+    risky = 0
     for item in inventory:
         if not item.key.startswith(key_prefix):
             continue
+        risk = key_risk(item.key)
+        if risk is not None:
+            risky += 1
+            if len(at_risk) < LISTED_KEYS:
+                at_risk.append(f"{item.key}: {risk}")
         action = decide(
             policy,
             item,
-            existing.size(item.key),
+            _size_now(client, bucket, item.key, existing),
             lambda key=item.key: object_sha256(client, bucket, key),  # type: ignore[misc]
         )
         summary.count(action)
     summary.completed = True
-    return summary.as_dict()
+    # Only key shapes can be predicted: whether this server rewrites a header shows on writing.
+    return {**summary.as_dict(), "at_risk": risky, "at_risk_keys": at_risk}
 
 
 @dataclass
@@ -372,10 +412,64 @@ def _read_body(bucket: str, key: str, entry: RestoreEntry, expected_sha256: str 
     return body
 
 
-def _put_body(client: Minio, bucket: str, key: str, entry: RestoreEntry, body: bytes) -> int:
-    # BytesIO over the whole body hands minio the same bytes object: no copy per put.
-    _put(client, bucket, key, entry, io.BytesIO(body))
-    return len(body)
+def _size_now(client: Minio, bucket: str, key: str, existing: ExistingSizes) -> int | None:
+    """The size of ``key`` in the bucket now. A key the listing lacks but the server may normalise
+    is also asked for (a HEAD of ``x//y`` on such a server answers for ``x/y``, which the write would
+    replace: it must be journaled and, under ``skip``, kept)."""
+    size = existing.size(key)
+    if size is None and normalisable(key):
+        size = _existing_size(client, bucket, key)
+    return size
+
+
+@dataclass(frozen=True)
+class _Change:
+    """How one object is written: its journal entry (made durable first) and undo copy, if any."""
+
+    target: str
+    journal: BucketJournal | None = None
+    entry_no: int = 0
+    undo: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class _Written:
+    bytes: int
+    problem: str | None = None  # refused or served differently: the object is unrestorable
+    refused: bool = False
+
+
+def _apply(
+    client: Minio, bucket: str, change: _Change, entry: RestoreEntry, write: Callable[[], int]
+) -> _Written:
+    """Journal entry durable → old version copied aside → put → HEAD (the write ordering)."""
+    if change.journal is not None:
+        change.journal.durable(change.entry_no)
+        if change.undo is not None:
+            change.journal.save_copy(change.target, change.undo)
+    try:
+        written = write()
+    except S3Error as exc:
+        # The server refused this object (its key, a header, …): one object, not the server gone.
+        return _Written(0, f"refused by the server: {exc.code}", refused=True)
+    problem = (
+        served_differently(
+            client, bucket, change.target, entry.size, entry.content_type, entry.headers, entry.metadata
+        )
+        if change.verify
+        else None
+    )
+    return _Written(written, problem)
+
+
+def _put_body(client: Minio, bucket: str, change: _Change, entry: RestoreEntry, body: bytes) -> _Written:
+    def write() -> int:
+        # BytesIO over the whole body hands minio the same bytes object: no copy per put.
+        _put(client, bucket, change.target, entry, io.BytesIO(body))
+        return len(body)
+
+    return _apply(client, bucket, change, entry, write)
 
 
 def _put_workers(client: Minio, wanted: int) -> int:
@@ -391,12 +485,50 @@ def _put_workers(client: Minio, wanted: int) -> int:
     return max(1, wanted)
 
 
+class Unrestorable(RestoreError):
+    """An object the target cannot hold exactly, with ``on_unrestorable=fail``: the run stops."""
+
+
 @dataclass
 class _InFlight:
-    future: Future[int]
+    future: Future[_Written]
     key: str  # the archive key, as failures name it
     action: ObjectAction
     size: int
+
+
+class _Outcomes:
+    """Counts each finished write in the caller's thread; an unrestorable object is listed and,
+    under ``fail``, stops the bucket."""
+
+    def __init__(
+        self,
+        summary: BucketSummary,
+        on_progress: Callable[[BucketSummary], None] | None,
+        on_unrestorable: OnUnrestorable,
+        report: Callable[[str], None] | None,
+    ) -> None:
+        self.summary = summary
+        self._on_progress = on_progress
+        self._policy = on_unrestorable
+        self._report = report
+
+    def record(self, key: str, action: ObjectAction, written: _Written) -> None:
+        summary = self.summary
+        summary.bytes_written += written.bytes
+        if written.problem is not None:
+            line = summary.note_unrestorable(key, written.problem, refused=written.refused)
+            if self._report is not None:
+                self._report(f"s3://{summary.bucket}/{line}")
+            if self._policy is OnUnrestorable.FAIL:
+                raise Unrestorable(
+                    f"s3://{summary.bucket}/{shown_key(key)}: {written.problem} — the target cannot hold "
+                    "it exactly (on_unrestorable=continue restores the other objects and lists such ones)"
+                )
+        if not written.refused:
+            summary.count(action)
+        if self._on_progress is not None:
+            self._on_progress(summary)
 
 
 class _PutWindow:
@@ -413,8 +545,7 @@ class _PutWindow:
         self,
         client: Minio,
         bucket: str,
-        summary: BucketSummary,
-        on_progress: Callable[[BucketSummary], None] | None,
+        outcomes: _Outcomes,
         *,
         workers: int,
         max_objects: int,
@@ -422,8 +553,7 @@ class _PutWindow:
     ) -> None:
         self._client = client
         self._bucket = bucket
-        self._summary = summary
-        self._on_progress = on_progress
+        self._outcomes = outcomes
         self._max_objects = max(1, max_objects)
         self._max_bytes = max_bytes
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"restore-put-{bucket}")
@@ -447,9 +577,11 @@ class _PutWindow:
         ):
             self._finish(self._pending.popleft())
 
-    def submit(self, key: str, target: str, entry: RestoreEntry, body: bytes, action: ObjectAction) -> None:
+    def submit(
+        self, key: str, change: _Change, entry: RestoreEntry, body: bytes, action: ObjectAction
+    ) -> None:
         self.make_room(len(body))
-        future = self._pool.submit(_put_body, self._client, self._bucket, target, entry, body)
+        future = self._pool.submit(_put_body, self._client, self._bucket, change, entry, body)
         self._pending.append(_InFlight(future, key, action, len(body)))
         self._pending_bytes += len(body)
 
@@ -464,16 +596,7 @@ class _PutWindow:
 
     def _finish(self, item: _InFlight) -> None:
         self._pending_bytes -= item.size
-        summary = self._summary
-        try:
-            summary.bytes_written += item.future.result()
-        except S3Error as exc:
-            summary.failed += 1
-            summary.failures.append(f"{item.key}: {exc.code}")
-        else:
-            summary.count(item.action)
-        if self._on_progress is not None:
-            self._on_progress(summary)
+        self._outcomes.record(item.key, item.action, item.future.result())
 
     def _abandon(self) -> None:
         for item in self._pending:
@@ -502,6 +625,10 @@ def restore_bucket(
     workers: int = PUT_WORKERS,
     window_bytes: int = PUT_WINDOW_BYTES,
     small_object_bytes: int = SMALL_OBJECT_BYTES,
+    journal: BucketJournal | None = None,
+    on_unrestorable: OnUnrestorable = OnUnrestorable.CONTINUE,
+    report_unrestorable: Callable[[str], None] | None = None,
+    verify: bool = True,
 ) -> BucketSummary:
     """Write the entries of one bucket part according to ``policy``.
 
@@ -511,14 +638,23 @@ def restore_bucket(
     larger ones are streamed from the archive in this thread after the window drained, so
     memory is the larger of the two rather than their sum.
 
-    A failed object is counted and named, the rest continue; an S3 server that stops
-    answering ends the bucket (every following object would fail too) with the summary of
-    what was written attached to the raised ``BucketRestoreFailed``.
+    With a ``journal`` every change is recorded (and the old version copied aside) before it
+    is made, so the caller can roll the bucket back (``undo_journal``). ``verify``: one HEAD
+    per written object checks what the server serves. An object the server refuses or serves
+    differently is unrestorable: named to ``report_unrestorable`` (all of them) and in the
+    summary (the first ``LISTED_KEYS``); ``on_unrestorable=fail`` then stops the bucket
+    (``BucketRestoreFailed`` caused by ``Unrestorable``), ``continue`` goes on. Callers pass
+    the operator's choice (``RestoreOptions.on_unrestorable``, default ``fail``). An S3 server
+    that stops answering ends the bucket (every following object would fail too) with the
+    summary of what was written attached to the raised ``BucketRestoreFailed``.
     """
     summary = BucketSummary(bucket)
+    outcomes = _Outcomes(summary, on_progress, on_unrestorable, report_unrestorable)
     put_workers = _put_workers(client, workers)
     try:
         if not _bucket_exists(client, bucket):
+            if journal is not None:
+                journal.bucket_created()
             client.make_bucket(bucket)
             summary.bucket_created = True
         existing = ExistingSizes(
@@ -528,8 +664,7 @@ def restore_bucket(
         with _PutWindow(
             client,
             bucket,
-            summary,
-            on_progress,
+            outcomes,
             workers=put_workers,
             max_objects=2 * put_workers,
             max_bytes=window_bytes,
@@ -540,10 +675,11 @@ def restore_bucket(
                     _drain(entry.fileobj)
                     continue
                 incoming = inventory.get(entry.key) or IncomingObject(entry.key, entry.size, "")
+                size_now = _size_now(client, bucket, entry.key, existing)
                 action = decide(
                     policy,
                     incoming,
-                    existing.size(entry.key),
+                    size_now,
                     lambda key=entry.key: object_sha256(client, bucket, key),  # type: ignore[misc]
                 )
                 if action is ObjectAction.SKIP:
@@ -552,25 +688,30 @@ def restore_bucket(
                     if on_progress is not None:
                         on_progress(summary)
                     continue
-                target = (
-                    keep_both_key(entry.key, backup_id) if action is ObjectAction.KEEP_BOTH else entry.key
-                )
+                target = entry.key
+                if action is ObjectAction.KEEP_BOTH:
+                    target = keep_both_key(entry.key, backup_id)
+                    # An earlier restore of this backup may have left that key: it is overwritten.
+                    size_now = _existing_size(client, bucket, target)
+                change = _journal_change(journal, target, size_now is not None, verify)
                 if entry.size <= small_object_bytes:
                     window.make_room(entry.size)
                     body = _read_body(bucket, target, entry, incoming.sha256 or None)
-                    window.submit(entry.key, target, entry, body, action)
+                    window.submit(entry.key, change, entry, body, action)
                     continue
                 window.drain()
-                try:
-                    summary.bytes_written += put_entry(client, bucket, target, entry, incoming.sha256 or None)
-                except S3Error as exc:
-                    summary.failed += 1
-                    summary.failures.append(f"{entry.key}: {exc.code}")
+                written = _apply(
+                    client,
+                    bucket,
+                    change,
+                    entry,
+                    functools.partial(
+                        put_entry, client, bucket, change.target, entry, incoming.sha256 or None
+                    ),
+                )
+                if written.refused:
                     _drain(entry.fileobj)
-                else:
-                    summary.count(action)
-                if on_progress is not None:
-                    on_progress(summary)
+                outcomes.record(entry.key, action, written)
             window.drain()
         summary.completed = True
         return summary
@@ -580,17 +721,27 @@ def restore_bucket(
         raise BucketRestoreFailed(summary, exc, s3_endpoint(client)) from exc
 
 
+def _journal_change(journal: BucketJournal | None, target: str, exists: bool, verify: bool) -> _Change:
+    if journal is None:
+        return _Change(target, verify=verify)
+    if exists:
+        entry_no, undo = journal.will_overwrite(target)
+        return _Change(target, journal, entry_no, undo, verify)
+    return _Change(target, journal, journal.will_create(target), None, verify)
+
+
 class BucketRestoreFailed(RestoreError):
     def __init__(self, summary: BucketSummary, cause: BaseException, endpoint: str = "S3"):
         self.summary = summary
         self.cause = cause
         # An OSError may as well come from reading the backup part; only minio/urllib3 errors are S3's.
         from_s3 = isinstance(cause, S3_ERRORS) and not isinstance(cause, OSError)
-        why = (
-            s3_error_reason(cause, endpoint, "writing objects")
-            if from_s3
-            else f"{type(cause).__name__}: {_safe(cause)}"
-        )
+        if from_s3:
+            why = s3_error_reason(cause, endpoint, "writing objects")
+        elif isinstance(cause, RestoreError):
+            why = str(cause)[:1000]  # our own wording: no secret in it
+        else:
+            why = f"{type(cause).__name__}: {_safe(cause)}"
         super().__init__(
             f"bucket {summary.bucket}: restore stopped after "
             f"{summary.added} added, {summary.overwritten} overwritten, {summary.skipped} skipped, "

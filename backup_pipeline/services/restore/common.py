@@ -34,6 +34,15 @@ class ObjectAction(StrEnum):
     KEEP_BOTH = "kept_both"  # restored copy written under a suffixed key next to the current one
 
 
+class OnUnrestorable(StrEnum):
+    """What a restore does with an object the target server cannot hold exactly (it refuses the
+    key or the put, or serves other headers than those written): ``fail`` stops the run and rolls
+    the buckets back; ``continue`` goes on and lists every such object in the report."""
+
+    FAIL = "fail"
+    CONTINUE = "continue"
+
+
 class Ownership(StrEnum):
     """Who owns the restored objects. ``source``: the roles of the backup (they must exist on the
     server); ``none``: the restoring role owns everything and the backup's grants are skipped
@@ -59,6 +68,7 @@ class RestoreOptions:
     schema_only: bool = False
     ownership: Ownership = Ownership.SOURCE
     keep_previous_database: bool = False  # keep the replaced database as bp_replaced_<token>
+    on_unrestorable: OnUnrestorable = OnUnrestorable.FAIL
     dry_run: bool = True
     confirm: str = ""
 

@@ -17,6 +17,7 @@ from backup_pipeline.services.backup_parts import (
 from backup_pipeline.services.restore.buckets import bucket_entries, plan_bucket, restore_bucket
 from backup_pipeline.services.restore.common import (
     DEFAULT_CONSISTENCY_QUERY,
+    RestoreError,
     RestoreOptions,
     RestoreRefused,
     RestoreScope,
@@ -53,6 +54,48 @@ from backup_pipeline.services.restore.sets import (
     resolve_backup,
     verify_part,
 )
+from backup_pipeline.services.restore.undo_journal import (
+    RunJournal,
+    UndoError,
+    pending_journals,
+    recover_journals,
+)
+
+
+class RestoreRolledBack(RestoreError):
+    """A real restore failed after it changed buckets; they were put back as they were."""
+
+
+def recover_before_restore(
+    state_dir: Path | None,
+    s3_client: Minio | None,
+    *,
+    dry_run: bool,
+    run_finished: Callable[[str], bool | None] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> list[dict[str, Any]]:
+    """First thing of a restore: the undo journals of killed restores are rolled back (or their
+    commit finished). A dry run changes nothing: it only names them."""
+    if state_dir is None:
+        return []
+    pending = pending_journals(state_dir)
+    if not pending:
+        return []
+    if dry_run:
+        for path in pending:
+            log(f"an interrupted restore left the undo journal {path}: a real restore rolls it back first")
+        return [{"pending": str(path)} for path in pending]
+    if s3_client is None:
+        raise RestoreRefused(
+            f"an interrupted restore left undo journals ({', '.join(str(p) for p in pending)}): rolling them "
+            "back needs S3 (set BACKUP_PIPELINE_S3_ENDPOINT, BACKUP_PIPELINE_S3_ACCESS_KEY, BACKUP_PIPELINE_S3_SECRET_KEY)"
+        )
+    done, left = recover_journals(state_dir, s3_client, run_finished=run_finished)
+    for item in done:
+        log(item.message())
+    for note in left:
+        log(f"undo journal left alone: {note}")
+    return [item.as_dict() for item in done]
 
 
 def run_restore(
@@ -67,6 +110,7 @@ def run_restore(
     consistency_query: str = DEFAULT_CONSISTENCY_QUERY,
     safety_backup: Callable[[PgTarget], str] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Resolve → confirm → check → verify every needed part → (safety backup) → database into a
     scratch database → buckets → swap the database in → report.
@@ -78,7 +122,14 @@ def run_restore(
     ``options.keep_previous_database`` keeps the replaced database on the server. The target
     database changes only at the end, in one swap: a failure before leaves it as it was and
     drops the scratch database (a killed process leaves it to the next run's cleanup).
+
+    Buckets are all-or-nothing too: with ``state_dir`` every change is journaled first
+    (``undo_journal``); any failure up to and including the swap rolls the buckets back
+    (``RestoreRolledBack``), and before anything else a real run rolls back what killed
+    restores left (``recover_before_restore``). Without ``state_dir`` a failed bucket restore
+    leaves what it wrote.
     """
+    recovered = recover_before_restore(state_dir, s3_client, dry_run=options.dry_run, log=log)
     resolved = resolve_backup(destination, keys, options.backup_id, installation_id=installation_id)
     check_confirmation(options, resolved.backup_id)
     parts = needed_parts(resolved, options)
@@ -108,6 +159,8 @@ def run_restore(
         "verified": [],
         "would_refuse": would_refuse,
     }
+    if recovered:
+        report["recovered_undo_journals"] = recovered
     facts = DatabaseFacts()
     for name in parts:
         log(f"verifying {name} …")
@@ -118,9 +171,77 @@ def run_restore(
             check_or_note(options.dry_run, would_refuse, check_roles, pg_target, facts, options.ownership)
         else:
             report["verified"].append(verify_part(destination, keys, resolved, name))
+    token = process_token()
+    journal = RunJournal(state_dir, token) if state_dir is not None and not options.dry_run else None
+    if journal is not None and options.restores_files:
+        journal.hold()  # released when this process ends: a free lock proves it gone
+    try:
+        _restore(
+            destination,
+            keys,
+            options,
+            resolved,
+            parts,
+            report,
+            token,
+            journal,
+            pg_target=pg_target,
+            pg_restore=pg_restore,
+            s3_client=s3_client,
+            safety_backup=safety_backup,
+            log=log,
+        )
+    except BaseException as exc:
+        if journal is not None and s3_client is not None and journal.exists():
+            _roll_back(journal, s3_client, exc, log)
+        raise
+    finally:
+        if journal is not None:
+            journal.release()
+    if (
+        options.scope is RestoreScope.FULL
+        and not options.dry_run
+        and not options.schema_only
+        and pg_target is not None
+        and s3_client is not None
+    ):
+        report["consistency"] = consistency_report(
+            pg_target.conninfo(), s3_client, list(report["buckets"]), query=consistency_query
+        )
+    return report
+
+
+def _roll_back(journal: RunJournal, client: Minio, exc: BaseException, log: Callable[[str], None]) -> None:
+    """The run failed after it may have changed buckets: undo them, and say so in the error."""
+    try:
+        undone = journal.rollback(client)
+    except UndoError as undo:
+        log(str(undo))
+        raise UndoError(f"{exc}; the buckets could not be rolled back yet: {undo}") from exc
+    log(undone.message())
+    if isinstance(exc, RestoreError):
+        raise RestoreRolledBack(f"{exc}; {undone.message()}") from exc
+
+
+def _restore(
+    destination: Destination,
+    keys: RestoreKeys,
+    options: RestoreOptions,
+    resolved: Any,
+    parts: list[str],
+    report: dict[str, Any],
+    token: str,
+    journal: RunJournal | None,
+    *,
+    pg_target: PgTarget | None,
+    pg_restore: Path | None,
+    s3_client: Minio | None,
+    safety_backup: Callable[[PgTarget], str] | None,
+    log: Callable[[str], None],
+) -> None:
+    """Database into scratch → buckets (journaled) → swap → commit the bucket journal."""
     with ExitStack() as held:
         scratch: str | None = None
-        token = process_token()
         if options.restores_database:
             assert pg_target is not None and pg_restore is not None
             dump = open_part(destination, keys, resolved, PART_DATABASE)  # lazy: nothing read yet
@@ -147,7 +268,7 @@ def run_restore(
                     schema_only=options.schema_only,
                     expected_rows=resolved.table_rows(),
                 )
-        report["buckets"] = _buckets(destination, keys, resolved, parts, options, s3_client, log)
+        report["buckets"] = _buckets(destination, keys, resolved, parts, options, s3_client, log, journal)
         if scratch is not None:
             assert pg_target is not None and pg_restore is not None
             log(f"swapping the restored database in as {pg_target.dbname} …")
@@ -162,17 +283,19 @@ def run_restore(
             )
             database.pop("source_database")
             database.update(swapped)
-    if (
-        options.scope is RestoreScope.FULL
-        and not options.dry_run
-        and not options.schema_only
-        and pg_target is not None
-        and s3_client is not None
-    ):
-        report["consistency"] = consistency_report(
-            pg_target.conninfo(), s3_client, list(report["buckets"]), query=consistency_query
-        )
-    return report
+    if journal is not None and s3_client is not None and journal.exists():
+        # Success recorded (COMMITTED) before the undo copies go: a crash now never rolls back.
+        try:
+            report["undo"] = journal.commit(s3_client).as_dict()
+        except UndoError as exc:
+            log(str(exc))
+            report["undo"] = {"committed": True, "cleanup": str(exc)}
+    unrestorable = sum(b.get("failed", 0) + b.get("inexact", 0) for b in report["buckets"].values())
+    if unrestorable and not options.dry_run:
+        report["warnings"] = [
+            f"{unrestorable} objects could not be restored exactly (on_unrestorable=continue): "
+            "see unrestorable per bucket"
+        ]
 
 
 def _drop_unless_swapped(target: PgTarget, scratch: str) -> None:
@@ -211,6 +334,7 @@ def _buckets(
     options: RestoreOptions,
     s3_client: Minio | None,
     log: Callable[[str], None],
+    journal: RunJournal | None = None,
 ) -> dict[str, Any]:
     buckets: dict[str, Any] = {}
     for name in parts:
@@ -225,14 +349,19 @@ def _buckets(
             )
             continue
         log(f"restoring bucket {bucket} …")
-        summary = restore_bucket(
-            s3_client,
-            bucket,
-            bucket_entries(open_part(destination, keys, resolved, name)),
-            inventory,
-            options.conflict_policy,
-            resolved.backup_id,
-            key_prefix=options.key_prefix,
-        )
+        with ExitStack() as held:
+            bucket_journal = held.enter_context(journal.open_bucket(s3_client, bucket)) if journal else None
+            summary = restore_bucket(
+                s3_client,
+                bucket,
+                bucket_entries(open_part(destination, keys, resolved, name)),
+                inventory,
+                options.conflict_policy,
+                resolved.backup_id,
+                key_prefix=options.key_prefix,
+                journal=bucket_journal,
+                on_unrestorable=options.on_unrestorable,
+                report_unrestorable=lambda line: log(f"not restored exactly: {line}"),
+            )
         buckets[bucket] = summary.as_dict()
     return buckets
