@@ -78,5 +78,6 @@ def test_info_gives_the_window_start_from_the_oldest_usable_backup() -> None:
     )
     info = parse_info(text, "app")
     assert [b.label for b in info.usable_backups] == ["B"]
-    assert info.earliest_restorable is not None and info.earliest_restorable.timestamp() == 230
+    # pgBackRest needs a backup whose stop second is strictly before the target: stop + 1 s
+    assert info.earliest_restorable is not None and info.earliest_restorable.timestamp() == 231
     assert parse_info(text, "other").status_code == -1

@@ -15,16 +15,22 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
 from backup_pipeline.alerts import verify_webhook_signature
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
 from backup_pipeline.ops import pitr as pitr_ops
+from backup_pipeline.ops.restore import restore_job
+from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
+from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.sensors import build_pitr_archive_sensor
 from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import archive_command, segment_number
@@ -234,7 +240,8 @@ def test_base_backup_job_records_the_window_on_pitr_archive(world: PitrWorld) ->
     meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
     info = world.ctx.engine.info()
     assert meta["backup_label"] == info.usable_backups[-1].label and meta["backup_type"] == "full"
-    assert meta["earliest_restorable"] == info.usable_backups[0].stopped_at.isoformat(timespec="seconds")
+    earliest = info.usable_backups[0].stopped_at + timedelta(seconds=1)  # pgBackRest: stop second < target
+    assert meta["earliest_restorable"] == earliest.isoformat(timespec="seconds")
     assert meta["latest_restorable"] != "none" and meta["wal_missing_segments"] == 0
     assert "archive_lag_seconds" in meta and meta["failed_count"] == 0
     text = repr(meta)
@@ -392,6 +399,88 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
     assert not (world.root / "never").exists()
 
 
+def _restore_job(world: PitrWorld, moment: dict[str, object]) -> dg.ExecuteInProcessResult:
+    """restore_job as the Launchpad runs it with restore_to_moment's config (the backup-set resources
+    point at nothing a PITR run uses: the local destination is an empty folder)."""
+    return restore_job.execute_in_process(
+        instance=world.instance,
+        resources={
+            "app_db": PostgresResource(database_url=world.env["BACKUP_PIPELINE_APP_DATABASE_URL"]),
+            "s3": S3Resource(
+                endpoint=world.s3.server.endpoint,
+                access_key=world.s3.server.access_key,
+                secret_key=world.s3.server.secret_key,
+            ),
+            "destination": DestinationResource(
+                kind="local",
+                installation_id="pitr",
+                state_dir=str(world.settings.state_dir),
+                local_path=str(world.root / "no-sets"),
+            ),
+            "keys": world.keys_resource(),
+        },
+        run_config={"ops": {RESTORE_TO_MOMENT_OP: {"config": moment}}},
+        raise_on_error=False,
+    )
+
+
+def test_restore_job_with_a_target_time_restores_that_moment(world: PitrWorld) -> None:
+    world.cluster.execute("CREATE TABLE via_restore_job (id int)", APP_DB)
+    before = _now(world)
+    world.cluster.execute("INSERT INTO via_restore_job VALUES (1)", APP_DB)
+    time.sleep(1.2)
+    target = _now(world)
+    time.sleep(1.2)
+    world.cluster.execute("INSERT INTO via_restore_job VALUES (2)", APP_DB)  # after the target
+    world.wait_archived(world.switch_wal())
+    restore_dir = world.root / "restored-by-restore-job"
+    port = free_low_port()
+    try:
+        result = _restore_job(
+            world, {"target_time": target.isoformat(), "data_dir": str(restore_dir), "port": port}
+        )
+        assert result.success
+        started = {e.step_key for e in result.all_events if e.is_step_start}
+        assert started == {RESTORE_TO_MOMENT_OP}  # no backup-set step ran
+        report = result.output_for_node(RESTORE_TO_MOMENT_OP, "moment")
+        # the moment reached is the insert's commit: the last transaction before the target
+        assert before <= datetime.fromisoformat(report["reached"]) <= target
+        with psycopg.connect(host=report["socket_dir"], port=port, dbname=APP_DB, user="postgres") as conn:
+            rows = conn.execute("SELECT id FROM via_restore_job ORDER BY id").fetchall()
+        assert rows == [(1,)]  # the row of the target's moment, not the one written after it
+        step = next(
+            e for e in result.all_events if e.is_successful_output and e.step_key == RESTORE_TO_MOMENT_OP
+        )
+        assert step.event_specific_data is not None
+        meta = step.event_specific_data.metadata
+        assert meta["reached"].value == report["reached"]  # the UI shows the moment reached
+    finally:
+        stop_restored(world.ctx.engine, PG_BIN, restore_dir)
+
+
+def test_restore_job_refuses_moments_outside_the_window_naming_it(world: PitrWorld) -> None:
+    world.wait_archived(world.switch_wal())
+    time.sleep(1.5)
+    after_latest = _now(world)  # nothing archived after it: past the latest restorable moment
+    earliest = world.ctx.engine.info().earliest_restorable
+    assert earliest is not None
+    for target, rule in (
+        (after_latest, "is after the recoverable window ["),
+        (earliest - timedelta(minutes=5), "is before the recoverable window ["),
+    ):
+        restore_dir = world.root / "never-restored"
+        result = _restore_job(
+            world, {"target_time": target.isoformat(), "data_dir": str(restore_dir), "port": free_low_port()}
+        )
+        assert not result.success
+        failure = result.failure_data_for_node(RESTORE_TO_MOMENT_OP)
+        assert failure is not None and failure.error is not None
+        message = failure.error.message
+        assert "[PITR_RESTORE_REFUSED]" in message and f"target_time {target.isoformat()} {rule}" in message
+        assert earliest.astimezone(UTC).isoformat(timespec="seconds") in message
+        assert not restore_dir.exists()
+
+
 def _cli(world: PitrWorld, *args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in {**os.environ, **world.env}.items() if k not in drop}
     return subprocess.run(
@@ -471,7 +560,7 @@ def test_cli_status_shows_the_window(world: PitrWorld) -> None:
 
 
 def _sensor_alerts(
-    world: PitrWorld, receiver: WebhookReceiver, cursor: str | None
+    world: PitrWorld, receiver: WebhookReceiver, cursor: str | None, **overrides: str
 ) -> tuple[dg.SensorResult, list[dict[str, object]]]:
     secret = world.root / "webhook-secret"
     secret.write_text("webhook-key-of-the-pitr-tests")
@@ -481,6 +570,7 @@ def _sensor_alerts(
             "BACKUP_PIPELINE_ALERT_WEBHOOK_URL": receiver.url,
             "BACKUP_PIPELINE_ALERT_WEBHOOK_SECRET_FILE": str(secret),
             "BACKUP_PIPELINE_PITR_ARCHIVE_LAG_ALERT_SECONDS": "30",
+            **overrides,
         }
     )
     sensor = build_pitr_archive_sensor(settings)
@@ -517,18 +607,27 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
             time.sleep(1)
         during = world.status()
         kinds = {p.kind for p in archive_problems(during, **limits)}
-        assert "archive_failing" in kinds, during
-        assert during.waiting_segments >= 1
-        result, alerts = _sensor_alerts(world, webhook_receiver, None)
-        assert "pitr_archive_failing" in [a["kind"] for a in alerts]
+        # archive-push gives up after ARCHIVE_PUSH_TIMEOUT s, so the oldest waiting segment is older
+        assert {"archive_failing", "archive_lag"} <= kinds, during
+        assert during.waiting_segments >= 1 and during.archive_lag_seconds >= ARCHIVE_PUSH_TIMEOUT
+        # pg_wal holds the waiting segments and the current one: more than the smallest limit (16 MiB)
+        assert during.wal_dir_bytes > 16 * 2**20
+        small_wal = {"BACKUP_PIPELINE_PITR_WAL_DIR_ALERT_MB": "16"}
+        result, alerts = _sensor_alerts(world, webhook_receiver, None, **small_wal)
+        assert {"pitr_archive_failing", "pitr_pg_wal_size"} <= {a["kind"] for a in alerts}
         first_count = len(alerts)
         assert world.ctx.secrets.cipher_pass not in json.dumps(alerts)
-        failed = {
-            e.check_name: e.passed for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)
+        evaluations = {e.check_name: e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)}
+        assert evaluations[pitr_ops.ARCHIVING_CHECK].passed is False
+        # the UI (the checks of pitr_archive, re-evaluated by the sensor) shows the lag and the window
+        shown = {k: getattr(v, "value", v) for k, v in evaluations[pitr_ops.ARCHIVING_CHECK].metadata.items()}
+        assert shown["archive_lag_seconds"] >= ARCHIVE_PUSH_TIMEOUT and shown["pg_wal_bytes"] > 16 * 2**20
+        window_meta = {
+            k: getattr(v, "value", v) for k, v in evaluations[pitr_ops.WINDOW_CHECK].metadata.items()
         }
-        assert failed[pitr_ops.ARCHIVING_CHECK] is False
+        assert window_meta["earliest_restorable"] != "none" and window_meta["latest_restorable"] != "never"
         # the next tick in the same incident does not alert again
-        again, alerts = _sensor_alerts(world, webhook_receiver, result.cursor)
+        again, alerts = _sensor_alerts(world, webhook_receiver, result.cursor, **small_wal)
         assert len(alerts) == first_count
     finally:
         world.s3.start()
@@ -552,16 +651,34 @@ def test_archiver_killed_and_s3_down_lose_no_wal_and_are_reported(
 def test_expire_keeps_the_retention_count_and_the_wal_they_need(world: PitrWorld) -> None:
     assert world.settings.retention_keep_last == 2
     before = world.ctx.engine.info().usable_backups
-    for _ in range(2):
-        world.cluster.execute(
-            "INSERT INTO wal_filler SELECT g, 'retention' FROM generate_series(1, 1000) g", APP_DB
-        )
-        info = pitr.run_base_backup(world.ctx, "full")
+    fill = "INSERT INTO wal_filler SELECT g, 'retention' FROM generate_series(1, 1000) g"
+    world.cluster.execute(fill, APP_DB)
+    first = pitr.run_base_backup(world.ctx, "full").usable_backups[-1]
+    # a moment just after the backup that becomes the oldest kept one, past its stop second (the
+    # window starts one second after it: pgBackRest compares whole seconds)
+    time.sleep(1.1)
+    moment = _now(world)
+    rows_at_moment = int(world.cluster.execute("SELECT count(*) FROM wal_filler", APP_DB)[0][0])
+    world.cluster.execute(fill, APP_DB)
+    info = pitr.run_base_backup(world.ctx, "full")
     kept = info.usable_backups
-    assert len(kept) == 2 and before[0].label not in {b.label for b in kept}
+    assert len(kept) == 2 and before[0].label not in {b.label for b in kept} and kept[0].label == first.label
     assert (
         info.archive_min is not None and info.archive_min <= kept[0].wal_start
     )  # WAL back to the oldest kept
     assert segment_number(info.archive_min) > segment_number(before[0].wal_start)  # older WAL expired
     segments = pitr.archive_segments(world.ctx.client, world.ctx.engine.cfg)
     assert pitr.recoverable_window(info, segments, world.status()).missing == ()
+    # the WAL kept is usable: a moment right after the oldest kept backup restores from it
+    assert info.earliest_restorable is not None and info.earliest_restorable <= moment
+    restore_dir = world.root / "restored-oldest-kept"
+    request = RestoreRequest(target=moment, data_dir=restore_dir, port=free_low_port(), database=APP_DB)
+    check_request(request, live_data_dir=world.cluster.data_dir, live_port=world.cluster.port, info=info)
+    try:
+        report = restore_to_moment(
+            world.ctx.engine, request, pg_bin=PG_BIN, secrets_env=world.ctx.secrets_env()
+        )
+        assert report.backup_set == kept[0].label
+        assert report.tables["public.wal_filler"] == rows_at_moment
+    finally:
+        stop_restored(world.ctx.engine, PG_BIN, restore_dir)

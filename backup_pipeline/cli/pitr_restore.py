@@ -42,9 +42,9 @@ def restore_to_time(
     if data_dir is None or port is None:
         fail("--target-time needs --data-dir (a new, empty directory) and --port (not the live server's)", 2)
     try:
-        target = parse_target(target_time)
+        target = parse_target(target_time, field="--target-time")
     except ValueError as exc:
-        fail(f"--target-time: {exc}", 2)
+        fail(str(exc), 2)
     request = RestoreRequest(
         target=target, data_dir=data_dir, port=port, database=database or settings.app_database_name
     )
@@ -55,6 +55,7 @@ def restore_to_time(
             keyring=keys.org_keyring,
             recovery=keys.recovery_identity,
             log=lambda message: click.echo(message, err=True),
+            field="--target-time",
         )
     except pitr.PitrSetupError as exc:
         fail(str(exc), 2)

@@ -36,6 +36,7 @@ from backup_pipeline.services.pitr_restore import (
     PitrRestoreFailed,
     PitrRestoreRefused,
     RestoreRequest,
+    check_not_future,
     parse_target,
 )
 from backup_pipeline.services.pitr_status import ArchiverStatus, Problem, archive_problems
@@ -166,6 +167,60 @@ def _recovery_keys(keys: BackupKeysResource) -> list[Any]:
     return [current, *others]
 
 
+def restore_in_run(
+    context: dg.OpExecutionContext,
+    settings: BackupSettings,
+    config: PitrRestoreConfig,
+    keys: BackupKeysResource,
+    *,
+    field: str = "target_time",
+    output_name: str | None = None,
+) -> dict[str, Any]:
+    """The PITR restore of ``pitr_restore_job`` and of ``restore_job`` given a ``target_time``.
+
+    A bad request ends the run refused (nothing touched; the message names the field and, for a
+    moment outside it, the recoverable window); a failed restore fails it quietly with its code.
+    """
+    try:
+        target = parse_target(config.target_time, field=field)
+        check_not_future(target, field)  # before the repository is even opened
+    except (ValueError, PitrRestoreRefused) as exc:
+        refuse_run(context, str(exc), code="PITR_TARGET_INVALID")
+    if not config.data_dir.strip() or config.port <= 0:
+        refuse_run(
+            context,
+            f"data_dir and port are required with {field}: a NEW (absent or empty) data directory and a "
+            "free port other than the live server's, for the restored copy",
+            code="PITR_TARGET_INVALID",
+        )
+    request = RestoreRequest(
+        target=target,
+        data_dir=Path(config.data_dir),
+        port=config.port,
+        database=config.database or settings.app_database_name,
+    )
+    try:
+        report = svc.restore_database_to_moment(
+            settings,
+            request,
+            keyring=keys.keyring(),
+            log=context.log.info,
+            actor=f"dagster run {context.run_id}",
+            field=field,
+        )
+    except PitrRestoreRefused as exc:
+        refuse_run(context, f"refused, nothing was changed: {exc}", code="PITR_RESTORE_REFUSED")
+    except (PitrRestoreFailed, *ENGINE_ERRORS) as exc:
+        raise quiet_failure(f"PITR restore failed: {exc}", "PITR_RESTORE_FAILED") from None
+    result = report.as_dict()
+    context.add_output_metadata({k: v for k, v in result.items() if v is not None}, output_name=output_name)
+    context.log.info(
+        f"restored to {result['reached']} (target {result['target']}) in {result['data_dir']}, port "
+        f"{result['port']}: {result['tables']} tables, {result['rows']} rows readable"
+    )
+    return result
+
+
 def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
     @dg.op(name="pitr_base_backup", out=dg.Out(dg.Nothing))
     def pitr_base_backup(
@@ -212,7 +267,7 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
     @dg.job(
         name=PITR_BASE_BACKUP_JOB,
         description=f"PITR base backup with pgBackRest ({settings.pitr_base_backup_type} by schedule), then "
-        f"expire (keeps {settings.retention_keep_last} full backups and the WAL they need) and the "
+        f"expire (keeps {max(settings.retention_keep_last, 1)} full backups and the WAL they need) and the "
         "recoverable window recorded on pitr_archive.",
         tags={"backup_pipeline/profile": "pitr"},
     )
@@ -223,35 +278,7 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
     def pitr_restore(
         context: dg.OpExecutionContext, config: PitrRestoreConfig, keys: BackupKeysResource
     ) -> dict[str, Any]:
-        try:
-            target = parse_target(config.target_time)
-        except ValueError as exc:
-            refuse_run(context, str(exc), code="PITR_TARGET_INVALID")
-        request = RestoreRequest(
-            target=target,
-            data_dir=Path(config.data_dir),
-            port=config.port,
-            database=config.database or settings.app_database_name,
-        )
-        try:
-            report = svc.restore_database_to_moment(
-                settings,
-                request,
-                keyring=keys.keyring(),
-                log=context.log.info,
-                actor=f"dagster run {context.run_id}",
-            )
-        except PitrRestoreRefused as exc:
-            refuse_run(context, f"refused, nothing was changed: {exc}", code="PITR_RESTORE_REFUSED")
-        except (PitrRestoreFailed, *ENGINE_ERRORS) as exc:
-            raise quiet_failure(f"PITR restore failed: {exc}", "PITR_RESTORE_FAILED") from None
-        result = report.as_dict()
-        context.add_output_metadata({k: v for k, v in result.items() if v is not None})
-        context.log.info(
-            f"restored to {result['reached']} (target {result['target']}) in {result['data_dir']}, port "
-            f"{result['port']}: {result['tables']} tables, {result['rows']} rows readable"
-        )
-        return result
+        return restore_in_run(context, settings, config, keys)
 
     @dg.job(
         name=PITR_RESTORE_JOB,

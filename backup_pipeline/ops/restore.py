@@ -6,6 +6,8 @@ Graph (one restore = one run)::
                                                                                      ├─► fan_out_buckets ─► restore_bucket_step[<bucket>] ─► finish_restore
                                                                                      ┘
 
+* ``restore_to_moment`` (``ops/restore_moment.py``) runs first: given a ``target_time``, PITR into
+  a new data directory and every step below is skipped; without one it does nothing.
 * ``start_restore`` checks the request (confirmation phrase naming the backup, buckets,
   versions, the database role's privileges) and resolves ``latest`` (the newest complete
   regular set, never a safety set); a bad request fails here (``[RESTORE_REFUSED]``). A real
@@ -60,6 +62,7 @@ from backup_pipeline.ops.data_lease import (
     release_run_data_lease,
     run_data_lease,
 )
+from backup_pipeline.ops.restore_moment import restore_to_moment
 from backup_pipeline.ops.restore_safety import make_safety_backup
 from backup_pipeline.ops.restore_undo import (
     commit_buckets,
@@ -293,6 +296,7 @@ def _resolve(destination: DestinationResource, keys: Any, plan: dict[str, Any]) 
 
 
 @dg.op(
+    ins={"backup_set": dg.In(dg.Nothing)},  # skipped when restore_to_moment took a target_time
     description="Checks the request (confirmation phrase, buckets, pg_restore and server versions) and resolves `latest`.",
 )
 def start_restore(
@@ -786,7 +790,7 @@ def _audit(action: str, details: dict[str, Any], actor: str) -> None:
 
 @dg.graph(description="Restore a backup set: verify every part first, safety backup, database, then buckets.")
 def restore_graph() -> None:
-    plan = verify_restore_parts(start_restore())
+    plan = verify_restore_parts(start_restore(backup_set=restore_to_moment().backup_set))
     database = restore_database_step(plan, safety_backup(plan))
     results = fan_out_buckets(plan, database).map(restore_bucket_step)
     finish_restore(plan, database, results.collect())
@@ -797,7 +801,8 @@ restore_job = restore_graph.to_job(
     description=(
         "Restore the database and/or buckets from a backup set. Dry run by default: set dry_run false and "
         "confirm `restore <backup id>` to change data. Every part is verified before anything is touched; "
-        "the current database is backed up first (pre-restore)."
+        "the current database is backed up first (pre-restore). With restore_to_moment's target_time: "
+        "point-in-time recovery into a new data directory instead (PITR profile)."
     ),
     tags={**EXCLUSIVE_RUN_TAGS, TAG_PREFIX + "job": "restore"},
     hooks={release_data_lease_on_failure, drop_restore_scratch_on_failure, roll_back_buckets_on_failure},

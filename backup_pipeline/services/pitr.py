@@ -26,6 +26,7 @@ from typing import Any
 from minio import Minio
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, RecoveryPublicKey
+from backup_pipeline.services.errors import first_line
 from backup_pipeline.services.pitr_engine import (
     EngineConfig,
     PgBackRest,
@@ -248,21 +249,35 @@ def restore_database_to_moment(
     recovery: RecoveryIdentity | None = None,
     log: Callable[[str], None] = lambda _m: None,
     actor: str | None = None,
+    field: str = "target",
 ) -> RestoreReport:
-    """The PITR restore for the job and the CLI: open the repository (org secret or recovery key),
-    refuse what is unsafe (nothing touched), restore, verify, report."""
+    """The PITR restore for the jobs and the CLI: open the repository (org secret or recovery key),
+    refuse what is unsafe (nothing touched), restore, verify, report. ``field`` names the target
+    in refusals (``target_time``, ``--target-time``)."""
     ctx = open_repo(settings, keyring=keyring, recovery=recovery)
     check_request(
         request,
         live_data_dir=settings.pitr_pg_data_dir,
         live_port=settings.pitr_pg_port,
         info=ctx.engine.info(),
+        latest=_latest_restorable(settings, log) if request.target is not None else None,
+        field=field,
     )
     report = restore_to_moment(
         ctx.engine, request, pg_bin=settings.pg_bin_dir, secrets_env=ctx.secrets_env(), log=log
     )
     _audit(settings, report, actor)
     return report
+
+
+def _latest_restorable(settings: BackupSettings, log: Callable[[str], None]) -> datetime | None:
+    """The newest archived segment's arrival, or None when the live server does not answer (the
+    disaster the restore is for): then only PostgreSQL's own check at the end of replay remains."""
+    try:
+        return server_status(settings).last_archived_time
+    except Exception as exc:  # psycopg's errors of every kind: the restore goes on without the bound
+        log(f"latest restorable moment unknown (live server not readable: {first_line(exc)})")
+        return None
 
 
 def _audit(settings: BackupSettings, report: RestoreReport, actor: str | None) -> None:

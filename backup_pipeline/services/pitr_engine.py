@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -187,9 +187,14 @@ class RepoInfo:
 
     @property
     def earliest_restorable(self) -> datetime | None:
-        """The end of the oldest usable base backup: no moment before it can be restored."""
+        """One second after the end of the oldest usable base backup.
+
+        pgBackRest picks the backup set whose stop time, in whole seconds, is strictly before the
+        target (``[075] unable to find backup set with stop time less than …`` otherwise): a
+        target within the stop's own second cannot be restored.
+        """
         usable = self.usable_backups
-        return usable[0].stopped_at if usable else None
+        return usable[0].stopped_at + timedelta(seconds=1) if usable else None
 
 
 def _ts(value: Any) -> datetime:

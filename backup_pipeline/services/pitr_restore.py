@@ -56,8 +56,10 @@ class PitrRestoreFailed(Exception):
     """The restore or the recovery failed; the message says where and what the server logged."""
 
 
-def parse_target(text: str) -> datetime | None:
-    """``latest`` → None; else an ISO-8601 moment WITH a UTC offset (a bare time is ambiguous)."""
+def parse_target(text: str, field: str = "target time") -> datetime | None:
+    """``latest`` → None; else an ISO-8601 moment WITH a UTC offset (a bare time is ambiguous).
+
+    ``field`` names the setting in the error (``target_time`` in job config)."""
     value = text.strip()
     if value.lower() == LATEST:
         return None
@@ -65,12 +67,12 @@ def parse_target(text: str) -> datetime | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(
-            f"target time: must be 'latest' or an ISO-8601 moment with a UTC offset, e.g. "
+            f"{field}: must be 'latest' or an ISO-8601 moment with a UTC offset, e.g. "
             f"2026-05-04T10:41:30+02:00 or 2026-05-04T08:41:30Z; got {text!r}"
         ) from None
     if moment.tzinfo is None:
         raise ValueError(
-            f"target time: {text!r} has no UTC offset; add one (Z, +00:00, +02:00) so the moment is unambiguous"
+            f"{field}: {text!r} has no UTC offset; add one (Z, +00:00, +02:00) so the moment is unambiguous"
         )
     return moment.astimezone(UTC)
 
@@ -132,8 +134,22 @@ def _inside(path: Path, parent: Path) -> bool:
     return True
 
 
-def check_request(req: RestoreRequest, *, live_data_dir: Path, live_port: int, info: RepoInfo) -> None:
-    """Refuse (nothing touched) when the restore could harm the live server or cannot succeed."""
+def check_request(
+    req: RestoreRequest,
+    *,
+    live_data_dir: Path,
+    live_port: int,
+    info: RepoInfo,
+    latest: datetime | None = None,
+    field: str = "target",
+) -> None:
+    """Refuse (nothing touched) when the restore could harm the live server or cannot succeed.
+
+    ``latest``: the newest restorable moment (the server's last archived segment) when the server
+    answers; a target after it cannot be reached (no archived commit follows it), so it is refused
+    here rather than after the copy of the base backup. ``field``: how the caller names the target
+    (``target_time``, ``--target-time``) in the refusal.
+    """
     if _inside(req.data_dir, live_data_dir) or _inside(live_data_dir, req.data_dir):
         raise PitrRestoreRefused(
             f"data directory {req.data_dir} is (or contains, or lies inside) the live server's data "
@@ -150,14 +166,35 @@ def check_request(req: RestoreRequest, *, live_data_dir: Path, live_port: int, i
         raise PitrRestoreRefused(
             f"the repository holds no usable base backup for stanza {info.stanza}: nothing to restore from"
         )
-    if req.target is not None:
-        if req.target < earliest:
-            raise PitrRestoreRefused(
-                f"target {req.target.isoformat()} is before the recoverable window, which starts at "
-                f"{earliest.isoformat()} (end of the oldest kept base backup)"
-            )
-        if req.target > datetime.now(UTC):
-            raise PitrRestoreRefused(f"target {req.target.isoformat()} is in the future")
+    if req.target is None:
+        return
+    window = window_text(earliest, latest)
+    if req.target < earliest:
+        raise PitrRestoreRefused(
+            f"{field} {req.target.isoformat()} is before the recoverable window {window}, which starts at "
+            "the end of the oldest kept base backup"
+        )
+    check_not_future(req.target, field, f"; the recoverable window is {window}")
+    if latest is not None and req.target > latest:
+        raise PitrRestoreRefused(
+            f"{field} {req.target.isoformat()} is after the recoverable window {window}: no archived WAL "
+            "reaches it yet (the segment being written is archived within archive_timeout). Choose "
+            "`latest` or an earlier moment, or retry in a minute"
+        )
+
+
+def check_not_future(target: datetime | None, field: str, hint: str = "") -> None:
+    now = datetime.now(UTC)
+    if target is not None and target > now:
+        raise PitrRestoreRefused(
+            f"{field} {target.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}){hint}"
+        )
+
+
+def window_text(earliest: datetime, latest: datetime | None) -> str:
+    """``[earliest, latest]`` in UTC seconds; ``latest`` unknown when the live server does not answer."""
+    end = latest.astimezone(UTC).isoformat(timespec="seconds") if latest else "the newest archived WAL"
+    return f"[{earliest.astimezone(UTC).isoformat(timespec='seconds')}, {end}]"
 
 
 def _socket_dir_for(data_dir: Path, port: int) -> Path:

@@ -1,0 +1,308 @@
+"""Issue 20's second goal, measured for real: restore to a moment ``--gap-minutes`` (60) after a base
+backup of the bench database vs restoring that base backup alone (goal: ≤ 2 ×).
+
+The world is the PITR integration test's (``fixtures/pg_cluster.py``): a private PostgreSQL 15
+cluster archiving through pgBackRest (async archive-push, AES-256 encryption) into SeaweedFS over
+HTTPS on loopback. The database is the bench's (``pgbench -i -s <scale>``, scale 20 as
+``dataset.FULL``). After one full base backup a light steady load (``pgbench -R <rate>``, one
+client, ``nice -n 19``) runs for the gap, then both restores run through the product's
+``restore_to_moment`` (pgbackrest restore + start + WAL replay + verify + restart), alternating,
+``--rounds`` times each, so a cold page cache or a neighbour's load does not favour one side.
+
+    nice -n 19 .venv/bin/python -m backup_pipeline_tests.bench.pitr_gap --gap-minutes 60 \\
+        --out /tmp/pitr-gap.json
+
+Figures go to ``--out`` (JSON) and, as a Markdown table, to stdout; docs/bench/pitr.md keeps them.
+Everything it starts (SeaweedFS, the cluster, pgbench, restored copies) is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
+from backup_pipeline.services import pitr
+from backup_pipeline.services.pitr_engine import archive_command
+from backup_pipeline.services.pitr_restore import (
+    RestoreRequest,
+    check_request,
+    restore_to_moment,
+    stop_restored,
+)
+from backup_pipeline.services.pitr_status import read_archiver_status
+from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, load_settings
+from backup_pipeline_tests.fixtures.pg_cluster import (
+    PG_BIN,
+    PrivateCluster,
+    TlsSeaweedFS,
+    free_low_port,
+    make_work_root,
+    pgbackrest_processes,
+    remove_tree,
+    run_as_user,
+    user_dir,
+)
+
+APP_DB = "app"
+BUCKET = "pitr-bench"
+ROLE = """
+CREATE ROLE bp_pitr LOGIN;
+GRANT pg_read_all_settings, pg_monitor TO bp_pitr;
+GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean),
+  pg_switch_wal(), pg_create_restore_point(text) TO bp_pitr
+"""
+
+
+def _say(text: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+@dataclass
+class Timed:
+    kind: str  # "base" or "gap"
+    target: str
+    reached: str | None
+    total_seconds: float
+    restore_seconds: float
+    recovery_seconds: float
+    rows: int
+    load_before: float
+    load_after: float
+
+    def row(self) -> str:
+        return (
+            f"| {self.kind} | {self.target} | {self.reached} | {self.total_seconds:.1f} | "
+            f"{self.restore_seconds:.1f} | {self.recovery_seconds:.1f} | {self.load_before:.2f} → "
+            f"{self.load_after:.2f} |"
+        )
+
+
+def _settings_env(root: Path, cluster: PrivateCluster, s3: TlsSeaweedFS, org_secret: Path) -> dict[str, str]:
+    env = {
+        "BACKUP_PIPELINE_STATE_DIR": str(root / "state"),
+        "BACKUP_PIPELINE_ORG_SECRET_FILE": str(org_secret),
+        "BACKUP_PIPELINE_APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{cluster.port}/{APP_DB}",
+        "BACKUP_PIPELINE_PITR_ENABLED": "true",
+        "BACKUP_PIPELINE_PITR_STANZA": "bench",
+        "BACKUP_PIPELINE_PITR_REPO_S3_ENDPOINT": s3.https_endpoint,
+        "BACKUP_PIPELINE_PITR_REPO_S3_BUCKET": BUCKET,
+        "BACKUP_PIPELINE_PITR_REPO_CA_FILE": str(s3.cert),
+        "BACKUP_PIPELINE_PITR_PG_DATA_DIR": str(cluster.data_dir),
+        "BACKUP_PIPELINE_PITR_PG_SOCKET_DIR": str(cluster.socket_dir),
+        "BACKUP_PIPELINE_PITR_PG_PORT": str(cluster.port),
+        "BACKUP_PIPELINE_PITR_PG_USER": "bp_pitr",
+        "BACKUP_PIPELINE_PITR_CONFIG_DIR": str(root / "pipeline"),
+        PITR_S3_ACCESS_KEY_ENV: s3.server.access_key,
+        PITR_S3_SECRET_KEY_ENV: s3.server.secret_key,
+    }
+    if run_as_user():
+        env["BACKUP_PIPELINE_PITR_OS_USER"] = str(run_as_user())
+    return env
+
+
+def _pgbench(cluster: PrivateCluster, *args: str) -> list[str]:
+    return [
+        "nice",
+        "-n",
+        "19",
+        str(PG_BIN / "pgbench"),
+        "-h",
+        str(cluster.socket_dir),
+        "-p",
+        str(cluster.port),
+        "-U",
+        "postgres",
+        *args,
+        APP_DB,
+    ]
+
+
+def _wait_archived(cluster: PrivateCluster, timeout: float = 300) -> str:
+    segment = str(cluster.execute("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with cluster.connect(APP_DB, user="bp_pitr") as conn:
+            status = read_archiver_status(conn)
+        if status.last_archived_wal and status.last_archived_wal >= segment and not status.waiting_segments:
+            return segment
+        time.sleep(1)
+    raise RuntimeError(f"segment {segment} not archived within {timeout} s")
+
+
+def _restore(
+    ctx: pitr.PitrContext, cluster: PrivateCluster, root: Path, kind: str, n: int, target: datetime
+) -> Timed:
+    data_dir = root / f"restored-{kind}-{n}"
+    request = RestoreRequest(target=target, data_dir=data_dir, port=free_low_port(), database=APP_DB)
+    check_request(request, live_data_dir=cluster.data_dir, live_port=cluster.port, info=ctx.engine.info())
+    subprocess.run(["sync"], check=False)
+    load_before = _loadavg()
+    started = time.monotonic()
+    try:
+        report = restore_to_moment(ctx.engine, request, pg_bin=PG_BIN, secrets_env=ctx.secrets_env())
+        total = time.monotonic() - started
+    finally:
+        stop_restored(ctx.engine, PG_BIN, data_dir)
+    remove_tree(data_dir)
+    timed = Timed(
+        kind=kind,
+        target=target.isoformat(timespec="seconds"),
+        reached=report.reached,
+        total_seconds=total,
+        restore_seconds=report.restore_seconds,
+        recovery_seconds=report.recovery_seconds,
+        rows=sum(report.tables.values()),
+        load_before=load_before,
+        load_after=_loadavg(),
+    )
+    _say(f"restore {kind} #{n}: {timed.row()}")
+    return timed
+
+
+def _wal_bytes(cluster: PrivateCluster, start_lsn: str) -> int:
+    row = cluster.execute(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')")
+    return int(row[0][0])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    root = make_work_root()
+    weed_dir = Path(tempfile.mkdtemp(prefix="bp-pitr-bench-weed-"))
+    s3 = TlsSeaweedFS(weed_dir, root)
+    cluster = PrivateCluster(user_dir(root / "cluster", 0o755))
+    load: subprocess.Popen[bytes] | None = None
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "gap_minutes": args.gap_minutes,
+        "scale": args.scale,
+        "rate_tps": args.rate,
+    }
+    try:
+        s3.start()
+        s3.server.client().make_bucket(BUCKET)
+        org_secret = root / "org-secret"
+        generate_org_secret_file(org_secret)
+        env = _settings_env(root, cluster, s3, org_secret)
+        os.environ.update(env)
+        settings = load_settings(env)
+        ctx = pitr.open_repo(
+            settings,
+            keyring=OrgKeyring.from_file(org_secret),
+            recovery_keys=[RecoveryIdentity.generate().public_key],
+            create_keystore=True,
+            env=env,
+        )
+        server_conf = user_dir(root / "server-pgbackrest", 0o700)
+        pitr.write_server_config(ctx, server_conf)
+        cluster.init(
+            {
+                "wal_level": "replica",
+                "archive_mode": "on",
+                "archive_timeout": "60",
+                "archive_command": "'" + archive_command(server_conf, "bench") + "'",
+            }
+        )
+        cluster.start()
+        for statement in ROLE.strip().split(";"):
+            cluster.execute(statement)
+        cluster.execute(f"CREATE DATABASE {APP_DB}")
+        _say(f"pgbench -i -s {args.scale}")
+        subprocess.run(_pgbench(cluster, "-i", "-q", "-s", str(args.scale)), check=True, capture_output=True)
+        result["database_bytes"] = int(cluster.execute(f"SELECT pg_database_size('{APP_DB}')")[0][0])
+        _say("full base backup")
+        started = time.monotonic()
+        info = pitr.run_base_backup(ctx, "full")
+        result["base_backup_seconds"] = round(time.monotonic() - started, 1)
+        base = info.usable_backups[-1]
+        result["base_backup"] = base.label
+        result["base_backup_end"] = base.stopped_at.isoformat()
+        start_lsn = str(cluster.execute("SELECT pg_current_wal_lsn()")[0][0])
+        gap = timedelta(minutes=args.gap_minutes)
+        # The load runs past the target so a commit after it is archived: recovery stops there.
+        load_seconds = int(gap.total_seconds()) + 90
+        _say(f"steady load: pgbench -R {args.rate} for {load_seconds} s")
+        load = subprocess.Popen(
+            _pgbench(cluster, "-n", "-c", "1", "-R", str(args.rate), "-T", str(load_seconds)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        out, _ = load.communicate()
+        result["load_returncode"] = load.returncode
+        result["load_summary"] = [
+            line
+            for line in out.decode(errors="replace").splitlines()
+            if "transactions actually processed" in line or line.startswith("tps")
+        ]
+        load = None
+        result["wal_bytes_during_gap"] = _wal_bytes(cluster, start_lsn)
+        _wait_archived(cluster)
+        base_target = base.stopped_at + timedelta(seconds=1)
+        gap_target = base.stopped_at + gap
+        runs: list[Timed] = []
+        for n in range(1, args.rounds + 1):
+            runs.append(_restore(ctx, cluster, root, "base", n, base_target))
+            runs.append(_restore(ctx, cluster, root, "gap", n, gap_target))
+        result["runs"] = [r.__dict__ for r in runs]
+        base_best = min(r.total_seconds for r in runs if r.kind == "base")
+        gap_best = min(r.total_seconds for r in runs if r.kind == "gap")
+        base_median = sorted(r.total_seconds for r in runs if r.kind == "base")[(args.rounds - 1) // 2]
+        gap_median = sorted(r.total_seconds for r in runs if r.kind == "gap")[(args.rounds - 1) // 2]
+        result["ratio_best"] = round(gap_best / base_best, 2)
+        result["ratio_median"] = round(gap_median / base_median, 2)
+        info = ctx.engine.info()
+        result["repo_archive_min"] = info.archive_min
+        result["repo_archive_max"] = info.archive_max
+        result["segments_in_repo"] = len(pitr.archive_segments(ctx.client, ctx.engine.cfg))
+        return result
+    finally:
+        if load is not None and load.poll() is None:
+            load.send_signal(signal.SIGTERM)
+            load.wait(30)
+        cluster.stop()
+        s3.close()
+        for pid in pgbackrest_processes(str(root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        remove_tree(root)
+        remove_tree(weed_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--gap-minutes", type=float, default=60.0)
+    parser.add_argument("--scale", type=int, default=20, help="pgbench scale (the bench database: 20)")
+    parser.add_argument("--rate", type=float, default=10.0, help="pgbench transactions per second")
+    parser.add_argument("--rounds", type=int, default=2, help="restores of each kind, alternating")
+    parser.add_argument("--out", type=Path, default=Path("pitr-gap.json"))
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print("| restore | target | moment reached | total s | pgbackrest restore s | start + replay s | load |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["runs"]:
+        print(Timed(**r).row())
+    print(f"\nratio (best): {result['ratio_best']}, ratio (median): {result['ratio_median']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
