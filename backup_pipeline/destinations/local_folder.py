@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from backup_pipeline.durable_files import fsync_dir
+
 from .base import (
     ByteStream,
     Capacity,
@@ -110,8 +112,8 @@ class LocalFolderDestination:
             data_path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_meta, meta_path)
             os.replace(tmp_data, data_path)
-            _fsync_dir(meta_path.parent)
-            _fsync_dir(data_path.parent)
+            fsync_dir(meta_path.parent)
+            fsync_dir(data_path.parent)
             return stored
         except _SourceFailed as failed:
             raise failed.original from None  # the caller's stream broke, not the disk
@@ -321,14 +323,6 @@ def _meta_json(stored: StoredFile) -> dict[str, object]:
         "properties": stored.properties,
         "created": stored.created.isoformat() if stored.created else None,
     }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _os_error(description: str, exc: OSError) -> DestinationError:

@@ -30,6 +30,7 @@ from typing import Any
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
 from backup_pipeline.destinations.base import Destination, StoredFile
+from backup_pipeline.durable_files import fsync_dir
 from backup_pipeline.services.backup_parts import (
     APP_NAME,
     PART_MANIFEST,
@@ -307,8 +308,4 @@ def _read(path: Path) -> Iterable[bytes]:
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems (e.g. SMB) refuse fsync on a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path)

@@ -47,6 +47,7 @@ from minio import Minio
 from minio.commonconfig import COPY, CopySource
 from minio.error import S3Error
 
+from backup_pipeline.durable_files import fsync_dir
 from backup_pipeline.services.backup_parts import UNDO_PREFIX as UNDO_PREFIX  # re-exported
 from backup_pipeline.services.errors import S3_ERRORS, first_line
 from backup_pipeline.services.object_headers import put_headers, record_headers, wire_value
@@ -67,21 +68,13 @@ class UndoError(RestoreError):
     """The journal could not be written, or a rollback could not finish (it is kept to retry)."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_marker(directory: Path, name: str) -> None:
     path = directory / name
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(name + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _run_id(token: str) -> str:
@@ -122,7 +115,7 @@ class BucketJournal:
         if os.fstat(self._fd).st_size == 0:
             self._append({"op": "begin", "bucket": bucket, "token": token})
             self.durable()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -384,7 +377,7 @@ class RunJournal:
 
     def create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _fsync_dir(self.directory.parent)
+        fsync_dir(self.directory.parent)
 
     def hold(self) -> None:
         """A single process (the CLI) holds the run for its lifetime: a free lock proves it gone."""
