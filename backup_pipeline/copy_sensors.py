@@ -7,14 +7,13 @@ once a day (a copy a failed run missed is then made even without a new backup), 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import dagster as dg
 
 from backup_pipeline.alerts import Alert, send_alert
 from backup_pipeline.copy_status import CopyPolicyView, alert_due, copy_policy_verdict
 from backup_pipeline.ops.copy import COPY_JOB_NAME, copy_backup_job
-from backup_pipeline.schedules import BACKUP_JOB_NAME
+from backup_pipeline.sensors import after_backup_sensor, daily_safety_net_sensor
 from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 COPY_AFTER_BACKUP_SENSOR = "copy_after_backup"
@@ -25,38 +24,17 @@ COPY_POLICY_ALERT_SENSOR = "backup_3_2_1_alert"
 def build_copy_after_backup_sensor(
     interval_seconds: int = DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
-    @dg.run_status_sensor(
-        name=COPY_AFTER_BACKUP_SENSOR,
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        minimum_interval_seconds=interval_seconds,
-        request_job=copy_backup_job,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Requests {COPY_JOB_NAME} after each successful {BACKUP_JOB_NAME} run (run key = the backup run).",
-    )
-    def copy_after_backup(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-        run = context.dagster_run
-        if run.job_name != BACKUP_JOB_NAME:
-            return dg.SkipReason(f"{run.job_name} is not {BACKUP_JOB_NAME}")
-        return dg.RunRequest(
-            run_key=f"copy-after-{run.run_id}", tags={"backup_pipeline/after_run": run.run_id}
-        )
-
-    return copy_after_backup
+    return after_backup_sensor(COPY_AFTER_BACKUP_SENSOR, copy_backup_job, "copy", interval_seconds)
 
 
 def build_copy_daily_sensor() -> dg.SensorDefinition:
-    @dg.sensor(
-        name=COPY_DAILY_SENSOR,
-        job=copy_backup_job,
-        minimum_interval_seconds=3600,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Safety net: one {COPY_JOB_NAME} run per UTC day, so a copy a failed run missed is made "
+    return daily_safety_net_sensor(
+        COPY_DAILY_SENSOR,
+        copy_backup_job,
+        "copy",
+        f"Safety net: one {COPY_JOB_NAME} run per UTC day, so a copy a failed run missed is made "
         "without waiting for the next backup.",
     )
-    def copy_daily(context: dg.SensorEvaluationContext) -> dg.RunRequest:
-        return dg.RunRequest(run_key=f"copy-daily-{datetime.now(UTC).date().isoformat()}")
-
-    return copy_daily
 
 
 def build_copy_policy_alert_sensor(settings: BackupSettings) -> dg.SensorDefinition:

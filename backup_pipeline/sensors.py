@@ -59,43 +59,63 @@ ALERTED_JOBS = frozenset(
 )
 
 
-def build_retention_after_backup_sensor(
-    interval_seconds: int = DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+def after_backup_sensor(
+    name: str, job: dg.JobDefinition, run_key_prefix: str, interval_seconds: int
 ) -> dg.SensorDefinition:
+    """Requests ``job`` after each successful backup_job run (retention, copies)."""
+
     @dg.run_status_sensor(
-        name=RETENTION_AFTER_BACKUP_SENSOR,
+        name=name,
         run_status=dg.DagsterRunStatus.SUCCESS,
         minimum_interval_seconds=interval_seconds,
-        request_job=retention_job,
+        request_job=job,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests retention_job after each successful backup_job run (run key = the backup run).",
+        description=f"Requests {job.name} after each successful {BACKUP_JOB_NAME} run (run key = the backup run).",
     )
-    def retention_after_backup(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    def after_backup(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
         run = context.dagster_run
         if run.job_name != BACKUP_JOB_NAME:
             return dg.SkipReason(f"{run.job_name} is not {BACKUP_JOB_NAME}")
         # The run key makes a re-evaluated event request nothing new.
         return dg.RunRequest(
-            run_key=f"retention-after-{run.run_id}", tags={"backup_pipeline/after_run": run.run_id}
+            run_key=f"{run_key_prefix}-after-{run.run_id}", tags={"backup_pipeline/after_run": run.run_id}
         )
 
-    return retention_after_backup
+    return after_backup
+
+
+def daily_safety_net_sensor(
+    name: str, job: dg.JobDefinition, run_key_prefix: str, description: str
+) -> dg.SensorDefinition:
+    """One ``job`` run per UTC day (the run key is the date), for what an after-backup trigger missed."""
+
+    @dg.sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=3600,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+    def daily(context: dg.SensorEvaluationContext) -> dg.RunRequest:
+        return dg.RunRequest(run_key=f"{run_key_prefix}-daily-{datetime.now(UTC).date().isoformat()}")
+
+    return daily
+
+
+def build_retention_after_backup_sensor(
+    interval_seconds: int = DEFAULT_RUN_SENSOR_INTERVAL_SECONDS,
+) -> dg.SensorDefinition:
+    return after_backup_sensor(RETENTION_AFTER_BACKUP_SENSOR, retention_job, "retention", interval_seconds)
 
 
 def build_retention_daily_sensor() -> dg.SensorDefinition:
-    @dg.sensor(
-        name=RETENTION_DAILY_SENSOR,
-        job=retention_job,
-        minimum_interval_seconds=3600,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Safety net: one retention_job run per UTC day, in case the after-backup trigger was missed "
+    return daily_safety_net_sensor(
+        RETENTION_DAILY_SENSOR,
+        retention_job,
+        "retention",
+        "Safety net: one retention_job run per UTC day, in case the after-backup trigger was missed "
         "or a deletion failed and must be retried.",
     )
-    def retention_daily(context: dg.SensorEvaluationContext) -> dg.RunRequest:
-        day = datetime.now(UTC).date().isoformat()
-        return dg.RunRequest(run_key=f"retention-daily-{day}")
-
-    return retention_daily
 
 
 def _failure_text(context: dg.RunFailureSensorContext) -> tuple[str, dict[str, str]]:
