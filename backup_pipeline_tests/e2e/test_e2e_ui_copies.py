@@ -88,13 +88,19 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
     with stack.home.instance() as instance:
         backup_id = ledger.complete_sets(instance)[0].backup_id
 
+    def copies_after_the_backup(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+        # Not copy_daily_safety_net's run: it fires when the daemon starts and can end before the
+        # backup is complete, copying nothing.
+        runs = runs_of(instance, "copy_backup_job", finished=True)
+        return [run for run in runs if run.tags.get("backup_pipeline/after_run") == backup_run]
+
     def copied() -> bool:
         with stack.home.instance() as instance:
-            return bool(runs_of(instance, "copy_backup_job", finished=True))
+            return bool(copies_after_the_backup(instance))
 
     wait_for(copied, timeout=300, what="copy_backup_job launched by copy_after_backup", stack=stack)
     with stack.home.instance() as instance:
-        [copy_run] = runs_of(instance, "copy_backup_job", finished=True)
+        [copy_run] = copies_after_the_backup(instance)
         assert copy_run.status is dg.DagsterRunStatus.SUCCESS
         states = ledger.copy_states(instance)[backup_id]
         assert states["nas"].complete and states["s3lock"].complete
