@@ -276,6 +276,25 @@ class BackupSettings(BaseSettings):
     compression_level: int = Field(
         1, ge=0, le=9, description="gzip level for compressible objects (media is stored)."
     )
+    incremental_objects: bool = Field(
+        False,
+        description="Incremental object backups: each set writes an inventory per bucket and uploads only "
+        "objects new or changed since the last set of that bucket (docs/architecture/BACKUP-STRATEGY.md, "
+        "Incremental object backups).",
+    )
+    full_every: int = Field(
+        7,
+        ge=1,
+        le=1000,
+        description="With incremental_objects: every Nth backup of a bucket is a full one (1 = always full).",
+    )
+    incremental_min_live_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="With incremental_objects: take a full when the share of bytes still used in the older parts "
+        "a set references falls below this.",
+    )
 
     # --- schedule & retention ---------------------------------------------------------
     schedule_enabled: bool = Field(

@@ -30,6 +30,7 @@ from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.schedules import IN_PROGRESS_STATUSES
 from backup_pipeline.services.backup_buckets import (
     ArchiveWriter,
+    BucketExportResult,
     OpenedObject,
     ReadAhead,
     discover_buckets,
@@ -38,6 +39,11 @@ from backup_pipeline.services.backup_buckets import (
 )
 from backup_pipeline.services.backup_database import dump_database, locate_and_check_pg_dump
 from backup_pipeline.services.backup_finalize import FinalizeInput, finalize_backup
+from backup_pipeline.services.backup_incremental import (
+    IncrementalPolicy,
+    choose_mode,
+    export_bucket_incremental,
+)
 from backup_pipeline.services.backup_parts import (
     PART_DATABASE,
     BackupError,
@@ -95,6 +101,18 @@ class BackupConfig(dg.Config):
         default=0, ge=0, description="A manual backup this soon after the last one is refused unless forced."
     )
     force: bool = Field(default=False, description="Run a manual backup even within the minimum interval.")
+    incremental_objects: bool = Field(
+        default=False, description="Upload only objects new or changed since the last backup of each bucket."
+    )
+    full_every: int = Field(
+        default=7, ge=1, description="With incremental_objects: every Nth backup is a full one."
+    )
+    incremental_min_live_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="With incremental_objects: full when less of the older parts is used.",
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -327,6 +345,11 @@ def plan_backup(
         "schema_version_query": config.schema_version_query,
         "compression_level": config.compression_level,
         "progress_interval_seconds": config.progress_interval_seconds,
+        "incremental": {
+            "enabled": config.incremental_objects,
+            "full_every": config.full_every,
+            "min_live_share": config.incremental_min_live_share,
+        },
     }
     context.log.info(
         f"backup {backup_id}: database ~{db_size} bytes, {len(summaries)} bucket(s) "
@@ -438,18 +461,22 @@ def export_bucket_op(
             objects_total=bucket["objects"],
             min_interval=plan["progress_interval_seconds"],
         )
-        result = export_bucket(
-            s3.client(),
-            name,
-            dest,
-            encryptor,
-            build_archive_writer(plan["compression_level"]),
-            installation_id=installation_id,
-            backup_id=backup_id,
-            progress=progress,
-            read_ahead=ReadAhead(workers=s3.read_ahead),
-            tag_reading=s3.tag_reading,
-        )
+        policy = IncrementalPolicy(**plan.get("incremental", {}))
+        if policy.enabled:
+            result = _export_with_inventory(context, plan, name, dest, encryptor, keys, s3, progress, policy)
+        else:
+            result = export_bucket(
+                s3.client(),
+                name,
+                dest,
+                encryptor,
+                build_archive_writer(plan["compression_level"]),
+                installation_id=installation_id,
+                backup_id=backup_id,
+                progress=progress,
+                read_ahead=ReadAhead(workers=s3.read_ahead),
+                tag_reading=s3.tag_reading,
+            )
         discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
     warnings = result.warnings()
     for warning in warnings:
@@ -468,9 +495,64 @@ def export_bucket_op(
             "versioning": result.versioning.message() if result.versioning else "not versioned",
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) or "none"),
             "seconds": round(result.seconds, 3),
+            **_incremental_metadata(result.incremental),
         }
     )
     return result.to_dict()
+
+
+def _export_with_inventory(
+    context: dg.OpExecutionContext,
+    plan: dict,
+    bucket: str,
+    dest: Destination,
+    encryptor: Encryptor,
+    keys: BackupKeysResource,
+    s3: S3Resource,
+    progress: ProgressTracker,
+    policy: IncrementalPolicy,
+) -> BucketExportResult:
+    """Full or incremental (``services/backup_incremental.py``), said in the log with the reason."""
+    keyring = keys.keyring()
+    choice = choose_mode(dest, keyring, plan["installation_id"], bucket, plan["backup_id"], policy)
+    if choice.warning:
+        context.log.warning(f"bucket {bucket}: full backup: {choice.warning}")
+    context.log.info(f"bucket {bucket}: {'full' if choice.full else 'incremental'} backup ({choice.reason})")
+    result = export_bucket_incremental(
+        s3.client(),
+        bucket,
+        dest,
+        encryptor,
+        build_archive_writer(plan["compression_level"]),
+        installation_id=plan["installation_id"],
+        backup_id=plan["backup_id"],
+        choice=choice,
+        keyring=keyring,
+        progress=progress,
+        read_ahead=ReadAhead(workers=s3.read_ahead),
+        tag_reading=s3.tag_reading,
+    )
+    inc = result.incremental or {}
+    diff = inc.get("diff", {})
+    context.log.info(
+        f"bucket {bucket}: {inc.get('mode')}: {diff.get('new', 0)} new ({diff.get('new_bytes', 0)} bytes), "
+        f"{diff.get('changed', 0)} changed ({diff.get('changed_bytes', 0)} bytes), "
+        f"{diff.get('deleted', 0)} deleted, {diff.get('unchanged', 0)} unchanged "
+        f"({diff.get('unchanged_bytes', 0)} bytes, in {len(inc.get('referenced_parts', []))} older part(s))"
+    )
+    return result
+
+
+def _incremental_metadata(incremental: dict | None) -> dict[str, Any]:
+    if not incremental:
+        return {}
+    return {
+        "mode": incremental["mode"],
+        "mode_reason": incremental["mode_reason"],
+        "base_backup_id": incremental["base_backup_id"] or "none",
+        **{f"objects_{k}": v for k, v in incremental["diff"].items()},
+        "referenced_parts": len(incremental["referenced_parts"]),
+    }
 
 
 @dg.op(
@@ -572,6 +654,9 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
         schema_version_query=settings.schema_version_query,
         compression_level=settings.compression_level,
         min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
+        incremental_objects=settings.incremental_objects,
+        full_every=settings.full_every,
+        incremental_min_live_share=settings.incremental_min_live_share,
     )
 
 

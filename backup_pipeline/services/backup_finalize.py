@@ -14,11 +14,14 @@ from typing import Any
 
 from ..archive.manifest import (
     ANOMALY_KINDS,
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_V2,
     BucketSummary,
     InventoryEntry,
     Manifest,
     ObjectAnomaly,
     PartRecord,
+    ReferencedPart,
 )
 from ..destinations.base import Destination, DestinationError, LockedError, NotFoundError
 from .backup_parts import (
@@ -114,17 +117,18 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
 
     parts = [record(data.database["part"], "database", None)]
     parts += [record(b["part"], "bucket", b["bucket"]) for b in data.buckets]
+    parts += [
+        record(b["inventory_part"], "inventory", b["bucket"]) for b in data.buckets if b.get("inventory_part")
+    ]
     return Manifest(
+        format=MANIFEST_FORMAT_V2 if any(b.get("inventory_part") for b in data.buckets) else MANIFEST_FORMAT,
         backup_id=data.backup_id,
         installation=data.installation_id,
         started_at=data.started_at,
         finished_at=finished_at,
         versions=_versions(data),
         parts=parts,
-        buckets=[
-            BucketSummary(b["bucket"], b["part"]["part_name"], b["object_count"], b["object_bytes"])
-            for b in data.buckets
-        ],
+        buckets=[_bucket_summary(b) for b in data.buckets],
         inventory=[
             InventoryEntry(b["bucket"], o["key"], o["size"], o["sha256"])
             for b in data.buckets
@@ -141,13 +145,43 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
     )
 
 
+def _bucket_summary(b: dict[str, Any]) -> BucketSummary:
+    """Format 1 keys, plus the inventory part and the diff for a set with inventories."""
+    if not b.get("inventory_part"):
+        return BucketSummary(b["bucket"], b["part"]["part_name"], b["object_count"], b["object_bytes"])
+    inc = b["incremental"]
+    return BucketSummary(
+        b["bucket"],
+        b["part"]["part_name"],
+        b["object_count"],
+        b["object_bytes"],
+        inventory_part=b["inventory_part"]["part_name"],
+        mode=inc["mode"],
+        mode_reason=inc["mode_reason"],
+        base_backup_id=inc["base_backup_id"],
+        since_full=inc["since_full"],
+        total_objects=inc["total_objects"],
+        total_bytes=inc["total_bytes"],
+        diff=dict(inc["diff"]),
+        referenced_parts=[ReferencedPart(**r) for r in inc["referenced_parts"]],
+    )
+
+
+def _all_parts(data: FinalizeInput) -> list[UploadedPart]:
+    """Every data part of the set: database, bucket parts and inventory parts."""
+    parts = [UploadedPart.from_dict(data.database["part"])]
+    for b in data.buckets:
+        parts.append(UploadedPart.from_dict(b["part"]))
+        if b.get("inventory_part"):
+            parts.append(UploadedPart.from_dict(b["inventory_part"]))
+    return parts
+
+
 def ledger_entry(
     data: FinalizeInput, manifest: UploadedPart, finished_at: str, seconds: float
 ) -> dict[str, Any]:
     """The ``backup_set`` materialization metadata: small, no inventory, no secrets."""
-    parts = [UploadedPart.from_dict(data.database["part"])] + [
-        UploadedPart.from_dict(b["part"]) for b in data.buckets
-    ]
+    parts = _all_parts(data)
     return {
         "backup_id": data.backup_id,
         "installation_id": data.installation_id,
@@ -171,6 +205,11 @@ def ledger_entry(
                 "unreadable": len(b.get("unreadable", ())),
                 "inexact": len(b.get("inexact", ())),
                 "seconds": b["seconds"],
+                **(
+                    {"mode": b["incremental"]["mode"], **b["incremental"]["diff"]}
+                    if b.get("incremental")
+                    else {}
+                ),
             }
             for b in data.buckets
         },
@@ -187,9 +226,7 @@ def finalize_backup(
 ) -> dict[str, Any]:
     """Verify every part, drop strays, upload the manifest last; return the ledger entry."""
     started = time.monotonic()
-    parts = [UploadedPart.from_dict(data.database["part"])] + [
-        UploadedPart.from_dict(b["part"]) for b in data.buckets
-    ]
+    parts = _all_parts(data)
     verify_parts(destination, parts)
     try:
         remove_strays(destination, data.installation_id, data.backup_id, parts)
