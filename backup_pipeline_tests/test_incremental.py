@@ -8,9 +8,12 @@ every set restores to the bucket as it was at its time.
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,11 @@ from backup_pipeline.archive.manifest import MANIFEST_FORMAT_V2, Manifest
 from backup_pipeline.archive.stream_crypto import decrypt_stream
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PROP_PART_NAME
+from backup_pipeline.services.backup_upload import has_manifest, list_sets
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.compare import compare_buckets, snapshot_buckets
@@ -265,7 +272,11 @@ def restore_files(inst: Installation, instance: dg.DagsterInstance, backup_id: s
     result = inst.restore(
         instance, backup_id=backup_id, scope="files", dry_run=False, confirm=confirm(backup_id), **config
     )
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert result.success, [
+        getattr(getattr(e.event_specific_data, "user_failure_data", None), "description", e.message)
+        for e in result.all_events
+        if e.is_failure
+    ]
     return step_metadata(result, "restore_bucket_step")
 
 
@@ -353,3 +364,161 @@ def test_disaster_recovery_cli_restores_an_incremental_set(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert s3_snapshot(inst.s3.client()) == expected
+
+
+def retention(inst: Installation, instance: dg.DagsterInstance, keep_last: int) -> dict[str, Any]:
+    result = retention_job.execute_in_process(
+        instance=instance,
+        resources={
+            **{k: v for k, v in inst.resources().items() if k in ("destination", "app_db", "keys")},
+            "backup_policy": BackupPolicyResource(
+                installation_id=INSTALLATION, state_dir=str(inst.state_dir), retention_keep_last=keep_last
+            ),
+        },
+    )
+    assert result.success
+    return step_metadata(result, "apply_retention_op")["apply_retention_op"]
+
+
+def test_retention_keeps_the_parts_a_kept_set_references(
+    installation: Installation, instance: dg.DagsterInstance
+) -> None:
+    inst = installation
+    (a, _), (b, _), (c, c_state), (d, d_state) = chain(inst, instance)
+    before_a = set(_files(inst, a))
+
+    meta = retention(inst, instance, keep_last=2)  # keeps C and D; A and B are forgotten
+
+    assert set(meta["deleted"]) == {a, b}
+    # C and D point at A's bucket parts: those stay, A's manifest, database and inventories go.
+    assert meta["parts_kept_for_kept_sets"] == {
+        a: {f"bucket-{BUCKET}": sorted([c, d]), f"bucket-{OTHER}": sorted([c, d])}
+    }
+    assert set(_files(inst, a)) == {f"bucket-{BUCKET}", f"bucket-{OTHER}"} < before_a
+    assert _files(inst, b) == {}  # B's own (empty) parts are referenced by no one
+    # The kept sets still restore exactly (the verify pass authenticates A's parts too).
+    for backup_id, expected in ((c, c_state), (d, d_state)):
+        inst.s3.reset()
+        restore_files(inst, instance, backup_id)
+        assert s3_snapshot(inst.s3.client()) == expected
+
+    # A backup's clean-up of dead sets leaves A's referenced remains alone. The restores rewrote
+    # every object (new last-modified), so the next backup finds all five changed.
+    e = backup(inst, instance, incremental_min_live_share=0.0)
+    assert set(_files(inst, a)) == {f"bucket-{BUCKET}", f"bucket-{OTHER}"}
+    se = manifest_of(inst, e).bucket(BUCKET)
+    assert se is not None and se.mode == "incremental" and se.diff is not None
+    assert (se.diff["changed"], se.diff["unchanged"], se.referenced_parts) == (5, 0, [])
+
+    # A full of both buckets: once no kept set references A's parts, retention collects them.
+    f = backup(inst, instance, full_every=1)
+    meta = retention(inst, instance, keep_last=1)
+    assert _files(inst, a) == {} and meta["parts_kept_for_kept_sets"] == {}
+    assert {bid for bid in (a, b, c, d, e) if _files(inst, bid)} == set()
+    inst.s3.reset()
+    restore_files(inst, instance, f)
+    assert s3_snapshot(inst.s3.client()) == d_state
+
+
+def _writing_more_than(temp: Path, size: int) -> bool:
+    """A part being written (the local folder's ``.tmp/<uuid>.part``) has passed ``size`` bytes."""
+    for path in temp.glob("*.part"):
+        try:
+            if path.stat().st_size > size:
+                return True
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+    return False
+
+
+CRASHING_BACKUP = """
+import json, sys
+import dagster as dg
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
+args = json.loads(sys.argv[1])
+resources = {
+    "app_db": PostgresResource(database_url=args["db"]),
+    "s3": S3Resource(endpoint=args["endpoint"], access_key=args["access_key"], secret_key=args["secret_key"]),
+    "destination": DestinationResource(
+        kind="local", installation_id=args["installation"], state_dir=args["state"], local_path=args["backups"]
+    ),
+    "keys": BackupKeysResource(org_secret_file=args["org_secret"], state_dir=args["state"]),
+}
+config = {"installation_id": args["installation"], "exclude_table_patterns": [], "incremental_objects": True}
+with dg.instance_for_test() as instance:
+    build_backup_job(executor_def=dg.in_process_executor).execute_in_process(
+        instance=instance, resources=resources, run_config={"ops": {"plan_backup": {"config": config}}}
+    )
+print("finished", flush=True)
+"""
+
+
+def test_a_backup_killed_mid_way_leaves_every_kept_set_restorable(
+    installation: Installation, instance: dg.DagsterInstance
+) -> None:
+    inst = installation
+    client = inst.s3.client()
+    client.make_bucket(BUCKET)
+    for n in range(20):
+        put(client, BUCKET, f"small/{n:02d}", os.urandom(1000))
+    first = backup(inst, instance)
+    first_state = s3_snapshot(client)
+    put(client, BUCKET, "small/05", os.urandom(1000))
+    put(client, BUCKET, "zz-large.bin", os.urandom(48 * MiB))
+    args = {
+        "db": inst.db.url,
+        "endpoint": inst.s3.endpoint,
+        "access_key": inst.s3.access_key,
+        "secret_key": inst.s3.secret_key,
+        "installation": INSTALLATION,
+        "state": str(inst.state_dir),
+        "backups": str(inst.backups_dir),
+        "org_secret": str(inst.org_secret_file),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_BACKUP, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        # Killed while the bucket part (the 48 MiB object) is being written: the inventory part
+        # is under way on its own thread, no manifest exists.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and child.poll() is None:
+            if _writing_more_than(inst.backups_dir / ".tmp", MiB):
+                break
+            time.sleep(0.005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=60)
+    assert "finished" not in out
+    # The killed run still holds the data lease; fail_dead_lease_holder frees it once its heartbeat
+    # is stale (10 min). Here it is freed at once, as that sensor would.
+    app_db = PostgresResource(database_url=inst.db.url)
+    holder = app_db.data_lease_holder()
+    if holder is not None:
+        app_db.release_data_lease(holder.run_id)
+    sets = list_sets(destination(inst), INSTALLATION)
+    assert [bid for bid, files in sets.items() if has_manifest(files)] == [first]
+
+    # The next backup removes the dead remains and completes, incremental on the kept set;
+    # both sets restore as the bucket was at their time.
+    state = s3_snapshot(client)
+    after = backup(inst, instance)
+    assert set(list_sets(destination(inst), INSTALLATION)) == {first, after}
+    summary = manifest_of(inst, after).bucket(BUCKET)
+    assert summary is not None and summary.mode == "incremental" and summary.diff is not None
+    assert (summary.diff["new"], summary.diff["changed"], summary.diff["unchanged"]) == (1, 1, 19)
+    for backup_id, expected in ((first, first_state), (after, state)):
+        inst.s3.reset()
+        restore_files(inst, instance, backup_id)
+        assert s3_snapshot(client) == expected

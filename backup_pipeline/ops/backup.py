@@ -15,7 +15,13 @@ from pydantic import Field
 
 from backup_pipeline import admin_view
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import Destination, DestinationError, LockedError, ensure_room
+from backup_pipeline.destinations.base import (
+    Destination,
+    DestinationError,
+    LockedError,
+    StoredFile,
+    ensure_room,
+)
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -55,11 +61,13 @@ from backup_pipeline.services.backup_parts import (
 from backup_pipeline.services.backup_upload import (
     Encryptor,
     destination_error_code,
+    has_manifest,
     remove_incomplete_sets,
     remove_part,
     remove_set,
 )
 from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
+from backup_pipeline.services.reachability import ReferencesUnknown, find_references
 
 BACKUP_JOB_NAME = "backup_job"
 BACKUP_SET_ASSET = dg.AssetKey("backup_set")
@@ -328,7 +336,12 @@ def plan_backup(
         writing = backup_ids_being_written(
             context.instance, except_run_id=context.run_id, job_name=context.job_name
         )
-        removed = remove_incomplete_sets(dest, config.installation_id, keep={backup_id, *writing})
+        removed = remove_incomplete_sets(
+            dest,
+            config.installation_id,
+            keep={backup_id, *writing},
+            referenced=lambda grouped: _referenced_parts(dest, keys, grouped),
+        )
         if removed:
             context.log.info(f"removed incomplete sets of runs that died: {', '.join(removed)}")
     plan = {
@@ -374,6 +387,21 @@ def plan_backup(
             output_name="buckets",
             mapping_key=mapping_key(summary.name, taken),
         )
+
+
+def _referenced_parts(
+    dest: Destination, keys: BackupKeysResource, grouped: dict[str, list[StoredFile]]
+) -> Callable[[str], set[str]]:
+    """Parts that complete format-2 sets reference (``services/reachability.py``): never removed here."""
+    try:
+        refs = find_references(
+            dest, keys.keyring, grouped, [b for b, files in grouped.items() if has_manifest(files)]
+        )
+    except ReferencesUnknown as exc:
+        raise BackupError(
+            ErrorCode.DESTINATION_UNAVAILABLE, f"removing the remains of dead backups: {exc}"
+        ) from None
+    return lambda backup_id: set(refs.of_set(backup_id))
 
 
 def _database_size(app_db: PostgresResource) -> int:
