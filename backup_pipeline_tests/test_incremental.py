@@ -28,10 +28,13 @@ from backup_pipeline.archive.stream_crypto import decrypt_stream
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.ops.verification import verify_backup_job
+from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PROP_PART_NAME
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
+from backup_pipeline_tests.fixtures.drive import SHARED_DRIVE_ID, DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.compare import compare_buckets, snapshot_buckets
@@ -71,16 +74,20 @@ def put(client: Minio, bucket: str, key: str, data: bytes, **metadata: str) -> N
     )
 
 
-def backup(inst: Installation, instance: dg.DagsterInstance, **config: Any) -> str:
-    result = backup_run(inst, instance, **config)
+def backup(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource | None = None, **config: Any
+) -> str:
+    result = backup_run(inst, instance, dest, **config)
     return str(result.dagster_run.tags["backup_pipeline/backup_id"])
 
 
-def backup_run(inst: Installation, instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:
+def backup_run(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource | None = None, **config: Any
+) -> dg.ExecuteInProcessResult:
     job = build_backup_job(executor_def=dg.in_process_executor)
     result = job.execute_in_process(
         instance=instance,
-        resources=inst.resources(),
+        resources=inst.resources(dest),
         run_config={
             "ops": {
                 "plan_backup": {
@@ -436,6 +443,8 @@ import json, sys
 import dagster as dg
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.ops.verification import verify_backup_job
+from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.destination import DestinationResource
@@ -522,3 +531,82 @@ def test_a_backup_killed_mid_way_leaves_every_kept_set_restorable(
         inst.s3.reset()
         restore_files(inst, instance, backup_id)
         assert s3_snapshot(client) == expected
+
+
+def test_on_google_drive_an_incremental_set_uploads_only_changes_restores_and_verifies(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest = DestinationResource(
+        kind="google_drive",
+        installation_id=INSTALLATION,
+        state_dir=str(tmp_path / "dest-state"),
+        drive_auth_mode="shared_drive",
+        drive_credentials_file=str(drive.service_account_file),
+        drive_shared_drive_id=SHARED_DRIVE_ID,
+        drive_api_root=drive.server.url,
+        drive_token_uri=drive.server.token_uri,
+        retry_attempts=3,
+        retry_initial_wait_seconds=0.05,
+        retry_max_wait_seconds=0.2,
+    )
+    client = inst.s3.client()
+    client.make_bucket(BUCKET)
+    put(client, BUCKET, "big.bin", os.urandom(3 * MiB))
+    put(client, BUCKET, "note.txt", b"first", lang="en")
+    first = backup(inst, instance, dest)
+    put(client, BUCKET, "note.txt", b"other", lang="de")  # same size, new content
+    put(client, BUCKET, "new.txt", b"added")
+    state = s3_snapshot(client)
+    second = backup(inst, instance, dest)
+    drive_files = [f for f in drive.files() if f.get("appProperties", {}).get("backupId") == second]
+    bucket_file = next(f for f in drive_files if f["appProperties"]["partName"] == f"bucket-{BUCKET}")
+    assert int(bucket_file["size"]) < MiB  # the 3 MiB object was not uploaded again
+    assert {f["appProperties"]["partName"] for f in drive_files} == {
+        "database",
+        f"bucket-{BUCKET}",
+        inventory_part_name(BUCKET),
+        PART_MANIFEST,
+    }
+
+    inst.s3.reset()
+    result = restore_job_on(inst, instance, dest, second)
+    assert result.success
+    assert s3_snapshot(client) == state
+    assert first != second
+
+    verified = verify_backup_job.execute_in_process(
+        instance=instance,
+        resources={
+            **{k: v for k, v in inst.resources(dest).items() if k != "s3"},
+            "backup_policy": BackupPolicyResource(
+                installation_id=INSTALLATION, state_dir=str(inst.state_dir)
+            ),
+        },
+        run_config={"ops": {"verify_backup_set_op": {"config": {"backup_id": second, "sample_share": 1.0}}}},
+        raise_on_error=False,
+    )
+    assert verified.success, [e.message for e in verified.all_events if e.is_failure]
+
+
+def restore_job_on(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, backup_id: str
+) -> dg.ExecuteInProcessResult:
+    from backup_pipeline.ops.restore import restore_job
+
+    return restore_job.execute_in_process(
+        instance=instance,
+        resources=inst.resources(dest),
+        run_config={
+            "ops": {
+                "start_restore": {
+                    "config": {
+                        "backup_id": backup_id,
+                        "scope": "files",
+                        "dry_run": False,
+                        "confirm": confirm(backup_id),
+                    }
+                }
+            }
+        },
+    )
