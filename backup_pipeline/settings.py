@@ -611,6 +611,17 @@ class BackupSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_incremental_destinations(self) -> BackupSettings:
+        # A copy carries a set's own files only; an incremental set copied alone would lack the
+        # older parts it references (docs/architecture/BACKUP-STRATEGY.md, Incremental object backups).
+        if self.incremental_objects and len(self.destinations) > 1:
+            raise ValueError(
+                "BACKUP_PIPELINE_INCREMENTAL_OBJECTS: not supported with several destinations "
+                "(BACKUP_PIPELINE_DESTINATIONS) yet; turn one of them off"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_destination(self) -> BackupSettings:
         if self.destination is DestinationKind.GOOGLE_DRIVE:
             missing = []

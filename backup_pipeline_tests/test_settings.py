@@ -97,3 +97,19 @@ def test_incremental_object_settings_are_validated_by_name() -> None:
     message = str(err.value)
     assert "BACKUP_PIPELINE_FULL_EVERY" in message and "greater than or equal to 1" in message
     assert "BACKUP_PIPELINE_INCREMENTAL_MIN_LIVE_SHARE" in message and "less than or equal to 1" in message
+
+
+def test_incremental_objects_are_refused_with_several_destinations() -> None:
+    with pytest.raises(
+        SettingsError, match="BACKUP_PIPELINE_INCREMENTAL_OBJECTS: not supported with several"
+    ):
+        load_settings(
+            {
+                "BACKUP_PIPELINE_INCREMENTAL_OBJECTS": "true",
+                "BACKUP_PIPELINE_DESTINATIONS": "nas,usb",
+                "BACKUP_PIPELINE_DESTINATION_NAS_KIND": "local",
+                "BACKUP_PIPELINE_DESTINATION_NAS_PATH": "/tmp/nas",
+                "BACKUP_PIPELINE_DESTINATION_USB_KIND": "local",
+                "BACKUP_PIPELINE_DESTINATION_USB_PATH": "/tmp/usb",
+            }
+        )
