@@ -610,3 +610,46 @@ def restore_job_on(
             }
         },
     )
+
+
+def test_inventory_lines_wait_for_the_objects_before_them(
+    installation: Installation, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most one held line, the listing pauses behind every object being read ahead, and
+    the inventory still comes out complete and in key order."""
+    from backup_pipeline.services import backup_incremental
+
+    inst = installation
+    client = inst.s3.client()
+    client.make_bucket(BUCKET)
+    for n in range(40):
+        put(client, BUCKET, f"k{n:02d}", os.urandom(200))
+    first = backup(inst, instance)
+    for n in range(0, 40, 3):
+        put(client, BUCKET, f"k{n:02d}", os.urandom(200))  # changed
+    put(client, BUCKET, "k99", b"new")
+    client.remove_object(BUCKET, "k01")
+    state = s3_snapshot(client)
+    monkeypatch.setattr(backup_incremental, "MAX_HELD_LINES", 1)
+    second = backup(inst, instance)
+    summary = manifest_of(inst, second).bucket(BUCKET)
+    assert summary is not None and summary.diff is not None
+    assert (
+        summary.diff["changed"],
+        summary.diff["new"],
+        summary.diff["deleted"],
+        summary.diff["unchanged"],
+    ) == (
+        14,
+        1,
+        1,
+        25,
+    )
+    records = inventory_of(inst, second, BUCKET)
+    assert [r.key for r in records] == sorted(k for b, k in state if b == BUCKET)
+    assert {r.key for r in records if r.backup_id == first} == {
+        f"k{n:02d}" for n in range(40) if n % 3 and n != 1
+    }
+    inst.s3.reset()
+    restore_files(inst, instance, second)
+    assert s3_snapshot(client) == state
