@@ -22,9 +22,8 @@ from backup_pipeline.archive.stream_crypto import (
     decrypt_stream,
     encrypt_stream,
     open_header,
-    parse_header,
+    read_header,
 )
-from backup_pipeline.archive.stream_crypto import _ByteSource as ByteSource
 from backup_pipeline.archive.tar_parts import (
     NEW_MEMBER_MIN_SIZE,
     SourceObject,
@@ -51,12 +50,19 @@ def _objects(seed: int = 7) -> list[tuple[str, bytes, str]]:
             "big": rng.randint(300_000, 1_500_000),
         }[kind]
         body = text[:size] if kind == "text" else rng.randbytes(size)
-        found.append((f"dir{i % 5}/obj-{i:03d}-{kind}", body, "image/jpeg" if kind == "random" else "text/plain"))
+        found.append(
+            (f"dir{i % 5}/obj-{i:03d}-{kind}", body, "image/jpeg" if kind == "random" else "text/plain")
+        )
     return sorted(found)
 
 
 def _sources(objects: list[tuple[str, bytes, str]]) -> list[SourceObject]:
-    return [SourceObject(k, len(b), t, open=lambda b=b: iter([b[i : i + 50_000] for i in range(0, len(b), 50_000)])) for k, b, t in objects]
+    return [
+        SourceObject(
+            k, len(b), t, open=lambda b=b: iter([b[i : i + 50_000] for i in range(0, len(b), 50_000)])
+        )
+        for k, b, t in objects
+    ]
 
 
 def _part(objects: list[tuple[str, bytes, str]]) -> tuple[bytes, bytes, int]:
@@ -90,8 +96,10 @@ class Fetcher:
 
 
 def _open(ciphertext: bytes):  # type: ignore[no-untyped-def]
-    header = parse_header(ByteSource([ciphertext[:4096]]))
-    return header, open_header(header, org_keyring=ORG, expected_backup_id="b1", expected_part_name="bucket-b")
+    header = read_header([ciphertext[:4096]])[0]
+    return header, open_header(
+        header, org_keyring=ORG, expected_backup_id="b1", expected_part_name="bucket-b"
+    )
 
 
 def test_every_object_reads_back_alone_from_its_byte_range() -> None:
@@ -113,7 +121,9 @@ def test_every_object_reads_back_alone_from_its_byte_range() -> None:
             if len(body) >= chunk:
                 assert fetch.served <= 2 * len(body) + chunk, (key, len(body), fetch.served)
     # The whole-part path still reads the same archive (one stream, final chunk enforced).
-    plain = decrypt_stream([ciphertext], expected_backup_id="b1", expected_part_name="bucket-b", org_keyring=ORG)
+    plain = decrypt_stream(
+        [ciphertext], expected_backup_id="b1", expected_part_name="bucket-b", org_keyring=ORG
+    )
     assert [(o.key, o.fileobj.read()) for o in read_bucket_archive(plain)] == [(k, b) for k, b, _ in objects]
 
 
@@ -189,8 +199,10 @@ def test_cost_of_member_boundaries_is_small(capsys: pytest.CaptureFixture[str]) 
     finally:
         tar_parts.NEW_MEMBER_MIN_SIZE = saved
     with capsys.disabled():
-        print(f"\n[part index] {total} B of objects: {split} B split vs {unsplit} B unsplit "
-              f"({(split - unsplit) / unsplit:+.3%}), {seconds:.2f} s")
+        print(
+            f"\n[part index] {total} B of objects: {split} B split vs {unsplit} B unsplit "
+            f"({(split - unsplit) / unsplit:+.3%}), {seconds:.2f} s"
+        )
     assert split <= unsplit * 1.01
 
 

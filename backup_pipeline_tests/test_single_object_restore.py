@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from minio import Minio
 from minio.commonconfig import Tags
 
 from backup_pipeline.archive.keys import OrgKeyring, generate_org_secret_file
+from backup_pipeline.cli import main
 from backup_pipeline.destinations import Destination, LocalFolderDestination, RetryingDestination
 from backup_pipeline.ops.backup import build_archive_writer, build_encryptor
 from backup_pipeline.resources.keys import BackupKeysResource
@@ -160,11 +163,15 @@ def _fresh_bucket(client: Minio, name: str) -> str:
     return name
 
 
-def test_one_object_reads_only_its_range_with_equal_bytes_and_headers(made: MadeSet, request: pytest.FixtureRequest) -> None:
+def test_one_object_reads_only_its_range_with_equal_bytes_and_headers(
+    made: MadeSet, request: pytest.FixtureRequest
+) -> None:
     resolved = resolve_backup(made.destination, made.keys, made.backup_id, installation_id=INSTALLATION)
     key = "photos/big-1.jpg"
     size = len(made.content[key])
-    drive: DriveFixture | None = request.getfixturevalue("drive") if "drive" in request.node.callspec.id else None
+    drive: DriveFixture | None = (
+        request.getfixturevalue("drive") if "drive" in request.node.callspec.id else None
+    )
     before = drive.stats()["download_bytes_sent"] if drive else 0
     target = _fresh_bucket(made.client, "single-target")
     report = restore_objects(
@@ -203,13 +210,20 @@ def test_a_prefix_restores_into_a_folder(made: MadeSet, tmp_path: Path) -> None:
     resolved = resolve_backup(made.destination, made.keys, made.backup_id, installation_id=INSTALLATION)
     folder = tmp_path / "restored"
     report = restore_objects(
-        made.destination, made.keys, resolved, SOURCE, restore_selection(prefix="medium/"), FolderTarget(folder)
+        made.destination,
+        made.keys,
+        resolved,
+        SOURCE,
+        restore_selection(prefix="medium/"),
+        FolderTarget(folder),
     )
     wanted = {k: v for k, v in made.content.items() if k.startswith("medium/")}
     assert sorted(o["key"] for o in report.objects) == sorted(wanted)
     for key, data in wanted.items():
         assert (folder / key).read_bytes() == data
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(wanted)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(
+        wanted
+    )
     assert report.part_bytes_downloaded <= sum(len(v) for v in wanted.values()) + 3 * CHUNK * len(wanted)
 
 
@@ -231,11 +245,18 @@ def test_a_tampered_chunk_in_the_range_fails_naming_the_object(tmp_path: Path, s
     path.write_bytes(bytes(data))
     folder = tmp_path / "restored"
     with pytest.raises(SingleObjectError, match=r"object 'photos/big-2.jpg': ChunkTamperedError"):
-        restore_objects(made.destination, made.keys, resolved, SOURCE, restore_selection([key]), FolderTarget(folder))
+        restore_objects(
+            made.destination, made.keys, resolved, SOURCE, restore_selection([key]), FolderTarget(folder)
+        )
     assert not [p for p in folder.rglob("*") if p.is_file()]  # nothing renamed into place, no temporary left
     # An untouched object in the same part still restores.
     report = restore_objects(
-        made.destination, made.keys, resolved, SOURCE, restore_selection(["small/007.txt"]), FolderTarget(folder)
+        made.destination,
+        made.keys,
+        resolved,
+        SOURCE,
+        restore_selection(["small/007.txt"]),
+        FolderTarget(folder),
     )
     assert (folder / "small/007.txt").read_bytes() == made.content["small/007.txt"]
     assert report.objects
@@ -254,3 +275,30 @@ def test_a_set_without_an_index_restores_through_the_whole_part(tmp_path: Path, 
     assert (folder / key).read_bytes() == made.content[key]
     # Pass 1 verifies the whole part, pass 2 reads it again.
     assert report.part_bytes_downloaded == 2 * resolved.parts[f"bucket-{SOURCE}"].size
+
+
+def test_cli_restores_a_prefix_to_a_folder_and_refuses_bad_input(
+    tmp_path: Path, s3: SeaweedFSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _make_set(tmp_path, LocalFolderDestination(tmp_path / "backups"), s3, with_index=True)
+    for name in list(os.environ):
+        if name.startswith("BACKUP_PIPELINE_"):
+            monkeypatch.delenv(name)
+    env = {
+        "BACKUP_PIPELINE_DESTINATION": "local",
+        "BACKUP_PIPELINE_LOCAL_DESTINATION_PATH": str(tmp_path / "backups"),
+        "BACKUP_PIPELINE_STATE_DIR": str(tmp_path / "cli-state"),
+    }
+    common = ["restore-objects", "--org-secret-file", str(tmp_path / "org-secret"), "--bucket", SOURCE]
+    out = tmp_path / "cli-out"
+    result = CliRunner().invoke(main, [*common, "--prefix", "small/00", "--to-folder", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    wanted = {k: v for k, v in made.content.items() if k.startswith("small/00")}
+    assert len(wanted) == 10
+    for key, data in wanted.items():
+        assert (out / key).read_bytes() == data
+    assert "ranged reads through the part index" in result.stdout
+    result = CliRunner().invoke(main, [*common, "--key", "nope", "--to-folder", str(out)], env=env)
+    assert result.exit_code == 1 and "holds none of: 'nope'" in result.stderr
+    result = CliRunner().invoke(main, [*common, "--to-folder", str(out)], env=env)
+    assert result.exit_code == 2 and "--key or --prefix" in result.stderr

@@ -98,7 +98,9 @@ class IndexEntry:
                 f"part index line {line_number}: {', '.join(numbers)} must be integers >= 0"
             )
         if not isinstance(raw["sha256"], str) or not _SHA256.match(raw["sha256"]):
-            raise ArchiveContentError(f"part index line {line_number}: sha256 must be 64 lowercase hex digits")
+            raise ArchiveContentError(
+                f"part index line {line_number}: sha256 must be 64 lowercase hex digits"
+            )
         if raw["end_offset"] <= raw["member_offset"]:
             raise ArchiveContentError(f"part index line {line_number}: end_offset must follow member_offset")
         return cls(**raw)
@@ -168,7 +170,11 @@ class PartIndexWriter:
             span = self._pending.popleft()
             first = self._find(span.tar_start)
             last = self._find(span.data_end - 1)
-            self._emit(IndexEntry(span.key, span.size, span.sha256, first[2], span.tar_start - first[0], last[3]).to_line())
+            self._emit(
+                IndexEntry(
+                    span.key, span.size, span.sha256, first[2], span.tar_start - first[0], last[3]
+                ).to_line()
+            )
             self.entries += 1
         # Members entirely before every entry still to come are not needed any more.
         horizon = self._pending[0].tar_start if self._pending else self._last_tar_end
@@ -271,7 +277,9 @@ def _slice(chunks: Iterable[bytes], start: int, end: int) -> Iterator[bytes]:
             yield chunk[lo:hi]
         position += len(chunk)
     if position < end:
-        raise ArchiveContentError(f"the part's plaintext ends at {position}, before the indexed range ({end})")
+        raise ArchiveContentError(
+            f"the part's plaintext ends at {position}, before the indexed range ({end})"
+        )
 
 
 def _skip(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:

@@ -40,8 +40,8 @@ from minio import Minio
 from minio.error import S3Error
 
 from ..destinations.base import Destination
-from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
 from .backup_index import IndexUpload
+from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart, upload_part
 from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
 from .object_headers import record_headers, wire_text

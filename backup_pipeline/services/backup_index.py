@@ -9,6 +9,7 @@ verified, :meth:`IndexUpload.abort` (the index put fails, leaving nothing comple
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ class IndexUpload:
         set_kind: str = SET_KIND_REGULAR,
     ) -> None:
         self.part_name = index_part_name(bucket_part)
-        self._queue: queue.Queue[bytes | None | _Abort] = queue.Queue(maxsize=_DEPTH)
+        self._queue: queue.Queue[bytes | _Abort | None] = queue.Queue(maxsize=_DEPTH)
         self._pending = bytearray()
         self._result: UploadedPart | None = None
         self._error: BaseException | None = None
@@ -55,7 +56,12 @@ class IndexUpload:
         self.writer = PartIndexWriter(bucket_part, self._emit)
 
     def _run(
-        self, destination: Destination, encryptor: Encryptor, installation_id: str, backup_id: str, set_kind: str
+        self,
+        destination: Destination,
+        encryptor: Encryptor,
+        installation_id: str,
+        backup_id: str,
+        set_kind: str,
     ) -> None:
         try:
             self._result = upload_part(
@@ -85,7 +91,7 @@ class IndexUpload:
                 raise item
             yield item
 
-    def _put(self, item: bytes | None | _Abort) -> None:
+    def _put(self, item: bytes | _Abort | None) -> None:
         while True:
             if self._error is not None or not self._thread.is_alive():
                 raise self._failure()
@@ -120,8 +126,7 @@ class IndexUpload:
     def abort(self) -> None:
         """The bucket part failed: make the index put fail too (no complete index is left)."""
         if self._thread.is_alive():
-            try:
+            # Full: the uploader is stuck on the destination; it is a daemon thread.
+            with contextlib.suppress(queue.Full):
                 self._queue.put(_Abort("the bucket part failed"), timeout=5)
-            except queue.Full:
-                pass  # the uploader is stuck on the destination; it is a daemon thread
             self._thread.join(timeout=30)

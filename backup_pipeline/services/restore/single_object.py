@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from minio import Minio
 
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.archive.part_index import IndexEntry, index_part_name, read_index
-from backup_pipeline.archive.stream_crypto import ArchiveHeader, open_header, parse_header
-from backup_pipeline.archive.stream_crypto import _ByteSource as ByteSource
-from backup_pipeline.archive.tar_parts import read_indexed_object, safe_tar_path
+from backup_pipeline.archive.stream_crypto import ArchiveHeader, open_header, read_header
+from backup_pipeline.archive.tar_parts import ArchivedObject, read_indexed_object, safe_tar_path
 from backup_pipeline.destinations.base import Destination
 from backup_pipeline.durable_files import fsync_dir
 from backup_pipeline.services.backup_parts import bucket_part_name
@@ -232,7 +232,9 @@ def restore_objects(
     def done(key: str, size: int, sha256: str, written: int) -> None:
         recorded = inventory.get(key)
         if recorded is not None and recorded.sha256 != sha256:
-            raise SingleObjectError(f"{key!r}: the index and the manifest's inventory disagree on its SHA-256")
+            raise SingleObjectError(
+                f"{key!r}: the index and the manifest's inventory disagree on its SHA-256"
+            )
         seen.add(key)
         report.objects.append({"key": key, "size": size, "sha256": sha256})
         report.object_bytes += written
@@ -270,7 +272,9 @@ def restore_objects(
         what = ", ".join(repr(k) for k in sorted(selection.keys)) if selection.keys else ""
         if selection.prefix is not None:
             what += (" and " if what else "") + f"no key starts with {selection.prefix!r}"
-        raise RestoreRefused(f"keys / prefix: backup {resolved.backup_id}, bucket {bucket!r} holds none of: {what}")
+        raise RestoreRefused(
+            f"keys / prefix: backup {resolved.backup_id}, bucket {bucket!r} holds none of: {what}"
+        )
     return report
 
 
@@ -288,9 +292,9 @@ def _ranged(destination: Destination, part: PartRef) -> Callable[[int, int], Ite
 
 def _open_bucket_header(
     fetch: Callable[[int, int], Iterable[bytes]], keys: RestoreKeys, resolved: ResolvedBackup, part: PartRef
-) -> tuple[ArchiveHeader, object]:
+) -> tuple[ArchiveHeader, AESGCM]:
     try:
-        header = parse_header(ByteSource(fetch(0, min(part.size, HEADER_FETCH_BYTES))))
+        header = read_header(fetch(0, min(part.size, HEADER_FETCH_BYTES)))[0]
         aead = open_header(
             header,
             org_keyring=keys.org_keyring,
@@ -305,10 +309,7 @@ def _open_bucket_header(
     return header, aead
 
 
-def _as_entry(found: object) -> RestoreEntry:
-    from backup_pipeline.archive.tar_parts import ArchivedObject
-
-    assert isinstance(found, ArchivedObject)
+def _as_entry(found: ArchivedObject) -> RestoreEntry:
     return RestoreEntry(
         key=found.key,
         size=found.size,
