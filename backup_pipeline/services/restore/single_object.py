@@ -106,7 +106,8 @@ def locate_objects(
 
 
 class ObjectTarget(Protocol):
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def write(self, key: str, entry: RestoreEntry, expected_sha256: str) -> int: ...
 
