@@ -40,9 +40,9 @@ from minio import Minio
 from minio.error import S3Error
 
 from ..destinations.base import Destination
-from .backup_index import IndexUpload
+from .backup_index import upload_bucket_part
 from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
-from .backup_upload import Encryptor, UploadedPart, upload_part
+from .backup_upload import Encryptor, UploadedPart
 from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
 from .object_headers import record_headers, wire_text
 from .progress import ProgressTracker
@@ -764,31 +764,17 @@ def export_bucket(
         read_ahead=read_ahead,
         tag_reading=tag_reading,
     )
-    index = (
-        IndexUpload(
-            destination,
-            encryptor,
-            installation_id=installation_id,
-            backup_id=backup_id,
-            bucket_part=bucket_part_name(bucket),
-        )
-        if with_index
-        else None
-    )
     try:
-        part = upload_part(
+        part, index_part = upload_bucket_part(
             destination,
             encryptor,
+            archive_writer,
+            objects,
             installation_id=installation_id,
             backup_id=backup_id,
             part_name=bucket_part_name(bucket),
-            plaintext=archive_writer(objects, index.writer) if index else archive_writer(objects),
+            with_index=with_index,
         )
-        index_part = index.finish() if index else None
-    except BaseException:
-        if index is not None:
-            index.abort()
-        raise
     finally:
         objects.close()
     if progress is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..archive.part_index import PartIndexWriter, index_part_name
 from ..destinations.base import Destination
@@ -130,3 +130,43 @@ class IndexUpload:
             with contextlib.suppress(queue.Full):
                 self._queue.put(_Abort("the bucket part failed"), timeout=5)
             self._thread.join(timeout=30)
+
+
+def upload_bucket_part(
+    destination: Destination,
+    encryptor: Encryptor,
+    archive_writer: Callable[..., Iterable[bytes]],
+    objects: Iterator[object],
+    *,
+    installation_id: str,
+    backup_id: str,
+    part_name: str,
+    with_index: bool,
+) -> tuple[UploadedPart, UploadedPart | None]:
+    """The bucket part (``archive_writer(objects[, index writer])`` encrypted and put) and, with
+    ``with_index``, its index part uploaded alongside; the index fails when the bucket part does."""
+    index = (
+        IndexUpload(
+            destination,
+            encryptor,
+            installation_id=installation_id,
+            backup_id=backup_id,
+            bucket_part=part_name,
+        )
+        if with_index
+        else None
+    )
+    try:
+        part = upload_part(
+            destination,
+            encryptor,
+            installation_id=installation_id,
+            backup_id=backup_id,
+            part_name=part_name,
+            plaintext=archive_writer(objects, index.writer) if index else archive_writer(objects),
+        )
+        return part, index.finish() if index else None
+    except BaseException:
+        if index is not None:
+            index.abort()
+        raise
