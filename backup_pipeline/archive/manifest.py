@@ -27,8 +27,10 @@ MANIFEST_PART_NAME = "manifest"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
-PartKind = Literal["database", "bucket", "inventory"]
-PART_KINDS = ("database", "bucket", "inventory")
+#: ``index``: a bucket part's part index (BACKUP-FORMAT.md §8), its ``bucket`` set.
+#: ``inventory``: a bucket's inventory (format 2, §5.3), its ``bucket`` set.
+PartKind = Literal["database", "bucket", "index", "inventory"]
+PART_KINDS = ("database", "bucket", "index", "inventory")
 AnomalyKind = Literal["changed", "vanished", "unreadable", "inexact"]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("changed", "vanished", "unreadable", "inexact")
 
@@ -192,7 +194,7 @@ class Manifest:
             raise ManifestError("the manifest cannot list itself as a part")
         for p in self.parts:
             if p.kind not in PART_KINDS:
-                raise ManifestError(f"part {p.name!r}: kind must be 'database' or 'bucket'")
+                raise ManifestError(f"part {p.name!r}: kind must be one of {', '.join(PART_KINDS)}")
             if p.kind == "inventory" and self.format != MANIFEST_FORMAT_V2:
                 raise ManifestError(f"part {p.name!r}: an inventory part needs format {MANIFEST_FORMAT_V2!r}")
             for label, value in (

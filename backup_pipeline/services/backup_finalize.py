@@ -89,6 +89,18 @@ class FinalizeInput:
     set_kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup
 
 
+def data_parts(data: FinalizeInput) -> list[UploadedPart]:
+    """Every data part of the set: database, bucket parts, their indexes and inventories (format 2)."""
+    parts = [UploadedPart.from_dict(data.database["part"])]
+    for b in data.buckets:
+        parts.append(UploadedPart.from_dict(b["part"]))
+        if b.get("index_part"):
+            parts.append(UploadedPart.from_dict(b["index_part"]))
+        if b.get("inventory_part"):
+            parts.append(UploadedPart.from_dict(b["inventory_part"]))
+    return parts
+
+
 def _versions(data: FinalizeInput) -> dict[str, str]:
     return {
         **{k: str(v) for k, v in data.versions.items()},
@@ -117,6 +129,8 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
 
     parts = [record(data.database["part"], "database", None)]
     parts += [record(b["part"], "bucket", b["bucket"]) for b in data.buckets]
+    # Part indexes (BACKUP-FORMAT.md §8) after the bucket parts: older results have none.
+    parts += [record(b["index_part"], "index", b["bucket"]) for b in data.buckets if b.get("index_part")]
     parts += [
         record(b["inventory_part"], "inventory", b["bucket"]) for b in data.buckets if b.get("inventory_part")
     ]
@@ -167,21 +181,11 @@ def _bucket_summary(b: dict[str, Any]) -> BucketSummary:
     )
 
 
-def _all_parts(data: FinalizeInput) -> list[UploadedPart]:
-    """Every data part of the set: database, bucket parts and inventory parts."""
-    parts = [UploadedPart.from_dict(data.database["part"])]
-    for b in data.buckets:
-        parts.append(UploadedPart.from_dict(b["part"]))
-        if b.get("inventory_part"):
-            parts.append(UploadedPart.from_dict(b["inventory_part"]))
-    return parts
-
-
 def ledger_entry(
     data: FinalizeInput, manifest: UploadedPart, finished_at: str, seconds: float
 ) -> dict[str, Any]:
     """The ``backup_set`` materialization metadata: small, no inventory, no secrets."""
-    parts = _all_parts(data)
+    parts = data_parts(data)
     return {
         "backup_id": data.backup_id,
         "installation_id": data.installation_id,
@@ -226,7 +230,7 @@ def finalize_backup(
 ) -> dict[str, Any]:
     """Verify every part, drop strays, upload the manifest last; return the ledger entry."""
     started = time.monotonic()
-    parts = _all_parts(data)
+    parts = data_parts(data)
     verify_parts(destination, parts)
     try:
         remove_strays(destination, data.installation_id, data.backup_id, parts)

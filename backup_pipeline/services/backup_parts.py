@@ -39,6 +39,8 @@ PART_MANIFEST = "manifest"
 BUCKET_PART_PREFIX = "bucket-"
 #: ``inventory-<bucket>``: every object of the bucket and where its body lives (format 2 sets).
 INVENTORY_PART_PREFIX = "inventory-"
+#: ``index-<bucket>``: the part index of ``bucket-<bucket>`` (archive/part_index.py).
+INDEX_PART_PREFIX = "index-"
 #: Reserved key prefix of a restore's undo copies (``services/restore/undo_journal.py``): such
 #: objects are the restore's own, never backed up (and so never restored).
 UNDO_PREFIX = ".bp-restore-undo/"
@@ -47,6 +49,7 @@ KIND_DATABASE = "database"
 KIND_BUCKET = "bucket"
 KIND_MANIFEST = "manifest"
 KIND_INVENTORY = "inventory"
+KIND_INDEX = "index"
 
 _BACKUP_ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _MAPPING_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -84,6 +87,8 @@ def part_kind(part_name: str) -> str:
         return KIND_BUCKET
     if part_name.startswith(INVENTORY_PART_PREFIX):
         return KIND_INVENTORY
+    if part_name.startswith(INDEX_PART_PREFIX):
+        return KIND_INDEX
     raise ValueError(f"unknown part name {part_name!r}")
 
 
