@@ -20,6 +20,7 @@ from backup_pipeline.ops.restore import TAG_RESTORE_OF
 from backup_pipeline.ops.retention import backup_ids_in_use, delete_backup_job, retention_job
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import (
@@ -127,7 +128,14 @@ def test_retention_and_delete_name_a_busy_lock_and_an_unreachable_database_apart
         with dg.instance_for_test() as instance:
             result = job.execute_in_process(
                 run_config=run_config,
-                resources={"app_db": app_db, "destination": destination, "backup_policy": policy},
+                resources={
+                    "app_db": app_db,
+                    "destination": destination,
+                    "backup_policy": policy,
+                    "keys": BackupKeysResource(
+                        org_secret_file=str(tmp_path / "org-secret"), state_dir=str(tmp_path / "state")
+                    ),
+                },
                 instance=instance,
                 raise_on_error=False,
             )

@@ -15,6 +15,7 @@ from backup_pipeline.audit import AuditLog
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.ops.retention import BACKUP_SET_ASSET, delete_backup_job, retention_job
 from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import (
@@ -53,6 +54,10 @@ def _resources(tmp_path: Path, pg: PgDatabase, folder: Path, keep: int = 2) -> d
             installation_id=INSTALLATION, state_dir=str(tmp_path / "state"), retention_keep_last=keep
         ),
         "app_db": PostgresResource(database_url=pg.url),
+        # Read only for sets with an inventory part (their manifests name parts kept sets need).
+        "keys": BackupKeysResource(
+            org_secret_file=str(tmp_path / "org-secret"), state_dir=str(tmp_path / "state")
+        ),
     }
 
 
@@ -262,5 +267,6 @@ def test_delete_backup_config_missing_confirmation_rejected_before_launch() -> N
                 "destination": DestinationResource(kind="local"),
                 "backup_policy": BackupPolicyResource(),
                 "app_db": PostgresResource(database_url="postgresql://postgres@127.0.0.1:5432/x"),
+                "keys": BackupKeysResource(org_secret_file="unused", state_dir="unused"),
             },
         )

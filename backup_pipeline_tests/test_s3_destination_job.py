@@ -142,6 +142,7 @@ def test_a_locked_backup_survives_the_products_own_credentials_and_restores(
                     installation_id=INSTALLATION, state_dir=str(inst.state_dir)
                 ),
                 "app_db": resources["app_db"],
+                "keys": resources["keys"],
             },
             run_config={
                 "ops": {
@@ -162,6 +163,7 @@ def test_a_locked_backup_survives_the_products_own_credentials_and_restores(
                     installation_id=INSTALLATION, state_dir=str(inst.state_dir), retention_keep_last=1
                 ),
                 "app_db": resources["app_db"],
+                "keys": resources["keys"],
             },
         )
         assert kept.success

@@ -79,3 +79,37 @@ def test_settings_file_is_read_and_environment_wins(tmp_path: Path) -> None:
 def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="file not found"):
         load_settings({"BACKUP_PIPELINE_SETTINGS_FILE": str(tmp_path / "nope.env")})
+
+
+def test_incremental_object_settings_are_validated_by_name() -> None:
+    ok = load_settings(
+        {
+            "BACKUP_PIPELINE_INCREMENTAL_OBJECTS": "true",
+            "BACKUP_PIPELINE_FULL_EVERY": "3",
+            "BACKUP_PIPELINE_INCREMENTAL_MIN_LIVE_SHARE": "0.25",
+        }
+    )
+    assert (ok.incremental_objects, ok.full_every, ok.incremental_min_live_share) == (True, 3, 0.25)
+    with pytest.raises(SettingsError) as err:
+        load_settings(
+            {"BACKUP_PIPELINE_FULL_EVERY": "0", "BACKUP_PIPELINE_INCREMENTAL_MIN_LIVE_SHARE": "1.5"}
+        )
+    message = str(err.value)
+    assert "BACKUP_PIPELINE_FULL_EVERY" in message and "greater than or equal to 1" in message
+    assert "BACKUP_PIPELINE_INCREMENTAL_MIN_LIVE_SHARE" in message and "less than or equal to 1" in message
+
+
+def test_incremental_objects_are_refused_with_several_destinations() -> None:
+    with pytest.raises(
+        SettingsError, match="BACKUP_PIPELINE_INCREMENTAL_OBJECTS: not supported with several"
+    ):
+        load_settings(
+            {
+                "BACKUP_PIPELINE_INCREMENTAL_OBJECTS": "true",
+                "BACKUP_PIPELINE_DESTINATIONS": "nas,usb",
+                "BACKUP_PIPELINE_DESTINATION_NAS_KIND": "local",
+                "BACKUP_PIPELINE_DESTINATION_NAS_PATH": "/tmp/nas",
+                "BACKUP_PIPELINE_DESTINATION_USB_KIND": "local",
+                "BACKUP_PIPELINE_DESTINATION_USB_PATH": "/tmp/usb",
+            }
+        )

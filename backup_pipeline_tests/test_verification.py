@@ -315,7 +315,9 @@ def test_corrupted_drive_part_caught_alerted_and_not_counted_by_retention(
         # is not counted (kept as the newest complete set), the oldest goes.
         result = retention_job.execute_in_process(
             instance=inst,
-            resources={k: v for k, v in resources.items() if k in ("destination", "backup_policy", "app_db")},
+            resources={
+                k: v for k, v in resources.items() if k in ("destination", "backup_policy", "app_db", "keys")
+            },
             run_config={"ops": {"apply_retention_op": {"config": {"keep_last": 1}}}},
         )
         assert result.success

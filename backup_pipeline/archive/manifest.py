@@ -19,13 +19,18 @@ from typing import Any, Literal
 from backup_pipeline.archive.errors import ManifestError
 
 MANIFEST_FORMAT = "backup_pipeline.manifest/1"
+#: A set with inventory parts (incremental object backups): bucket summaries say where every
+#: object's body lives; version 1 sets are still read.
+MANIFEST_FORMAT_V2 = "backup_pipeline.manifest/2"
+MANIFEST_FORMATS = (MANIFEST_FORMAT, MANIFEST_FORMAT_V2)
 MANIFEST_PART_NAME = "manifest"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 #: ``index``: a bucket part's part index (BACKUP-FORMAT.md §8), its ``bucket`` set.
-PartKind = Literal["database", "bucket", "index"]
-PART_KINDS = ("database", "bucket", "index")
+#: ``inventory``: a bucket's inventory (format 2, §5.3), its ``bucket`` set.
+PartKind = Literal["database", "bucket", "index", "inventory"]
+PART_KINDS = ("database", "bucket", "index", "inventory")
 AnomalyKind = Literal["changed", "vanished", "unreadable", "inexact"]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("changed", "vanished", "unreadable", "inexact")
 
@@ -44,11 +49,41 @@ class PartRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ReferencedPart:
+    """A bucket part of an older set that holds bodies of this set's unchanged objects (format 2).
+
+    Sizes and hashes are copied from that set's manifest when the backup read it, so a restore
+    can verify the part even after retention forgot the older set (its manifest removed).
+    ``object_bytes``: every object in the part; ``live_*``: those this set still uses.
+    """
+
+    backup_id: str
+    part_name: str
+    ciphertext_size: int
+    ciphertext_sha256: str
+    plaintext_size: int
+    plaintext_sha256: str
+    object_bytes: int
+    live_objects: int
+    live_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class BucketSummary:
     bucket: str
     part_name: str
-    object_count: int
+    object_count: int  # objects archived in this set's part
     object_bytes: int
+    # Format 2 only (absent from format 1 JSON):
+    inventory_part: str | None = None
+    mode: str | None = None  # "full" | "incremental"
+    mode_reason: str | None = None
+    base_backup_id: str | None = None  # the set whose inventory was diffed (None: a full)
+    since_full: int | None = None  # 0 for a full, else the base's + 1
+    total_objects: int | None = None  # the bucket at this backup (inventory lines)
+    total_bytes: int | None = None
+    diff: dict[str, int] | None = None  # new/changed/unchanged/deleted (+ _bytes)
+    referenced_parts: list[ReferencedPart] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +129,9 @@ class Manifest:
     # Optional: omitted when empty, ignored by readers that predate it.
     table_rows: dict[str, int] = field(default_factory=dict)
 
+    def bucket(self, name: str) -> BucketSummary | None:
+        return next((b for b in self.buckets if b.bucket == name), None)
+
     def part(self, name: str) -> PartRecord:
         for record in self.parts:
             if record.name == name:
@@ -107,6 +145,10 @@ class Manifest:
         for anomaly in document["anomalies"]:
             if anomaly["detail"] is None:
                 del anomaly["detail"]
+        for bucket in document["buckets"]:
+            if bucket["inventory_part"] is None:  # format 1: only the four original keys
+                for key in _V2_BUCKET_KEYS:
+                    del bucket[key]
         return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_bytes(self) -> bytes:
@@ -120,8 +162,10 @@ class Manifest:
             raise ManifestError(f"the manifest is not JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise ManifestError("the manifest is not a JSON object")
-        if raw.get("format") != MANIFEST_FORMAT:
-            raise ManifestError(f"manifest format {raw.get('format')!r} is not {MANIFEST_FORMAT!r}")
+        if raw.get("format") not in MANIFEST_FORMATS:
+            raise ManifestError(
+                f"manifest format {raw.get('format')!r} is not one of {', '.join(map(repr, MANIFEST_FORMATS))}"
+            )
         try:
             parts = [_build(PartRecord, p, "parts") for p in _list(raw, "parts")]
             manifest = cls(
@@ -131,10 +175,11 @@ class Manifest:
                 finished_at=_str(raw, "finished_at"),
                 versions={str(k): str(v) for k, v in _dict(raw, "versions").items()},
                 parts=parts,
-                buckets=[_build(BucketSummary, b, "buckets") for b in _list(raw, "buckets")],
+                buckets=[_bucket(b) for b in _list(raw, "buckets")],
                 inventory=[_build(InventoryEntry, e, "inventory") for e in _list(raw, "inventory")],
                 anomalies=[_build(ObjectAnomaly, a, "anomalies") for a in _list(raw, "anomalies")],
                 table_rows={str(k): int(v) for k, v in _dict(raw, "table_rows").items()},
+                format=raw["format"],
             )
         except (TypeError, KeyError, ValueError) as exc:
             raise ManifestError(f"the manifest does not follow the schema: {exc}") from None
@@ -150,6 +195,8 @@ class Manifest:
         for p in self.parts:
             if p.kind not in PART_KINDS:
                 raise ManifestError(f"part {p.name!r}: kind must be one of {', '.join(PART_KINDS)}")
+            if p.kind == "inventory" and self.format != MANIFEST_FORMAT_V2:
+                raise ManifestError(f"part {p.name!r}: an inventory part needs format {MANIFEST_FORMAT_V2!r}")
             for label, value in (
                 ("ciphertext_sha256", p.ciphertext_sha256),
                 ("plaintext_sha256", p.plaintext_sha256),
@@ -160,6 +207,26 @@ class Manifest:
                 raise ManifestError(f"part {p.name!r}: ciphertext_md5 is not 32 lowercase hex digits")
             if p.ciphertext_size < 0 or p.plaintext_size < 0:
                 raise ManifestError(f"part {p.name!r}: negative size")
+        for b in self.buckets:
+            if b.inventory_part is None:
+                continue
+            if self.format != MANIFEST_FORMAT_V2:
+                raise ManifestError(
+                    f"bucket {b.bucket!r}: inventory_part needs format {MANIFEST_FORMAT_V2!r}"
+                )
+            if b.inventory_part not in names or b.part_name not in names:
+                raise ManifestError(
+                    f"bucket {b.bucket!r}: inventory_part and part_name must be parts of the set"
+                )
+            if b.mode not in ("full", "incremental"):
+                raise ManifestError(f"bucket {b.bucket!r}: mode must be 'full' or 'incremental'")
+            for ref in b.referenced_parts or ():
+                if not (_SHA256.match(ref.ciphertext_sha256) and _SHA256.match(ref.plaintext_sha256)):
+                    raise ManifestError(
+                        f"bucket {b.bucket!r}: referenced part hashes must be 64 lowercase hex"
+                    )
+                if ref.backup_id == self.backup_id:
+                    raise ManifestError(f"bucket {b.bucket!r}: referenced_parts lists a part of this set")
         for entry in self.inventory:
             if not _SHA256.match(entry.sha256) or entry.size < 0:
                 raise ManifestError(f"inventory entry {entry.bucket}/{entry.key!r}: bad size or sha256")
@@ -168,6 +235,31 @@ class Manifest:
                 raise ManifestError(
                     f"anomaly {anomaly.bucket}/{anomaly.key!r}: kind must be one of {', '.join(ANOMALY_KINDS)}"
                 )
+
+
+_V2_BUCKET_KEYS = (
+    "inventory_part",
+    "mode",
+    "mode_reason",
+    "base_backup_id",
+    "since_full",
+    "total_objects",
+    "total_bytes",
+    "diff",
+    "referenced_parts",
+)
+
+
+def _bucket(value: Any) -> BucketSummary:
+    if isinstance(value, dict) and value.get("referenced_parts") is not None:
+        value = {
+            **value,
+            "referenced_parts": [
+                _build(ReferencedPart, r, "referenced_parts") for r in value["referenced_parts"]
+            ],
+        }
+    built: BucketSummary = _build(BucketSummary, value, "buckets")
+    return built
 
 
 def _list(raw: Mapping[str, Any], key: str) -> list[Any]:

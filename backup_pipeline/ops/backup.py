@@ -16,7 +16,13 @@ from pydantic import Field
 from backup_pipeline import admin_view
 from backup_pipeline.archive.part_index import PartIndexWriter
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import Destination, DestinationError, LockedError, ensure_room
+from backup_pipeline.destinations.base import (
+    Destination,
+    DestinationError,
+    LockedError,
+    StoredFile,
+    ensure_room,
+)
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -31,6 +37,7 @@ from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.schedules import IN_PROGRESS_STATUSES
 from backup_pipeline.services.backup_buckets import (
     ArchiveWriter,
+    BucketExportResult,
     OpenedObject,
     ReadAhead,
     discover_buckets,
@@ -39,6 +46,11 @@ from backup_pipeline.services.backup_buckets import (
 )
 from backup_pipeline.services.backup_database import dump_database, locate_and_check_pg_dump
 from backup_pipeline.services.backup_finalize import FinalizeInput, finalize_backup
+from backup_pipeline.services.backup_incremental import (
+    IncrementalPolicy,
+    choose_mode,
+    export_bucket_incremental,
+)
 from backup_pipeline.services.backup_parts import (
     PART_DATABASE,
     BackupError,
@@ -50,11 +62,13 @@ from backup_pipeline.services.backup_parts import (
 from backup_pipeline.services.backup_upload import (
     Encryptor,
     destination_error_code,
+    has_manifest,
     remove_incomplete_sets,
     remove_part,
     remove_set,
 )
 from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
+from backup_pipeline.services.reachability import ReferencesUnknown, find_references
 
 BACKUP_JOB_NAME = "backup_job"
 BACKUP_SET_ASSET = dg.AssetKey("backup_set")
@@ -96,6 +110,18 @@ class BackupConfig(dg.Config):
         default=0, ge=0, description="A manual backup this soon after the last one is refused unless forced."
     )
     force: bool = Field(default=False, description="Run a manual backup even within the minimum interval.")
+    incremental_objects: bool = Field(
+        default=False, description="Upload only objects new or changed since the last backup of each bucket."
+    )
+    full_every: int = Field(
+        default=7, ge=1, description="With incremental_objects: every Nth backup is a full one."
+    )
+    incremental_min_live_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="With incremental_objects: full when less of the older parts is used.",
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -311,7 +337,12 @@ def plan_backup(
         writing = backup_ids_being_written(
             context.instance, except_run_id=context.run_id, job_name=context.job_name
         )
-        removed = remove_incomplete_sets(dest, config.installation_id, keep={backup_id, *writing})
+        removed = remove_incomplete_sets(
+            dest,
+            config.installation_id,
+            keep={backup_id, *writing},
+            referenced=lambda grouped: _referenced_parts(dest, keys, grouped),
+        )
         if removed:
             context.log.info(f"removed incomplete sets of runs that died: {', '.join(removed)}")
     plan = {
@@ -328,6 +359,11 @@ def plan_backup(
         "schema_version_query": config.schema_version_query,
         "compression_level": config.compression_level,
         "progress_interval_seconds": config.progress_interval_seconds,
+        "incremental": {
+            "enabled": config.incremental_objects,
+            "full_every": config.full_every,
+            "min_live_share": config.incremental_min_live_share,
+        },
     }
     context.log.info(
         f"backup {backup_id}: database ~{db_size} bytes, {len(summaries)} bucket(s) "
@@ -352,6 +388,21 @@ def plan_backup(
             output_name="buckets",
             mapping_key=mapping_key(summary.name, taken),
         )
+
+
+def _referenced_parts(
+    dest: Destination, keys: BackupKeysResource, grouped: dict[str, list[StoredFile]]
+) -> Callable[[str], set[str]]:
+    """Parts that complete format-2 sets reference (``services/reachability.py``): never removed here."""
+    try:
+        refs = find_references(
+            dest, keys.keyring, grouped, [b for b, files in grouped.items() if has_manifest(files)]
+        )
+    except ReferencesUnknown as exc:
+        raise BackupError(
+            ErrorCode.DESTINATION_UNAVAILABLE, f"removing the remains of dead backups: {exc}"
+        ) from None
+    return lambda backup_id: set(refs.of_set(backup_id))
 
 
 def _database_size(app_db: PostgresResource) -> int:
@@ -439,22 +490,28 @@ def export_bucket_op(
             objects_total=bucket["objects"],
             min_interval=plan["progress_interval_seconds"],
         )
-        result = export_bucket(
-            s3.client(),
-            name,
-            dest,
-            encryptor,
-            build_archive_writer(plan["compression_level"]),
-            installation_id=installation_id,
-            backup_id=backup_id,
-            progress=progress,
-            read_ahead=ReadAhead(workers=s3.read_ahead),
-            tag_reading=s3.tag_reading,
-            with_index=True,
-        )
-        if result.index_part is not None and run_has_failed_step(context):
+        policy = IncrementalPolicy(**plan.get("incremental", {}))
+        if policy.enabled:
+            result = _export_with_inventory(context, plan, name, dest, encryptor, keys, s3, progress, policy)
+        else:
+            result = export_bucket(
+                s3.client(),
+                name,
+                dest,
+                encryptor,
+                build_archive_writer(plan["compression_level"]),
+                installation_id=installation_id,
+                backup_id=backup_id,
+                progress=progress,
+                read_ahead=ReadAhead(workers=s3.read_ahead),
+                tag_reading=s3.tag_reading,
+                with_index=True,
+            )
+        side_parts = [p for p in (result.index_part, result.inventory_part) if p is not None]
+        if side_parts and run_has_failed_step(context):
             with contextlib.suppress(LockedError):
-                remove_part(dest, installation_id, backup_id, result.index_part.part_name)
+                for side in side_parts:
+                    remove_part(dest, installation_id, backup_id, side.part_name)
         discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
     warnings = result.warnings()
     for warning in warnings:
@@ -473,9 +530,64 @@ def export_bucket_op(
             "versioning": result.versioning.message() if result.versioning else "not versioned",
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) or "none"),
             "seconds": round(result.seconds, 3),
+            **_incremental_metadata(result.incremental),
         }
     )
     return result.to_dict()
+
+
+def _export_with_inventory(
+    context: dg.OpExecutionContext,
+    plan: dict,
+    bucket: str,
+    dest: Destination,
+    encryptor: Encryptor,
+    keys: BackupKeysResource,
+    s3: S3Resource,
+    progress: ProgressTracker,
+    policy: IncrementalPolicy,
+) -> BucketExportResult:
+    """Full or incremental (``services/backup_incremental.py``), said in the log with the reason."""
+    keyring = keys.keyring()
+    choice = choose_mode(dest, keyring, plan["installation_id"], bucket, plan["backup_id"], policy)
+    if choice.warning:
+        context.log.warning(f"bucket {bucket}: full backup: {choice.warning}")
+    context.log.info(f"bucket {bucket}: {'full' if choice.full else 'incremental'} backup ({choice.reason})")
+    result = export_bucket_incremental(
+        s3.client(),
+        bucket,
+        dest,
+        encryptor,
+        build_archive_writer(plan["compression_level"]),
+        installation_id=plan["installation_id"],
+        backup_id=plan["backup_id"],
+        choice=choice,
+        keyring=keyring,
+        progress=progress,
+        read_ahead=ReadAhead(workers=s3.read_ahead),
+        tag_reading=s3.tag_reading,
+    )
+    inc = result.incremental or {}
+    diff = inc.get("diff", {})
+    context.log.info(
+        f"bucket {bucket}: {inc.get('mode')}: {diff.get('new', 0)} new ({diff.get('new_bytes', 0)} bytes), "
+        f"{diff.get('changed', 0)} changed ({diff.get('changed_bytes', 0)} bytes), "
+        f"{diff.get('deleted', 0)} deleted, {diff.get('unchanged', 0)} unchanged "
+        f"({diff.get('unchanged_bytes', 0)} bytes, in {len(inc.get('referenced_parts', []))} older part(s))"
+    )
+    return result
+
+
+def _incremental_metadata(incremental: dict | None) -> dict[str, Any]:
+    if not incremental:
+        return {}
+    return {
+        "mode": incremental["mode"],
+        "mode_reason": incremental["mode_reason"],
+        "base_backup_id": incremental["base_backup_id"] or "none",
+        **{f"objects_{k}": v for k, v in incremental["diff"].items()},
+        "referenced_parts": len(incremental["referenced_parts"]),
+    }
 
 
 @dg.op(
@@ -577,6 +689,9 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
         schema_version_query=settings.schema_version_query,
         compression_level=settings.compression_level,
         min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
+        incremental_objects=settings.incremental_objects,
+        full_every=settings.full_every,
+        incremental_min_live_share=settings.incremental_min_live_share,
     )
 
 

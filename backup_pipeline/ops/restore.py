@@ -85,7 +85,6 @@ from backup_pipeline.services.backup_parts import (
     TRIGGER_PRE_RESTORE,
     BackupError,
     ErrorCode,
-    bucket_part_name,
     mapping_key,
 )
 from backup_pipeline.services.backup_upload import destination_error_code
@@ -362,7 +361,7 @@ def start_restore(
         "installation_id": resolved.installation_id,
         "options": {**asdict(options), "confirm": "", "buckets": list(options.buckets)},
         "parts": parts,
-        "buckets": [p.removeprefix("bucket-") for p in parts if p != svc.PART_DATABASE],
+        "buckets": [p.removeprefix("bucket-") for p in parts if p.startswith("bucket-")],
         "consistency_query": config.consistency_query,
         "launched_by": launched_by,
         "would_refuse": would_refuse,
@@ -600,11 +599,11 @@ def restore_bucket_step(
     options = options_from_plan(plan)
     resolved = _resolve(destination, keys, plan)
     client = s3.client()
-    inventory = resolved.inventory(bucket)
+    source = svc.bucket_source(_source(destination, plan).get_destination(), _keys(keys), resolved, bucket)
     if options.dry_run:
         try:
             summary = svc.plan_bucket(
-                client, bucket, inventory.values(), options.conflict_policy, options.key_prefix
+                client, bucket, source.planned(), options.conflict_policy, options.key_prefix
             )
         except Exception as exc:
             reason = s3.describe_error(exc, f"planning the restore of bucket {bucket}")
@@ -619,13 +618,10 @@ def restore_bucket_step(
         if done - last_logged[0] >= 500:
             last_logged[0] = done
             context.log.info(
-                f"{bucket}: {done}/{len(inventory)} objects, {summary.bytes_written} bytes written"
+                f"{bucket}: {done}/{source.count} objects, {summary.bytes_written} bytes written"
             )
 
     with _expected_errors(context), run_data_lease(context, app_db):
-        plaintext = svc.open_part(
-            _source(destination, plan).get_destination(), _keys(keys), resolved, bucket_part_name(bucket)
-        )
         details: dict[str, Any] = {}
         try:
             # Every change journaled first; a failure rolls the bucket (and the run's others) back.
@@ -634,8 +630,8 @@ def restore_bucket_step(
                     result = svc.restore_bucket(
                         client,
                         bucket,
-                        svc.bucket_entries(plaintext),
-                        inventory,
+                        source.entries,
+                        source.inventory,
                         options.conflict_policy,
                         resolved.backup_id,
                         key_prefix=options.key_prefix,

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from backup_pipeline.audit import AuditLog
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
-from backup_pipeline.destinations.base import DestinationError, LockedError
+from backup_pipeline.destinations.base import Destination, DestinationError, LockedError
 from backup_pipeline.ledger import verified_backup_ids
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
@@ -30,10 +30,13 @@ from backup_pipeline.ops.restore import TAG_RESTORE_OF
 from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.schedules import IN_PROGRESS_STATUSES, RESTORE_JOB_NAME
 from backup_pipeline.services.backup_parts import is_backup_id
+from backup_pipeline.services.backup_upload import list_sets
+from backup_pipeline.services.reachability import References, ReferencesUnknown, find_references
 from backup_pipeline.services.retention import (
     DeletedSet,
     LockedSet,
@@ -167,13 +170,14 @@ def apply_retention_op(
     destination: DestinationResource,
     backup_policy: BackupPolicyResource,
     app_db: PostgresResource,
+    keys: BackupKeysResource,
 ) -> dict:
     keep_last, periods = _effective_rules(config, backup_policy)
     problems = rule_problems(keep_last, periods, CONFIG_NAMES)
     if problems:
         raise quiet_failure("; ".join(problems), BAD_INPUT)
     with _data_lock(context, app_db):
-        return _run_retention(context, config, destination, backup_policy, keep_last, periods)
+        return _run_retention(context, config, destination, backup_policy, keep_last, periods, keys)
 
 
 def _run_retention(
@@ -183,6 +187,7 @@ def _run_retention(
     policy: BackupPolicyResource,
     keep_last: int,
     periods: PeriodRules,
+    keys: BackupKeysResource,
 ) -> dict:
     destination = destination_resource.get_destination()
     try:
@@ -264,7 +269,17 @@ def _run_retention(
             },
         )
 
-    result = apply_retention(destination, policy.installation_id, plan, on_deleted=record)
+    references = _references(
+        destination, policy.installation_id, keys, exclude={d.backup_id for d in plan.delete}
+    )
+    result = apply_retention(
+        destination, policy.installation_id, plan, on_deleted=record, references=references
+    )
+    for backup_id, parts in result.kept_parts.items():
+        for part, by in parts.items():
+            context.log.info(
+                f"kept part {part} of {backup_id}: referenced by the kept set(s) {', '.join(by)}"
+            )
     summary.update(
         deleted=[d.backup_id for d in result.deleted],
         bytes_freed=result.bytes_freed,
@@ -291,9 +306,26 @@ def _run_retention(
             "deleted": dg.MetadataValue.json(summary["deleted"][:REPORT_ROWS]),
             "bytes_freed": result.bytes_freed,
             "locked": dg.MetadataValue.json(summary["locked"]),
+            "parts_kept_for_kept_sets": dg.MetadataValue.json(result.kept_parts),
         }
     )
     return summary
+
+
+def _references(
+    destination: Destination, installation_id: str, keys: BackupKeysResource, exclude: set[str]
+) -> References:
+    """What the complete sets that stay (all but ``exclude``) reference; a failure refuses the run."""
+    grouped = list_sets(destination, installation_id)
+    try:
+        return find_references(destination, keys.keyring, grouped, [b for b in grouped if b not in exclude])
+    except ReferencesUnknown as exc:
+        raise quiet_failure(str(exc), DESTINATION_UNAVAILABLE) from None
+    except DestinationError as exc:
+        raise quiet_failure(
+            f"cannot list backups on {destination.description}: {exc}. Nothing was deleted.",
+            DESTINATION_UNAVAILABLE,
+        ) from None
 
 
 # Sets listed in the run's metadata and log (the first retention after a policy change may delete
@@ -362,6 +394,7 @@ def delete_backup_op(
     destination: DestinationResource,
     backup_policy: BackupPolicyResource,
     app_db: PostgresResource,
+    keys: BackupKeysResource,
 ) -> dict:
     if not is_backup_id(config.backup_id):
         raise quiet_failure(
@@ -379,7 +412,17 @@ def delete_backup_op(
             )
             if target.locked_until is not None and target.locked_until > datetime.now(UTC):
                 return _refused(context, backup_policy, config.backup_id, target.locked_until, "object lock")
-            deleted = delete_backup_set(destination_, backup_policy.installation_id, target.backup_id)
+            references = _references(
+                destination_, backup_policy.installation_id, keys, exclude={target.backup_id}
+            )
+            deleted = delete_backup_set(
+                destination_,
+                backup_policy.installation_id,
+                target.backup_id,
+                keep_parts=references.of_set(target.backup_id),
+            )
+            for part, by in deleted.kept_parts.items():
+                context.log.info(f"kept part {part}: referenced by the kept set(s) {', '.join(by)}")
         except LockedError as exc:
             return _refused(context, backup_policy, config.backup_id, exc.until, str(exc))
         except RetentionError as exc:

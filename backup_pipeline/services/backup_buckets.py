@@ -43,7 +43,8 @@ from ..destinations.base import Destination
 from .backup_index import upload_bucket_part
 from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart
-from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
+from .bucket_versioning import VersioningReport, bucket_versioning, s3_failure
+from .errors import S3_ERRORS, s3_endpoint
 from .object_headers import record_headers, wire_text
 from .progress import ProgressTracker
 
@@ -103,6 +104,16 @@ class ObjectRecord:
     sha256: str
     etag: str
     content_type: str
+    # For the inventory part (``archive/inventory.py``): what the tar's pax records hold.
+    last_modified: dt.datetime | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+#: Yielded by a listing given to :func:`iter_bucket_objects` when it wants the archive writer to
+#: catch up (the incremental export holds inventory lines until the objects before them are archived).
+PAUSE = ListedObject("", -1, "")
 
 
 @dataclass
@@ -121,24 +132,18 @@ class BucketExportReport:
     unreadable: list[dict[str, Any]] = field(default_factory=list)
     inexact: list[dict[str, Any]] = field(default_factory=list)
     listed: int = 0
+    #: False: archived objects are counted, not kept (the inventory part records them instead).
+    keep_records: bool = True
+    archived: int = 0
+    archived_bytes: int = 0
 
     @property
     def object_count(self) -> int:
-        return len(self.objects)
+        return self.archived
 
     @property
     def plaintext_bytes(self) -> int:
-        return sum(o.size for o in self.objects)
-
-
-def s3_failure(exc: BaseException, action: str, endpoint: str) -> BackupError:
-    """The backup's error code for a minio/urllib3 error; the text is the shared one (no credentials)."""
-    message = s3_error_reason(exc, endpoint, action)
-    if is_s3_unreachable(exc):
-        return BackupError(ErrorCode.S3_UNREACHABLE, message, retryable=True)
-    if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
-        return BackupError(ErrorCode.BUCKET_NOT_FOUND, message)
-    return BackupError(ErrorCode.S3_ERROR, message)
+        return self.archived_bytes
 
 
 def select_buckets(available: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> list[str]:
@@ -180,80 +185,6 @@ def iter_listing(client: Minio, bucket: str) -> Iterator[ListedObject]:
             )
     except S3_ERRORS as exc:
         raise s3_failure(exc, f"listing bucket {bucket!r}", s3_endpoint(client)) from None
-
-
-@dataclass(frozen=True)
-class VersioningReport:
-    """A bucket with versioning on (or suspended, or unknown): the backup keeps only current versions."""
-
-    bucket: str
-    status: str  # "Enabled" | "Suspended" | "unknown" (the credentials may not read it)
-    noncurrent_versions: int | None  # None: not counted (the server would not list versions)
-    delete_markers: int | None
-    reason: str | None = None  # why status or counts are unknown
-
-    def message(self) -> str:
-        if self.status == "unknown":
-            return (
-                f"bucket {self.bucket}: its versioning could not be read ({self.reason}); if it is versioned, "
-                "only current versions are backed up and noncurrent versions and delete markers are not kept"
-            )
-        if self.noncurrent_versions is None:
-            left_out = f"noncurrent versions and delete markers (not counted: {self.reason})"
-        else:
-            left_out = (
-                f"{self.noncurrent_versions} noncurrent version(s) and {self.delete_markers} delete marker(s)"
-            )
-        return (
-            f"bucket {self.bucket} is versioned ({self.status}): only current versions are backed up; "
-            f"{left_out} are not kept"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "noncurrent_versions": self.noncurrent_versions,
-            "delete_markers": self.delete_markers,
-        }
-
-
-#: Answers meaning "this server or these credentials will not tell": reported, not fatal.
-_VERSIONING_UNANSWERED = frozenset({"NotImplemented", "MethodNotAllowed", "AccessDenied"})
-
-
-def bucket_versioning(client: Minio, bucket: str) -> VersioningReport | None:
-    """None for an unversioned bucket (or a server without the versioning API); else what is left out.
-
-    Counting costs one listing of every version (1 000 per request), far less than the GETs.
-    Credentials that may not read the versioning state get a warning, not a failed backup.
-    """
-    endpoint = s3_endpoint(client)
-    try:
-        status = client.get_bucket_versioning(bucket).status
-    except S3Error as exc:
-        if exc.code in ("NotImplemented", "MethodNotAllowed"):
-            return None
-        if exc.code == "AccessDenied":
-            return VersioningReport(bucket, "unknown", None, None, f"S3 answered {exc.code}")
-        raise s3_failure(exc, f"reading the versioning of bucket {bucket!r}", endpoint) from None
-    except S3_ERRORS as exc:
-        raise s3_failure(exc, f"reading the versioning of bucket {bucket!r}", endpoint) from None
-    if status not in ("Enabled", "Suspended"):
-        return None
-    noncurrent = markers = 0
-    try:
-        for version in client.list_objects(bucket, recursive=True, include_version=True):
-            if version.is_delete_marker:
-                markers += 1
-            elif (version.is_latest or "").lower() != "true":
-                noncurrent += 1
-    except S3Error as exc:
-        if exc.code not in _VERSIONING_UNANSWERED:
-            raise s3_failure(exc, f"listing the versions of bucket {bucket!r}", endpoint) from None
-        return VersioningReport(bucket, status, None, None, f"listing versions: S3 answered {exc.code}")
-    except S3_ERRORS as exc:
-        raise s3_failure(exc, f"listing the versions of bucket {bucket!r}", endpoint) from None
-    return VersioningReport(bucket, status, noncurrent, markers)
 
 
 def summarize_bucket(client: Minio, bucket: str) -> BucketSummary:
@@ -516,13 +447,14 @@ class _ReadAheadQueue:
         read_ahead: ReadAhead,
         tag_reading: TagReading,
         pool: ThreadPoolExecutor | None,
+        listing: Iterator[ListedObject] | None = None,
     ) -> None:
         self._client = client
         self._bucket = bucket
         self._read_ahead = read_ahead
         self._tag_reading = tag_reading
         self._pool = pool
-        self._listing = iter_listing(client, bucket)
+        self._listing = listing if listing is not None else iter_listing(client, bucket)
         self._held: ListedObject | None = None
         self._exhausted = False
         self._pending: deque[tuple[ListedObject, Future[OpenedObject | UnreadableObject | None] | None]] = (
@@ -538,6 +470,11 @@ class _ReadAheadQueue:
                 if self._held is None:
                     self._exhausted = True
                     return
+                if self._held is PAUSE:
+                    self._held = None
+                    if self._pending:
+                        return
+                    continue
             listed = self._held
             if self._pool is None or listed.size > ahead.object_max_bytes:
                 # Opened only when its turn comes: a large response left unread for long
@@ -584,6 +521,8 @@ def iter_bucket_objects(
     on_object_done: Callable[[ObjectRecord], None] | None = None,
     read_ahead: ReadAhead = ReadAhead(),
     tag_reading: TagReading = "when_counted",
+    listing: Iterator[ListedObject] | None = None,
+    on_skipped: Callable[[str], None] | None = None,
 ) -> Generator[OpenedObject, None, None]:
     """Every listed object in listing order, recording vanished/changed ones in ``report``.
 
@@ -591,20 +530,24 @@ def iter_bucket_objects(
     up to ``read_ahead.workers`` GETs of the following small objects are under way. The
     inventory record of an object is appended when the consumer asks for the next one
     (i.e. after its body was fully read). Closing the generator abandons the read-ahead:
-    fetched bodies are closed, GETs not yet started are cancelled.
+    fetched bodies are closed, GETs not yet started are cancelled. ``listing`` replaces the
+    bucket's own listing (the incremental export passes only new and changed objects, and
+    :data:`PAUSE`); ``on_skipped`` hears of every listed object that was not archived.
     """
     pool = (
         ThreadPoolExecutor(max_workers=read_ahead.workers, thread_name_prefix=f"s3-read-{bucket}")
         if read_ahead.workers > 1 and read_ahead.object_max_bytes > 0
         else None
     )
-    queue = _ReadAheadQueue(client, bucket, read_ahead, tag_reading, pool)
+    queue = _ReadAheadQueue(client, bucket, read_ahead, tag_reading, pool, listing)
     try:
         while (item := queue.next()) is not None:
             listed, opened = item
             report.listed += 1
             if opened is None:
                 report.vanished.append({"key": listed.key, "declared_size": listed.size, "actual_size": None})
+                if on_skipped:
+                    on_skipped(listed.key)
                 continue
             if isinstance(opened, UnreadableObject):
                 report.unreadable.append(
@@ -615,6 +558,8 @@ def iter_bucket_objects(
                         "detail": opened.reason,
                     }
                 )
+                if on_skipped:
+                    on_skipped(listed.key)
                 continue
             if opened.etag != listed.etag or opened.size != listed.size:
                 report.changed.append(
@@ -644,8 +589,15 @@ def iter_bucket_objects(
                     sha256=opened.body.sha256.hexdigest(),
                     etag=opened.etag,
                     content_type=opened.content_type,
+                    last_modified=opened.last_modified,
+                    headers=opened.headers,
+                    metadata=opened.metadata,
+                    tags=opened.tags,
                 )
-                report.objects.append(record)
+                report.archived += 1
+                report.archived_bytes += record.size
+                if report.keep_records:
+                    report.objects.append(record)
                 if on_object_done:
                     on_object_done(record)
             finally:
@@ -677,6 +629,9 @@ class BucketExportResult:
     versioning: VersioningReport | None = None
     #: The ``index-<name>`` part (BACKUP-FORMAT.md §8); ``None`` when written without one.
     index_part: UploadedPart | None = None
+    #: Sets with an inventory part (``services/backup_incremental.py``): the part and the diff.
+    inventory_part: UploadedPart | None = None
+    incremental: dict[str, Any] | None = None
 
     def warnings(self) -> list[str]:
         """What the operator must be told about this bucket's part (empty when it is exact)."""
@@ -717,6 +672,11 @@ class BucketExportResult:
             "versioning": self.versioning.to_dict() if self.versioning else None,
             "inventory": self.inventory,
             "seconds": round(self.seconds, 3),
+            **(
+                {"inventory_part": self.inventory_part.to_dict(), "incremental": self.incremental}
+                if self.inventory_part is not None
+                else {}
+            ),
         }
 
 

@@ -14,11 +14,14 @@ from typing import Any
 
 from ..archive.manifest import (
     ANOMALY_KINDS,
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_V2,
     BucketSummary,
     InventoryEntry,
     Manifest,
     ObjectAnomaly,
     PartRecord,
+    ReferencedPart,
 )
 from ..destinations.base import Destination, DestinationError, LockedError, NotFoundError
 from .backup_parts import (
@@ -87,12 +90,14 @@ class FinalizeInput:
 
 
 def data_parts(data: FinalizeInput) -> list[UploadedPart]:
-    """Every data part of the set: database, bucket parts and their indexes."""
+    """Every data part of the set: database, bucket parts, their indexes and inventories (format 2)."""
     parts = [UploadedPart.from_dict(data.database["part"])]
     for b in data.buckets:
         parts.append(UploadedPart.from_dict(b["part"]))
         if b.get("index_part"):
             parts.append(UploadedPart.from_dict(b["index_part"]))
+        if b.get("inventory_part"):
+            parts.append(UploadedPart.from_dict(b["inventory_part"]))
     return parts
 
 
@@ -126,17 +131,18 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
     parts += [record(b["part"], "bucket", b["bucket"]) for b in data.buckets]
     # Part indexes (BACKUP-FORMAT.md §8) after the bucket parts: older results have none.
     parts += [record(b["index_part"], "index", b["bucket"]) for b in data.buckets if b.get("index_part")]
+    parts += [
+        record(b["inventory_part"], "inventory", b["bucket"]) for b in data.buckets if b.get("inventory_part")
+    ]
     return Manifest(
+        format=MANIFEST_FORMAT_V2 if any(b.get("inventory_part") for b in data.buckets) else MANIFEST_FORMAT,
         backup_id=data.backup_id,
         installation=data.installation_id,
         started_at=data.started_at,
         finished_at=finished_at,
         versions=_versions(data),
         parts=parts,
-        buckets=[
-            BucketSummary(b["bucket"], b["part"]["part_name"], b["object_count"], b["object_bytes"])
-            for b in data.buckets
-        ],
+        buckets=[_bucket_summary(b) for b in data.buckets],
         inventory=[
             InventoryEntry(b["bucket"], o["key"], o["size"], o["sha256"])
             for b in data.buckets
@@ -150,6 +156,28 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
             for a in b.get(kind, ())
         ],
         table_rows=dict(data.database.get("table_rows") or {}),
+    )
+
+
+def _bucket_summary(b: dict[str, Any]) -> BucketSummary:
+    """Format 1 keys, plus the inventory part and the diff for a set with inventories."""
+    if not b.get("inventory_part"):
+        return BucketSummary(b["bucket"], b["part"]["part_name"], b["object_count"], b["object_bytes"])
+    inc = b["incremental"]
+    return BucketSummary(
+        b["bucket"],
+        b["part"]["part_name"],
+        b["object_count"],
+        b["object_bytes"],
+        inventory_part=b["inventory_part"]["part_name"],
+        mode=inc["mode"],
+        mode_reason=inc["mode_reason"],
+        base_backup_id=inc["base_backup_id"],
+        since_full=inc["since_full"],
+        total_objects=inc["total_objects"],
+        total_bytes=inc["total_bytes"],
+        diff=dict(inc["diff"]),
+        referenced_parts=[ReferencedPart(**r) for r in inc["referenced_parts"]],
     )
 
 
@@ -181,6 +209,11 @@ def ledger_entry(
                 "unreadable": len(b.get("unreadable", ())),
                 "inexact": len(b.get("inexact", ())),
                 "seconds": b["seconds"],
+                **(
+                    {"mode": b["incremental"]["mode"], **b["incremental"]["diff"]}
+                    if b.get("incremental")
+                    else {}
+                ),
             }
             for b in data.buckets
         },

@@ -37,6 +37,8 @@ TRIGGER_PRE_RESTORE = "pre-restore"
 PART_DATABASE = "database"
 PART_MANIFEST = "manifest"
 BUCKET_PART_PREFIX = "bucket-"
+#: ``inventory-<bucket>``: every object of the bucket and where its body lives (format 2 sets).
+INVENTORY_PART_PREFIX = "inventory-"
 #: ``index-<bucket>``: the part index of ``bucket-<bucket>`` (archive/part_index.py).
 INDEX_PART_PREFIX = "index-"
 #: Reserved key prefix of a restore's undo copies (``services/restore/undo_journal.py``): such
@@ -46,6 +48,7 @@ UNDO_PREFIX = ".bp-restore-undo/"
 KIND_DATABASE = "database"
 KIND_BUCKET = "bucket"
 KIND_MANIFEST = "manifest"
+KIND_INVENTORY = "inventory"
 KIND_INDEX = "index"
 
 _BACKUP_ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
@@ -82,6 +85,8 @@ def part_kind(part_name: str) -> str:
         return KIND_MANIFEST
     if part_name.startswith(BUCKET_PART_PREFIX):
         return KIND_BUCKET
+    if part_name.startswith(INVENTORY_PART_PREFIX):
+        return KIND_INVENTORY
     if part_name.startswith(INDEX_PART_PREFIX):
         return KIND_INDEX
     raise ValueError(f"unknown part name {part_name!r}")

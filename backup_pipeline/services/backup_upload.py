@@ -171,7 +171,11 @@ def remove_set(destination: Destination, installation_id: str, backup_id: str) -
 
 
 def remove_incomplete_sets(
-    destination: Destination, installation_id: str, *, keep: Iterable[str] = ()
+    destination: Destination,
+    installation_id: str,
+    *,
+    keep: Iterable[str] = (),
+    referenced: Callable[[dict[str, list[StoredFile]]], Callable[[str], set[str]]] | None = None,
 ) -> list[str]:
     """Delete every set without a manifest except ``keep``; returns their backup ids.
 
@@ -181,11 +185,21 @@ def remove_incomplete_sets(
     failure hook could clean up. A set the destination keeps (``LockedError``: S3 object lock,
     credentials without delete permission) is left for retention, which reports it until it
     can be deleted; it is not a backup either way, and a new backup must not fail on it.
+    ``referenced`` (given the sets found) answers which parts of a set complete sets still
+    reference (``services/reachability.py``): the remains of a set retention forgot keep them.
     """
     keep_ids = set(keep)
     removed: list[str] = []
-    for backup_id, files in sorted(list_sets(destination, installation_id).items()):
+    grouped = list_sets(destination, installation_id)
+    parts_needed: Callable[[str], set[str]] | None = None
+    for backup_id, files in sorted(grouped.items()):
         if backup_id in keep_ids or has_manifest(files):
+            continue
+        if referenced is not None and parts_needed is None:
+            parts_needed = referenced(grouped)  # read once, only when there is something to remove
+        needed = parts_needed(backup_id) if parts_needed is not None else set()
+        files = [f for f in files if f.properties.get(PROP_PART_NAME) not in needed]
+        if not files:
             continue
         try:
             for stored in files:

@@ -20,6 +20,9 @@ Rules (MUST); ``plan.decisions`` names, for every set, the rules that keep it or
 5. Deletion order inside a set: the **manifest first**, then the parts. A set interrupted
    half-way through deletion is therefore incomplete — never a "complete" set with missing
    parts — and the next retention run finishes it.
+   A part that a kept set references (format-2 sets: ``services/reachability.py``) is never
+   deleted: the forgotten set's manifest and other parts go, that part stays (reported) until
+   no kept set references it; the next run then collects it with the incomplete remains.
 6. The ledger records a deletion only after every file of the set is gone. A failed deletion
    leaves the set in the ledger; the run reports it and fails, and the next run retries it.
 7. With verification in use (``verified`` given: the sets whose latest verification passed),
@@ -54,7 +57,7 @@ Rules (MUST); ``plan.decisions`` names, for every set, the rules that keep it or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -73,6 +76,7 @@ from backup_pipeline.services.backup_parts import (
     set_kind_of,
     set_properties,
 )
+from backup_pipeline.services.reachability import References
 from backup_pipeline.services.retention_rules import (
     DELETE,
     IN_USE,
@@ -155,6 +159,8 @@ class DeletedSet:
     files: int
     bytes_freed: int
     was_complete: bool
+    #: Part name → the kept sets that reference it: left on the destination (format-2 sets).
+    kept_parts: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +168,8 @@ class RetentionResult:
     deleted: list[DeletedSet] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # backup id → error (secret-free)
     locked: list[LockedSet] = field(default_factory=list)  # refused by the destination (rule 9)
+    #: backup id → {part → referencing sets}: parts of deleted sets kept because a kept set needs them.
+    kept_parts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def bytes_freed(self) -> int:
@@ -322,15 +330,22 @@ def _decision(info: BackupSetInfo, action: str, reasons: list[str]) -> SetDecisi
 
 
 def delete_backup_set(
-    destination: Destination, installation_id: str, backup_id: str, reason: str = REASON_MANUAL
+    destination: Destination,
+    installation_id: str,
+    backup_id: str,
+    reason: str = REASON_MANUAL,
+    keep_parts: Mapping[str, list[str]] | None = None,
 ) -> DeletedSet:
-    """Delete every file of one set, manifest first (rule 5). Idempotent: a gone set deletes 0 files."""
+    """Delete every file of one set, manifest first (rule 5), except the parts in ``keep_parts``
+    (referenced by kept sets). Idempotent: a gone set deletes 0 files."""
+    keep = dict(keep_parts or {})
     files = list(destination.list(set_properties(installation_id, backup_id)))
     was_complete = any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files)
+    files = [f for f in files if f.properties.get(PROP_PART_NAME) not in keep]
     files.sort(key=lambda f: f.properties.get(PROP_PART_NAME) != PART_MANIFEST)
     for stored in files:
         destination.delete(stored.id)
-    return DeletedSet(backup_id, reason, len(files), sum(f.size for f in files), was_complete)
+    return DeletedSet(backup_id, reason, len(files), sum(f.size for f in files), was_complete, keep)
 
 
 def apply_retention(
@@ -338,23 +353,32 @@ def apply_retention(
     installation_id: str,
     plan: RetentionPlan,
     on_deleted: Callable[[DeletedSet], None] = lambda _d: None,
+    references: References | None = None,
 ) -> RetentionResult:
     """Carry out ``plan``; call ``on_deleted`` (the ledger event) after each set is fully gone.
 
     A set whose deletion fails is reported in ``result.failed`` and the others still proceed;
     the caller fails the run so the failure is visible, and the next run retries it. A set the
     destination refuses to delete (``LockedError``) is reported in ``result.locked`` (rule 9).
+    ``references`` (what the kept sets reference, ``reachability.find_references``): those
+    parts stay, in ``result.kept_parts``; a set of which only such parts were left is not
+    reported as deleted again.
     """
     result = RetentionResult(locked=list(plan.locked))
     for planned in plan.delete:
+        keep = references.of_set(planned.backup_id) if references is not None else {}
         try:
-            deleted = delete_backup_set(destination, installation_id, planned.backup_id, planned.reason)
+            deleted = delete_backup_set(destination, installation_id, planned.backup_id, planned.reason, keep)
         except LockedError as exc:
             result.locked.append(LockedSet(planned.backup_id, planned.reason, exc.until, str(exc)))
             continue
         except DestinationError as exc:
             result.failed[planned.backup_id] = f"{type(exc).__name__}: {exc}"
             continue
+        if keep:
+            result.kept_parts[planned.backup_id] = keep
+            if deleted.files == 0 and not deleted.was_complete:
+                continue  # only referenced remains of a set forgotten earlier: nothing new to record
         on_deleted(deleted)
         result.deleted.append(deleted)
     return result

@@ -94,6 +94,7 @@ from backup_pipeline.services.restore.fidelity import (
     served_differently,
     shown_key,
 )
+from backup_pipeline.services.restore.incremental import BucketSource, bucket_source
 from backup_pipeline.services.restore.report import (
     consistency_report,
 )
@@ -156,6 +157,7 @@ __all__ = [
     "VERIFY",
     "BackupSetInfo",
     "BucketRestoreFailed",
+    "BucketSource",
     "BucketSummary",
     "Cleanup",
     "ConflictPolicy",
@@ -180,6 +182,7 @@ __all__ = [
     "ScratchUnavailable",
     "Unrestorable",
     "bucket_entries",
+    "bucket_source",
     "check_can_create",
     "check_confirmation",
     "check_or_note",

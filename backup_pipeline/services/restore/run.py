@@ -14,7 +14,7 @@ from backup_pipeline.services.backup_parts import (
     BUCKET_PART_PREFIX,
     PART_DATABASE,
 )
-from backup_pipeline.services.restore.buckets import bucket_entries, plan_bucket, restore_bucket
+from backup_pipeline.services.restore.buckets import plan_bucket, restore_bucket
 from backup_pipeline.services.restore.common import (
     DEFAULT_CONSISTENCY_QUERY,
     RestoreError,
@@ -34,6 +34,7 @@ from backup_pipeline.services.restore.database import (
     verify_database_part,
 )
 from backup_pipeline.services.restore.dump_info import DatabaseFacts
+from backup_pipeline.services.restore.incremental import bucket_source
 from backup_pipeline.services.restore.report import consistency_report
 from backup_pipeline.services.restore.scratch import (
     RESTORE,
@@ -338,14 +339,14 @@ def _buckets(
 ) -> dict[str, Any]:
     buckets: dict[str, Any] = {}
     for name in parts:
-        if name == PART_DATABASE:
-            continue
+        if not name.startswith(BUCKET_PART_PREFIX):
+            continue  # the database, and a format-2 set's inventories and older parts (read per bucket)
         assert s3_client is not None
         bucket = name.removeprefix(BUCKET_PART_PREFIX)
-        inventory = resolved.inventory(bucket)
+        source = bucket_source(destination, keys, resolved, bucket)
         if options.dry_run:
             buckets[bucket] = plan_bucket(
-                s3_client, bucket, inventory.values(), options.conflict_policy, options.key_prefix
+                s3_client, bucket, source.planned(), options.conflict_policy, options.key_prefix
             )
             continue
         log(f"restoring bucket {bucket} …")
@@ -354,8 +355,8 @@ def _buckets(
             summary = restore_bucket(
                 s3_client,
                 bucket,
-                bucket_entries(open_part(destination, keys, resolved, name)),
-                inventory,
+                source.entries,
+                source.inventory,
                 options.conflict_policy,
                 resolved.backup_id,
                 key_prefix=options.key_prefix,

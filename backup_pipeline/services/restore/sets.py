@@ -10,7 +10,7 @@ from typing import Any
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-from backup_pipeline.archive.manifest import MANIFEST_FORMAT, Manifest
+from backup_pipeline.archive.manifest import MANIFEST_FORMATS, Manifest
 from backup_pipeline.archive.stream_crypto import decrypt_stream
 from backup_pipeline.destinations.base import Destination, StoredFile
 from backup_pipeline.services.backup_parts import (
@@ -131,6 +131,13 @@ class PartRef:
     sha256: str
     plaintext_size: int
     plaintext_sha256: str
+    #: The set the part belongs to when it is not the resolved set's own (format 2: referenced parts).
+    backup_id: str | None = None
+
+
+def referenced_key(backup_id: str, part_name: str) -> str:
+    """The name under which ``ResolvedBackup.parts`` holds a part of another set (format 2)."""
+    return f"{backup_id}/{part_name}"
 
 
 @dataclass
@@ -263,6 +270,41 @@ def _resolve_set(destination: Destination, keys: RestoreKeys, chosen: BackupSetI
             plaintext_size=int(entry["plaintext_size"]),
             plaintext_sha256=str(entry["plaintext_sha256"]),
         )
+    for info in manifest.get("incremental", {}).values():
+        for ref in info["referenced"]:
+            key = referenced_key(ref["backup_id"], ref["part_name"])
+            if key in parts:
+                continue
+            stored = next(
+                iter(
+                    destination.list(
+                        {
+                            PROP_APP: APP_NAME,
+                            PROP_INSTALLATION: chosen.installation_id,
+                            PROP_BACKUP_ID: ref["backup_id"],
+                            PROP_PART_NAME: ref["part_name"],
+                        }
+                    )
+                ),
+                None,
+            )
+            if stored is None:
+                missing.append(f"{ref['part_name']} of backup {ref['backup_id']} (referenced)")
+                continue
+            if stored.size != int(ref["size"]):
+                raise RestoreRefused(
+                    f"backup {chosen.backup_id}: part {ref['part_name']!r} of backup {ref['backup_id']}, which it "
+                    f"references, is {stored.size} bytes on the destination, the manifest says {ref['size']}"
+                )
+            parts[key] = PartRef(
+                part_name=ref["part_name"],
+                file_id=stored.id,
+                size=int(ref["size"]),
+                sha256=str(ref["sha256"]),
+                plaintext_size=int(ref["plaintext_size"]),
+                plaintext_sha256=str(ref["plaintext_sha256"]),
+                backup_id=ref["backup_id"],
+            )
     if missing:
         raise RestoreRefused(
             f"backup {chosen.backup_id} is incomplete: the manifest lists parts missing on the destination: "
@@ -286,7 +328,16 @@ def needed_parts(resolved: ResolvedBackup, options: RestoreOptions) -> list[str]
                 f"buckets: {', '.join(unknown)} not in backup {resolved.backup_id} "
                 f"(it has: {', '.join(available) or 'no buckets'})"
             )
-        names += [bucket_part_name(b) for b in (options.buckets or available)]
+        for bucket in options.buckets or available:
+            names.append(bucket_part_name(bucket))
+            info = resolved.manifest.get("incremental", {}).get(bucket)
+            if info is not None:  # format 2: the inventory and the older sets' parts it points at
+                names.append(info["inventory_part"])
+                names += [
+                    referenced_key(r["backup_id"], r["part_name"])
+                    for r in info["referenced"]
+                    if referenced_key(r["backup_id"], r["part_name"]) not in names
+                ]
     return names
 
 
@@ -318,20 +369,21 @@ def open_part(
     the stream ended cleanly (pg_restore's transaction, the verify pass) never acts on it.
     """
     ref = resolved.parts[part_name]
+    owner = ref.backup_id or resolved.backup_id
     cipher, plain = _Counter(), _Counter()
     try:
         ciphertext = cipher.wrap(download_backup(destination, ref.file_id, ref.size, on_progress=on_progress))
         yield from plain.wrap(
             decrypt_stream(
                 ciphertext,
-                expected_backup_id=resolved.backup_id,
-                expected_part_name=part_name,
+                expected_backup_id=owner,
+                expected_part_name=ref.part_name,
                 org_keyring=keys.org_keyring,
                 recovery_identity=keys.recovery_identity,
             )
         )
     except ArchiveError as exc:
-        raise PartVerificationError(resolved.backup_id, part_name, f"{type(exc).__name__}: {exc}") from None
+        raise PartVerificationError(owner, ref.part_name, f"{type(exc).__name__}: {exc}") from None
     problems = []
     if cipher.size != ref.size or cipher.sha256.hexdigest() != ref.sha256:
         problems.append(f"ciphertext {cipher.size} bytes / sha256 {cipher.sha256.hexdigest()[:16]}…")
@@ -339,7 +391,7 @@ def open_part(
         problems.append(f"plaintext {plain.size} bytes / sha256 {plain.sha256.hexdigest()[:16]}…")
     if problems:
         raise PartVerificationError(
-            resolved.backup_id, part_name, "does not match the manifest: " + "; ".join(problems)
+            owner, ref.part_name, "does not match the manifest: " + "; ".join(problems)
         )
 
 
@@ -401,7 +453,7 @@ def parse_manifest(plaintext: bytes) -> dict[str, Any]:
         raise RestoreRefused(f"the manifest is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise RestoreRefused("the manifest is not a JSON object")
-    if raw.get("format") == MANIFEST_FORMAT:
+    if raw.get("format") in MANIFEST_FORMATS:
         try:
             m = Manifest.from_json(plaintext)
         except ArchiveError as exc:
@@ -424,6 +476,7 @@ def parse_manifest(plaintext: bytes) -> dict[str, Any]:
             ],
             "inventory": inventory,
             "table_rows": dict(m.table_rows),
+            "incremental": incremental_manifest_info(m),
         }
     if not isinstance(raw.get("parts"), list):
         raise RestoreRefused("the manifest has no list of parts")
@@ -453,3 +506,29 @@ def manifest_inventory(manifest: Mapping[str, Any], bucket: str) -> list[Incomin
     return [
         IncomingObject(str(k), int(n), str(h)) for k, n, h in manifest.get("inventory", {}).get(bucket, [])
     ]
+
+
+def incremental_manifest_info(m: Any) -> dict[str, dict[str, Any]]:
+    """Per format-2 bucket: inventory part, object count and the (backup id, part) pairs it reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for b in m.buckets:
+        if b.inventory_part is None:
+            continue
+        out[b.bucket] = {
+            "inventory_part": b.inventory_part,
+            "total_objects": b.total_objects or 0,
+            "locations": [[m.backup_id, b.part_name]]
+            + [[r.backup_id, r.part_name] for r in b.referenced_parts or ()],
+            "referenced": [
+                {
+                    "backup_id": r.backup_id,
+                    "part_name": r.part_name,
+                    "size": r.ciphertext_size,
+                    "sha256": r.ciphertext_sha256,
+                    "plaintext_size": r.plaintext_size,
+                    "plaintext_sha256": r.plaintext_sha256,
+                }
+                for r in b.referenced_parts or ()
+            ],
+        }
+    return out
