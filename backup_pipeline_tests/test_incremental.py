@@ -211,6 +211,15 @@ def test_chain_inventories_and_uploads(installation: Installation, instance: dg.
     )
     assert ref.ciphertext_sha256 == ma.part(f"bucket-{BUCKET}").ciphertext_sha256
     assert inventory_of(inst, b, BUCKET) == inv_a
+    # Its progress covers the objects carried over without a read: the step ends at 100 %.
+    (run_b,) = instance.get_runs(filters=dg.RunsFilter(tags={"backup_pipeline/backup_id": b}))
+    progress_lines = [
+        m
+        for m in log_messages(instance, run_b.run_id)
+        if m.startswith(f"bucket {BUCKET}:") and " objects · " in m
+    ]
+    final = progress_lines[-1]
+    assert "4 of 4 objects" in final and "100.0%" in final, final
 
     # Same-size change, delete, add.
     sc = manifest_of(inst, c).bucket(BUCKET)

@@ -322,6 +322,9 @@ class _Merge:
     held: deque[_Slot] = field(default_factory=deque)
     waiting: dict[str, _Slot] = field(default_factory=dict)
     live: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    # Unchanged objects are carried over without a read; counting them keeps the step's progress
+    # (whose totals are the whole bucket's) honest: it reaches 100 % when the bucket is covered.
+    on_carried: Callable[[int], None] | None = None
 
     def emit(self, slot: _Slot) -> None:
         if not self.waiting and not self.held:
@@ -344,6 +347,8 @@ class _Merge:
                 used = self.live.setdefault((previous.backup_id, previous.part), [0, 0])
                 used[0] += 1
                 used[1] += previous.size
+                if self.on_carried is not None:
+                    self.on_carried(previous.size)
                 self.emit(_Slot(listed.key, change, previous, done=True))
                 if len(self.held) > MAX_HELD_LINES and self.waiting:
                     yield PAUSE
@@ -425,7 +430,12 @@ def export_bucket_incremental(
         )
 
     sink = _InventoryUpload(lambda p: upload(p, inventory_part_name(bucket)), write_inventory)
-    merge = _Merge(sink, backup_id, part_name)
+    merge = _Merge(
+        sink,
+        backup_id,
+        part_name,
+        on_carried=(lambda n: progress.add(n, objects=1)) if progress is not None else None,
+    )
     previous = choice.previous if not choice.full else None
     old: Iterable[InventoryRecord] = (
         open_previous_inventory(destination, keyring, previous, bucket) if previous is not None else ()
