@@ -43,6 +43,7 @@ from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.buckets import (
     EMPTY_BUCKET,
     MANY_BUCKET,
+    MANY_KEYS,
     OBJECTS_BUCKET,
     BucketCorpus,
     build_bucket_corpus,
@@ -277,7 +278,7 @@ def _populate_buckets(s3: S3Server) -> None:
     ]
     for obj in changed:
         put_object(s3, OBJECTS_BUCKET, obj)
-    for i in range(0, 5_100, 51):
+    for i in range(0, MANY_KEYS, 51):
         key = f"tenant-{i % 7}/year-{2020 + i % 5}/month-{i % 12:02d}/item {i:05d}.txt"
         put_object(s3, MANY_BUCKET, dataclasses.replace(specs["empty.bin"], key=key, body=b"old"))
     for bucket, key in (

@@ -159,3 +159,35 @@ def test_tick_after_backup_finished_runs(instance: dg.DagsterInstance) -> None:
     )
     data = schedule.evaluate_tick(context)
     assert data.run_requests is not None and len(data.run_requests) == 1
+
+
+def test_a_changed_schedule_time_after_a_reload_moves_the_next_tick(instance: dg.DagsterInstance) -> None:
+    """The operator's procedure to change the time: new BACKUP_PIPELINE_SCHEDULE_TIME, reload. The
+    reloaded definitions (built from the environment as the code server builds them) tick at the
+    new Berlin minute, the old one no longer, and the tick requests one backup. (The end-to-end
+    schedule module proves one real daemon tick; this is the second tick it used to wait for.)"""
+    from backup_pipeline.definitions import build_definitions
+
+    before, after = (
+        build_definitions(
+            _settings(schedule_time=t, schedule_timezone="Europe/Berlin", schedule_enabled="true")
+        )
+        for t in ("14:05", "14:07")
+    )
+    now = dt.datetime(2026, 7, 1, 14, 4, 30, tzinfo=BERLIN)  # summer time: UTC+2
+    next_ticks = []
+    for defs in (before, after):
+        schedule = defs.get_schedule_def("backup_schedule")
+        assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+        ticks = cron_string_iterator(now.timestamp(), schedule.cron_schedule, schedule.execution_timezone)  # type: ignore[arg-type]
+        next_ticks.append(next(ticks))
+    assert [t.astimezone(BERLIN).strftime("%H:%M") for t in next_ticks] == ["14:05", "14:07"]
+    assert next_ticks[1].astimezone(dt.UTC).hour == 12  # Berlin, not UTC
+    # After the reload nothing is due at the old minute, one backup at the new one.
+    reloaded = after.get_schedule_def("backup_schedule")
+    between = cron_string_iterator(next_ticks[0].timestamp() - 1, reloaded.cron_schedule, "Europe/Berlin")
+    assert next(between) == next_ticks[1]
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=next_ticks[1])
+    data = reloaded.evaluate_tick(context)
+    assert data.run_requests is not None and len(data.run_requests) == 1
+    assert data.run_requests[0].tags["backup_pipeline/trigger"] == "schedule"

@@ -4,6 +4,10 @@ The installed console script is run as a subprocess, as an operator or a cron jo
 ``run backup --wait``, ``history`` (status filter, limit/cursor), ``show <backup id>``; and the
 manual-backup minimum interval: a second manual backup right after the first is refused with
 its reason (exit 1; the run is CANCELED, not FAILURE), and ``--force`` runs it anyway.
+
+Last, on the same live stack (formerly ``test_e2e_smoke.py``, which started a webserver + daemon
+of its own for it): a run submitted over GraphQL goes through the queue and succeeds, and the UI
+renders the job in Debian's Chromium (screenshots saved to test-artifacts/).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import DagsterEventType, DagsterRunStatus
 
 from backup_pipeline.client import PipelineClient
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
-from backup_pipeline_tests.fixtures.dagster import DagsterStack
+from backup_pipeline_tests.fixtures.dagster import DagsterStack, dismiss_community_dialog, open_chromium
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
@@ -34,11 +39,23 @@ pytestmark = pytest.mark.e2e
 CLI = str(Path(sys.executable).parent / "backup-pipeline")
 
 
+JOBS_QUERY = """
+query {
+  repositoryOrError(repositorySelector: {repositoryLocationName: "backup_pipeline", repositoryName: "__repository__"}) {
+    ... on Repository { jobs { name } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
 @dataclass
 class Live:
     stack: DagsterStack
     backups_dir: Path
     object_count: int
+    database_name: str
+    artifacts_dir: Path
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_PIPELINE_")}
@@ -79,7 +96,13 @@ def live(
         min_manual_backup_interval_minutes="30",
     )
     with module_stack(root, env, artifacts_dir, "e2e-client") as stack:
-        yield Live(stack=stack, backups_dir=files.backups_dir, object_count=len(seeded.objects))
+        yield Live(
+            stack=stack,
+            backups_dir=files.backups_dir,
+            object_count=len(seeded.objects),
+            database_name=pg_database.name,
+            artifacts_dir=artifacts_dir,
+        )
 
 
 def test_run_backup_wait_history_and_show_against_the_live_webserver(live: Live) -> None:
@@ -156,3 +179,33 @@ def test_show_of_an_unknown_backup_is_bad_input(live: Live) -> None:
     result = live.cli("show", "20200101T000000Z-deadbeef")
     assert result.returncode == 2
     assert "no backup run with backup id" in result.stderr
+
+
+# Last in the module: the backup history assertions above count the runs of the stack.
+def test_health_job_runs_through_webserver_and_daemon(live: Live) -> None:
+    stack = live.stack
+    jobs = stack.graphql(JOBS_QUERY)["repositoryOrError"]["jobs"]
+    assert "storage_health_job" in {j["name"] for j in jobs}
+
+    run_id = stack.submit_job("storage_health_job")
+    status = stack.wait_for_run(run_id)
+    assert status is DagsterRunStatus.SUCCESS, stack.log_tail("daemon")
+
+    with stack.home.instance() as instance:
+        outputs = {
+            e.step_key: e.dagster_event.event_specific_data.metadata  # type: ignore[union-attr]
+            for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        }
+    assert outputs["check_object_storage"]["buckets"].value == "avatars, documents, media"
+    assert outputs["check_app_database"]["schema_version"].value == "20250102080000_media_asset_settings"
+    assert outputs["check_app_database"]["endpoint"].value.endswith(f"/{live.database_name}")
+
+    with open_chromium() as page:
+        page.goto(stack.job_url("storage_health_job"))
+        dismiss_community_dialog(page)
+        page.get_by_text("check_object_storage").first.wait_for(state="visible", timeout=60_000)
+        page.screenshot(path=str(live.artifacts_dir / "e2e-storage_health_job.png"), full_page=True)
+        page.goto(stack.run_url(run_id))
+        dismiss_community_dialog(page, timeout_ms=2000)
+        page.get_by_text("Success").first.wait_for(state="visible", timeout=60_000)
+        page.screenshot(path=str(live.artifacts_dir / "e2e-storage_health_job-run.png"), full_page=True)

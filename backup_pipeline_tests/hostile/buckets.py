@@ -27,7 +27,10 @@ OBJECTS_BUCKET = "hostile-objects"
 MANY_BUCKET = "hostile.many-keys"
 EMPTY_BUCKET = "hostile-empty"
 BUCKETS = (OBJECTS_BUCKET, MANY_BUCKET, EMPTY_BUCKET)
-MANY_KEYS = 5_100
+# Over two pages of S3's 1 000-key listing and past the restore's 1 000-item listing lookahead
+# (services/restore/buckets.py), in a key order unlike the write order. Bulk beyond that only
+# added time (5 100 keys until issue 16: the round trip's uploads, restores and snapshots).
+MANY_KEYS = 2_100
 MiB = 1024 * 1024
 MULTIPART_PART = 5 * MiB  # the S3 minimum for every part but the last
 
