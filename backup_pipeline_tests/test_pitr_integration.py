@@ -60,6 +60,7 @@ from backup_pipeline.settings import (
 from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.pg_cluster import (
     PG_BIN,
+    PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
     free_low_port,
@@ -181,12 +182,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
         server_conf = user_dir(root / "server-pgbackrest", 0o700)
         pitr.write_server_config(ctx, server_conf)
         cluster.init(
-            {
-                "wal_level": "replica",
-                "archive_mode": "on",
-                "archive_timeout": "60",
-                "archive_command": "'" + archive_command(server_conf, "app") + "'",
-            }
+            {**PITR_SERVER_SETTINGS, "archive_command": "'" + archive_command(server_conf, "app") + "'"}
         )
         cluster.start()
         for statement in LEAST_PRIVILEGE_ROLE.strip().split(";"):

@@ -87,6 +87,13 @@ class EngineConfig:
     archive_async: bool = True
     #: how long archive-push waits for the async process before it reports failure to PostgreSQL
     archive_push_timeout_seconds: int = 60
+    #: pgbackrest processes for the restore's copy of the base backup and for archive-get's async
+    #: prefetch during replay (fetch + decrypt + decompress several segments at once). 2: this is
+    #: a restore-side setting and PostgreSQL's startup process replays on one core meanwhile.
+    restore_process_max: int = 2
+    #: how much WAL archive-get's async process fetches ahead of replay into the spool folder
+    #: (pgBackRest's default 128 MiB is 8 segments, consumed in well under a second by replay).
+    archive_get_queue_max_mib: int = 1024
 
     @property
     def config_dir(self) -> Path:
@@ -146,6 +153,16 @@ def render_config(
         f"pg1-socket-path={cfg.pg_socket_dir}",
         f"pg1-user={cfg.pg_user}",
         "pg1-database=postgres",
+        "",
+        # Restore-side only: the application server's archive-push keeps pgBackRest's defaults.
+        "[global:restore]",
+        f"process-max={cfg.restore_process_max}",
+        "",
+        # archive-async (above) also makes archive-get (the restored server's restore_command)
+        # prefetch segments in the background, so fetching overlaps replay.
+        "[global:archive-get]",
+        f"process-max={cfg.restore_process_max}",
+        f"archive-get-queue-max={cfg.archive_get_queue_max_mib * 1024 * 1024}",
         "",
     ]
     return "\n".join(lines)
