@@ -188,6 +188,13 @@ def _server_settings(args: argparse.Namespace) -> dict[str, str]:
     return {**PITR_SERVER_SETTINGS, "wal_compression": args.wal_compression}
 
 
+def _wal_stats(cluster: PrivateCluster) -> dict[str, int]:
+    """pg_stat_wal's counters: the WAL records written (bytes, full-page images), without the unused
+    tail of each segment an archive_timeout switch leaves, which the LSN distance counts."""
+    row = cluster.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")[0]
+    return {"records": int(row[0]), "fpi": int(row[1]), "bytes": int(row[2])}
+
+
 def _wal_bytes(cluster: PrivateCluster, start_lsn: str) -> int:
     row = cluster.execute(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')")
     return int(row[0][0])
@@ -251,6 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["base_backup"] = base.label
         result["base_backup_end"] = base.stopped_at.isoformat()
         start_lsn = str(cluster.execute("SELECT pg_current_wal_lsn()")[0][0])
+        start_stats = _wal_stats(cluster)
         gap = timedelta(minutes=args.gap_minutes)
         # The load runs past the target so a commit after it is archived: recovery stops there.
         load_seconds = int(gap.total_seconds()) + 90
@@ -269,6 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         load = None
         result["wal_bytes_during_gap"] = _wal_bytes(cluster, start_lsn)
+        end_stats = _wal_stats(cluster)
+        result["wal_written_during_gap"] = {k: end_stats[k] - start_stats[k] for k in end_stats}
         _wait_archived(cluster)
         base_target = base.stopped_at + timedelta(seconds=1)
         gap_target = base.stopped_at + gap
