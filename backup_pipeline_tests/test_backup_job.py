@@ -81,7 +81,9 @@ def test_backup_of_the_sample_app_to_drive_is_restorable_with_the_recovery_key_a
 
     dest = env.dest()
     files = h.set_files(dest, backup_id)
-    assert set(files) == {"database", "manifest"} | {f"bucket-{b}" for b in spec.buckets}
+    assert set(files) == {"database", "manifest"} | {
+        f"{k}-{b}" for b in spec.buckets for k in ("bucket", "index")
+    }
     assert all(f.properties["installationId"] == h.INSTALLATION for f in files.values())
     # The manifest is the last file written.
     created = {name: f.created for name, f in files.items()}
@@ -224,6 +226,9 @@ def test_ledger_rebuilt_from_the_destination_alone_matches_dagster(
         "bucket-media",
         "bucket-avatars",
         "bucket-documents",
+        "index-media",
+        "index-avatars",
+        "index-documents",
     }
     recon = ledger.reconcile(dagster_view, from_dest)
     assert recon.missing_on_destination == [] and recon.unknown_to_dagster == []

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from backup_pipeline.cli import main
 
 COMMANDS = {"audit", "check", "decrypt", "delete", "destination", "fetch", "history", "inspect", "keys"}
-COMMANDS |= {"pitr", "restore", "run", "settings", "show", "storage", "verify"}
+COMMANDS |= {"pitr", "restore", "restore-objects", "run", "settings", "show", "storage", "verify"}
 
 
 def _imports_dagster(code: str) -> bool:
@@ -32,7 +32,7 @@ def test_importing_the_cli_and_its_help_do_not_import_dagster() -> None:
     assert not _imports_dagster("import backup_pipeline.cli")
     assert not _imports_dagster(
         "from backup_pipeline.cli import main\n"
-        "for args in (['--help'], ['decrypt', '--help'], ['restore', '--help'], ['history', '--help']):\n"
+        "for args in (['--help'], ['decrypt', '--help'], ['restore', '--help'], ['restore-objects', '--help'], ['history', '--help']):\n"
         "    main(args, standalone_mode=False)"
     )
 

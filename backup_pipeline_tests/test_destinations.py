@@ -90,6 +90,12 @@ def test_ranged_reads(destination: Destination) -> None:
         assert b"".join(destination.get(stored.id, start, end)) == data[start:end], (start, end)
     assert b"".join(destination.get(stored.id, 700_000)) == b""
     assert b"".join(destination.get(stored.id, 600_000, 10**9)) == data[600_000:]
+    # The last bytes alone, and one byte past the end (what a part index's ranged restore asks).
+    assert b"".join(destination.get(stored.id, 699_990, 700_000)) == data[699_990:]
+    assert b"".join(destination.get(stored.id, 700_001, 700_100)) == b""
+    destination.delete(stored.id)
+    with pytest.raises(NotFoundError):
+        destination.get(stored.id, 10, 20)
 
 
 def test_list_pages_over_more_than_one_page_and_filters_by_properties(destination: Destination) -> None:

@@ -196,6 +196,8 @@ def test_clean_set_verifies_without_touching_production(
         "part:database",
         "part:bucket-media",
         "part:bucket-avatars",
+        "part:index-media",
+        "part:index-avatars",
         "database:tables",
         "objects:media",
         "objects:avatars",

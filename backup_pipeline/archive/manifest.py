@@ -23,7 +23,9 @@ MANIFEST_PART_NAME = "manifest"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
-PartKind = Literal["database", "bucket"]
+#: ``index``: a bucket part's part index (BACKUP-FORMAT.md §8), its ``bucket`` set.
+PartKind = Literal["database", "bucket", "index"]
+PART_KINDS = ("database", "bucket", "index")
 AnomalyKind = Literal["changed", "vanished", "unreadable", "inexact"]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("changed", "vanished", "unreadable", "inexact")
 
@@ -146,8 +148,8 @@ class Manifest:
         if MANIFEST_PART_NAME in names:
             raise ManifestError("the manifest cannot list itself as a part")
         for p in self.parts:
-            if p.kind not in ("database", "bucket"):
-                raise ManifestError(f"part {p.name!r}: kind must be 'database' or 'bucket'")
+            if p.kind not in PART_KINDS:
+                raise ManifestError(f"part {p.name!r}: kind must be one of {', '.join(PART_KINDS)}")
             for label, value in (
                 ("ciphertext_sha256", p.ciphertext_sha256),
                 ("plaintext_sha256", p.plaintext_sha256),

@@ -603,3 +603,58 @@ def _decrypt_payload(source: _ByteSource, aead: AESGCM, header: ArchiveHeader) -
             "mid-chunk, or its final chunk was modified or has bytes appended",
             index=index,
         )
+
+
+# --- random access (part index, BACKUP-FORMAT.md §8) -------------------------------------------
+
+
+def chunk_count(header: ArchiveHeader, ciphertext_size: int) -> int:
+    """Chunks in a part of ``ciphertext_size`` bytes (from the manifest): the last one may be short."""
+    payload = ciphertext_size - header.size
+    sealed = header.chunk_size + TAG_SIZE
+    if payload < TAG_SIZE:
+        raise TruncatedError("the part is shorter than its header plus one chunk")
+    return -(-payload // sealed)
+
+
+def chunk_byte_range(header: ArchiveHeader, ciphertext_size: int, first: int, last: int) -> tuple[int, int]:
+    """Ciphertext bytes ``[start, end)`` holding sealed chunks ``first..last`` (inclusive)."""
+    sealed = header.chunk_size + TAG_SIZE
+    start = header.size + first * sealed
+    return start, min(ciphertext_size, header.size + (last + 1) * sealed)
+
+
+def decrypt_chunks(
+    ciphertext: Iterable[bytes], aead: AESGCM, header: ArchiveHeader, *, first: int, last: int, count: int
+) -> Iterator[bytes]:
+    """Open sealed chunks ``first..last`` of a part of ``count`` chunks, each alone, in order.
+
+    The nonce of chunk i depends only on i and on whether i is the part's last chunk, so a run
+    of chunks authenticates by itself; the final flag is still enforced: chunk ``count - 1``
+    opens only as final, every other chunk only as non-final. ``ciphertext`` is exactly the
+    bytes of :func:`chunk_byte_range`. Memory: about two chunks.
+    """
+    if not 0 <= first <= last < count:
+        raise ValueError(f"chunks {first}..{last} are not within the part's {count} chunks")
+    source = _ByteSource(ciphertext)
+    sealed_size = header.chunk_size + TAG_SIZE
+    for index in range(first, last + 1):
+        final = index == count - 1
+        if final:
+            # The final chunk is whatever remains (1..C+16 bytes); a longer rest is not this part.
+            available = source.fill(sealed_size + 1)
+            if available > sealed_size:
+                raise TrailingDataError(f"more bytes than the final chunk {index} follow its start")
+        else:
+            available = source.fill(sealed_size)
+            if available < sealed_size:
+                raise TruncatedError(f"the ranged read ended inside chunk {index} ({available} bytes)")
+        sealed = source.take(min(available, sealed_size))
+        plaintext = _try_open(aead, index, final, sealed)
+        if plaintext is None:
+            raise ChunkTamperedError(
+                f"chunk {index} fails authentication (modified, reordered, or from another part)", index=index
+            )
+        yield plaintext
+    if source.fill(1):
+        raise TrailingDataError(f"bytes follow chunk {last} in the ranged read")

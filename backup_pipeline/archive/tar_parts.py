@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from backup_pipeline.archive.errors import ArchiveContentError
 from backup_pipeline.archive.gzip_members import (
     SAMPLE_SIZE,
@@ -31,6 +33,8 @@ from backup_pipeline.archive.gzip_members import (
     gzip_member,
     is_already_compressed,
 )
+from backup_pipeline.archive.part_index import EntrySpan, IndexEntry, PartIndexWriter, read_entry_range
+from backup_pipeline.archive.stream_crypto import ArchiveHeader
 from backup_pipeline.archive.streams import IterStream, ordered_parallel_map
 
 PAX_KEY = "BACKUP_PIPELINE.key"
@@ -48,6 +52,10 @@ BLOCK_SIZE = 512
 # Input size of one gzip member: the unit of parallel compression.
 MEMBER_INPUT_SIZE = 1 << 20
 _MAX_SEGMENT_BYTES = 200
+#: Objects of at least this size start a gzip member (and so does the entry after them), so a
+#: ranged restore reads only their own members. Smaller objects share members: splitting them
+#: would cost compression (deflate's window is 32 KiB), and a member is at most ~1 MiB anyway.
+NEW_MEMBER_MIN_SIZE = 64 * 1024
 
 ObjectStatus = Literal["ok", "changed", "vanished"]
 
@@ -147,16 +155,46 @@ def _tar_header(obj: SourceObject, tar_path: str) -> bytes:
 class _EntryWriter:
     """Turns source objects into (bytes, gzip level) pieces of the tar stream, hashing as it reads."""
 
-    def __init__(self, compress_level: int, on_object: Callable[[ArchivedObjectRecord], None] | None) -> None:
+    def __init__(
+        self,
+        compress_level: int,
+        on_object: Callable[[ArchivedObjectRecord], None] | None,
+        on_entry: Callable[[EntrySpan], None] | None = None,
+    ) -> None:
         self.compress_level = compress_level
         self.on_object = on_object
+        self.on_entry = on_entry
+        self.offset = 0  # bytes of tar stream yielded so far
+        self.last: ArchivedObjectRecord | None = None
 
-    def entries(self, objects: Iterable[SourceObject]) -> Iterator[tuple[bytes, int]]:
+    def entries(self, objects: Iterable[SourceObject]) -> Iterator[tuple[bytes, int, bool]]:
+        """(bytes, gzip level, starts a new gzip member) pieces of the tar stream."""
+        after_large = False
         for obj in objects:
-            yield from self._entry(obj)
-        yield b"\0" * (2 * BLOCK_SIZE), self.compress_level
+            start = self.offset
+            self.last = None
+            first = True
+            header_size = 0
+            large = obj.size >= NEW_MEMBER_MIN_SIZE
+            for data, level in self._entry(obj):
+                if first:
+                    header_size = len(data)
+                # An object of NEW_MEMBER_MIN_SIZE or more starts a member of its own, and so does the
+                # entry after it: a ranged restore of it then inflates only its own bytes (part index).
+                yield data, level, first and (large or after_large)
+                first = False
+                self.offset += len(data)
+            if first:
+                continue  # vanished: no entry
+            after_large = large
+            record = self.last
+            if self.on_entry is not None and record is not None and record.sha256 is not None:
+                data_end = start + header_size + record.size
+                self.on_entry(EntrySpan(record.key, record.size, record.sha256, start, data_end, self.offset))
+        yield b"\0" * (2 * BLOCK_SIZE), self.compress_level, False
 
     def _report(self, record: ArchivedObjectRecord) -> None:
+        self.last = record
         if self.on_object is not None:
             self.on_object(record)
 
@@ -220,28 +258,35 @@ class _EntryWriter:
         )
 
 
-def _coalesce(pieces: Iterable[tuple[bytes, int]], target: int) -> Iterator[tuple[bytes, int]]:
-    """Group consecutive pieces of the same level into blocks of about ``target`` bytes (one gzip member each)."""
+def _coalesce(pieces: Iterable[tuple[bytes, int, bool]], target: int) -> Iterator[tuple[bytes, int, int]]:
+    """Group consecutive pieces of the same level into blocks of about ``target`` bytes (one gzip member each).
+
+    Yields (block, level, tar offset of the block's first byte). A piece flagged ``new member``
+    starts a block.
+    """
     pending: list[bytes] = []
     pending_size = 0
     pending_level = -1
-    for data, level in pieces:
-        if pending and (level != pending_level or pending_size >= target):
-            yield b"".join(pending), pending_level
+    position = 0  # tar offset of the first pending byte
+    for data, level, new_member in pieces:
+        if pending and (level != pending_level or pending_size >= target or new_member):
+            yield b"".join(pending), pending_level, position
+            position += pending_size
             pending, pending_size = [], 0
         pending_level = level
         view = memoryview(data)
         while pending_size + len(view) > target:
             cut = target - pending_size
             pending.append(bytes(view[:cut]))
-            yield b"".join(pending), level
+            yield b"".join(pending), level, position
+            position += target
             pending, pending_size = [], 0
             view = view[cut:]
         if len(view):
             pending.append(bytes(view) if len(view) != len(data) else data)
             pending_size += len(view)
     if pending:
-        yield b"".join(pending), pending_level
+        yield b"".join(pending), pending_level, position
 
 
 def write_bucket_archive(
@@ -251,6 +296,7 @@ def write_bucket_archive(
     on_object: Callable[[ArchivedObjectRecord], None] | None = None,
     inventory: list[ArchivedObjectRecord] | None = None,
     workers: int = 2,
+    index: PartIndexWriter | None = None,
 ) -> Iterator[bytes]:
     """Stream a bucket part's plaintext (``.tar.gz``): pax tar entries as multi-member gzip.
 
@@ -258,7 +304,8 @@ def write_bucket_archive(
     source object, with status ``ok``, ``changed`` (length differed from the declared size: the
     entry was truncated or zero-padded to the declared size) or ``vanished`` (``open`` raised
     :class:`ObjectVanishedError`; no entry). Compression of ~1 MiB members runs on ``workers``
-    threads; memory is bounded by a few members.
+    threads; memory is bounded by a few members. ``index`` (a :class:`PartIndexWriter`) is told
+    where each entry and each member lies, and emits one index entry per object (BACKUP-FORMAT.md §8).
     """
     if not 0 <= compress_level <= 9:
         raise ValueError("compress_level must be in 0..9")
@@ -269,11 +316,24 @@ def write_bucket_archive(
         if on_object is not None:
             on_object(record)
 
-    writer = _EntryWriter(compress_level, report)
+    writer = _EntryWriter(compress_level, report, index.entry if index is not None else None)
     blocks = _coalesce(writer.entries(objects), MEMBER_INPUT_SIZE)
-    return ordered_parallel_map(
-        lambda block: gzip_member(*block), blocks, workers=workers, window=workers + 2
+    members = ordered_parallel_map(
+        lambda block: (gzip_member(block[0], block[1]), block[2], len(block[0])),
+        blocks,
+        workers=workers,
+        window=workers + 2,
     )
+    return _members_out(members, index)
+
+
+def _members_out(members: Iterable[tuple[bytes, int, int]], index: PartIndexWriter | None) -> Iterator[bytes]:
+    for member, tar_start, tar_length in members:
+        if index is not None:
+            index.member(tar_start, tar_length, len(member))
+        yield member
+    if index is not None:
+        index.finish()
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -319,7 +379,30 @@ def _json_dict(raw: str | None, what: str, key: str) -> dict[str, str]:
 
 def read_bucket_archive(chunks: Iterable[bytes]) -> Iterator[ArchivedObject]:
     """Read a bucket part's plaintext (``.tar.gz`` chunks) object by object, streaming."""
-    stream = io.BufferedReader(IterStream(gunzip_stream(chunks)), buffer_size=1 << 16)
+    return read_tar_entries(gunzip_stream(chunks))
+
+
+def read_indexed_object(
+    fetch: Callable[[int, int], Iterable[bytes]],
+    header: ArchiveHeader,
+    aead: AESGCM,
+    ciphertext_size: int,
+    entry: IndexEntry,
+) -> ArchivedObject:
+    """One object read from a byte range of its part (BACKUP-FORMAT.md §8): the entry found
+    where the index says MUST carry the indexed key and size."""
+    found = next(read_tar_entries(read_entry_range(fetch, header, aead, ciphertext_size, entry)), None)
+    if found is None or found.key != entry.key or found.size != entry.size:
+        raise ArchiveContentError(
+            f"the part index points object {entry.key!r} at an entry that is "
+            + ("missing" if found is None else f"{found.key!r} of {found.size} bytes")
+        )
+    return found
+
+
+def read_tar_entries(tar_chunks: Iterable[bytes]) -> Iterator[ArchivedObject]:
+    """The entries of a (decompressed) pax tar stream, one at a time."""
+    stream = io.BufferedReader(IterStream(tar_chunks), buffer_size=1 << 16)
     try:
         archive = tarfile.open(  # noqa: SIM115 - closed by the `with` below
             fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"

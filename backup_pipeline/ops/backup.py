@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from backup_pipeline import admin_view
+from backup_pipeline.archive.part_index import PartIndexWriter
 from backup_pipeline.concurrency import EXCLUSIVE_RUN_TAGS
 from backup_pipeline.destinations.base import Destination, DestinationError, LockedError, ensure_room
 from backup_pipeline.ops.data_lease import (
@@ -149,7 +150,7 @@ def build_archive_writer(compression_level: int) -> ArchiveWriter:
     from backup_pipeline.archive.streams import iter_file
     from backup_pipeline.archive.tar_parts import SourceObject, write_bucket_archive
 
-    def writer(objects: Iterator[OpenedObject]) -> Iterable[bytes]:
+    def writer(objects: Iterator[OpenedObject], index: PartIndexWriter | None = None) -> Iterable[bytes]:
         def sources() -> Iterator[SourceObject]:
             for obj in objects:
                 # The GET is already under way (its headers gave size and metadata), so open()
@@ -167,7 +168,7 @@ def build_archive_writer(compression_level: int) -> ArchiveWriter:
                     headers=obj.headers,
                 )
 
-        return write_bucket_archive(sources(), compress_level=compression_level)
+        return write_bucket_archive(sources(), compress_level=compression_level, index=index)
 
     return writer
 
@@ -449,7 +450,11 @@ def export_bucket_op(
             progress=progress,
             read_ahead=ReadAhead(workers=s3.read_ahead),
             tag_reading=s3.tag_reading,
+            with_index=True,
         )
+        if result.index_part is not None and run_has_failed_step(context):
+            with contextlib.suppress(LockedError):
+                remove_part(dest, installation_id, backup_id, result.index_part.part_name)
         discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
     warnings = result.warnings()
     for warning in warnings:

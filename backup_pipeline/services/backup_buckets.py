@@ -40,8 +40,9 @@ from minio import Minio
 from minio.error import S3Error
 
 from ..destinations.base import Destination
+from .backup_index import upload_bucket_part
 from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
-from .backup_upload import Encryptor, UploadedPart, upload_part
+from .backup_upload import Encryptor, UploadedPart
 from .errors import S3_ERRORS, is_s3_unreachable, s3_endpoint, s3_error_reason
 from .object_headers import record_headers, wire_text
 from .progress import ProgressTracker
@@ -656,9 +657,9 @@ def iter_bucket_objects(
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-#: (opened objects, one at a time) -> plaintext tar.gz chunks. Built by the op from
+#: (opened objects, one at a time[, part index writer]) -> plaintext tar.gz chunks. Built by the op from
 #: ``archive.write_bucket_archive`` and the configured compression level.
-ArchiveWriter = Callable[[Iterator[OpenedObject]], Iterable[bytes]]
+ArchiveWriter = Callable[..., Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -674,6 +675,8 @@ class BucketExportResult:
     unreadable: list[dict[str, Any]] = field(default_factory=list)
     inexact: list[dict[str, Any]] = field(default_factory=list)
     versioning: VersioningReport | None = None
+    #: The ``index-<name>`` part (BACKUP-FORMAT.md §8); ``None`` when written without one.
+    index_part: UploadedPart | None = None
 
     def warnings(self) -> list[str]:
         """What the operator must be told about this bucket's part (empty when it is exact)."""
@@ -704,6 +707,7 @@ class BucketExportResult:
         return {
             "bucket": self.bucket,
             "part": self.part.to_dict(),
+            "index_part": self.index_part.to_dict() if self.index_part else None,
             "object_count": self.object_count,
             "object_bytes": self.plaintext_bytes,
             "changed": self.changed,
@@ -734,8 +738,13 @@ def export_bucket(
     on_object_done: Callable[[ObjectRecord], None] | None = None,
     read_ahead: ReadAhead = ReadAhead(),
     tag_reading: TagReading = "when_counted",
+    with_index: bool = False,
 ) -> BucketExportResult:
-    """The ``bucket-<name>`` part: listing → GET per object → tar.gz → encrypt → destination, verified."""
+    """The ``bucket-<name>`` part: listing → GET per object → tar.gz → encrypt → destination, verified.
+
+    ``with_index``: ``archive_writer`` is called with a second argument, the part index writer,
+    and the ``index-<name>`` part is uploaded alongside (``backup_index.IndexUpload``).
+    """
     started = time.monotonic()
     report = BucketExportReport(bucket)
     versioning = bucket_versioning(client, bucket)
@@ -756,13 +765,15 @@ def export_bucket(
         tag_reading=tag_reading,
     )
     try:
-        part = upload_part(
+        part, index_part = upload_bucket_part(
             destination,
             encryptor,
+            archive_writer,
+            objects,
             installation_id=installation_id,
             backup_id=backup_id,
             part_name=bucket_part_name(bucket),
-            plaintext=archive_writer(objects),
+            with_index=with_index,
         )
     finally:
         objects.close()
@@ -780,4 +791,5 @@ def export_bucket(
         unreadable=report.unreadable,
         inexact=report.inexact,
         versioning=versioning,
+        index_part=index_part,
     )

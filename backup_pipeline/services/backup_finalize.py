@@ -86,6 +86,16 @@ class FinalizeInput:
     set_kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup
 
 
+def data_parts(data: FinalizeInput) -> list[UploadedPart]:
+    """Every data part of the set: database, bucket parts and their indexes."""
+    parts = [UploadedPart.from_dict(data.database["part"])]
+    for b in data.buckets:
+        parts.append(UploadedPart.from_dict(b["part"]))
+        if b.get("index_part"):
+            parts.append(UploadedPart.from_dict(b["index_part"]))
+    return parts
+
+
 def _versions(data: FinalizeInput) -> dict[str, str]:
     return {
         **{k: str(v) for k, v in data.versions.items()},
@@ -114,6 +124,8 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
 
     parts = [record(data.database["part"], "database", None)]
     parts += [record(b["part"], "bucket", b["bucket"]) for b in data.buckets]
+    # Part indexes (BACKUP-FORMAT.md §8) after the bucket parts: older results have none.
+    parts += [record(b["index_part"], "index", b["bucket"]) for b in data.buckets if b.get("index_part")]
     return Manifest(
         backup_id=data.backup_id,
         installation=data.installation_id,
@@ -145,9 +157,7 @@ def ledger_entry(
     data: FinalizeInput, manifest: UploadedPart, finished_at: str, seconds: float
 ) -> dict[str, Any]:
     """The ``backup_set`` materialization metadata: small, no inventory, no secrets."""
-    parts = [UploadedPart.from_dict(data.database["part"])] + [
-        UploadedPart.from_dict(b["part"]) for b in data.buckets
-    ]
+    parts = data_parts(data)
     return {
         "backup_id": data.backup_id,
         "installation_id": data.installation_id,
@@ -187,9 +197,7 @@ def finalize_backup(
 ) -> dict[str, Any]:
     """Verify every part, drop strays, upload the manifest last; return the ledger entry."""
     started = time.monotonic()
-    parts = [UploadedPart.from_dict(data.database["part"])] + [
-        UploadedPart.from_dict(b["part"]) for b in data.buckets
-    ]
+    parts = data_parts(data)
     verify_parts(destination, parts)
     try:
         remove_strays(destination, data.installation_id, data.backup_id, parts)

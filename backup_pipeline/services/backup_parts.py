@@ -37,6 +37,8 @@ TRIGGER_PRE_RESTORE = "pre-restore"
 PART_DATABASE = "database"
 PART_MANIFEST = "manifest"
 BUCKET_PART_PREFIX = "bucket-"
+#: ``index-<bucket>``: the part index of ``bucket-<bucket>`` (archive/part_index.py).
+INDEX_PART_PREFIX = "index-"
 #: Reserved key prefix of a restore's undo copies (``services/restore/undo_journal.py``): such
 #: objects are the restore's own, never backed up (and so never restored).
 UNDO_PREFIX = ".bp-restore-undo/"
@@ -44,6 +46,7 @@ UNDO_PREFIX = ".bp-restore-undo/"
 KIND_DATABASE = "database"
 KIND_BUCKET = "bucket"
 KIND_MANIFEST = "manifest"
+KIND_INDEX = "index"
 
 _BACKUP_ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _MAPPING_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -79,6 +82,8 @@ def part_kind(part_name: str) -> str:
         return KIND_MANIFEST
     if part_name.startswith(BUCKET_PART_PREFIX):
         return KIND_BUCKET
+    if part_name.startswith(INDEX_PART_PREFIX):
+        return KIND_INDEX
     raise ValueError(f"unknown part name {part_name!r}")
 
 
