@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from backup_pipeline.services.pitr_engine import (
@@ -53,6 +55,32 @@ def test_the_pipelines_config_holds_no_secret_and_the_servers_does() -> None:
     assert "repo1-storage-port=9443" in mine and "repo1-s3-endpoint=s3.example" in mine
     assert "repo1-retention-full=7" in mine and "repo1-storage-ca-file=/etc/ca.pem" in mine
     assert "cipher-pass-value" not in repr(secrets)
+
+
+def _current(config_dir: Path, command: str, option: str) -> str | None:
+    """The value pgbackrest itself reads from the config for ``command`` (``help`` prints it)."""
+    out = subprocess.run(
+        ["pgbackrest", f"--config-path={config_dir}", "--stanza=app", "help", command, option],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = [
+        line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("current:")
+    ]
+    return found[0] if found else None
+
+
+def test_restores_fetch_wal_ahead_in_parallel_and_archiving_keeps_the_defaults(tmp_path: Path) -> None:
+    cfg = replace(_cfg(), work_dir=tmp_path, restore_process_max=3, archive_get_queue_max_mib=512)
+    (tmp_path / "pgbackrest.conf").write_text(render_config(cfg))
+    assert _current(tmp_path, "restore", "process-max") == "3"
+    assert _current(tmp_path, "archive-get", "process-max") == "3"
+    assert _current(tmp_path, "archive-get", "archive-get-queue-max") == str(512 * 1024 * 1024)
+    assert _current(tmp_path, "archive-get", "archive-async") == "true"
+    # The application server's archive-push and the base backup are not given extra processes.
+    assert _current(tmp_path, "archive-push", "process-max") is None
+    assert _current(tmp_path, "backup", "process-max") is None
 
 
 def test_info_gives_the_window_start_from_the_oldest_usable_backup() -> None:

@@ -74,6 +74,9 @@ def server_config(output: Path) -> None:
     click.echo(f"wrote {path} (0600; it holds the repository keys and passphrase)")
     click.echo("add to postgresql.conf and restart the server:")
     click.echo("  wal_level = replica\n  archive_mode = on\n  archive_timeout = 60")
+    # lz4 shrinks the full-page images that dominate WAL at light loads: less to archive and to
+    # replay in a restore to a moment (docs/bench/pitr.md). Needs a server built --with-lz4.
+    click.echo("  wal_compression = lz4")
     click.echo(f"  archive_command = '{archive_command(output.absolute(), settings.pitr_stanza)}'")
 
 

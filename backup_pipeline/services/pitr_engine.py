@@ -11,11 +11,14 @@ by the server's OS user): :func:`render_config` with ``secrets``.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -87,6 +90,15 @@ class EngineConfig:
     archive_async: bool = True
     #: how long archive-push waits for the async process before it reports failure to PostgreSQL
     archive_push_timeout_seconds: int = 60
+    #: pgbackrest processes for the restore's copy of the base backup and for archive-get's async
+    #: prefetch during replay (fetch + decrypt + decompress several segments at once). 2: this is
+    #: a restore-side setting and PostgreSQL's startup process replays on one core meanwhile.
+    restore_process_max: int = 2
+    #: how much WAL archive-get's async process fetches ahead of replay into the spool folder
+    #: (pgBackRest's default, 8 segments). A larger queue was tried (1 GiB): the prefetcher then
+    #: keeps fetching past the target after promotion and races the next restore's clean-up of
+    #: the shared spool; see stop_wal_prefetch.
+    archive_get_queue_max_mib: int = 128
 
     @property
     def config_dir(self) -> Path:
@@ -146,6 +158,16 @@ def render_config(
         f"pg1-socket-path={cfg.pg_socket_dir}",
         f"pg1-user={cfg.pg_user}",
         "pg1-database=postgres",
+        "",
+        # Restore-side only: the application server's archive-push keeps pgBackRest's defaults.
+        "[global:restore]",
+        f"process-max={cfg.restore_process_max}",
+        "",
+        # archive-async (above) also makes archive-get (the restored server's restore_command)
+        # prefetch segments in the background, so fetching overlaps replay.
+        "[global:archive-get]",
+        f"process-max={cfg.restore_process_max}",
+        f"archive-get-queue-max={cfg.archive_get_queue_max_mib * 1024 * 1024}",
         "",
     ]
     return "\n".join(lines)
@@ -349,6 +371,32 @@ class PgBackRest:
     def verify(self) -> str:
         """pgbackrest verify (checksums of every backup file and WAL segment); returns its text report."""
         return self.run("verify", "--output=text")
+
+    def stop_wal_prefetch(self) -> list[int]:
+        """SIGTERM this config's ``archive-get:async`` processes; returns their PIDs.
+
+        The restored server started them through ``restore_command`` with the repository secrets in
+        their environment; once recovery ended nothing reads what they fetch, and a running one
+        makes the next restore fail while it cleans the spool (``unable to remove file …tmp``).
+        """
+        marker = f"--config-path={self.cfg.config_dir}"
+        found: list[int] = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [a.decode(errors="replace") for a in argv]
+            if "archive-get:async" in words and marker in words:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGTERM)
+                    found.append(int(entry.name))
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in found) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return found
 
     def restore(self, data_dir: Path, target: datetime | None) -> str:
         """Restore into ``data_dir`` (empty or absent; pgBackRest picks the base backup before ``target``).

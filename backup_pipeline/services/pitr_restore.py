@@ -373,9 +373,14 @@ def restore_to_moment(
     )
     if start.returncode != 0:
         raise PitrRestoreFailed(f"pg_ctl start failed: {start.stderr.strip()}\n{_log_tail(log_path)}")
-    _wait_promoted(
-        engine, pg_bin, req.data_dir, socket_dir, req.port, req.superuser, log_path, req.timeout_seconds
-    )
+    try:
+        _wait_promoted(
+            engine, pg_bin, req.data_dir, socket_dir, req.port, req.superuser, log_path, req.timeout_seconds
+        )
+    finally:
+        # Recovery is over (or failed): the WAL prefetcher it started holds the repository secrets
+        # and would keep fetching for nobody.
+        engine.stop_wal_prefetch()
     recovered = time.monotonic()
     reached = _reached(socket_dir, req.port, req.superuser)
     if req.target is not None and reached is not None and reached > req.target:

@@ -28,14 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
 from backup_pipeline.services import pitr
-from backup_pipeline.services.pitr_engine import archive_command
+from backup_pipeline.services.pitr_engine import PgBackRest, archive_command
 from backup_pipeline.services.pitr_restore import (
     RestoreRequest,
     check_request,
@@ -46,6 +46,7 @@ from backup_pipeline.services.pitr_status import read_archiver_status
 from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, load_settings
 from backup_pipeline_tests.fixtures.pg_cluster import (
     PG_BIN,
+    PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
     free_low_port,
@@ -147,19 +148,25 @@ def _wait_archived(cluster: PrivateCluster, timeout: float = 300) -> str:
 
 
 def _restore(
-    ctx: pitr.PitrContext, cluster: PrivateCluster, root: Path, kind: str, n: int, target: datetime
+    ctx: pitr.PitrContext,
+    engine: PgBackRest,
+    cluster: PrivateCluster,
+    root: Path,
+    kind: str,
+    n: int,
+    target: datetime,
 ) -> Timed:
     data_dir = root / f"restored-{kind}-{n}"
     request = RestoreRequest(target=target, data_dir=data_dir, port=free_low_port(), database=APP_DB)
-    check_request(request, live_data_dir=cluster.data_dir, live_port=cluster.port, info=ctx.engine.info())
+    check_request(request, live_data_dir=cluster.data_dir, live_port=cluster.port, info=engine.info())
     subprocess.run(["sync"], check=False)
     load_before = _loadavg()
     started = time.monotonic()
     try:
-        report = restore_to_moment(ctx.engine, request, pg_bin=PG_BIN, secrets_env=ctx.secrets_env())
+        report = restore_to_moment(engine, request, pg_bin=PG_BIN, secrets_env=ctx.secrets_env())
         total = time.monotonic() - started
     finally:
-        stop_restored(ctx.engine, PG_BIN, data_dir)
+        stop_restored(engine, PG_BIN, data_dir)
     remove_tree(data_dir)
     timed = Timed(
         kind=kind,
@@ -174,6 +181,18 @@ def _restore(
     )
     _say(f"restore {kind} #{n}: {timed.row()}")
     return timed
+
+
+def _server_settings(args: argparse.Namespace) -> dict[str, str]:
+    """DEPLOYMENT.md's PITR server settings (``--wal-compression off`` to measure without it)."""
+    return {**PITR_SERVER_SETTINGS, "wal_compression": args.wal_compression}
+
+
+def _wal_stats(cluster: PrivateCluster) -> dict[str, int]:
+    """pg_stat_wal's counters: the WAL records written (bytes, full-page images), without the unused
+    tail of each segment an archive_timeout switch leaves, which the LSN distance counts."""
+    row = cluster.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")[0]
+    return {"records": int(row[0]), "fpi": int(row[1]), "bytes": int(row[2])}
 
 
 def _wal_bytes(cluster: PrivateCluster, start_lsn: str) -> int:
@@ -202,8 +221,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env = _settings_env(root, cluster, s3, org_secret)
         os.environ.update(env)
         settings = load_settings(env)
+        cfg = pitr.engine_config(settings)
+        cfg = replace(
+            cfg,
+            restore_process_max=args.process_max or cfg.restore_process_max,
+            archive_get_queue_max_mib=args.queue_max_mib or cfg.archive_get_queue_max_mib,
+        )
+        result["restore_process_max"] = cfg.restore_process_max
+        result["archive_get_queue_max_mib"] = cfg.archive_get_queue_max_mib
+        result["server_settings"] = server_settings = _server_settings(args)
         ctx = pitr.open_repo(
             settings,
+            cfg=cfg,
             keyring=OrgKeyring.from_file(org_secret),
             recovery_keys=[RecoveryIdentity.generate().public_key],
             create_keystore=True,
@@ -212,12 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server_conf = user_dir(root / "server-pgbackrest", 0o700)
         pitr.write_server_config(ctx, server_conf)
         cluster.init(
-            {
-                "wal_level": "replica",
-                "archive_mode": "on",
-                "archive_timeout": "60",
-                "archive_command": "'" + archive_command(server_conf, "bench") + "'",
-            }
+            {**server_settings, "archive_command": "'" + archive_command(server_conf, "bench") + "'"}
         )
         cluster.start()
         for statement in ROLE.strip().split(";"):
@@ -234,6 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["base_backup"] = base.label
         result["base_backup_end"] = base.stopped_at.isoformat()
         start_lsn = str(cluster.execute("SELECT pg_current_wal_lsn()")[0][0])
+        start_stats = _wal_stats(cluster)
         gap = timedelta(minutes=args.gap_minutes)
         # The load runs past the target so a commit after it is archived: recovery stops there.
         load_seconds = int(gap.total_seconds()) + 90
@@ -252,20 +277,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         load = None
         result["wal_bytes_during_gap"] = _wal_bytes(cluster, start_lsn)
+        end_stats = _wal_stats(cluster)
+        result["wal_written_during_gap"] = {k: end_stats[k] - start_stats[k] for k in end_stats}
         _wait_archived(cluster)
         base_target = base.stopped_at + timedelta(seconds=1)
         gap_target = base.stopped_at + gap
+        engines = {"": ctx.engine}
+        if args.compare_defaults:
+            # The same repository restored with pgBackRest's defaults (one process, 128 MiB
+            # prefetch): what the restore-side settings are worth, on the same WAL.
+            defaults = replace(
+                cfg, work_dir=root / "pipeline-defaults", restore_process_max=1, archive_get_queue_max_mib=128
+            )
+            engines["-defaults"] = PgBackRest(defaults, ctx.secrets)
+            engines["-defaults"].write_config()
         runs: list[Timed] = []
         for n in range(1, args.rounds + 1):
-            runs.append(_restore(ctx, cluster, root, "base", n, base_target))
-            runs.append(_restore(ctx, cluster, root, "gap", n, gap_target))
+            for suffix, engine in engines.items():
+                runs.append(_restore(ctx, engine, cluster, root, "base" + suffix, n, base_target))
+                runs.append(_restore(ctx, engine, cluster, root, "gap" + suffix, n, gap_target))
         result["runs"] = [r.__dict__ for r in runs]
-        base_best = min(r.total_seconds for r in runs if r.kind == "base")
-        gap_best = min(r.total_seconds for r in runs if r.kind == "gap")
-        base_median = sorted(r.total_seconds for r in runs if r.kind == "base")[(args.rounds - 1) // 2]
-        gap_median = sorted(r.total_seconds for r in runs if r.kind == "gap")[(args.rounds - 1) // 2]
-        result["ratio_best"] = round(gap_best / base_best, 2)
-        result["ratio_median"] = round(gap_median / base_median, 2)
+        for suffix in engines:
+            base_times = sorted(r.total_seconds for r in runs if r.kind == "base" + suffix)
+            gap_times = sorted(r.total_seconds for r in runs if r.kind == "gap" + suffix)
+            result["ratio_best" + suffix] = round(gap_times[0] / base_times[0], 2)
+            median = (args.rounds - 1) // 2
+            result["ratio_median" + suffix] = round(gap_times[median] / base_times[median], 2)
         info = ctx.engine.info()
         result["repo_archive_min"] = info.archive_min
         result["repo_archive_max"] = info.archive_max
@@ -292,6 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=20, help="pgbench scale (the bench database: 20)")
     parser.add_argument("--rate", type=float, default=10.0, help="pgbench transactions per second")
     parser.add_argument("--rounds", type=int, default=2, help="restores of each kind, alternating")
+    parser.add_argument(
+        "--wal-compression", default="lz4", help="the server's wal_compression (DEPLOYMENT.md: lz4)"
+    )
+    parser.add_argument(
+        "--process-max", type=int, default=0, help="restore/archive-get processes (0: the product's)"
+    )
+    parser.add_argument(
+        "--queue-max-mib", type=int, default=0, help="archive-get prefetch queue (0: the product's)"
+    )
+    parser.add_argument(
+        "--compare-defaults",
+        action="store_true",
+        help="also restore with pgBackRest's restore defaults (process-max 1, 128 MiB prefetch)",
+    )
     parser.add_argument("--out", type=Path, default=Path("pitr-gap.json"))
     args = parser.parse_args(argv)
     result = run(args)
@@ -300,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in result["runs"]:
         print(Timed(**r).row())
-    print(f"\nratio (best): {result['ratio_best']}, ratio (median): {result['ratio_median']}")
+    for key, value in result.items():
+        if key.startswith("ratio_"):
+            print(f"{key}: {value}")
     return 0
 
 
