@@ -154,6 +154,38 @@ def issue16(s: Mapping[str, Series], profiles: Mapping[str, CpuProfile]) -> list
     return goals
 
 
+def issue18(s: Mapping[str, Series]) -> list[Goal]:
+    """Incremental objects, nothing changed: ≤ 1 % of the first set's bytes and ≤ 0.15 × its wall."""
+    first, same = s.get("ours_incr_first"), s.get("ours_incr_same")
+    if first is None or same is None or not first.runs or not same.runs:
+        return []
+    first_out = min(r.output_bytes for r in first.runs)
+    same_out = max(r.output_bytes for r in same.runs)
+    t = same.median_timeline().figures() if same.timelines else None
+    reason = (
+        f"launch → first data step {t['launch_to_first_byte']:.1f} s, data steps {t['data_span']:.1f} s "
+        f"(the full pg_dump each time), tail {t['tail']:.1f} s, exit {t['run_end_to_exit']:.1f} s"
+        if t
+        else ""
+    )
+    return [
+        Goal(
+            "18",
+            "nothing changed: the second backup uploads ≤ 1 % of the first's bytes (all parts counted, "
+            "database dump included)",
+            same_out <= 0.01 * first_out,
+            f"{same_out / 1e6:.1f} MB vs {first_out / 1e6:.1f} MB = {100 * same_out / first_out:.2f} %",
+        ),
+        Goal(
+            "18",
+            "nothing changed: the second backup takes ≤ 0.15 × the first's wall time",
+            same.wall <= 0.15 * first.wall,
+            _ratio(same.wall, first.wall),
+            reason,
+        ),
+    ]
+
+
 def issue3(archive_rows: Mapping[str, tuple[float, float, float, float, float]]) -> list[Goal]:
     ours = next((v for k, v in archive_rows.items() if k.startswith("ours: tar")), None)
     pigz = archive_rows.get("tar | pigz | age")

@@ -404,6 +404,42 @@ class Bench:
             dagster=True,
         )
 
+        self.bench_incremental_backups()
+
+    def bench_incremental_backups(self) -> None:
+        """Issue 18: the same job with incremental object backups on, into a folder of its own
+        (the restores read the full set above). Output = every byte the run added to the folder
+        (database dump, bucket parts, inventories, manifest), not only the object bytes."""
+        incr = self.work / "dest-incr"
+        env = {
+            **self.env("local"),
+            "BACKUP_PIPELINE_LOCAL_DESTINATION_PATH": str(incr),
+            "BACKUP_PIPELINE_INCREMENTAL_OBJECTS": "true",
+        }
+        s = self.add(
+            "ours_incr_first", "backup_job → local, incremental on: first set (a full)", "ours", "backup"
+        )
+        self.measure(
+            s,
+            self.dagster_cmd("backup_job"),
+            env=env,
+            before=lambda: shutil.rmtree(incr, ignore_errors=True),
+            output=lambda: tree_size(incr),
+            dagster=True,
+        )
+        s = self.add(
+            "ours_incr_same", "backup_job → local, incremental on: nothing changed", "ours", "backup"
+        )
+        before: list[int] = []
+        self.measure(
+            s,
+            self.dagster_cmd("backup_job"),
+            env=env,
+            before=lambda: before.append(tree_size(incr)),
+            output=lambda: tree_size(incr) - before[-1],
+            dagster=True,
+        )
+
     def bench_restores(self) -> None:
         assert self.s3 is not None
         backup_id = self.local_backup_id
