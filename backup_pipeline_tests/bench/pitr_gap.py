@@ -43,7 +43,7 @@ from backup_pipeline.services.pitr_restore import (
     stop_restored,
 )
 from backup_pipeline.services.pitr_status import read_archiver_status
-from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, load_settings
+from backup_pipeline.settings import load_settings
 from backup_pipeline_tests.fixtures.pg_cluster import (
     PG_BIN,
     PITR_SERVER_SETTINGS,
@@ -52,8 +52,8 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     free_low_port,
     make_work_root,
     pgbackrest_processes,
+    pitr_settings_env,
     remove_tree,
-    run_as_user,
     user_dir,
 )
 
@@ -96,26 +96,7 @@ class Timed:
 
 
 def _settings_env(root: Path, cluster: PrivateCluster, s3: TlsSeaweedFS, org_secret: Path) -> dict[str, str]:
-    env = {
-        "BACKUP_PIPELINE_STATE_DIR": str(root / "state"),
-        "BACKUP_PIPELINE_ORG_SECRET_FILE": str(org_secret),
-        "BACKUP_PIPELINE_APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{cluster.port}/{APP_DB}",
-        "BACKUP_PIPELINE_PITR_ENABLED": "true",
-        "BACKUP_PIPELINE_PITR_STANZA": "bench",
-        "BACKUP_PIPELINE_PITR_REPO_S3_ENDPOINT": s3.https_endpoint,
-        "BACKUP_PIPELINE_PITR_REPO_S3_BUCKET": BUCKET,
-        "BACKUP_PIPELINE_PITR_REPO_CA_FILE": str(s3.cert),
-        "BACKUP_PIPELINE_PITR_PG_DATA_DIR": str(cluster.data_dir),
-        "BACKUP_PIPELINE_PITR_PG_SOCKET_DIR": str(cluster.socket_dir),
-        "BACKUP_PIPELINE_PITR_PG_PORT": str(cluster.port),
-        "BACKUP_PIPELINE_PITR_PG_USER": "bp_pitr",
-        "BACKUP_PIPELINE_PITR_CONFIG_DIR": str(root / "pipeline"),
-        PITR_S3_ACCESS_KEY_ENV: s3.server.access_key,
-        PITR_S3_SECRET_KEY_ENV: s3.server.secret_key,
-    }
-    if run_as_user():
-        env["BACKUP_PIPELINE_PITR_OS_USER"] = str(run_as_user())
-    return env
+    return pitr_settings_env(root, cluster, s3, org_secret, stanza="bench", bucket=BUCKET, app_db=APP_DB)
 
 
 def _pgbench(cluster: PrivateCluster, *args: str) -> list[str]:
