@@ -35,9 +35,10 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def guide_procedure() -> list[str]:
-    """The bash blocks of § 4 of the guide, in order."""
+    """The bash blocks of § 4 of the guide, in order: the procedure itself, before its optional
+    subsections (``### One object …``), which are not steps of the drill."""
     text = GUIDE.read_text(encoding="utf-8")
-    section = text.split("## 4. Disaster recovery", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## 4. Disaster recovery", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
 
 

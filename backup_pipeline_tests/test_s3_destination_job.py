@@ -104,6 +104,7 @@ def test_a_locked_backup_survives_the_products_own_credentials_and_restores(
             "database",
             "manifest",
             *(f"bucket-{b}" for b in BUCKETS),
+            *(f"index-{b}" for b in BUCKETS),  # the part indexes (random-access restore)
         }
         assert all(f.locked_until is not None and f.locked_until > datetime.now(UTC) for f in files)
 
