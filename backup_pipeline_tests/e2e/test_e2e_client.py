@@ -28,7 +28,7 @@ from backup_pipeline.client import PipelineClient
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
-from backup_pipeline_tests.fixtures.dagster import DagsterStack, dismiss_community_dialog, open_chromium
+from backup_pipeline_tests.fixtures.dagster import DagsterStack, open_chromium
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
@@ -202,10 +202,8 @@ def test_health_job_runs_through_webserver_and_daemon(live: Live) -> None:
 
     with open_chromium() as page:
         page.goto(stack.job_url("storage_health_job"))
-        dismiss_community_dialog(page)
         page.get_by_text("check_object_storage").first.wait_for(state="visible", timeout=60_000)
         page.screenshot(path=str(live.artifacts_dir / "e2e-storage_health_job.png"), full_page=True)
         page.goto(stack.run_url(run_id))
-        dismiss_community_dialog(page, timeout_ms=2000)
         page.get_by_text("Success").first.wait_for(state="visible", timeout=60_000)
         page.screenshot(path=str(live.artifacts_dir / "e2e-storage_health_job-run.png"), full_page=True)

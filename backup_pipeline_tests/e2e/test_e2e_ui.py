@@ -38,7 +38,6 @@ from backup_pipeline_tests.fixtures.dagster import (
     DagsterHome,
     DagsterStack,
     _bin,
-    dismiss_community_dialog,
     make_dagster_home,
     open_chromium,
 )
@@ -228,7 +227,6 @@ def page(ui: UiStack) -> Iterator[Any]:
     with open_chromium(viewport=(1400, 1000)) as p:
         p.set_default_timeout(60_000)
         p.goto(ui.stack.url + "/overview")
-        dismiss_community_dialog(p)
         yield p
 
 
@@ -438,7 +436,6 @@ def test_restore_without_the_confirmation_is_refused(ui: UiStack, page: Any) -> 
 
 def test_read_only_webserver_refuses_to_launch(ui: UiStack, page: Any) -> None:
     page.goto(f"{ui.read_only_url}/locations/{LOCATION_NAME}/jobs/backup_job/playground")
-    dismiss_community_dialog(page, timeout_ms=3000)
     page.get_by_text("backup_job").first.wait_for(state="visible")
     launch = page.get_by_role("button", name=re.compile("Launch Run"))
     assert launch.count() == 0 or launch.first.is_disabled()

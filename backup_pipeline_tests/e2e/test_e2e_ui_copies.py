@@ -22,7 +22,7 @@ from backup_pipeline import ledger, safety
 from backup_pipeline.copy_status import COPY_POLICY_CHECK
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
 from backup_pipeline_tests.fixtures import s3_destination as sd
-from backup_pipeline_tests.fixtures.dagster import StartDagster, dismiss_community_dialog, open_chromium
+from backup_pipeline_tests.fixtures.dagster import StartDagster, open_chromium
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
@@ -129,9 +129,7 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
     with open_chromium(viewport=(1400, 1000)) as page:
         page.set_default_timeout(120_000)  # the first page of a fresh webserver is slow on a busy machine
         page.goto(stack.url + "/assets/backup_set?view=checks")
-        dismiss_community_dialog(page)
         page.get_by_text(COPY_POLICY_CHECK, exact=True).first.wait_for(state="visible")
-        dismiss_community_dialog(page, timeout_ms=5000)
         page.get_by_text(COPY_POLICY_CHECK, exact=True).first.click()
         page.get_by_text("3-2-1 OK: 2 of 2 destinations hold a complete copy", exact=False).first.wait_for(
             state="visible"

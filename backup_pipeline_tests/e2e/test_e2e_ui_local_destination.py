@@ -31,7 +31,6 @@ from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.dagster import (
     DagsterStack,
     StartDagster,
-    dismiss_community_dialog,
     open_chromium,
 )
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
@@ -189,12 +188,10 @@ def test_first_backup_shows_the_warnings_and_a_verified_set_without_a_click(
     with open_chromium(viewport=(1400, 1000)) as page:
         page.set_default_timeout(120_000)  # the first page of a fresh webserver is slow on a busy machine
         page.goto(stack.url + "/assets/backup_set?view=checks")
-        dismiss_community_dialog(page)
         for name in CHECKS:
             page.get_by_text(name, exact=True).first.wait_for(state="visible")
         assert "Not evaluated" not in page.inner_text("body")
         # On a busy machine the "Join the Dagster community" dialog can open after the first look.
-        dismiss_community_dialog(page, timeout_ms=5000)
         page.get_by_text(safety.DESTINATION_CHECK, exact=True).first.click()
         page.get_by_text(f"backups go to the local folder {files.backups_dir}").first.wait_for(
             state="visible"
