@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.scheduler.instigation import InstigatorType
 from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -83,6 +84,17 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
     )
     stack = dagster_stack(env)
 
+    def ticked(sensor: str) -> bool:
+        # A run-status sensor starts from its first tick: a backup that ends before it would never
+        # be seen (under load the daemon's first tick can come after a short backup).
+        with stack.home.instance() as instance:
+            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+                if state.instigator_name == sensor:
+                    return bool(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1))
+        return False
+
+    for sensor in ("copy_after_backup", "verify_after_backup"):
+        wait_for(lambda s=sensor: ticked(s), timeout=300, what=f"{sensor}'s first tick", stack=stack)
     backup_run = stack.submit_job("backup_job")
     assert stack.wait_for_run(backup_run, timeout=300) is dg.DagsterRunStatus.SUCCESS
     with stack.home.instance() as instance:
