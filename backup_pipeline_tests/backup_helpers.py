@@ -35,6 +35,7 @@ from backup_pipeline.services.backup_parts import (
 )
 from backup_pipeline.services.backup_upload import list_sets
 
+from .fixtures.drive import SHARED_DRIVE_ID, DriveFixture
 from .fixtures.postgres import PgDatabase
 from .fixtures.s3 import S3Server
 
@@ -188,3 +189,23 @@ def expected_failures(result: dg.ExecuteInProcessResult) -> list[StepFailure]:
         assert match, f"{event.step_key}: no [CODE] in {error.message!r}"
         failures.append(StepFailure(str(event.step_key), match.group(1), match.group(2)))
     return failures
+
+
+def drive_destination(
+    drive: DriveFixture, tmp_path: Path, *, installation_id: str = INSTALLATION, **overrides: Any
+) -> DestinationResource:
+    """A Google Drive destination on the Drive test server with short retries; ``overrides`` win."""
+    settings: dict[str, Any] = {
+        "kind": "google_drive",
+        "installation_id": installation_id,
+        "state_dir": str(tmp_path / "dest-state"),
+        "drive_auth_mode": "shared_drive",
+        "drive_credentials_file": str(drive.service_account_file),
+        "drive_shared_drive_id": SHARED_DRIVE_ID,
+        "drive_api_root": drive.server.url,
+        "drive_token_uri": drive.server.token_uri,
+        "retry_attempts": 4,
+        "retry_initial_wait_seconds": 0.05,
+        "retry_max_wait_seconds": 0.5,
+    }
+    return DestinationResource(**{**settings, **overrides})

@@ -17,32 +17,14 @@ import pytest
 
 from backup_pipeline import ledger
 from backup_pipeline.ops.backup import build_backup_job
-from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.sample_app.seed import MiB, SeedSpec, seed_sample_app
 from backup_pipeline.services.backup_parts import ErrorCode
 
 from . import backup_helpers as h
-from .fixtures.drive import SHARED_DRIVE_ID, DriveFixture
+from .fixtures.drive import DriveFixture
 from .fixtures.postgres import PgDatabase
 from .fixtures.s3 import S3Server
-
-
-def drive_destination(drive: DriveFixture, tmp_path: Path, **overrides: Any) -> DestinationResource:
-    return DestinationResource(
-        kind="google_drive",
-        installation_id=h.INSTALLATION,
-        state_dir=str(tmp_path / "dest-state"),
-        drive_auth_mode="shared_drive",
-        drive_credentials_file=str(drive.service_account_file),
-        drive_shared_drive_id=SHARED_DRIVE_ID,
-        drive_api_root=drive.server.url,
-        drive_token_uri=drive.server.token_uri,
-        retry_attempts=4,
-        retry_initial_wait_seconds=0.05,
-        retry_max_wait_seconds=0.5,
-        **overrides,
-    )
 
 
 def failure_codes(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -67,7 +49,7 @@ def test_backup_of_the_sample_app_to_drive_is_restorable_with_the_recovery_key_a
         seeded = seed_sample_app(conn, s3.client(), spec)
     assert len(seeded.objects) >= 5000 and len({o.bucket for o in seeded.objects}) == 3
     assert sum(seeded.table_rows.values()) > 5000
-    env = h.make_env(tmp_path, fresh_pg_database, s3, drive_destination(drive, tmp_path))
+    env = h.make_env(tmp_path, fresh_pg_database, s3, h.drive_destination(drive, tmp_path))
 
     with dg.instance_for_test() as instance:
         result = run_backup(env, instance)
@@ -137,7 +119,7 @@ def _fake_old_pg_tools(directory: Path) -> Path:
 def test_pg_dump_too_old_fails_the_run_with_its_code_and_writes_nothing(
     small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
 ) -> None:
-    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    env = h.make_env(tmp_path, small_app, s3, h.drive_destination(drive, tmp_path))
     good_db = env.app_db
     env.app_db = PostgresResource(
         database_url=small_app.url, pg_bin_dir=str(_fake_old_pg_tools(tmp_path / "old"))
@@ -157,7 +139,7 @@ def test_pg_dump_too_old_fails_the_run_with_its_code_and_writes_nothing(
 def test_destination_quota_mid_backup_removes_the_partial_set_and_the_next_backup_succeeds(
     small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
 ) -> None:
-    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    env = h.make_env(tmp_path, small_app, s3, h.drive_destination(drive, tmp_path))
     # Let two parts through, then every upload start is refused for lack of space.
     drive.fault("storage_quota", route="upload_start", skip=2, count=100)
     with dg.instance_for_test() as instance:
@@ -178,7 +160,7 @@ def test_the_daily_upload_cap_fails_the_backup_with_its_code_and_throttling_in_i
     small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
 ) -> None:
     env = h.make_env(
-        tmp_path, small_app, s3, drive_destination(drive, tmp_path, drive_daily_upload_cap_bytes=1000)
+        tmp_path, small_app, s3, h.drive_destination(drive, tmp_path, drive_daily_upload_cap_bytes=1000)
     )
     with dg.instance_for_test() as instance:
         result = run_backup(env, instance)
@@ -187,7 +169,7 @@ def test_the_daily_upload_cap_fails_the_backup_with_its_code_and_throttling_in_i
         assert h.only_backup_ids(env.dest()) == []
 
         # "User rate limit exceeded." at 429 with the allowance unused is throttling: retried, not fatal.
-        env = dataclasses.replace(env, destination=drive_destination(drive, tmp_path))
+        env = dataclasses.replace(env, destination=h.drive_destination(drive, tmp_path))
         drive.fault("daily_cap", route="upload_chunk", status=429, count=3)
         result = run_backup(env, instance)
         assert result.success, failure_codes(result)
@@ -198,7 +180,7 @@ def test_the_daily_upload_cap_fails_the_backup_with_its_code_and_throttling_in_i
 def test_drive_cutting_mid_upload_is_resumed_and_the_set_is_intact(
     small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
 ) -> None:
-    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    env = h.make_env(tmp_path, small_app, s3, h.drive_destination(drive, tmp_path))
     drive.fault("cut", after_bytes=100_000, count=2)
     with dg.instance_for_test() as instance:
         result = run_backup(env, instance)
@@ -213,7 +195,7 @@ def test_drive_cutting_mid_upload_is_resumed_and_the_set_is_intact(
 def test_ledger_rebuilt_from_the_destination_alone_matches_dagster(
     small_app: PgDatabase, s3: S3Server, drive: DriveFixture, tmp_path: Path
 ) -> None:
-    env = h.make_env(tmp_path, small_app, s3, drive_destination(drive, tmp_path))
+    env = h.make_env(tmp_path, small_app, s3, h.drive_destination(drive, tmp_path))
     with dg.instance_for_test() as instance:
         assert run_backup(env, instance).success
         dagster_view = ledger.from_dagster(instance)

@@ -34,7 +34,8 @@ from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PROP_PART_NAME
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
-from backup_pipeline_tests.fixtures.drive import SHARED_DRIVE_ID, DriveFixture
+from backup_pipeline_tests.backup_helpers import drive_destination
+from backup_pipeline_tests.fixtures.drive import DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.hostile.compare import compare_buckets, snapshot_buckets
@@ -546,18 +547,8 @@ def test_on_google_drive_an_incremental_set_uploads_only_changes_restores_and_ve
     installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
 ) -> None:
     inst = installation
-    dest = DestinationResource(
-        kind="google_drive",
-        installation_id=INSTALLATION,
-        state_dir=str(tmp_path / "dest-state"),
-        drive_auth_mode="shared_drive",
-        drive_credentials_file=str(drive.service_account_file),
-        drive_shared_drive_id=SHARED_DRIVE_ID,
-        drive_api_root=drive.server.url,
-        drive_token_uri=drive.server.token_uri,
-        retry_attempts=3,
-        retry_initial_wait_seconds=0.05,
-        retry_max_wait_seconds=0.2,
+    dest = drive_destination(
+        drive, tmp_path, installation_id=INSTALLATION, retry_attempts=3, retry_max_wait_seconds=0.2
     )
     client = inst.s3.client()
     client.make_bucket(BUCKET)

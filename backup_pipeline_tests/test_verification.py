@@ -41,9 +41,9 @@ from backup_pipeline.services.backup_parts import PART_DATABASE, PROP_BACKUP_ID,
 from backup_pipeline.services.retention import BackupSetInfo, plan_retention
 from backup_pipeline.services.verification import SCRATCH_PREFIX, choose_sample, scratch_database_name
 from backup_pipeline.settings import BackupSettings, load_settings
-from backup_pipeline_tests.backup_helpers import evaluate_on_run_failure
+from backup_pipeline_tests.backup_helpers import drive_destination, evaluate_on_run_failure
 from backup_pipeline_tests.fixtures.alert_receivers import SmtpSink, WebhookReceiver
-from backup_pipeline_tests.fixtures.drive import SHARED_DRIVE_ID, DriveFixture
+from backup_pipeline_tests.fixtures.drive import DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, admin_connect
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.restore_support import s3_snapshot, wipe_database
@@ -103,18 +103,8 @@ def _local(tmp_path: Path) -> DestinationResource:
 
 
 def _drive(drive: DriveFixture, tmp_path: Path) -> DestinationResource:
-    return DestinationResource(
-        kind="google_drive",
-        installation_id=INSTALLATION,
-        state_dir=str(tmp_path / "dest-state"),
-        drive_auth_mode="shared_drive",
-        drive_credentials_file=str(drive.service_account_file),
-        drive_shared_drive_id=SHARED_DRIVE_ID,
-        drive_api_root=drive.server.url,
-        drive_token_uri=drive.server.token_uri,
-        retry_attempts=3,
-        retry_initial_wait_seconds=0.05,
-        retry_max_wait_seconds=0.2,
+    return drive_destination(
+        drive, tmp_path, installation_id=INSTALLATION, retry_attempts=3, retry_max_wait_seconds=0.2
     )
 
 
