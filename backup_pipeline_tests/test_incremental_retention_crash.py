@@ -103,11 +103,18 @@ def test_retention_killed_mid_deletion_leaves_every_kept_set_restorable(
         for summary in manifest_of(inst, kept).buckets
         for ref in summary.referenced_parts or ()
     }
-    # Of the sets retention forgets (A, B), only A's bucket parts are referenced (D also uses C's).
-    assert {ref for ref in referenced if ref[0] not in (c, d)} == {
-        (a, f"bucket-{BUCKET}"),
-        (a, f"bucket-{OTHER}"),
-    }
+    # Of the sets retention forgets (A, B), only A's bucket parts and their indexes are
+    # referenced (D also uses C's).
+    a_kept = {f"{kind}-{name}" for kind in ("bucket", "index") for name in (BUCKET, OTHER)}
+    referenced.update(
+        ((ref.backup_id, ref.index_part_name), ref.index_ciphertext_sha256)
+        for kept in (c, d)
+        for summary in manifest_of(inst, kept).buckets
+        for ref in summary.referenced_parts or ()
+        if ref.index_part_name is not None and ref.index_ciphertext_sha256 is not None
+    )
+    assert {p for owner, p in referenced if owner == a} == a_kept
+    assert {owner for owner, _ in referenced} == {a, c}
     a_files, b_files = set(_files(inst, a)), set(_files(inst, b))
     args = {
         "db": inst.db.url,
@@ -139,7 +146,7 @@ def test_retention_killed_mid_deletion_leaves_every_kept_set_restorable(
     assert lines and lines[-1] == "stopped", lines
     deleted = [tuple(json.loads(line)) for line in lines[:-1]]
     assert next(p for bid, p in deleted if bid == b) == PART_MANIFEST  # rule 5: manifest first
-    assert not {(a, p) for p in (f"bucket-{BUCKET}", f"bucket-{OTHER}")} & set(deleted)
+    assert not {(a, p) for p in a_kept} & set(deleted)
     # The killed run holds the data lease; freed at once here as fail_dead_lease_holder would.
     app_db = PostgresResource(database_url=inst.db.url)
     holder = app_db.data_lease_holder()
@@ -162,11 +169,9 @@ def test_retention_killed_mid_deletion_leaves_every_kept_set_restorable(
 
     # The next run completes: what the killed run left of A and B goes, A's referenced parts stay.
     meta = retention(inst, instance, keep_last=2)
-    assert meta["parts_kept_for_kept_sets"] == {
-        a: {f"bucket-{BUCKET}": sorted([c, d]), f"bucket-{OTHER}": sorted([c, d])}
-    }
+    assert meta["parts_kept_for_kept_sets"] == {a: dict.fromkeys(sorted(a_kept), sorted([c, d]))}
     assert _files(inst, b) == {}
-    assert set(_files(inst, a)) == {f"bucket-{BUCKET}", f"bucket-{OTHER}"} < a_files
+    assert set(_files(inst, a)) == a_kept < a_files
     assert set(list_sets(destination(inst), INSTALLATION)) == {a, c, d}
     # The kept sets restored above; what they read is still there, byte for byte.
     assert_referenced_parts_intact(inst, referenced)
