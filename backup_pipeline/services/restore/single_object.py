@@ -12,7 +12,9 @@ place only after that check; an S3 put fails without creating the object when th
 authenticated part disagree.
 
 A set without an index (written before indexes existed) is restored the old way: the whole
-bucket part streamed, the wanted entries picked out.
+bucket part streamed, the wanted entries picked out. A sharded bucket (BACKUP-FORMAT.md §6.1)
+is read shard by shard, each through its own index; for exact keys only the shards whose key
+range holds one are read, a prefix reads every shard's index.
 
 Objects are looked up through one function, :func:`locate_objects` (key → part + index entry),
 which an incremental set's inventory can serve later. Existing objects of the same key in the
@@ -80,14 +82,20 @@ class NoIndex(RestoreError):
 
 
 def locate_objects(
-    destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, bucket: str, selection: Selection
+    destination: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    part_name: str | None = None,
 ) -> Iterator[ObjectLocation]:
     """Key → part + index entry, for every selected object, in the part's order.
 
-    Streams the bucket's index part; each yielded entry comes from authenticated chunks, and the
-    index's SHA-256 is compared with the manifest once it ended (a mismatch raises then).
+    Streams the bucket's index part (of ``part_name``, one shard of a sharded bucket); each
+    yielded entry comes from authenticated chunks, and the index's SHA-256 is compared with the
+    manifest once it ended (a mismatch raises then).
     """
-    part_name = bucket_part_name(bucket)
+    part_name = part_name or bucket_part_name(bucket)
     if part_name not in resolved.parts:
         raise RestoreRefused(
             f"bucket: backup {resolved.backup_id} has no bucket {bucket!r} "
@@ -227,7 +235,6 @@ def restore_objects(
     source: Destination = counting  # type: ignore[assignment]
     inventory = resolved.inventory(bucket)
     report = SingleRestoreReport(resolved.backup_id, bucket, target.description, indexed=True)
-    part_name = bucket_part_name(bucket)
     seen: set[str] = set()
 
     def done(key: str, size: int, sha256: str, written: int) -> None:
@@ -242,32 +249,17 @@ def restore_objects(
         if on_object is not None:
             on_object(key, written)
 
-    try:
-        located = locate_objects(source, keys, resolved, bucket, selection)
-        first = next(located, None)
-    except NoIndex:
-        report.indexed = False
-        _restore_without_index(source, keys, resolved, bucket, selection, target, done)
-    else:
-        if first is not None:
-            fetch = _ranged(source, first.part)
-            header, aead = _open_bucket_header(fetch, keys, resolved, first.part)
-            for location in _chain(first, located):
-                entry = location.entry
-                try:
-                    found = read_indexed_object(fetch, header, aead, first.part.size, entry)
-                    restored = _as_entry(found)
-                    written = target.write(entry.key, restored, entry.sha256)
-                except ArchiveError as exc:
-                    raise SingleObjectError(
-                        f"backup {resolved.backup_id}, part {part_name!r}, object {entry.key!r}: "
-                        f"{type(exc).__name__}: {exc}; the object was not restored"
-                    ) from None
-                done(entry.key, entry.size, entry.sha256, written)
-    index_name = index_part_name(part_name)
-    if index_name in resolved.parts:
-        report.index_bytes_downloaded = counting.served.get(resolved.parts[index_name].file_id, 0)
-    report.part_bytes_downloaded = counting.served.get(resolved.parts[part_name].file_id, 0)
+    for shard in resolved.shards(bucket):
+        if selection.prefix is None and not any(_in_range(k, shard) for k in selection.keys):
+            continue  # a sharded bucket: only the shards whose key range holds a wanted key are read
+        _restore_from_part(
+            source, keys, resolved, bucket, selection, target, shard["part_name"], report, done
+        )
+    for part_name in resolved.bucket_parts(bucket):
+        index_name = index_part_name(part_name)
+        if index_name in resolved.parts:
+            report.index_bytes_downloaded += counting.served.get(resolved.parts[index_name].file_id, 0)
+        report.part_bytes_downloaded += counting.served.get(resolved.parts[part_name].file_id, 0)
     report.missing = sorted(selection.keys - seen)
     if not report.objects:
         what = ", ".join(repr(k) for k in sorted(selection.keys)) if selection.keys else ""
@@ -277,6 +269,48 @@ def restore_objects(
             f"keys / prefix: backup {resolved.backup_id}, bucket {bucket!r} holds none of: {what}"
         )
     return report
+
+
+def _in_range(key: str, shard: dict[str, object]) -> bool:
+    start, end = shard.get("start_after"), shard.get("end")
+    return (not isinstance(start, str) or key > start) and (not isinstance(end, str) or key <= end)
+
+
+def _restore_from_part(
+    source: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    target: ObjectTarget,
+    part_name: str,
+    report: SingleRestoreReport,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """The selected objects of one bucket part (the bucket's, or one shard's) through its index."""
+    try:
+        located = locate_objects(source, keys, resolved, bucket, selection, part_name)
+        first = next(located, None)
+    except NoIndex:
+        report.indexed = False
+        _restore_without_index(source, keys, resolved, bucket, selection, target, done, part_name)
+        return
+    if first is None:
+        return
+    fetch = _ranged(source, first.part)
+    header, aead = _open_bucket_header(fetch, keys, resolved, first.part)
+    for location in _chain(first, located):
+        entry = location.entry
+        try:
+            found = read_indexed_object(fetch, header, aead, first.part.size, entry)
+            restored = _as_entry(found)
+            written = target.write(entry.key, restored, entry.sha256)
+        except ArchiveError as exc:
+            raise SingleObjectError(
+                f"backup {resolved.backup_id}, part {part_name!r}, object {entry.key!r}: "
+                f"{type(exc).__name__}: {exc}; the object was not restored"
+            ) from None
+        done(entry.key, entry.size, entry.sha256, written)
 
 
 def _chain(first: ObjectLocation, rest: Iterable[ObjectLocation]) -> Iterator[ObjectLocation]:
@@ -330,10 +364,10 @@ def _restore_without_index(
     selection: Selection,
     target: ObjectTarget,
     done: Callable[[str, int, str, int], None],
+    part_name: str,
 ) -> None:
     """The old way: the whole bucket part streamed (pass 1 verifies it against the manifest
     first, as every restore does), the selected entries written in pass 2."""
-    part_name = bucket_part_name(bucket)
     inventory = resolved.inventory(bucket)
     try:
         for _ in open_part(destination, keys, resolved, part_name):
