@@ -197,7 +197,7 @@ def choose_mode(
         if summary is None:
             continue  # that set left the bucket out: look further back
         if summary.inventory_part is None:
-            return ModeChoice(True, f"the previous backup {other} has no inventory (format 1)")
+            return ModeChoice(True, f"the previous backup {other} has no inventory (format 1, or 3: sharded)")
         previous = PreviousSet(other, manifest, summary, files)
         break
     if previous is None:

@@ -25,6 +25,7 @@ from backup_pipeline.services.backup_parts import (
     SET_KIND_REGULAR,
     SET_KIND_SAFETY,
     TRIGGER_PRE_RESTORE,
+    bucket_of_part,
     bucket_part_name,
     set_kind_of,
 )
@@ -151,11 +152,20 @@ class ResolvedBackup:
 
     @property
     def buckets(self) -> list[str]:
-        return sorted(
-            name.removeprefix(BUCKET_PART_PREFIX)
-            for name in self.parts
-            if name.startswith(BUCKET_PART_PREFIX)
-        )
+        return sorted({bucket_of_part(name) for name in self.parts if name.startswith(BUCKET_PART_PREFIX)})
+
+    def shards(self, bucket: str) -> list[dict[str, Any]]:
+        """A sharded bucket's shards in key order (``part_name``, ``index_part``, ``start_after``,
+        ``end``); an unsharded bucket as one shard covering every key."""
+        found = self.manifest.get("shards", {}).get(bucket)
+        if found:
+            return [dict(s) for s in found]
+        part = bucket_part_name(bucket)
+        return [{"part_name": part, "index_part": None, "start_after": None, "end": None}]
+
+    def bucket_parts(self, bucket: str) -> list[str]:
+        """The set's own bucket parts holding ``bucket``'s objects, in key order."""
+        return [s["part_name"] for s in self.shards(bucket)]
 
     def inventory(self, bucket: str) -> dict[str, IncomingObject]:
         return {o.key: o for o in manifest_inventory(self.manifest, bucket)}
@@ -343,7 +353,7 @@ def needed_parts(resolved: ResolvedBackup, options: RestoreOptions) -> list[str]
                 f"(it has: {', '.join(available) or 'no buckets'})"
             )
         for bucket in options.buckets or available:
-            names.append(bucket_part_name(bucket))
+            names += resolved.bucket_parts(bucket)
             info = resolved.manifest.get("incremental", {}).get(bucket)
             if info is not None:  # format 2: the inventory and the older sets' parts it points at
                 names.append(info["inventory_part"])
@@ -505,6 +515,19 @@ def parse_manifest(plaintext: bytes) -> dict[str, Any]:
             "inventory": inventory,
             "table_rows": dict(m.table_rows),
             "incremental": incremental_manifest_info(m),
+            "shards": {
+                b.bucket: [
+                    {
+                        "part_name": x.part_name,
+                        "index_part": x.index_part,
+                        "start_after": x.start_after,
+                        "end": x.end,
+                    }
+                    for x in b.shards
+                ]
+                for b in m.buckets
+                if b.shards
+            },
         }
     if not isinstance(raw.get("parts"), list):
         raise RestoreRefused("the manifest has no list of parts")

@@ -12,10 +12,11 @@ place only after that check; an S3 put fails without creating the object when th
 authenticated part disagree.
 
 A set without an index (written before indexes existed) is restored the old way: the whole
-bucket part streamed, the wanted entries picked out.
+bucket part streamed, the wanted entries picked out. A sharded bucket (BACKUP-FORMAT.md §6.1)
+is read shard by shard, each through its own index; for exact keys only the shards whose key
+range holds one are read, a prefix reads every shard's index.
 
-Objects are looked up per bucket part (:func:`locate_parts`: part → its selected index entries).
-A format-2 set (incremental objects) names in its inventory part which part holds each body: its
+A format-2 set (incremental objects, :func:`locate_parts`) names in its inventory part which part holds each body: its
 own bucket part or an older set's; each such part is read through its own index (the set's
 manifest copies that index's sizes and hashes, ``ReferencedPart.index_*``), and every index
 entry must agree with the inventory (size, SHA-256). When one of those parts has no index (an
@@ -103,23 +104,16 @@ class PartLocations:
 def locate_parts(
     destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, bucket: str, selection: Selection
 ) -> list[PartLocations]:
-    """Per bucket part that holds selected objects of ``bucket``: those objects' index entries.
-
-    Format 1: the set's one part. Format 2: every part the inventory names (the set's own and
-    the older sets' it references); raises :class:`NoIndex` when one of them has no index.
-    """
+    """Format 2: per bucket part the inventory names (the set's own and the older sets' it
+    references), the index entries of the selected objects it holds; raises :class:`NoIndex`
+    when one of those parts has no index."""
     part_name = bucket_part_name(bucket)
     if part_name not in resolved.parts:
         raise RestoreRefused(
             f"bucket: backup {resolved.backup_id} has no bucket {bucket!r} "
             f"(it has: {', '.join(resolved.buckets) or 'no buckets'})"
         )
-    info = resolved.manifest.get("incremental", {}).get(bucket)
-    if info is None:
-        if index_part_name(part_name) not in resolved.parts:  # checked now: the stream below is lazy
-            raise NoIndex(f"backup {resolved.backup_id} has no index of bucket {bucket!r}")
-        own = locate_objects(destination, keys, resolved, bucket, selection)
-        return [PartLocations(resolved.parts[part_name], resolved.backup_id, own)]
+    info = resolved.manifest["incremental"][bucket]
     out = []
     for owner, part in info["locations"]:
         mine = owner == resolved.backup_id
@@ -172,14 +166,20 @@ def _located_by_inventory(
 
 
 def locate_objects(
-    destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, bucket: str, selection: Selection
+    destination: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    part_name: str | None = None,
 ) -> Iterator[ObjectLocation]:
     """Key → part + index entry, for every selected object, in the part's order.
 
-    Streams the bucket's index part; each yielded entry comes from authenticated chunks, and the
-    index's SHA-256 is compared with the manifest once it ended (a mismatch raises then).
+    Streams the bucket's index part (of ``part_name``, one shard of a sharded bucket); each
+    yielded entry comes from authenticated chunks, and the index's SHA-256 is compared with the
+    manifest once it ended (a mismatch raises then).
     """
-    part_name = bucket_part_name(bucket)
+    part_name = part_name or bucket_part_name(bucket)
     if part_name not in resolved.parts:
         raise RestoreRefused(
             f"bucket: backup {resolved.backup_id} has no bucket {bucket!r} "
@@ -336,40 +336,24 @@ def restore_objects(
         if on_object is not None:
             on_object(key, written)
 
-    try:
-        groups = locate_parts(source, keys, resolved, bucket, selection)
-    except NoIndex:
-        report.indexed = False
-        if bucket in resolved.manifest.get("incremental", {}):
-            _restore_inventory_without_index(source, keys, resolved, bucket, selection, target, done)
-        else:
-            _restore_without_index(source, keys, resolved, bucket, selection, target, done)
+    if bucket in resolved.manifest.get("incremental", {}):
+        _restore_by_inventory(source, keys, resolved, bucket, selection, target, report, done)
     else:
-        for group in groups:
-            first = next(group.locations, None)
-            if first is None:
-                continue
-            fetch = _ranged(source, group.part)
-            header, aead = _open_bucket_header(fetch, keys, group.owner, group.part)
-            for location in _chain(first, group.locations):
-                entry = location.entry
-                try:
-                    found = read_indexed_object(fetch, header, aead, group.part.size, entry)
-                    restored = _as_entry(found)
-                    written = target.write(entry.key, restored, entry.sha256)
-                except ArchiveError as exc:
-                    raise SingleObjectError(
-                        f"backup {group.owner}, part {group.part.part_name!r}, object {entry.key!r}: "
-                        f"{type(exc).__name__}: {exc}; the object was not restored"
-                    ) from None
-                done(entry.key, entry.size, entry.sha256, written)
+        for shard in resolved.shards(bucket):
+            if selection.prefix is None and not any(_in_range(k, shard) for k in selection.keys):
+                continue  # a sharded bucket: only the shards whose key range holds a wanted key are read
+            _restore_from_part(
+                source, keys, resolved, bucket, selection, target, shard["part_name"], report, done
+            )
+    # Every part read (the bucket's, its shards', or the older sets' an inventory names).
+    inventory_part = resolved.manifest.get("incremental", {}).get(bucket, {}).get("inventory_part")
     for name, ref in resolved.parts.items():
         served = counting.served.get(ref.file_id, 0)
         if ref.part_name.startswith(BUCKET_PART_PREFIX):
             report.part_bytes_downloaded += served
         elif ref.part_name.startswith(INDEX_PART_PREFIX):
             report.index_bytes_downloaded += served
-        elif name == resolved.manifest.get("incremental", {}).get(bucket, {}).get("inventory_part"):
+        elif name == inventory_part:
             report.inventory_bytes_downloaded += served
     report.missing = sorted(selection.keys - seen)
     if not report.objects:
@@ -380,6 +364,86 @@ def restore_objects(
             f"keys / prefix: backup {resolved.backup_id}, bucket {bucket!r} holds none of: {what}"
         )
     return report
+
+
+def _in_range(key: str, shard: dict[str, object]) -> bool:
+    start, end = shard.get("start_after"), shard.get("end")
+    return (not isinstance(start, str) or key > start) and (not isinstance(end, str) or key <= end)
+
+
+def _restore_by_inventory(
+    source: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    target: ObjectTarget,
+    report: SingleRestoreReport,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """Format 2: each part the inventory names, through its own index (its header opened under
+    the backup id of the set it belongs to); all parts whole when one has no index."""
+    try:
+        groups = locate_parts(source, keys, resolved, bucket, selection)
+    except NoIndex:
+        report.indexed = False
+        _restore_inventory_without_index(source, keys, resolved, bucket, selection, target, done)
+        return
+    for group in groups:
+        first = next(group.locations, None)
+        if first is None:
+            continue
+        fetch = _ranged(source, group.part)
+        header, aead = _open_bucket_header(fetch, keys, group.owner, group.part)
+        for location in _chain(first, group.locations):
+            entry = location.entry
+            try:
+                found = read_indexed_object(fetch, header, aead, group.part.size, entry)
+                restored = _as_entry(found)
+                written = target.write(entry.key, restored, entry.sha256)
+            except ArchiveError as exc:
+                raise SingleObjectError(
+                    f"backup {group.owner}, part {group.part.part_name!r}, object {entry.key!r}: "
+                    f"{type(exc).__name__}: {exc}; the object was not restored"
+                ) from None
+            done(entry.key, entry.size, entry.sha256, written)
+
+
+def _restore_from_part(
+    source: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    target: ObjectTarget,
+    part_name: str,
+    report: SingleRestoreReport,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """The selected objects of one bucket part (the bucket's, or one shard's) through its index."""
+    try:
+        located = locate_objects(source, keys, resolved, bucket, selection, part_name)
+        first = next(located, None)
+    except NoIndex:
+        report.indexed = False
+        _restore_without_index(source, keys, resolved, bucket, selection, target, done, part_name)
+        return
+    if first is None:
+        return
+    fetch = _ranged(source, first.part)
+    header, aead = _open_bucket_header(fetch, keys, resolved.backup_id, first.part)
+    for location in _chain(first, located):
+        entry = location.entry
+        try:
+            found = read_indexed_object(fetch, header, aead, first.part.size, entry)
+            restored = _as_entry(found)
+            written = target.write(entry.key, restored, entry.sha256)
+        except ArchiveError as exc:
+            raise SingleObjectError(
+                f"backup {resolved.backup_id}, part {part_name!r}, object {entry.key!r}: "
+                f"{type(exc).__name__}: {exc}; the object was not restored"
+            ) from None
+        done(entry.key, entry.size, entry.sha256, written)
 
 
 def _chain(first: ObjectLocation, rest: Iterable[ObjectLocation]) -> Iterator[ObjectLocation]:
@@ -433,10 +497,10 @@ def _restore_without_index(
     selection: Selection,
     target: ObjectTarget,
     done: Callable[[str, int, str, int], None],
+    part_name: str,
 ) -> None:
     """The old way: the whole bucket part streamed (pass 1 verifies it against the manifest
     first, as every restore does), the selected entries written in pass 2."""
-    part_name = bucket_part_name(bucket)
     inventory = resolved.inventory(bucket)
     try:
         for _ in open_part(destination, keys, resolved, part_name):
