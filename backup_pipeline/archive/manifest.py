@@ -60,6 +60,8 @@ class ReferencedPart:
     Sizes and hashes are copied from that set's manifest when the backup read it, so a restore
     can verify the part even after retention forgot the older set (its manifest removed).
     ``object_bytes``: every object in the part; ``live_*``: those this set still uses.
+    ``index_*``: that part's index part (BACKUP-FORMAT.md §8), copied the same way, so a
+    single-object restore can read the older part by ranges; absent (None) when it has none.
     """
 
     backup_id: str
@@ -71,6 +73,11 @@ class ReferencedPart:
     object_bytes: int
     live_objects: int
     live_bytes: int
+    index_part_name: str | None = None
+    index_ciphertext_size: int | None = None
+    index_ciphertext_sha256: str | None = None
+    index_plaintext_size: int | None = None
+    index_plaintext_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +181,10 @@ class Manifest:
             if bucket["inventory_part"] is None:  # format 1: only the four original keys
                 for key in _V2_BUCKET_KEYS:
                     del bucket[key]
+            for ref in bucket.get("referenced_parts") or ():
+                if ref["index_part_name"] is None:  # no index: the keys of sets written before indexes
+                    for key in _REF_INDEX_KEYS:
+                        del ref[key]
             if bucket["shards"] is None:
                 del bucket["shards"]
         return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
@@ -254,6 +265,15 @@ class Manifest:
                     )
                 if ref.backup_id == self.backup_id:
                     raise ManifestError(f"bucket {b.bucket!r}: referenced_parts lists a part of this set")
+                if ref.index_part_name is not None and not (
+                    _SHA256.match(ref.index_ciphertext_sha256 or "")
+                    and _SHA256.match(ref.index_plaintext_sha256 or "")
+                    and isinstance(ref.index_ciphertext_size, int)
+                    and isinstance(ref.index_plaintext_size, int)
+                ):
+                    raise ManifestError(
+                        f"bucket {b.bucket!r}: a referenced index needs its sizes and 64-hex hashes"
+                    )
         for b in self.buckets:
             if b.shards is not None:
                 self._validate_shards(b, names)
@@ -306,6 +326,15 @@ _V2_BUCKET_KEYS = (
     "total_bytes",
     "diff",
     "referenced_parts",
+)
+
+
+_REF_INDEX_KEYS = (
+    "index_part_name",
+    "index_ciphertext_size",
+    "index_ciphertext_sha256",
+    "index_plaintext_size",
+    "index_plaintext_sha256",
 )
 
 

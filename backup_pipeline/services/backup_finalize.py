@@ -250,9 +250,47 @@ def ledger_entry(
         "database_seconds": data.database["seconds"],
         "buckets": {name: _ledger_bucket(results) for name, results in by_bucket(data.buckets).items()},
         "object_count": sum(b["object_count"] for b in data.buckets),
+        **set_changes(data.buckets, sum(p.size for p in [*parts, manifest])),
         "versions": _versions(data),
         "key_ids": data.key_ids,
     }
+
+
+#: The set's change counts in the ledger (``backup_set`` metadata), in this order.
+CHANGE_KEYS = (
+    "objects_new",
+    "objects_new_bytes",
+    "objects_changed",
+    "objects_changed_bytes",
+    "objects_deleted",
+    "objects_deleted_bytes",
+    "uploaded_bytes",
+    "shared_bytes",
+)
+
+
+def set_changes(buckets: list[dict[str, Any]], uploaded_bytes: int) -> dict[str, int]:
+    """What the set changed against the set it was diffed with, summed over its buckets.
+
+    ``*_bytes`` of objects are their sizes in S3; ``uploaded_bytes`` is what the set stored on the
+    destination (every part's ciphertext, database and manifest included); ``shared_bytes`` the
+    object bytes it uses from older sets' parts (unchanged objects, not uploaded again). A bucket
+    backed up in full (format 1, or a format-2 full) counts every object as new and shares nothing:
+    its diff was made against an empty inventory.
+    """
+    out = dict.fromkeys(CHANGE_KEYS, 0)
+    for b in buckets:
+        diff = (b.get("incremental") or {}).get("diff")
+        if diff is None:
+            out["objects_new"] += b["object_count"]
+            out["objects_new_bytes"] += b["object_bytes"]
+            continue
+        for kind in ("new", "changed", "deleted"):
+            out[f"objects_{kind}"] += diff[kind]
+            out[f"objects_{kind}_bytes"] += diff[f"{kind}_bytes"]
+        out["shared_bytes"] += diff["unchanged_bytes"]
+    out["uploaded_bytes"] = uploaded_bytes
+    return out
 
 
 def _ledger_bucket(results: list[dict[str, Any]]) -> dict[str, Any]:

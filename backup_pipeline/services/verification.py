@@ -30,6 +30,7 @@ scratch database cannot be created, wrong key, pg_restore too old) raises
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -42,6 +43,7 @@ from typing import Any
 import psycopg
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
+from backup_pipeline.archive.inventory import read_inventory
 from backup_pipeline.archive.part_index import index_part_name, read_index
 from backup_pipeline.destinations.base import Destination, DestinationError
 from backup_pipeline.services import restore as rs
@@ -49,6 +51,7 @@ from backup_pipeline.services.backup_parts import (
     PART_DATABASE,
     PART_MANIFEST,
     PROP_PART_NAME,
+    bucket_part_name,
     set_properties,
 )
 from backup_pipeline.services.errors import first_line
@@ -357,7 +360,11 @@ def _verify_index(
 ) -> None:
     """The bucket's part index (one per shard of a sharded bucket) authenticates and agrees with
     the manifest's inventory (every object once, same size and SHA-256, in its shard's range):
-    a single-object restore would trust it."""
+    a single-object restore would trust it. Format 2: against the inventory part instead."""
+    info = resolved.manifest.get("incremental", {}).get(bucket)
+    if info is not None:
+        _verify_inventory_index(destination, keys, resolved, info, bucket_part_name(bucket), report)
+        return
     inventory = resolved.inventory(bucket)
     total = 0
     for shard in resolved.shards(bucket):
@@ -390,6 +397,52 @@ def _verify_index(
         report.add(f"part:{name}", True, f"{resolved.parts[name].size} bytes authenticated, {seen} entries")
     if total != len(inventory):
         report.add(f"index:{bucket}", False, f"{total} index entries for {len(inventory)} objects")
+
+
+def _verify_inventory_index(
+    destination: Destination,
+    keys: rs.RestoreKeys,
+    resolved: rs.ResolvedBackup,
+    info: Mapping[str, Any],
+    part_name: str,
+    report: VerificationReport,
+) -> None:
+    """Format 2: the index lists, in order, exactly the inventory lines that place an object in
+    this set's own part (both ascend by key), with the same size and SHA-256; neither is held."""
+    name = index_part_name(part_name)
+    seen, wrong = 0, []
+    try:
+        own = (
+            r
+            for r in read_inventory(rs.open_part(destination, keys, resolved, info["inventory_part"]))
+            if r.backup_id == resolved.backup_id and r.part == part_name
+        )
+        index = read_index(rs.open_part(destination, keys, resolved, name), part_name)
+        for record, entry in itertools.zip_longest(own, index):
+            seen += entry is not None
+            if (
+                record is None
+                or entry is None
+                or (record.key, record.size, record.sha256)
+                != (
+                    entry.key,
+                    entry.size,
+                    entry.sha256,
+                )
+            ):
+                wrong.append(entry.key if entry is not None else record.key)
+    except (rs.RestoreRefused, ArchiveError) as exc:
+        report.add(f"part:{name}", False, first_line(exc))
+        return
+    report.bytes_read += resolved.parts[name].size
+    if wrong:
+        report.add(
+            f"part:{name}",
+            False,
+            f"{seen} entries; differing from the inventory: {', '.join(sorted(wrong)[:5])}",
+        )
+        return
+    report.add(f"part:{name}", True, f"{resolved.parts[name].size} bytes authenticated, {seen} entries")
 
 
 def _verify_bucket(

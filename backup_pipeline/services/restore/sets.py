@@ -315,6 +315,20 @@ def _resolve_set(destination: Destination, keys: RestoreKeys, chosen: BackupSetI
                 plaintext_sha256=str(ref["plaintext_sha256"]),
                 backup_id=ref["backup_id"],
             )
+    for info in manifest.get("incremental", {}).values():
+        for ref in info.get("referenced_indexes", ()):
+            # Optional: without it, a single-object restore reads that older part whole.
+            stored = _stored_part(destination, chosen.installation_id, ref["backup_id"], ref["part_name"])
+            if stored is not None and stored.size == int(ref["size"]):
+                parts[referenced_key(ref["backup_id"], ref["part_name"])] = PartRef(
+                    part_name=ref["part_name"],
+                    file_id=stored.id,
+                    size=int(ref["size"]),
+                    sha256=str(ref["sha256"]),
+                    plaintext_size=int(ref["plaintext_size"]),
+                    plaintext_sha256=str(ref["plaintext_sha256"]),
+                    backup_id=ref["backup_id"],
+                )
     if missing:
         raise RestoreRefused(
             f"backup {chosen.backup_id} is incomplete: the manifest lists parts missing on the destination: "
@@ -361,6 +375,20 @@ class _Counter:
             self.size += len(block)
             self.sha256.update(block)
             yield block
+
+
+def _stored_part(
+    destination: Destination, installation_id: str, backup_id: str, part_name: str
+) -> StoredFile | None:
+    found = destination.list(
+        {
+            PROP_APP: APP_NAME,
+            PROP_INSTALLATION: installation_id,
+            PROP_BACKUP_ID: backup_id,
+            PROP_PART_NAME: part_name,
+        }
+    )
+    return next(iter(found), None)
 
 
 def open_part(
@@ -552,6 +580,19 @@ def incremental_manifest_info(m: Any) -> dict[str, dict[str, Any]]:
                     "plaintext_sha256": r.plaintext_sha256,
                 }
                 for r in b.referenced_parts or ()
+            ],
+            # The index parts of those parts (optional: single-object restores read them by ranges).
+            "referenced_indexes": [
+                {
+                    "backup_id": r.backup_id,
+                    "part_name": r.index_part_name,
+                    "size": r.index_ciphertext_size,
+                    "sha256": r.index_ciphertext_sha256,
+                    "plaintext_size": r.index_plaintext_size,
+                    "plaintext_sha256": r.index_plaintext_sha256,
+                }
+                for r in b.referenced_parts or ()
+                if r.index_part_name is not None
             ],
         }
     return out
