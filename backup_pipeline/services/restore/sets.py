@@ -306,29 +306,13 @@ def _resolve_set(destination: Destination, keys: RestoreKeys, chosen: BackupSetI
                     f"backup {chosen.backup_id}: part {ref['part_name']!r} of backup {ref['backup_id']}, which it "
                     f"references, is {stored.size} bytes on the destination, the manifest says {ref['size']}"
                 )
-            parts[key] = PartRef(
-                part_name=ref["part_name"],
-                file_id=stored.id,
-                size=int(ref["size"]),
-                sha256=str(ref["sha256"]),
-                plaintext_size=int(ref["plaintext_size"]),
-                plaintext_sha256=str(ref["plaintext_sha256"]),
-                backup_id=ref["backup_id"],
-            )
+            parts[key] = _referenced_part(ref, stored.id)
     for info in manifest.get("incremental", {}).values():
         for ref in info.get("referenced_indexes", ()):
             # Optional: without it, a single-object restore reads that older part whole.
             stored = _stored_part(destination, chosen.installation_id, ref["backup_id"], ref["part_name"])
             if stored is not None and stored.size == int(ref["size"]):
-                parts[referenced_key(ref["backup_id"], ref["part_name"])] = PartRef(
-                    part_name=ref["part_name"],
-                    file_id=stored.id,
-                    size=int(ref["size"]),
-                    sha256=str(ref["sha256"]),
-                    plaintext_size=int(ref["plaintext_size"]),
-                    plaintext_sha256=str(ref["plaintext_sha256"]),
-                    backup_id=ref["backup_id"],
-                )
+                parts[referenced_key(ref["backup_id"], ref["part_name"])] = _referenced_part(ref, stored.id)
     if missing:
         raise RestoreRefused(
             f"backup {chosen.backup_id} is incomplete: the manifest lists parts missing on the destination: "
@@ -596,3 +580,16 @@ def incremental_manifest_info(m: Any) -> dict[str, dict[str, Any]]:
             ],
         }
     return out
+
+
+def _referenced_part(ref: Mapping[str, Any], file_id: str) -> PartRef:
+    """A part of an older set that an incremental manifest references, as stored at ``file_id``."""
+    return PartRef(
+        part_name=ref["part_name"],
+        file_id=file_id,
+        size=int(ref["size"]),
+        sha256=str(ref["sha256"]),
+        plaintext_size=int(ref["plaintext_size"]),
+        plaintext_sha256=str(ref["plaintext_sha256"]),
+        backup_id=ref["backup_id"],
+    )

@@ -391,22 +391,10 @@ def _restore_by_inventory(
         return
     for group in groups:
         first = next(group.locations, None)
-        if first is None:
-            continue
-        fetch = _ranged(source, group.part)
-        header, aead = _open_bucket_header(fetch, keys, group.owner, group.part)
-        for location in _chain(first, group.locations):
-            entry = location.entry
-            try:
-                found = read_indexed_object(fetch, header, aead, group.part.size, entry)
-                restored = _as_entry(found)
-                written = target.write(entry.key, restored, entry.sha256)
-            except ArchiveError as exc:
-                raise SingleObjectError(
-                    f"backup {group.owner}, part {group.part.part_name!r}, object {entry.key!r}: "
-                    f"{type(exc).__name__}: {exc}; the object was not restored"
-                ) from None
-            done(entry.key, entry.size, entry.sha256, written)
+        if first is not None:
+            _restore_located(
+                source, keys, group.owner, group.part, _chain(first, group.locations), target, done
+            )
 
 
 def _restore_from_part(
@@ -428,19 +416,32 @@ def _restore_from_part(
         report.indexed = False
         _restore_without_index(source, keys, resolved, bucket, selection, target, done, part_name)
         return
-    if first is None:
-        return
-    fetch = _ranged(source, first.part)
-    header, aead = _open_bucket_header(fetch, keys, resolved.backup_id, first.part)
-    for location in _chain(first, located):
+    if first is not None:
+        _restore_located(source, keys, resolved.backup_id, first.part, _chain(first, located), target, done)
+
+
+def _restore_located(
+    source: Destination,
+    keys: RestoreKeys,
+    owner: str,
+    part: PartRef,
+    locations: Iterable[ObjectLocation],
+    target: ObjectTarget,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """Objects of one bucket part, each by the byte range its index entry names; the part's
+    header is opened under the backup id of the set that wrote it (``owner``)."""
+    fetch = _ranged(source, part)
+    header, aead = _open_bucket_header(fetch, keys, owner, part)
+    for location in locations:
         entry = location.entry
         try:
-            found = read_indexed_object(fetch, header, aead, first.part.size, entry)
+            found = read_indexed_object(fetch, header, aead, part.size, entry)
             restored = _as_entry(found)
             written = target.write(entry.key, restored, entry.sha256)
         except ArchiveError as exc:
             raise SingleObjectError(
-                f"backup {resolved.backup_id}, part {part_name!r}, object {entry.key!r}: "
+                f"backup {owner}, part {part.part_name!r}, object {entry.key!r}: "
                 f"{type(exc).__name__}: {exc}; the object was not restored"
             ) from None
         done(entry.key, entry.size, entry.sha256, written)
