@@ -26,6 +26,18 @@ BACKUP_ID_TAG = "backup_pipeline/backup_id"
 SAFETY_BACKUP_TAG = "backup_pipeline/safety_backup_id"
 RESTORE_OF_TAG = "backup_pipeline/restore_of"
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+#: What a set changed, from its ``backup_set`` metadata (``services/backup_finalize.CHANGE_KEYS``;
+#: not imported: the CLI would load the backup machinery).
+CHANGE_KEYS = (
+    "objects_new",
+    "objects_new_bytes",
+    "objects_changed",
+    "objects_changed_bytes",
+    "objects_deleted",
+    "objects_deleted_bytes",
+    "uploaded_bytes",
+    "shared_bytes",
+)
 
 
 class ClientError(Exception):
@@ -42,6 +54,8 @@ class RunSummary:
     end_time: float | None
     tags: dict[str, str] = field(default_factory=dict)
     creation_time: float | None = None
+    #: CHANGE_KEYS of the set the run made (None: not queried, or no complete set / older ledger).
+    changes: dict[str, int] | None = None
 
     @property
     def safety_backup_id(self) -> str | None:
@@ -56,6 +70,7 @@ class RunSummary:
             "backup_id": self.backup_id,
             "start_time": self.start_time,
             "end_time": self.end_time,
+            **({"changes": self.changes} if self.changes is not None else {}),
         }
 
 
@@ -102,6 +117,27 @@ query BackupRuns($filter: RunsFilter, $cursor: String, $limit: Int) {
 """
 )
 
+# The backup runs of ``history`` with the integer metadata of their backup_set materialization.
+_HISTORY_QUERY = (
+    """
+query BackupHistory($filter: RunsFilter, $cursor: String, $limit: Int) {
+  runsOrError(filter: $filter, cursor: $cursor, limit: $limit) {
+    __typename
+    ... on Runs { results { """
+    + _RUN_FIELDS
+    + """
+      assetMaterializations {
+        assetKey { path }
+        metadataEntries { label ... on IntMetadataEntry { intRepr } }
+      }
+    } }
+    ... on PythonError { message }
+    ... on InvalidPipelineRunsFilterError { message }
+  }
+}
+"""
+)
+
 _RUN_DETAIL_QUERY = (
     """
 query BackupRun($runId: ID!) {
@@ -117,7 +153,7 @@ query BackupRun($runId: ID!) {
         metadataEntries {
           label
           ... on TextMetadataEntry { text }
-          ... on IntMetadataEntry { intValue }
+          ... on IntMetadataEntry { intRepr }
           ... on FloatMetadataEntry { floatValue }
           ... on BoolMetadataEntry { boolValue }
           ... on JsonMetadataEntry { jsonString }
@@ -285,7 +321,7 @@ class PipelineClient:
         run_filter: dict[str, Any] = {"pipelineName": job_name}
         if statuses:
             run_filter["statuses"] = [s.upper() for s in statuses]
-        data = self._query(_RUNS_QUERY, {"filter": run_filter, "cursor": cursor, "limit": limit})[
+        data = self._query(_HISTORY_QUERY, {"filter": run_filter, "cursor": cursor, "limit": limit})[
             "runsOrError"
         ]
         if data["__typename"] != "Runs":
@@ -385,11 +421,25 @@ def _summary(run: dict[str, Any]) -> RunSummary:
         end_time=run.get("endTime"),
         tags=tags,
         creation_time=run.get("creationTime"),
+        changes=_changes(run.get("assetMaterializations")),
     )
 
 
+def _changes(materializations: list[dict[str, Any]] | None) -> dict[str, int] | None:
+    for mat in materializations or ():
+        if mat["assetKey"]["path"] == ["backup_set"]:
+            values = {e["label"]: e["intRepr"] for e in mat["metadataEntries"] if "intRepr" in e}
+            if all(k in values for k in CHANGE_KEYS):
+                return {k: int(values[k]) for k in CHANGE_KEYS}
+    return None
+
+
 def _entry_value(entry: dict[str, Any]) -> Any:
-    for key in ("text", "intValue", "floatValue", "boolValue", "path", "mdStr", "url"):
+    # intRepr, not intValue: GraphQL's Int is 32-bit, Dagster sends null for a larger value
+    # (a set of more than 2 GiB had no total_bytes in ``show``).
+    if entry.get("intRepr") is not None:
+        return int(entry["intRepr"])
+    for key in ("text", "floatValue", "boolValue", "path", "mdStr", "url"):
         if key in entry and entry[key] is not None:
             return entry[key]
     if entry.get("jsonString"):

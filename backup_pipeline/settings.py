@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backup_pipeline import destination_settings as named
+from backup_pipeline import shard_settings
 from backup_pipeline.services.retention_rules import PERIODS, SETTING_NAMES, PeriodRules, rule_violations
 
 ENV_PREFIX = "BACKUP_PIPELINE_"
@@ -295,6 +296,8 @@ class BackupSettings(BaseSettings):
         description="With incremental_objects: take a full when the share of bytes still used in the older parts "
         "a set references falls below this.",
     )
+    shard_max_objects: int = shard_settings.MAX_OBJECTS_FIELD
+    shard_max_bytes: int = shard_settings.MAX_BYTES_FIELD
 
     # --- schedule & retention ---------------------------------------------------------
     schedule_enabled: bool = Field(
@@ -608,6 +611,11 @@ class BackupSettings(BaseSettings):
         problems = named.check_names(self.destinations, self.primary_destination)
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> BackupSettings:
+        shard_settings.check_shards_with_incremental(self.incremental_objects, self.model_fields_set)
         return self
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from backup_pipeline import client as client_module
 from backup_pipeline.cli import main
 from backup_pipeline.ops import restore as restore_ops
+from backup_pipeline.services import backup_finalize
 from backup_pipeline_tests.fixtures.dagster import DagsterHome
 from backup_pipeline_tests.fixtures.ports import free_port, stop_process_groups, wait_until
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
@@ -103,8 +104,25 @@ def test_history_lists_safety_sets_with_the_restore_run_that_made_them(
     assert entry["job_name"] == "restore_job" and entry["run_id"] == restored.run_id
     assert entry["status"] == "SUCCESS" and entry["restore_of"] == first
 
+    # Each backup run shows what its set changed: the backup_set metadata that ``show`` prints too
+    # (format 1: every object is new, nothing shared; uploaded = the set's parts).
+    shown = CliRunner().invoke(main, ["show", "--url", webserver, "--json", second])
+    assert shown.exit_code == 0, shown.output
+    ledger = json.loads(shown.stdout)["ledger"]
+    assert everything[0]["changes"] == {k: ledger[k] for k in client_module.CHANGE_KEYS}
+    assert everything[0]["changes"]["uploaded_bytes"] == ledger["total_bytes"] > 0
+    assert "changes" not in entry  # a safety set: made inside a restore run, not listed with counts
+    shown_text = CliRunner().invoke(main, ["show", "--url", webserver, second])
+    [changes] = [line for line in shown_text.output.splitlines() if line.startswith("  changes: ")]
+    assert (
+        changes.startswith(f"  changes: +{ledger['objects_new']} (")
+        and "~0 (0 B) -0 (0 B) objects" in changes
+    )
+
     text = CliRunner().invoke(main, ["history", "--url", webserver])
     assert text.exit_code == 0, text.output
+    [backup_line] = [line for line in text.output.splitlines() if second in line]
+    assert "uploaded, 0 B shared with older sets" in backup_line, backup_line
     [line] = [line for line in text.output.splitlines() if safety in line]
     assert (
         "SAFETY" in line and f"made by restore run {restored.run_id}" in line and f"restoring {first}" in line
@@ -128,3 +146,4 @@ def test_the_client_reads_the_tags_the_restore_job_writes() -> None:
     # client.py does not import the ops (the CLI would load Dagster's whole job machinery).
     assert client_module.SAFETY_BACKUP_TAG == restore_ops.TAG_SAFETY_BACKUP
     assert client_module.RESTORE_OF_TAG == restore_ops.TAG_RESTORE_OF
+    assert client_module.CHANGE_KEYS == backup_finalize.CHANGE_KEYS

@@ -407,11 +407,11 @@ def test_retention_keeps_the_parts_a_kept_set_references(
     meta = retention(inst, instance, keep_last=2)  # keeps C and D; A and B are forgotten
 
     assert set(meta["deleted"]) == {a, b}
-    # C and D point at A's bucket parts: those stay, A's manifest, database and inventories go.
-    assert meta["parts_kept_for_kept_sets"] == {
-        a: {f"bucket-{BUCKET}": sorted([c, d]), f"bucket-{OTHER}": sorted([c, d])}
-    }
-    assert set(_files(inst, a)) == {f"bucket-{BUCKET}", f"bucket-{OTHER}"} < before_a
+    # C and D point at A's bucket parts: those and their indexes stay, A's manifest, database
+    # and inventories go.
+    a_kept = {f"{kind}-{name}" for kind in ("bucket", "index") for name in (BUCKET, OTHER)}
+    assert meta["parts_kept_for_kept_sets"] == {a: dict.fromkeys(sorted(a_kept), sorted([c, d]))}
+    assert set(_files(inst, a)) == a_kept < before_a
     assert _files(inst, b) == {}  # B's own (empty) parts are referenced by no one
     # The kept sets still restore exactly (the verify pass authenticates A's parts too).
     for backup_id, expected in ((c, c_state), (d, d_state)):
@@ -422,7 +422,7 @@ def test_retention_keeps_the_parts_a_kept_set_references(
     # A backup's clean-up of dead sets leaves A's referenced remains alone. The restores rewrote
     # every object (new last-modified), so the next backup finds all five changed.
     e = backup(inst, instance, incremental_min_live_share=0.0)
-    assert set(_files(inst, a)) == {f"bucket-{BUCKET}", f"bucket-{OTHER}"}
+    assert set(_files(inst, a)) == a_kept
     se = manifest_of(inst, e).bucket(BUCKET)
     assert se is not None and se.mode == "incremental" and se.diff is not None
     assert (se.diff["changed"], se.diff["unchanged"], se.referenced_parts) == (5, 0, [])
@@ -565,6 +565,7 @@ def test_on_google_drive_an_incremental_set_uploads_only_changes_restores_and_ve
     assert {f["appProperties"]["partName"] for f in drive_files} == {
         "database",
         f"bucket-{BUCKET}",
+        f"index-{BUCKET}",
         inventory_part_name(BUCKET),
         PART_MANIFEST,
     }

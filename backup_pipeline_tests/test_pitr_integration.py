@@ -61,6 +61,7 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
+    create_pitr_role,
     free_low_port,
     make_work_root,
     pgbackrest_processes,
@@ -131,14 +132,6 @@ def _settings(root: Path, cluster: PrivateCluster, s3: TlsSeaweedFS, org_secret:
     )
 
 
-LEAST_PRIVILEGE_ROLE = """
-CREATE ROLE bp_pitr LOGIN;
-GRANT pg_read_all_settings, pg_monitor TO bp_pitr;
-GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean),
-  pg_switch_wal(), pg_create_restore_point(text) TO bp_pitr;
-"""
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
     root = make_work_root()
@@ -172,9 +165,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
             {**PITR_SERVER_SETTINGS, "archive_command": "'" + archive_command(server_conf, "app") + "'"}
         )
         cluster.start()
-        for statement in LEAST_PRIVILEGE_ROLE.strip().split(";"):
-            if statement.strip():
-                cluster.execute(statement)
+        create_pitr_role(cluster)
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute("CREATE TABLE items (id int PRIMARY KEY, note text)", APP_DB)
         cluster.execute(

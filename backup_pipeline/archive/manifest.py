@@ -10,6 +10,7 @@ of more than a few hundred thousand objects should stream the inventory (see the
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,11 @@ MANIFEST_FORMAT = "backup_pipeline.manifest/1"
 #: A set with inventory parts (incremental object backups): bucket summaries say where every
 #: object's body lives; version 1 sets are still read.
 MANIFEST_FORMAT_V2 = "backup_pipeline.manifest/2"
-MANIFEST_FORMATS = (MANIFEST_FORMAT, MANIFEST_FORMAT_V2)
+#: A set with at least one sharded bucket (BACKUP-FORMAT.md §4.3): its objects are in several
+#: parts by key range. A new number so that a reader of formats 1-2, which would restore only
+#: the part a bucket summary names, refuses the set instead of restoring a bucket partly.
+MANIFEST_FORMAT_V3 = "backup_pipeline.manifest/3"
+MANIFEST_FORMATS = (MANIFEST_FORMAT, MANIFEST_FORMAT_V2, MANIFEST_FORMAT_V3)
 MANIFEST_PART_NAME = "manifest"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -55,6 +60,8 @@ class ReferencedPart:
     Sizes and hashes are copied from that set's manifest when the backup read it, so a restore
     can verify the part even after retention forgot the older set (its manifest removed).
     ``object_bytes``: every object in the part; ``live_*``: those this set still uses.
+    ``index_*``: that part's index part (BACKUP-FORMAT.md §8), copied the same way, so a
+    single-object restore can read the older part by ranges; absent (None) when it has none.
     """
 
     backup_id: str
@@ -66,6 +73,24 @@ class ReferencedPart:
     object_bytes: int
     live_objects: int
     live_bytes: int
+    index_part_name: str | None = None
+    index_ciphertext_size: int | None = None
+    index_ciphertext_sha256: str | None = None
+    index_plaintext_size: int | None = None
+    index_plaintext_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BucketShard:
+    """One key range of a sharded bucket (format 3): the objects with ``start_after < key <= end``
+    (byte-wise comparison of the UTF-8 keys; ``None`` = open end) are in part ``part_name``."""
+
+    part_name: str
+    start_after: str | None
+    end: str | None
+    object_count: int
+    object_bytes: int
+    index_part: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +109,13 @@ class BucketSummary:
     total_bytes: int | None = None
     diff: dict[str, int] | None = None  # new/changed/unchanged/deleted (+ _bytes)
     referenced_parts: list[ReferencedPart] | None = None
+    # Format 3 only, on a sharded bucket (absent from the JSON otherwise): every shard in key
+    # order; ``part_name`` is then the first shard's part.
+    shards: list[BucketShard] | None = None
+
+    def part_names(self) -> list[str]:
+        """The bucket parts holding this set's objects of the bucket, in key order."""
+        return [s.part_name for s in self.shards] if self.shards else [self.part_name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +181,12 @@ class Manifest:
             if bucket["inventory_part"] is None:  # format 1: only the four original keys
                 for key in _V2_BUCKET_KEYS:
                     del bucket[key]
+            for ref in bucket.get("referenced_parts") or ():
+                if ref["index_part_name"] is None:  # no index: the keys of sets written before indexes
+                    for key in _REF_INDEX_KEYS:
+                        del ref[key]
+            if bucket["shards"] is None:
+                del bucket["shards"]
         return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     def to_bytes(self) -> bytes:
@@ -227,6 +265,18 @@ class Manifest:
                     )
                 if ref.backup_id == self.backup_id:
                     raise ManifestError(f"bucket {b.bucket!r}: referenced_parts lists a part of this set")
+                if ref.index_part_name is not None and not (
+                    _SHA256.match(ref.index_ciphertext_sha256 or "")
+                    and _SHA256.match(ref.index_plaintext_sha256 or "")
+                    and isinstance(ref.index_ciphertext_size, int)
+                    and isinstance(ref.index_plaintext_size, int)
+                ):
+                    raise ManifestError(
+                        f"bucket {b.bucket!r}: a referenced index needs its sizes and 64-hex hashes"
+                    )
+        for b in self.buckets:
+            if b.shards is not None:
+                self._validate_shards(b, names)
         for entry in self.inventory:
             if not _SHA256.match(entry.sha256) or entry.size < 0:
                 raise ManifestError(f"inventory entry {entry.bucket}/{entry.key!r}: bad size or sha256")
@@ -235,6 +285,35 @@ class Manifest:
                 raise ManifestError(
                     f"anomaly {anomaly.bucket}/{anomaly.key!r}: kind must be one of {', '.join(ANOMALY_KINDS)}"
                 )
+
+    def _validate_shards(self, b: BucketSummary, names: list[str]) -> None:
+        """Shards tile the key space without gap or overlap, so no object can be in two or none."""
+        shards = b.shards or []
+        where = f"bucket {b.bucket!r}"
+        if self.format != MANIFEST_FORMAT_V3:
+            raise ManifestError(f"{where}: shards need format {MANIFEST_FORMAT_V3!r}")
+        if b.inventory_part is not None:
+            raise ManifestError(f"{where}: a sharded bucket has no inventory part (not supported)")
+        if not shards or shards[0].start_after is not None or shards[-1].end is not None:
+            raise ManifestError(f"{where}: shards must start at the first key and end after the last")
+        if b.part_name != shards[0].part_name:
+            raise ManifestError(f"{where}: part_name must be the first shard's part")
+        for before, after in itertools.pairwise(shards):
+            if before.end is None or after.start_after != before.end:
+                raise ManifestError(f"{where}: each shard must start after the previous shard's end")
+        for s in shards:
+            if s.start_after is not None and s.end is not None and _utf8(s.start_after) >= _utf8(s.end):
+                raise ManifestError(f"{where}: shard {s.part_name!r} has an empty or inverted key range")
+            if s.part_name not in names or (s.index_part is not None and s.index_part not in names):
+                raise ManifestError(
+                    f"{where}: shard part {s.part_name!r} (or its index) is not a part of the set"
+                )
+        if sum(s.object_count for s in shards) != b.object_count:
+            raise ManifestError(f"{where}: the shards' object counts do not add up to the bucket's")
+
+
+def _utf8(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
 
 
 _V2_BUCKET_KEYS = (
@@ -250,7 +329,18 @@ _V2_BUCKET_KEYS = (
 )
 
 
+_REF_INDEX_KEYS = (
+    "index_part_name",
+    "index_ciphertext_size",
+    "index_ciphertext_sha256",
+    "index_plaintext_size",
+    "index_plaintext_sha256",
+)
+
+
 def _bucket(value: Any) -> BucketSummary:
+    if isinstance(value, dict) and value.get("shards") is not None:
+        value = {**value, "shards": [_build(BucketShard, s, "shards") for s in _list(value, "shards")]}
     if isinstance(value, dict) and value.get("referenced_parts") is not None:
         value = {
             **value,

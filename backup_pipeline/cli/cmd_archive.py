@@ -255,6 +255,11 @@ def inspect_command(
                 click.echo(
                     f"  bucket {bucket.bucket}: {bucket.object_count} objects, {bucket.object_bytes} bytes"
                 )
+                for shard in bucket.shards or ():
+                    click.echo(
+                        f"    shard {shard.part_name}: keys after {shard.start_after!r} up to {shard.end!r}, "
+                        f"{shard.object_count} objects, {shard.object_bytes} bytes"
+                    )
             click.echo(f"  inventory: {len(manifest.inventory)} objects")
             for anomaly in manifest.anomalies:
                 detail = f" ({anomaly.detail})" if anomaly.detail else ""

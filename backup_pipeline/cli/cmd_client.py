@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -100,6 +100,25 @@ def _ledger_line(key: str, value: Any, base_url: str) -> str:
             f"\n    {label}: {base + url if url.startswith('/') else url}" for label, url in links
         )
     return f"  {key}: {value}"
+
+
+def _changes_text(c: Mapping[str, Any]) -> str:
+    """``+new ~changed -deleted objects (bytes each), uploaded, shared with older sets``."""
+    return (
+        f"+{c['objects_new']} ({_size(c['objects_new_bytes'])}) "
+        f"~{c['objects_changed']} ({_size(c['objects_changed_bytes'])}) "
+        f"-{c['objects_deleted']} ({_size(c['objects_deleted_bytes'])}) objects, "
+        f"{_size(c['uploaded_bytes'])} uploaded, {_size(c['shared_bytes'])} shared with older sets"
+    )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
@@ -189,6 +208,7 @@ def history(
             else:
                 click.echo(
                     f"{_ts(run.start_time)}  {run.status:<10} {run.backup_id or '-':<26} run {run.run_id}"
+                    + (f"  {_changes_text(run.changes)}" if run.changes else "")
                 )
         if next_cursor:
             click.echo(f"more: --cursor {next_cursor}")
@@ -207,9 +227,14 @@ def show(url: str, headers: tuple[str, ...], user: str | None, as_json: bool, ba
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="BACKUP_ID") from None
 
+    from backup_pipeline.client import CHANGE_KEYS
+
     def text() -> None:
         click.echo(f"backup {backup_id}: {detail['status']} (run {detail['run_id']})")
         click.echo(f"  started {_ts(detail['start_time'])}, ended {_ts(detail['end_time'])}")
+        ledger = detail["ledger"]
+        if all(isinstance(ledger.get(k), int) for k in CHANGE_KEYS):
+            click.echo(f"  changes: {_changes_text(ledger)}")
         for key, value in sorted(detail["ledger"].items()):
             click.echo(_ledger_line(key, value, url))
         for step, status in sorted(detail["steps"].items()):

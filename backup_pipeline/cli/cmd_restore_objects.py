@@ -1,8 +1,9 @@
 """``backup-pipeline restore-objects``: one object, some objects or one prefix of a bucket from a
 set, into an S3 bucket or a local folder, reading only the byte ranges that hold them.
 
-Uses the set's part index (BACKUP-FORMAT.md §8); a set written before indexes existed is read
-whole (slower, same result). Each chunk read is authenticated, each object's SHA-256 compared
+Uses the set's part index (BACKUP-FORMAT.md §8); an incremental set's inventory says which part
+(its own or an older set's) holds each object, read through that part's index. A set written
+before indexes existed is read whole (slower, same result). Each chunk read is authenticated, each object's SHA-256 compared
 with the index and the manifest. Objects of the same key in the target are overwritten.
 
 Exit codes: 0 restored, 1 the restore failed or was refused (no such object, damaged part,
@@ -118,12 +119,19 @@ def restore_objects_command(
         click.echo(json.dumps(report.as_dict(), indent=1))
         return
     how = (
-        "ranged reads through the part index" if report.indexed else "the whole part (this set has no index)"
+        "ranged reads through the part index"
+        if report.indexed
+        else "whole parts (a part the set reads has no index)"
+    )
+    inventory = (
+        f" + {report.inventory_bytes_downloaded} bytes of the inventory"
+        if report.inventory_bytes_downloaded
+        else ""
     )
     click.echo(
         f"{len(report.objects)} object(s), {report.object_bytes} bytes, restored from backup {report.backup_id} "
-        f"into {report.target}; downloaded {report.part_bytes_downloaded} bytes of the bucket part "
-        f"+ {report.index_bytes_downloaded} bytes of its index ({how})"
+        f"into {report.target}; downloaded {report.part_bytes_downloaded} bytes of bucket parts "
+        f"+ {report.index_bytes_downloaded} bytes of their index{inventory} ({how})"
     )
     for key in report.missing:
         click.echo(f"not in the backup: {key!r}")

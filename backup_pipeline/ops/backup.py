@@ -42,7 +42,7 @@ from backup_pipeline.services.backup_buckets import (
     ReadAhead,
     discover_buckets,
     export_bucket,
-    summarize_bucket,
+    iter_listing,
 )
 from backup_pipeline.services.backup_database import dump_database, locate_and_check_pg_dump
 from backup_pipeline.services.backup_finalize import FinalizeInput, finalize_backup
@@ -58,6 +58,7 @@ from backup_pipeline.services.backup_parts import (
     bucket_part_name,
     mapping_key,
     new_backup_id,
+    shard_part_name,
 )
 from backup_pipeline.services.backup_upload import (
     Encryptor,
@@ -67,8 +68,14 @@ from backup_pipeline.services.backup_upload import (
     remove_part,
     remove_set,
 )
+from backup_pipeline.services.bucket_shards import (
+    ShardLimits,
+    ShardRange,
+    summarize_and_shard,
+)
 from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
 from backup_pipeline.services.reachability import ReferencesUnknown, find_references
+from backup_pipeline.shard_settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_OBJECTS
 
 BACKUP_JOB_NAME = "backup_job"
 BACKUP_SET_ASSET = dg.AssetKey("backup_set")
@@ -121,6 +128,15 @@ class BackupConfig(dg.Config):
         ge=0.0,
         le=1.0,
         description="With incremental_objects: full when less of the older parts is used.",
+    )
+    shard_max_objects: int = Field(
+        default=DEFAULT_MAX_OBJECTS,
+        ge=1,
+        description="A bucket with more objects is backed up in several parts by key range, in parallel "
+        "steps (not with incremental_objects).",
+    )
+    shard_max_bytes: int = Field(
+        default=DEFAULT_MAX_BYTES, ge=1, description="Likewise for a bucket with more bytes."
     )
 
 
@@ -329,7 +345,15 @@ def plan_backup(
             )
         exclude = [*config.buckets_exclude, *own]
         buckets = discover_buckets(client, config.buckets_include, exclude)
-        summaries = [summarize_bucket(client, b) for b in buckets]
+        # Incremental sets are never sharded (settings refuse shard limits with them):
+        # their inventory part and diff are per bucket (docs/architecture/BACKUP-STRATEGY.md).
+        limits = (
+            None
+            if config.incremental_objects
+            else ShardLimits(config.shard_max_objects, config.shard_max_bytes)
+        )
+        planned = [summarize_and_shard(b, iter_listing(client, b), limits) for b in buckets]
+        summaries = [summary for summary, _ in planned]
         db_size = _database_size(app_db)
         estimate = db_size + sum(s.bytes for s in summaries)
         dest = destination.get_destination()
@@ -382,12 +406,33 @@ def plan_backup(
         },
     )
     taken: set[str] = set()
-    for summary in summaries:
-        yield dg.DynamicOutput(
-            {"bucket": summary.name, "objects": summary.objects, "bytes": summary.bytes},
-            output_name="buckets",
-            mapping_key=mapping_key(summary.name, taken),
+    for summary, shards in planned:
+        if not shards:
+            yield dg.DynamicOutput(
+                {"bucket": summary.name, "objects": summary.objects, "bytes": summary.bytes},
+                output_name="buckets",
+                mapping_key=mapping_key(summary.name, taken),
+            )
+            continue
+        context.log.info(
+            f"bucket {summary.name}: {summary.objects} objects, {summary.bytes} bytes: exported in "
+            f"{len(shards)} shards by key range (limits {config.shard_max_objects} objects / "
+            f"{config.shard_max_bytes} bytes per shard)"
         )
+        # One step per shard: they run in parallel like buckets, and the step's retry policy
+        # retries a failed one alone (a re-execution from failure does not: the failure hook
+        # has removed the set, docs/architecture/BACKUP-STRATEGY.md, Sharded buckets).
+        for shard in shards:
+            yield dg.DynamicOutput(
+                {
+                    "bucket": summary.name,
+                    "objects": shard.objects,
+                    "bytes": shard.bytes,
+                    "shard": shard.to_dict(),
+                },
+                output_name="buckets",
+                mapping_key=mapping_key(f"{summary.name}_shard{shard.number:04d}", taken),
+            )
 
 
 def _referenced_parts(
@@ -464,8 +509,8 @@ def dump_database_op(
 
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
-    description="Backs up every file of one bucket (one step per bucket), encrypted, to the destination, "
-    "and checks what arrived.",
+    description="Backs up every file of one bucket (one step per bucket, or per key range of a bucket above "
+    "the shard limits), encrypted, to the destination, and checks what arrived.",
 )
 def export_bucket_op(
     context: dg.OpExecutionContext,
@@ -477,21 +522,22 @@ def export_bucket_op(
     keys: BackupKeysResource,
 ) -> dict:
     backup_id, installation_id, name = plan["backup_id"], plan["installation_id"], bucket["bucket"]
+    shard = ShardRange.from_dict(bucket["shard"]) if bucket.get("shard") else None
+    part_name = shard_part_name(name, shard.number) if shard else bucket_part_name(name)
+    what = f"bucket {name}" + (f" shard {shard.number}/{shard.count}" if shard else "")
     with backup_errors(context), run_data_lease(context, app_db):
         encryptor, _ = build_encryptor(keys)
         dest = destination.get_destination()
-        context.log.info(
-            f"encrypting bucket {name!r} into part {bucket_part_name(name)!r} of backup {backup_id}"
-        )
+        context.log.info(f"encrypting {what} into part {part_name!r} of backup {backup_id}")
         progress = ProgressTracker(
-            f"bucket {name}",
+            what,
             progress_logger(context),
             bytes_total=bucket["bytes"],
             objects_total=bucket["objects"],
             min_interval=plan["progress_interval_seconds"],
         )
         policy = IncrementalPolicy(**plan.get("incremental", {}))
-        if policy.enabled:
+        if policy.enabled and shard is None:
             result = _export_with_inventory(context, plan, name, dest, encryptor, keys, s3, progress, policy)
         else:
             result = export_bucket(
@@ -506,19 +552,20 @@ def export_bucket_op(
                 read_ahead=ReadAhead(workers=s3.read_ahead),
                 tag_reading=s3.tag_reading,
                 with_index=True,
+                shard=shard,
             )
         side_parts = [p for p in (result.index_part, result.inventory_part) if p is not None]
         if side_parts and run_has_failed_step(context):
             with contextlib.suppress(LockedError):
                 for side in side_parts:
                     remove_part(dest, installation_id, backup_id, side.part_name)
-        discard_if_run_failed(context, dest, installation_id, backup_id, bucket_part_name(name))
+        discard_if_run_failed(context, dest, installation_id, backup_id, part_name)
     warnings = result.warnings()
     for warning in warnings:
         context.log.warning(warning)
     context.add_output_metadata(
         {
-            "part": bucket_part_name(name),
+            "part": part_name,
             "file_id": result.part.file_id,
             "objects": result.object_count,
             "object_bytes": result.plaintext_bytes,
@@ -614,7 +661,8 @@ def finalize_backup_op(
                 backup_id=plan["backup_id"],
                 started_at=plan["started_at"],
                 database=database,
-                buckets=sorted(buckets, key=lambda b: b["bucket"]),
+                # Shards of a bucket in key order: the manifest lists them so.
+                buckets=sorted(buckets, key=lambda b: (b["bucket"], (b.get("shard") or {}).get("number", 0))),
                 key_ids=key_ids,
                 versions={"backup_pipeline": _package_version()},
             ),
@@ -692,6 +740,8 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
         incremental_objects=settings.incremental_objects,
         full_every=settings.full_every,
         incremental_min_live_share=settings.incremental_min_live_share,
+        shard_max_objects=settings.shard_max_objects,
+        shard_max_bytes=settings.shard_max_bytes,
     )
 
 

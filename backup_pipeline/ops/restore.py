@@ -82,9 +82,11 @@ from backup_pipeline.resources.postgres import (
 from backup_pipeline.resources.s3 import S3Resource, S3Unavailable
 from backup_pipeline.services import restore as svc
 from backup_pipeline.services.backup_parts import (
+    BUCKET_PART_PREFIX,
     TRIGGER_PRE_RESTORE,
     BackupError,
     ErrorCode,
+    bucket_of_part,
     mapping_key,
 )
 from backup_pipeline.services.backup_upload import destination_error_code
@@ -361,7 +363,8 @@ def start_restore(
         "installation_id": resolved.installation_id,
         "options": {**asdict(options), "confirm": "", "buckets": list(options.buckets)},
         "parts": parts,
-        "buckets": [p.removeprefix("bucket-") for p in parts if p.startswith("bucket-")],
+        # One restore step per bucket, a sharded bucket's parts read one after the other in it.
+        "buckets": list(dict.fromkeys(bucket_of_part(p) for p in parts if p.startswith(BUCKET_PART_PREFIX))),
         "consistency_query": config.consistency_query,
         "launched_by": launched_by,
         "would_refuse": would_refuse,

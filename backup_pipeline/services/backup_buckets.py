@@ -34,19 +34,22 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from minio import Minio
 from minio.error import S3Error
 
 from ..destinations.base import Destination
 from .backup_index import upload_bucket_part
-from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name
+from .backup_parts import UNDO_PREFIX, BackupError, ErrorCode, bucket_part_name, shard_part_name
 from .backup_upload import Encryptor, UploadedPart
 from .bucket_versioning import VersioningReport, bucket_versioning, s3_failure
 from .errors import S3_ERRORS, s3_endpoint
 from .object_headers import record_headers, wire_text
 from .progress import ProgressTracker
+
+if TYPE_CHECKING:
+    from .bucket_shards import ShardRange
 
 READ_SIZE = 1024 * 1024
 _TAG_COUNT_HEADER = "x-amz-tagging-count"
@@ -185,14 +188,6 @@ def iter_listing(client: Minio, bucket: str) -> Iterator[ListedObject]:
             )
     except S3_ERRORS as exc:
         raise s3_failure(exc, f"listing bucket {bucket!r}", s3_endpoint(client)) from None
-
-
-def summarize_bucket(client: Minio, bucket: str) -> BucketSummary:
-    count = total = 0
-    for obj in iter_listing(client, bucket):
-        count += 1
-        total += obj.size
-    return BucketSummary(bucket, count, total)
 
 
 class ObjectBody:
@@ -632,18 +627,27 @@ class BucketExportResult:
     #: Sets with an inventory part (``services/backup_incremental.py``): the part and the diff.
     inventory_part: UploadedPart | None = None
     incremental: dict[str, Any] | None = None
+    #: A shard of a sharded bucket (``bucket_shards.ShardRange.to_dict()``); None: the whole bucket.
+    shard: dict[str, Any] | None = None
+
+    @property
+    def what(self) -> str:
+        """``bucket photos`` or ``bucket photos shard 2/3`` (log and warning texts)."""
+        if self.shard is None:
+            return f"bucket {self.bucket}"
+        return f"bucket {self.bucket} shard {self.shard['number']}/{self.shard['count']}"
 
     def warnings(self) -> list[str]:
         """What the operator must be told about this bucket's part (empty when it is exact)."""
         found = []
         if self.changed or self.vanished:
             found.append(
-                f"bucket {self.bucket}: {len(self.changed)} object(s) changed and {len(self.vanished)} "
+                f"{self.what}: {len(self.changed)} object(s) changed and {len(self.vanished)} "
                 "vanished during the backup (recorded in the manifest)"
             )
         if self.unreadable:
             text = (
-                f"bucket {self.bucket}: {len(self.unreadable)} object(s) NOT backed up (recorded in the "
+                f"{self.what}: {len(self.unreadable)} object(s) NOT backed up (recorded in the "
                 "manifest): " + _some_anomalies(self.unreadable)
             )
             if any(a.get("detail") == DOT_SEGMENT_REASON for a in self.unreadable):
@@ -651,7 +655,7 @@ class BucketExportResult:
             found.append(text)
         if self.inexact:
             found.append(
-                f"bucket {self.bucket}: {len(self.inexact)} object(s) backed up with a header that is not "
+                f"{self.what}: {len(self.inexact)} object(s) backed up with a header that is not "
                 "UTF-8 and could not be recorded exactly: " + _some_anomalies(self.inexact)
             )
         if self.versioning is not None:
@@ -677,6 +681,7 @@ class BucketExportResult:
                 if self.inventory_part is not None
                 else {}
             ),
+            **({"shard": self.shard} if self.shard is not None else {}),
         }
 
 
@@ -699,12 +704,16 @@ def export_bucket(
     read_ahead: ReadAhead = ReadAhead(),
     tag_reading: TagReading = "when_counted",
     with_index: bool = False,
+    shard: ShardRange | None = None,
 ) -> BucketExportResult:
     """The ``bucket-<name>`` part: listing → GET per object → tar.gz → encrypt → destination, verified.
 
     ``with_index``: ``archive_writer`` is called with a second argument, the part index writer,
     and the ``index-<name>`` part is uploaded alongside (``backup_index.IndexUpload``).
+    ``shard``: only the objects of that key range, into ``bucket-<name>~<nnnn>`` (``bucket_shards``).
     """
+    from .bucket_shards import shard_listing
+
     started = time.monotonic()
     report = BucketExportReport(bucket)
     versioning = bucket_versioning(client, bucket)
@@ -723,6 +732,7 @@ def export_bucket(
         on_object_done=object_done,
         read_ahead=read_ahead,
         tag_reading=tag_reading,
+        listing=shard_listing(iter_listing(client, bucket), shard) if shard is not None else None,
     )
     try:
         part, index_part = upload_bucket_part(
@@ -732,7 +742,9 @@ def export_bucket(
             objects,
             installation_id=installation_id,
             backup_id=backup_id,
-            part_name=bucket_part_name(bucket),
+            part_name=shard_part_name(bucket, shard.number)
+            if shard is not None
+            else bucket_part_name(bucket),
             with_index=with_index,
         )
     finally:
@@ -752,4 +764,5 @@ def export_bucket(
         inexact=report.inexact,
         versioning=versioning,
         index_part=index_part,
+        shard=shard.to_dict() if shard is not None else None,
     )

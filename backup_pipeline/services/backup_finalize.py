@@ -16,6 +16,8 @@ from ..archive.manifest import (
     ANOMALY_KINDS,
     MANIFEST_FORMAT,
     MANIFEST_FORMAT_V2,
+    MANIFEST_FORMAT_V3,
+    BucketShard,
     BucketSummary,
     InventoryEntry,
     Manifest,
@@ -83,7 +85,8 @@ class FinalizeInput:
     backup_id: str
     started_at: str  # ISO 8601 UTC
     database: dict[str, Any]  # DatabaseDumpResult.to_dict()
-    buckets: list[dict[str, Any]]  # BucketExportResult.to_dict() per bucket
+    # BucketExportResult.to_dict() per bucket, or per shard of a sharded bucket (in key order)
+    buckets: list[dict[str, Any]]
     key_ids: dict[str, Any]
     versions: dict[str, Any]
     set_kind: str = SET_KIND_REGULAR  # SET_KIND_SAFETY: a restore's pre-restore backup
@@ -134,15 +137,23 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
     parts += [
         record(b["inventory_part"], "inventory", b["bucket"]) for b in data.buckets if b.get("inventory_part")
     ]
+    if any(b.get("shard") for b in data.buckets):
+        if any(b.get("inventory_part") for b in data.buckets):
+            raise BackupError(ErrorCode.INTERNAL, "a set cannot have both sharded buckets and inventories")
+        manifest_format = MANIFEST_FORMAT_V3
+    elif any(b.get("inventory_part") for b in data.buckets):
+        manifest_format = MANIFEST_FORMAT_V2
+    else:
+        manifest_format = MANIFEST_FORMAT
     return Manifest(
-        format=MANIFEST_FORMAT_V2 if any(b.get("inventory_part") for b in data.buckets) else MANIFEST_FORMAT,
+        format=manifest_format,
         backup_id=data.backup_id,
         installation=data.installation_id,
         started_at=data.started_at,
         finished_at=finished_at,
         versions=_versions(data),
         parts=parts,
-        buckets=[_bucket_summary(b) for b in data.buckets],
+        buckets=[_bucket_summary(results) for results in by_bucket(data.buckets).values()],
         inventory=[
             InventoryEntry(b["bucket"], o["key"], o["size"], o["sha256"])
             for b in data.buckets
@@ -159,8 +170,45 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
     )
 
 
-def _bucket_summary(b: dict[str, Any]) -> BucketSummary:
-    """Format 1 keys, plus the inventory part and the diff for a set with inventories."""
+def by_bucket(results: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Export results grouped by bucket, each bucket's shards in key order."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for b in results:
+        grouped.setdefault(b["bucket"], []).append(b)
+    for shards in grouped.values():
+        shards.sort(key=lambda b: (b.get("shard") or {}).get("number", 0))
+    return grouped
+
+
+def _bucket_summary(results: list[dict[str, Any]]) -> BucketSummary:
+    """Format 1 keys, plus the inventory part and the diff for a set with inventories, or the
+    shards of a sharded bucket (format 3)."""
+    b = results[0]
+    if b.get("shard"):
+        shards = [
+            BucketShard(
+                part_name=r["part"]["part_name"],
+                start_after=r["shard"]["start_after"],
+                end=r["shard"]["end"],
+                object_count=r["object_count"],
+                object_bytes=r["object_bytes"],
+                index_part=r["index_part"]["part_name"] if r.get("index_part") else None,
+            )
+            for r in results
+        ]
+        if [r["shard"]["number"] for r in results] != list(range(1, b["shard"]["count"] + 1)):
+            raise BackupError(
+                ErrorCode.INTERNAL,
+                f"bucket {b['bucket']}: shards {[r['shard']['number'] for r in results]} of "
+                f"{b['shard']['count']} (a shard step's result is missing)",
+            )
+        return BucketSummary(
+            b["bucket"],
+            shards[0].part_name,
+            sum(s.object_count for s in shards),
+            sum(s.object_bytes for s in shards),
+            shards=shards,
+        )
     if not b.get("inventory_part"):
         return BucketSummary(b["bucket"], b["part"]["part_name"], b["object_count"], b["object_bytes"])
     inc = b["incremental"]
@@ -200,26 +248,64 @@ def ledger_entry(
         "part_sizes": {p.part_name: p.size for p in [*parts, manifest]},
         "total_bytes": sum(p.size for p in [*parts, manifest]),
         "database_seconds": data.database["seconds"],
-        "buckets": {
-            b["bucket"]: {
-                "objects": b["object_count"],
-                "bytes": b["object_bytes"],
-                "changed": len(b["changed"]),
-                "vanished": len(b["vanished"]),
-                "unreadable": len(b.get("unreadable", ())),
-                "inexact": len(b.get("inexact", ())),
-                "seconds": b["seconds"],
-                **(
-                    {"mode": b["incremental"]["mode"], **b["incremental"]["diff"]}
-                    if b.get("incremental")
-                    else {}
-                ),
-            }
-            for b in data.buckets
-        },
+        "buckets": {name: _ledger_bucket(results) for name, results in by_bucket(data.buckets).items()},
         "object_count": sum(b["object_count"] for b in data.buckets),
+        **set_changes(data.buckets, sum(p.size for p in [*parts, manifest])),
         "versions": _versions(data),
         "key_ids": data.key_ids,
+    }
+
+
+#: The set's change counts in the ledger (``backup_set`` metadata), in this order.
+CHANGE_KEYS = (
+    "objects_new",
+    "objects_new_bytes",
+    "objects_changed",
+    "objects_changed_bytes",
+    "objects_deleted",
+    "objects_deleted_bytes",
+    "uploaded_bytes",
+    "shared_bytes",
+)
+
+
+def set_changes(buckets: list[dict[str, Any]], uploaded_bytes: int) -> dict[str, int]:
+    """What the set changed against the set it was diffed with, summed over its buckets.
+
+    ``*_bytes`` of objects are their sizes in S3; ``uploaded_bytes`` is what the set stored on the
+    destination (every part's ciphertext, database and manifest included); ``shared_bytes`` the
+    object bytes it uses from older sets' parts (unchanged objects, not uploaded again). A bucket
+    backed up in full (format 1, or a format-2 full) counts every object as new and shares nothing:
+    its diff was made against an empty inventory.
+    """
+    out = dict.fromkeys(CHANGE_KEYS, 0)
+    for b in buckets:
+        diff = (b.get("incremental") or {}).get("diff")
+        if diff is None:
+            out["objects_new"] += b["object_count"]
+            out["objects_new_bytes"] += b["object_bytes"]
+            continue
+        for kind in ("new", "changed", "deleted"):
+            out[f"objects_{kind}"] += diff[kind]
+            out[f"objects_{kind}_bytes"] += diff[f"{kind}_bytes"]
+        out["shared_bytes"] += diff["unchanged_bytes"]
+    out["uploaded_bytes"] = uploaded_bytes
+    return out
+
+
+def _ledger_bucket(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bucket's line of the ledger: a sharded bucket's shards added up (seconds: the slowest)."""
+    b = results[0]
+    return {
+        "objects": sum(r["object_count"] for r in results),
+        "bytes": sum(r["object_bytes"] for r in results),
+        "changed": sum(len(r["changed"]) for r in results),
+        "vanished": sum(len(r["vanished"]) for r in results),
+        "unreadable": sum(len(r.get("unreadable", ())) for r in results),
+        "inexact": sum(len(r.get("inexact", ())) for r in results),
+        "seconds": max(r["seconds"] for r in results),
+        **({"shards": len(results)} if b.get("shard") else {}),
+        **({"mode": b["incremental"]["mode"], **b["incremental"]["diff"]} if b.get("incremental") else {}),
     }
 
 

@@ -45,6 +45,7 @@ from ..archive.inventory import (
 )
 from ..archive.keys import OrgKeyring
 from ..archive.manifest import BucketSummary, Manifest, ReferencedPart
+from ..archive.part_index import index_part_name
 from ..archive.stream_crypto import decrypt_stream
 from ..destinations.base import Destination, DestinationError, StoredFile
 from .backup_buckets import (
@@ -59,6 +60,7 @@ from .backup_buckets import (
     iter_bucket_objects,
     iter_listing,
 )
+from .backup_index import upload_bucket_part
 from .backup_parts import PART_MANIFEST, PROP_PART_NAME, BackupError, ErrorCode, bucket_part_name
 from .backup_upload import Encryptor, UploadedPart, has_manifest, list_sets, upload_part
 from .bucket_versioning import bucket_versioning
@@ -90,6 +92,7 @@ class PreviousSet:
     def locations(self) -> dict[tuple[str, str], ReferencedPart]:
         """Every part the previous inventory can point at, described as a reference."""
         own = self.manifest.part(self.summary.part_name)
+        index = next((p for p in self.manifest.parts if p.name == index_part_name(own.name)), None)
         found = {
             (self.backup_id, own.name): ReferencedPart(
                 self.backup_id,
@@ -101,6 +104,17 @@ class PreviousSet:
                 self.summary.object_bytes,
                 0,
                 0,
+                *(
+                    (
+                        index.name,
+                        index.ciphertext_size,
+                        index.ciphertext_sha256,
+                        index.plaintext_size,
+                        index.plaintext_sha256,
+                    )
+                    if index is not None
+                    else ()
+                ),
             )
         }
         for ref in self.summary.referenced_parts or ():
@@ -183,7 +197,7 @@ def choose_mode(
         if summary is None:
             continue  # that set left the bucket out: look further back
         if summary.inventory_part is None:
-            return ModeChoice(True, f"the previous backup {other} has no inventory (format 1)")
+            return ModeChoice(True, f"the previous backup {other} has no inventory (format 1, or 3: sharded)")
         previous = PreviousSet(other, manifest, summary, files)
         break
     if previous is None:
@@ -459,7 +473,18 @@ def export_bucket_incremental(
     )
     try:
         try:
-            part = upload(archive_writer(objects), part_name)
+            # The part index as for a full (format 1) set: a single-object restore reads the
+            # objects this set archived by ranges; carried-over objects use their own part's index.
+            part, index_part = upload_bucket_part(
+                destination,
+                encryptor,
+                archive_writer,
+                objects,
+                installation_id=installation_id,
+                backup_id=backup_id,
+                part_name=part_name,
+                with_index=True,
+            )
         finally:
             objects.close()
         merge.flush()
@@ -504,6 +529,7 @@ def export_bucket_incremental(
         inexact=report.inexact,
         versioning=versioning,
         inventory_part=inventory_part,
+        index_part=index_part,
         incremental=incremental,
     )
 
@@ -517,4 +543,9 @@ def _ref_dict(ref: ReferencedPart) -> dict[str, Any]:
         "plaintext_size": ref.plaintext_size,
         "plaintext_sha256": ref.plaintext_sha256,
         "object_bytes": ref.object_bytes,
+        "index_part_name": ref.index_part_name,
+        "index_ciphertext_size": ref.index_ciphertext_size,
+        "index_ciphertext_sha256": ref.index_ciphertext_sha256,
+        "index_plaintext_size": ref.index_plaintext_size,
+        "index_plaintext_sha256": ref.index_plaintext_sha256,
     }

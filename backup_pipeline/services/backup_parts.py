@@ -41,6 +41,11 @@ BUCKET_PART_PREFIX = "bucket-"
 INVENTORY_PART_PREFIX = "inventory-"
 #: ``index-<bucket>``: the part index of ``bucket-<bucket>`` (archive/part_index.py).
 INDEX_PART_PREFIX = "index-"
+#: Between a bucket name and a shard number in a sharded bucket's parts (``bucket-<name>@0001``,
+#: ``index-<name>@0001``): ``@`` is in no S3 bucket name (not even the legacy ones), so no
+#: bucket's own part can look like another bucket's shard (a ``.``, ``-`` or ``_`` suffix could),
+#: and it is one of the characters a part name may hold (archive/stream_crypto.py).
+SHARD_SEPARATOR = "@"
 #: Reserved key prefix of a restore's undo copies (``services/restore/undo_journal.py``): such
 #: objects are the restore's own, never backed up (and so never restored).
 UNDO_PREFIX = ".bp-restore-undo/"
@@ -76,6 +81,16 @@ def backup_id_time(backup_id: str) -> datetime:
 def bucket_part_name(bucket: str) -> str:
     """S3 bucket names are already [a-z0-9.-], safe inside a file name."""
     return f"{BUCKET_PART_PREFIX}{bucket}"
+
+
+def shard_part_name(bucket: str, number: int) -> str:
+    """The bucket part of shard ``number`` (1-based, in key order) of a sharded bucket."""
+    return f"{BUCKET_PART_PREFIX}{bucket}{SHARD_SEPARATOR}{number:04d}"
+
+
+def bucket_of_part(part_name: str) -> str:
+    """The bucket a ``bucket-…`` part holds objects of (its own part or one of its shards)."""
+    return part_name.removeprefix(BUCKET_PART_PREFIX).split(SHARD_SEPARATOR, 1)[0]
 
 
 def part_kind(part_name: str) -> str:

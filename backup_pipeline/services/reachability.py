@@ -3,9 +3,9 @@
 Deleting a set must not break a set that is kept: a format-2 set (incremental object backups)
 lists, per bucket, the bucket parts of older sets that hold its unchanged objects
 (``referenced_parts`` in its manifest). Retention and the backup's clean-up of dead sets read
-those lists from the manifests alone and never delete a part a kept set references; the
-forgotten set's manifest and its other parts go (manifest first), its referenced parts stay
-until no kept set references them, and the next run collects them then (restic's prune order:
+those lists from the manifests alone and never delete a part a kept set references, nor that
+part's index (the reference names it too); the forgotten set's manifest and its other parts
+go (manifest first), its referenced parts stay until no kept set references them, and the next run collects them then (restic's prune order:
 nothing a remaining snapshot needs is removed, a crash leaves only garbage).
 
 Only sets that hold an inventory part (``partKind=inventory`` in the listing) can reference
@@ -90,4 +90,7 @@ def find_references(
         for bucket in manifest.buckets:
             for ref in bucket.referenced_parts or ():
                 refs.by_part.setdefault((ref.backup_id, ref.part_name), set()).add(backup_id)
+                if ref.index_part_name is not None:
+                    # Its index stays with it: a single-object restore of the kept set reads it.
+                    refs.by_part.setdefault((ref.backup_id, ref.index_part_name), set()).add(backup_id)
     return refs

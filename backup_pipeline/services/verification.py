@@ -30,6 +30,7 @@ scratch database cannot be created, wrong key, pg_restore too old) raises
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -42,14 +43,15 @@ from typing import Any
 import psycopg
 
 from backup_pipeline.archive.errors import ArchiveError, ArchiveKeyError
+from backup_pipeline.archive.inventory import read_inventory
 from backup_pipeline.archive.part_index import index_part_name, read_index
 from backup_pipeline.destinations.base import Destination, DestinationError
 from backup_pipeline.services import restore as rs
 from backup_pipeline.services.backup_parts import (
-    BUCKET_PART_PREFIX,
     PART_DATABASE,
     PART_MANIFEST,
     PROP_PART_NAME,
+    bucket_part_name,
     set_properties,
 )
 from backup_pipeline.services.errors import first_line
@@ -246,7 +248,7 @@ def _verify(
     for bucket in resolved.buckets:
         log(f"authenticating bucket part {bucket} and hashing a sample …")
         _verify_bucket(destination, keys, resolved, bucket, options.sample_share, rng, report)
-        if index_part_name(BUCKET_PART_PREFIX + bucket) in resolved.parts:
+        if all(index_part_name(p) in resolved.parts for p in resolved.bucket_parts(bucket)):
             _verify_index(destination, keys, resolved, bucket, report)
 
 
@@ -344,6 +346,11 @@ def _check_tables(target: rs.PgTarget, raw: Mapping[str, Any], report: Verificat
         )
 
 
+def _in_range(key: str, shard: Mapping[str, Any]) -> bool:
+    start, end = shard.get("start_after"), shard.get("end")
+    return (start is None or key > start) and (end is None or key <= end)
+
+
 def _verify_index(
     destination: Destination,
     keys: rs.RestoreKeys,
@@ -351,27 +358,88 @@ def _verify_index(
     bucket: str,
     report: VerificationReport,
 ) -> None:
-    """The bucket's part index authenticates and agrees with the manifest's inventory
-    (every object once, same size and SHA-256): a single-object restore would trust it."""
-    part_name = BUCKET_PART_PREFIX + bucket
-    name = index_part_name(part_name)
+    """The bucket's part index (one per shard of a sharded bucket) authenticates and agrees with
+    the manifest's inventory (every object once, same size and SHA-256, in its shard's range):
+    a single-object restore would trust it. Format 2: against the inventory part instead."""
+    info = resolved.manifest.get("incremental", {}).get(bucket)
+    if info is not None:
+        _verify_inventory_index(destination, keys, resolved, info, bucket_part_name(bucket), report)
+        return
     inventory = resolved.inventory(bucket)
+    total = 0
+    for shard in resolved.shards(bucket):
+        part_name = shard["part_name"]
+        name = index_part_name(part_name)
+        seen, wrong = 0, []
+        try:
+            for entry in read_index(rs.open_part(destination, keys, resolved, name), part_name):
+                seen += 1
+                want = inventory.get(entry.key)
+                if (
+                    want is None
+                    or want.size != entry.size
+                    or want.sha256 != entry.sha256
+                    or not _in_range(entry.key, shard)
+                ):
+                    wrong.append(entry.key)
+        except (rs.RestoreRefused, ArchiveError, KeyError) as exc:
+            report.add(f"part:{name}", False, first_line(exc))
+            return
+        total += seen
+        report.bytes_read += resolved.parts[name].size
+        if wrong:
+            report.add(
+                f"part:{name}",
+                False,
+                f"{seen} entries; differing from the manifest: {', '.join(sorted(wrong)[:5])}",
+            )
+            return
+        report.add(f"part:{name}", True, f"{resolved.parts[name].size} bytes authenticated, {seen} entries")
+    if total != len(inventory):
+        report.add(f"index:{bucket}", False, f"{total} index entries for {len(inventory)} objects")
+
+
+def _verify_inventory_index(
+    destination: Destination,
+    keys: rs.RestoreKeys,
+    resolved: rs.ResolvedBackup,
+    info: Mapping[str, Any],
+    part_name: str,
+    report: VerificationReport,
+) -> None:
+    """Format 2: the index lists, in order, exactly the inventory lines that place an object in
+    this set's own part (both ascend by key), with the same size and SHA-256; neither is held."""
+    name = index_part_name(part_name)
     seen, wrong = 0, []
     try:
-        for entry in read_index(rs.open_part(destination, keys, resolved, name), part_name):
-            seen += 1
-            want = inventory.get(entry.key)
-            if want is None or want.size != entry.size or want.sha256 != entry.sha256:
-                wrong.append(entry.key)
+        own = (
+            r
+            for r in read_inventory(rs.open_part(destination, keys, resolved, info["inventory_part"]))
+            if r.backup_id == resolved.backup_id and r.part == part_name
+        )
+        index = read_index(rs.open_part(destination, keys, resolved, name), part_name)
+        for record, entry in itertools.zip_longest(own, index):
+            seen += entry is not None
+            if (
+                record is None
+                or entry is None
+                or (record.key, record.size, record.sha256)
+                != (
+                    entry.key,
+                    entry.size,
+                    entry.sha256,
+                )
+            ):
+                wrong.append(entry.key if entry is not None else record.key)
     except (rs.RestoreRefused, ArchiveError) as exc:
         report.add(f"part:{name}", False, first_line(exc))
         return
     report.bytes_read += resolved.parts[name].size
-    if wrong or seen != len(inventory):
+    if wrong:
         report.add(
             f"part:{name}",
             False,
-            f"{seen} entries for {len(inventory)} objects; differing from the manifest: {', '.join(sorted(wrong)[:5])}",
+            f"{seen} entries; differing from the inventory: {', '.join(sorted(wrong)[:5])}",
         )
         return
     report.add(f"part:{name}", True, f"{resolved.parts[name].size} bytes authenticated, {seen} entries")
@@ -386,40 +454,51 @@ def _verify_bucket(
     rng: random.Random,
     report: VerificationReport,
 ) -> None:
-    part_name = BUCKET_PART_PREFIX + bucket
     if bucket in resolved.manifest.get("incremental", {}):
         _verify_inventory_bucket(destination, keys, resolved, bucket, share, rng, report)
         return
     inventory = resolved.inventory(bucket)
     sample = choose_sample(list(inventory), share, rng)
     report.objects_in_set += len(inventory)
-    blocks = rs.open_part(destination, keys, resolved, part_name)
     seen: set[str] = set()
     mismatched: list[str] = []
-    try:
-        for entry in rs.bucket_entries(blocks):
-            seen.add(entry.key)
-            if entry.key not in sample:
-                while entry.fileobj.read(READ_CHUNK):
-                    pass
-                continue
-            digest, size = hashlib.sha256(), 0
-            while chunk := entry.fileobj.read(READ_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-            want = inventory[entry.key]
-            if size != want.size or digest.hexdigest() != want.sha256:
-                mismatched.append(entry.key)
-        _drain(blocks)
-    except rs.PartVerificationError as exc:
-        report.add(f"part:{part_name}", False, str(exc))
-        report.add(f"objects:{bucket}", False, "not checked: the bucket part did not authenticate")
-        return
-    except ArchiveError as exc:  # authentic but unreadable tar: a bug at backup time, still a failed set
-        report.add(f"part:{part_name}", False, f"authentic bytes but not a readable archive: {exc}")
-        return
-    report.bytes_read += resolved.parts[part_name].size
-    report.add(f"part:{part_name}", True, f"{resolved.parts[part_name].size} bytes authenticated")
+    out_of_range: list[str] = []
+    # A sharded bucket (format 3): every shard part, each object in its shard's key range.
+    for shard in resolved.shards(bucket):
+        part_name = shard["part_name"]
+        blocks = rs.open_part(destination, keys, resolved, part_name)
+        try:
+            for entry in rs.bucket_entries(blocks):
+                seen.add(entry.key)
+                if not _in_range(entry.key, shard):
+                    out_of_range.append(entry.key)
+                if entry.key not in sample:
+                    while entry.fileobj.read(READ_CHUNK):
+                        pass
+                    continue
+                digest, size = hashlib.sha256(), 0
+                while chunk := entry.fileobj.read(READ_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                want = inventory[entry.key]
+                if size != want.size or digest.hexdigest() != want.sha256:
+                    mismatched.append(entry.key)
+            _drain(blocks)
+        except rs.PartVerificationError as exc:
+            report.add(f"part:{part_name}", False, str(exc))
+            report.add(f"objects:{bucket}", False, "not checked: the bucket part did not authenticate")
+            return
+        except ArchiveError as exc:  # authentic but unreadable tar: a bug at backup time, still a failed set
+            report.add(f"part:{part_name}", False, f"authentic bytes but not a readable archive: {exc}")
+            return
+        report.bytes_read += resolved.parts[part_name].size
+        report.add(f"part:{part_name}", True, f"{resolved.parts[part_name].size} bytes authenticated")
+    if out_of_range:
+        report.add(
+            f"shards:{bucket}",
+            False,
+            f"{len(out_of_range)} objects outside their shard's key range: {', '.join(out_of_range[:5])}",
+        )
     report.objects_sampled += len(sample)
     problems = []
     if mismatched:

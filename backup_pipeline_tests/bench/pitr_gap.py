@@ -49,6 +49,7 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
+    create_pitr_role,
     free_low_port,
     make_work_root,
     pgbackrest_processes,
@@ -59,12 +60,6 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
 
 APP_DB = "app"
 BUCKET = "pitr-bench"
-ROLE = """
-CREATE ROLE bp_pitr LOGIN;
-GRANT pg_read_all_settings, pg_monitor TO bp_pitr;
-GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean),
-  pg_switch_wal(), pg_create_restore_point(text) TO bp_pitr
-"""
 
 
 def _say(text: str) -> None:
@@ -225,8 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {**server_settings, "archive_command": "'" + archive_command(server_conf, "bench") + "'"}
         )
         cluster.start()
-        for statement in ROLE.strip().split(";"):
-            cluster.execute(statement)
+        create_pitr_role(cluster)
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         _say(f"pgbench -i -s {args.scale}")
         subprocess.run(_pgbench(cluster, "-i", "-q", "-s", str(args.scale)), check=True, capture_output=True)

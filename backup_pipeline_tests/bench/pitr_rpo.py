@@ -56,6 +56,7 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
+    create_pitr_role,
     free_low_port,
     make_work_root,
     pgbackrest_processes,
@@ -67,12 +68,6 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
 
 APP_DB = "app"
 BUCKET = "pitr-rpo"
-ROLE = """
-CREATE ROLE bp_pitr LOGIN;
-GRANT pg_read_all_settings, pg_monitor TO bp_pitr;
-GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean),
-  pg_switch_wal(), pg_create_restore_point(text) TO bp_pitr
-"""
 TICKS = "CREATE TABLE ticks (id bigserial PRIMARY KEY, at timestamptz NOT NULL)"
 #: clock_timestamp() at the INSERT: the commit follows within milliseconds (autocommit).
 TICK = "INSERT INTO ticks (at) VALUES (clock_timestamp()) RETURNING at"
@@ -159,8 +154,7 @@ def measure_round(
             }
         )
         cluster.start()
-        for statement in ROLE.strip().split(";"):
-            cluster.execute(statement)
+        create_pitr_role(cluster)
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute(TICKS, APP_DB)
         say("full base backup")

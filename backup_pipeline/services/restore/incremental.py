@@ -14,13 +14,13 @@ anything is changed.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.archive.inventory import InventoryRecord, read_inventory
 from backup_pipeline.destinations.base import Destination
-from backup_pipeline.services.backup_parts import bucket_part_name
 from backup_pipeline.services.restore.buckets import RestoreEntry, bucket_entries
 from backup_pipeline.services.restore.common import IncomingObject, RestoreRefused
 from backup_pipeline.services.restore.sets import (
@@ -68,7 +68,11 @@ def bucket_source(
     if info is None:
         inventory = resolved.inventory(bucket)
         return BucketSource(
-            bucket_entries(open_part(destination, keys, resolved, bucket_part_name(bucket))),
+            # A sharded bucket's parts one after the other: in key order as the shards are.
+            itertools.chain.from_iterable(
+                bucket_entries(open_part(destination, keys, resolved, part))
+                for part in resolved.bucket_parts(bucket)
+            ),
             inventory,
             lambda: iter(inventory.values()),
             len(inventory),

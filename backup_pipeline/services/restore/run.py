@@ -13,6 +13,7 @@ from backup_pipeline.destinations.base import Destination
 from backup_pipeline.services.backup_parts import (
     BUCKET_PART_PREFIX,
     PART_DATABASE,
+    bucket_of_part,
 )
 from backup_pipeline.services.restore.buckets import plan_bucket, restore_bucket
 from backup_pipeline.services.restore.common import (
@@ -338,11 +339,11 @@ def _buckets(
     journal: RunJournal | None = None,
 ) -> dict[str, Any]:
     buckets: dict[str, Any] = {}
-    for name in parts:
-        if not name.startswith(BUCKET_PART_PREFIX):
-            continue  # the database, and a format-2 set's inventories and older parts (read per bucket)
+    # The database, a format-2 set's inventories and older parts are not buckets (read per
+    # bucket); a sharded bucket's shards (format 3) are one bucket, restored once.
+    wanted = [bucket_of_part(name) for name in parts if name.startswith(BUCKET_PART_PREFIX)]
+    for bucket in dict.fromkeys(wanted):
         assert s3_client is not None
-        bucket = name.removeprefix(BUCKET_PART_PREFIX)
         source = bucket_source(destination, keys, resolved, bucket)
         if options.dry_run:
             buckets[bucket] = plan_bucket(

@@ -25,6 +25,7 @@ from backup_pipeline.services.backup_parts import (
     SET_KIND_REGULAR,
     SET_KIND_SAFETY,
     TRIGGER_PRE_RESTORE,
+    bucket_of_part,
     bucket_part_name,
     set_kind_of,
 )
@@ -151,11 +152,20 @@ class ResolvedBackup:
 
     @property
     def buckets(self) -> list[str]:
-        return sorted(
-            name.removeprefix(BUCKET_PART_PREFIX)
-            for name in self.parts
-            if name.startswith(BUCKET_PART_PREFIX)
-        )
+        return sorted({bucket_of_part(name) for name in self.parts if name.startswith(BUCKET_PART_PREFIX)})
+
+    def shards(self, bucket: str) -> list[dict[str, Any]]:
+        """A sharded bucket's shards in key order (``part_name``, ``index_part``, ``start_after``,
+        ``end``); an unsharded bucket as one shard covering every key."""
+        found = self.manifest.get("shards", {}).get(bucket)
+        if found:
+            return [dict(s) for s in found]
+        part = bucket_part_name(bucket)
+        return [{"part_name": part, "index_part": None, "start_after": None, "end": None}]
+
+    def bucket_parts(self, bucket: str) -> list[str]:
+        """The set's own bucket parts holding ``bucket``'s objects, in key order."""
+        return [s["part_name"] for s in self.shards(bucket)]
 
     def inventory(self, bucket: str) -> dict[str, IncomingObject]:
         return {o.key: o for o in manifest_inventory(self.manifest, bucket)}
@@ -305,6 +315,20 @@ def _resolve_set(destination: Destination, keys: RestoreKeys, chosen: BackupSetI
                 plaintext_sha256=str(ref["plaintext_sha256"]),
                 backup_id=ref["backup_id"],
             )
+    for info in manifest.get("incremental", {}).values():
+        for ref in info.get("referenced_indexes", ()):
+            # Optional: without it, a single-object restore reads that older part whole.
+            stored = _stored_part(destination, chosen.installation_id, ref["backup_id"], ref["part_name"])
+            if stored is not None and stored.size == int(ref["size"]):
+                parts[referenced_key(ref["backup_id"], ref["part_name"])] = PartRef(
+                    part_name=ref["part_name"],
+                    file_id=stored.id,
+                    size=int(ref["size"]),
+                    sha256=str(ref["sha256"]),
+                    plaintext_size=int(ref["plaintext_size"]),
+                    plaintext_sha256=str(ref["plaintext_sha256"]),
+                    backup_id=ref["backup_id"],
+                )
     if missing:
         raise RestoreRefused(
             f"backup {chosen.backup_id} is incomplete: the manifest lists parts missing on the destination: "
@@ -329,7 +353,7 @@ def needed_parts(resolved: ResolvedBackup, options: RestoreOptions) -> list[str]
                 f"(it has: {', '.join(available) or 'no buckets'})"
             )
         for bucket in options.buckets or available:
-            names.append(bucket_part_name(bucket))
+            names += resolved.bucket_parts(bucket)
             info = resolved.manifest.get("incremental", {}).get(bucket)
             if info is not None:  # format 2: the inventory and the older sets' parts it points at
                 names.append(info["inventory_part"])
@@ -351,6 +375,20 @@ class _Counter:
             self.size += len(block)
             self.sha256.update(block)
             yield block
+
+
+def _stored_part(
+    destination: Destination, installation_id: str, backup_id: str, part_name: str
+) -> StoredFile | None:
+    found = destination.list(
+        {
+            PROP_APP: APP_NAME,
+            PROP_INSTALLATION: installation_id,
+            PROP_BACKUP_ID: backup_id,
+            PROP_PART_NAME: part_name,
+        }
+    )
+    return next(iter(found), None)
 
 
 def open_part(
@@ -477,6 +515,19 @@ def parse_manifest(plaintext: bytes) -> dict[str, Any]:
             "inventory": inventory,
             "table_rows": dict(m.table_rows),
             "incremental": incremental_manifest_info(m),
+            "shards": {
+                b.bucket: [
+                    {
+                        "part_name": x.part_name,
+                        "index_part": x.index_part,
+                        "start_after": x.start_after,
+                        "end": x.end,
+                    }
+                    for x in b.shards
+                ]
+                for b in m.buckets
+                if b.shards
+            },
         }
     if not isinstance(raw.get("parts"), list):
         raise RestoreRefused("the manifest has no list of parts")
@@ -529,6 +580,19 @@ def incremental_manifest_info(m: Any) -> dict[str, dict[str, Any]]:
                     "plaintext_sha256": r.plaintext_sha256,
                 }
                 for r in b.referenced_parts or ()
+            ],
+            # The index parts of those parts (optional: single-object restores read them by ranges).
+            "referenced_indexes": [
+                {
+                    "backup_id": r.backup_id,
+                    "part_name": r.index_part_name,
+                    "size": r.index_ciphertext_size,
+                    "sha256": r.index_ciphertext_sha256,
+                    "plaintext_size": r.index_plaintext_size,
+                    "plaintext_sha256": r.index_plaintext_sha256,
+                }
+                for r in b.referenced_parts or ()
+                if r.index_part_name is not None
             ],
         }
     return out

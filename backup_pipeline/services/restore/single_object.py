@@ -12,11 +12,17 @@ place only after that check; an S3 put fails without creating the object when th
 authenticated part disagree.
 
 A set without an index (written before indexes existed) is restored the old way: the whole
-bucket part streamed, the wanted entries picked out.
+bucket part streamed, the wanted entries picked out. A sharded bucket (BACKUP-FORMAT.md §6.1)
+is read shard by shard, each through its own index; for exact keys only the shards whose key
+range holds one are read, a prefix reads every shard's index.
 
-Objects are looked up through one function, :func:`locate_objects` (key → part + index entry),
-which an incremental set's inventory can serve later. Existing objects of the same key in the
-target are overwritten (no undo journal: use ``restore_job`` for whole-bucket restores).
+A format-2 set (incremental objects, :func:`locate_parts`) names in its inventory part which part holds each body: its
+own bucket part or an older set's; each such part is read through its own index (the set's
+manifest copies that index's sizes and hashes, ``ReferencedPart.index_*``), and every index
+entry must agree with the inventory (size, SHA-256). When one of those parts has no index (an
+older set written before incremental sets had them), the set's objects are read the old way.
+Existing objects of the same key in the target are overwritten (no undo journal: use
+``restore_job`` for whole-bucket restores).
 """
 
 from __future__ import annotations
@@ -27,21 +33,28 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from minio import Minio
 
 from backup_pipeline.archive.errors import ArchiveError
-from backup_pipeline.archive.part_index import IndexEntry, index_part_name, read_index
+from backup_pipeline.archive.inventory import read_inventory
+from backup_pipeline.archive.part_index import INDEX_PART_PREFIX, IndexEntry, index_part_name, read_index
 from backup_pipeline.archive.stream_crypto import ArchiveHeader, open_header, read_header
 from backup_pipeline.archive.tar_parts import ArchivedObject, read_indexed_object, safe_tar_path
 from backup_pipeline.destinations.base import Destination
 from backup_pipeline.durable_files import fsync_dir
-from backup_pipeline.services.backup_parts import bucket_part_name
+from backup_pipeline.services.backup_parts import BUCKET_PART_PREFIX, bucket_part_name
 from backup_pipeline.services.restore.buckets import RestoreEntry, bucket_entries, put_entry
 from backup_pipeline.services.restore.common import RestoreError, RestoreRefused
-from backup_pipeline.services.restore.sets import PartRef, ResolvedBackup, RestoreKeys, open_part
+from backup_pipeline.services.restore.sets import (
+    PartRef,
+    ResolvedBackup,
+    RestoreKeys,
+    open_part,
+    referenced_key,
+)
 
 #: A header is at most 13 + 128 + 1 + 128 + 32 + 1 + 8 × (3 + 121) + 32 = 1 327 bytes (§2).
 HEADER_FETCH_BYTES = 2048
@@ -79,15 +92,94 @@ class NoIndex(RestoreError):
     """The set has no index for this bucket (written before indexes existed)."""
 
 
-def locate_objects(
+@dataclass(frozen=True)
+class PartLocations:
+    """The selected objects of one bucket part, in the part's order (a lazy stream)."""
+
+    part: PartRef
+    owner: str  # the set the part belongs to (its header is bound to that backup id)
+    locations: Iterator[ObjectLocation]
+
+
+def locate_parts(
     destination: Destination, keys: RestoreKeys, resolved: ResolvedBackup, bucket: str, selection: Selection
+) -> list[PartLocations]:
+    """Format 2: per bucket part the inventory names (the set's own and the older sets' it
+    references), the index entries of the selected objects it holds; raises :class:`NoIndex`
+    when one of those parts has no index."""
+    part_name = bucket_part_name(bucket)
+    if part_name not in resolved.parts:
+        raise RestoreRefused(
+            f"bucket: backup {resolved.backup_id} has no bucket {bucket!r} "
+            f"(it has: {', '.join(resolved.buckets) or 'no buckets'})"
+        )
+    info = resolved.manifest["incremental"][bucket]
+    out = []
+    for owner, part in info["locations"]:
+        mine = owner == resolved.backup_id
+        part_key = part if mine else referenced_key(owner, part)
+        index_key = index_part_name(part) if mine else referenced_key(owner, index_part_name(part))
+        if index_key not in resolved.parts:
+            raise NoIndex(f"part {part!r} of backup {owner} has no index")
+        located = _located_by_inventory(
+            destination, keys, resolved, bucket, selection, owner, part_key, index_key, info
+        )
+        out.append(PartLocations(resolved.parts[part_key], owner, located))
+    return out
+
+
+def _located_by_inventory(
+    destination: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    owner: str,
+    part_key: str,
+    index_key: str,
+    info: dict[str, Any],
+) -> Iterator[ObjectLocation]:
+    """The selected objects the inventory places in this part, joined with the part's index.
+
+    Both streams ascend by key (the part was written in listing order), so memory holds one
+    record of each; the index is read only when the inventory places a selected object here.
+    """
+    part = resolved.parts[part_key]
+    where = f"backup {resolved.backup_id}, part {part.part_name!r} of backup {owner}"
+    try:
+        records = read_inventory(open_part(destination, keys, resolved, info["inventory_part"]))
+        wanted = (r for r in records if r.backup_id == owner and r.part == part.part_name)
+        want = next((r for r in wanted if selection.matches(r.key)), None)
+        if want is None:
+            return
+        for entry in read_index(open_part(destination, keys, resolved, index_key), part.part_name):
+            if want is None or entry.key != want.key:
+                continue
+            if entry.size != want.size or entry.sha256 != want.sha256:
+                raise SingleObjectError(f"{where}: the index and the inventory disagree on {entry.key!r}")
+            yield ObjectLocation(bucket, part, entry)
+            want = next((r for r in wanted if selection.matches(r.key)), None)
+    except ArchiveError as exc:
+        raise SingleObjectError(f"{where}: {exc}") from None
+    if want is not None:
+        raise SingleObjectError(f"{where}: the inventory places {want.key!r} there, its index does not")
+
+
+def locate_objects(
+    destination: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    part_name: str | None = None,
 ) -> Iterator[ObjectLocation]:
     """Key → part + index entry, for every selected object, in the part's order.
 
-    Streams the bucket's index part; each yielded entry comes from authenticated chunks, and the
-    index's SHA-256 is compared with the manifest once it ended (a mismatch raises then).
+    Streams the bucket's index part (of ``part_name``, one shard of a sharded bucket); each
+    yielded entry comes from authenticated chunks, and the index's SHA-256 is compared with the
+    manifest once it ended (a mismatch raises then).
     """
-    part_name = bucket_part_name(bucket)
+    part_name = part_name or bucket_part_name(bucket)
     if part_name not in resolved.parts:
         raise RestoreRefused(
             f"bucket: backup {resolved.backup_id} has no bucket {bucket!r} "
@@ -172,8 +264,10 @@ class SingleRestoreReport:
     object_bytes: int = 0
     #: Bytes fetched from the bucket part (header + ranges); the whole part without an index.
     part_bytes_downloaded: int = 0
-    #: Bytes of the index part (read whole).
+    #: Bytes of the index parts (each read whole).
     index_bytes_downloaded: int = 0
+    #: Format 2: bytes of the inventory part (read once per part it places selected objects in).
+    inventory_bytes_downloaded: int = 0
     missing: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -186,6 +280,7 @@ class SingleRestoreReport:
             "object_bytes": self.object_bytes,
             "part_bytes_downloaded": self.part_bytes_downloaded,
             "index_bytes_downloaded": self.index_bytes_downloaded,
+            "inventory_bytes_downloaded": self.inventory_bytes_downloaded,
             "missing": self.missing,
             "restored": self.objects,
         }
@@ -227,7 +322,6 @@ def restore_objects(
     source: Destination = counting  # type: ignore[assignment]
     inventory = resolved.inventory(bucket)
     report = SingleRestoreReport(resolved.backup_id, bucket, target.description, indexed=True)
-    part_name = bucket_part_name(bucket)
     seen: set[str] = set()
 
     def done(key: str, size: int, sha256: str, written: int) -> None:
@@ -242,32 +336,25 @@ def restore_objects(
         if on_object is not None:
             on_object(key, written)
 
-    try:
-        located = locate_objects(source, keys, resolved, bucket, selection)
-        first = next(located, None)
-    except NoIndex:
-        report.indexed = False
-        _restore_without_index(source, keys, resolved, bucket, selection, target, done)
+    if bucket in resolved.manifest.get("incremental", {}):
+        _restore_by_inventory(source, keys, resolved, bucket, selection, target, report, done)
     else:
-        if first is not None:
-            fetch = _ranged(source, first.part)
-            header, aead = _open_bucket_header(fetch, keys, resolved, first.part)
-            for location in _chain(first, located):
-                entry = location.entry
-                try:
-                    found = read_indexed_object(fetch, header, aead, first.part.size, entry)
-                    restored = _as_entry(found)
-                    written = target.write(entry.key, restored, entry.sha256)
-                except ArchiveError as exc:
-                    raise SingleObjectError(
-                        f"backup {resolved.backup_id}, part {part_name!r}, object {entry.key!r}: "
-                        f"{type(exc).__name__}: {exc}; the object was not restored"
-                    ) from None
-                done(entry.key, entry.size, entry.sha256, written)
-    index_name = index_part_name(part_name)
-    if index_name in resolved.parts:
-        report.index_bytes_downloaded = counting.served.get(resolved.parts[index_name].file_id, 0)
-    report.part_bytes_downloaded = counting.served.get(resolved.parts[part_name].file_id, 0)
+        for shard in resolved.shards(bucket):
+            if selection.prefix is None and not any(_in_range(k, shard) for k in selection.keys):
+                continue  # a sharded bucket: only the shards whose key range holds a wanted key are read
+            _restore_from_part(
+                source, keys, resolved, bucket, selection, target, shard["part_name"], report, done
+            )
+    # Every part read (the bucket's, its shards', or the older sets' an inventory names).
+    inventory_part = resolved.manifest.get("incremental", {}).get(bucket, {}).get("inventory_part")
+    for name, ref in resolved.parts.items():
+        served = counting.served.get(ref.file_id, 0)
+        if ref.part_name.startswith(BUCKET_PART_PREFIX):
+            report.part_bytes_downloaded += served
+        elif ref.part_name.startswith(INDEX_PART_PREFIX):
+            report.index_bytes_downloaded += served
+        elif name == inventory_part:
+            report.inventory_bytes_downloaded += served
     report.missing = sorted(selection.keys - seen)
     if not report.objects:
         what = ", ".join(repr(k) for k in sorted(selection.keys)) if selection.keys else ""
@@ -277,6 +364,86 @@ def restore_objects(
             f"keys / prefix: backup {resolved.backup_id}, bucket {bucket!r} holds none of: {what}"
         )
     return report
+
+
+def _in_range(key: str, shard: dict[str, object]) -> bool:
+    start, end = shard.get("start_after"), shard.get("end")
+    return (not isinstance(start, str) or key > start) and (not isinstance(end, str) or key <= end)
+
+
+def _restore_by_inventory(
+    source: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    target: ObjectTarget,
+    report: SingleRestoreReport,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """Format 2: each part the inventory names, through its own index (its header opened under
+    the backup id of the set it belongs to); all parts whole when one has no index."""
+    try:
+        groups = locate_parts(source, keys, resolved, bucket, selection)
+    except NoIndex:
+        report.indexed = False
+        _restore_inventory_without_index(source, keys, resolved, bucket, selection, target, done)
+        return
+    for group in groups:
+        first = next(group.locations, None)
+        if first is None:
+            continue
+        fetch = _ranged(source, group.part)
+        header, aead = _open_bucket_header(fetch, keys, group.owner, group.part)
+        for location in _chain(first, group.locations):
+            entry = location.entry
+            try:
+                found = read_indexed_object(fetch, header, aead, group.part.size, entry)
+                restored = _as_entry(found)
+                written = target.write(entry.key, restored, entry.sha256)
+            except ArchiveError as exc:
+                raise SingleObjectError(
+                    f"backup {group.owner}, part {group.part.part_name!r}, object {entry.key!r}: "
+                    f"{type(exc).__name__}: {exc}; the object was not restored"
+                ) from None
+            done(entry.key, entry.size, entry.sha256, written)
+
+
+def _restore_from_part(
+    source: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    target: ObjectTarget,
+    part_name: str,
+    report: SingleRestoreReport,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """The selected objects of one bucket part (the bucket's, or one shard's) through its index."""
+    try:
+        located = locate_objects(source, keys, resolved, bucket, selection, part_name)
+        first = next(located, None)
+    except NoIndex:
+        report.indexed = False
+        _restore_without_index(source, keys, resolved, bucket, selection, target, done, part_name)
+        return
+    if first is None:
+        return
+    fetch = _ranged(source, first.part)
+    header, aead = _open_bucket_header(fetch, keys, resolved.backup_id, first.part)
+    for location in _chain(first, located):
+        entry = location.entry
+        try:
+            found = read_indexed_object(fetch, header, aead, first.part.size, entry)
+            restored = _as_entry(found)
+            written = target.write(entry.key, restored, entry.sha256)
+        except ArchiveError as exc:
+            raise SingleObjectError(
+                f"backup {resolved.backup_id}, part {part_name!r}, object {entry.key!r}: "
+                f"{type(exc).__name__}: {exc}; the object was not restored"
+            ) from None
+        done(entry.key, entry.size, entry.sha256, written)
 
 
 def _chain(first: ObjectLocation, rest: Iterable[ObjectLocation]) -> Iterator[ObjectLocation]:
@@ -292,7 +459,7 @@ def _ranged(destination: Destination, part: PartRef) -> Callable[[int, int], Ite
 
 
 def _open_bucket_header(
-    fetch: Callable[[int, int], Iterable[bytes]], keys: RestoreKeys, resolved: ResolvedBackup, part: PartRef
+    fetch: Callable[[int, int], Iterable[bytes]], keys: RestoreKeys, owner: str, part: PartRef
 ) -> tuple[ArchiveHeader, AESGCM]:
     try:
         header = read_header(fetch(0, min(part.size, HEADER_FETCH_BYTES)))[0]
@@ -300,12 +467,12 @@ def _open_bucket_header(
             header,
             org_keyring=keys.org_keyring,
             recovery_identity=keys.recovery_identity,
-            expected_backup_id=resolved.backup_id,
+            expected_backup_id=owner,
             expected_part_name=part.part_name,
         )
     except ArchiveError as exc:
         raise SingleObjectError(
-            f"backup {resolved.backup_id}, part {part.part_name!r}: {type(exc).__name__}: {exc}"
+            f"backup {owner}, part {part.part_name!r}: {type(exc).__name__}: {exc}"
         ) from None
     return header, aead
 
@@ -330,10 +497,10 @@ def _restore_without_index(
     selection: Selection,
     target: ObjectTarget,
     done: Callable[[str, int, str, int], None],
+    part_name: str,
 ) -> None:
     """The old way: the whole bucket part streamed (pass 1 verifies it against the manifest
     first, as every restore does), the selected entries written in pass 2."""
-    part_name = bucket_part_name(bucket)
     inventory = resolved.inventory(bucket)
     try:
         for _ in open_part(destination, keys, resolved, part_name):
@@ -350,6 +517,35 @@ def _restore_without_index(
     except ArchiveError as exc:
         raise SingleObjectError(
             f"backup {resolved.backup_id}, part {part_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _restore_inventory_without_index(
+    destination: Destination,
+    keys: RestoreKeys,
+    resolved: ResolvedBackup,
+    bucket: str,
+    selection: Selection,
+    target: ObjectTarget,
+    done: Callable[[str, int, str, int], None],
+) -> None:
+    """Format 2 with a part lacking its index: every part the inventory names streamed whole
+    (``restore.incremental.bucket_source``: authenticated, checked against the manifest at its
+    end), the selected entries written with the inventory's SHA-256."""
+    from backup_pipeline.services.restore.incremental import bucket_source
+
+    source = bucket_source(destination, keys, resolved, bucket)
+    try:
+        for entry in source.entries:
+            if not selection.matches(entry.key):
+                _drain(entry.fileobj)
+                continue
+            recorded = source.inventory[entry.key]
+            written = target.write(entry.key, entry, recorded.sha256)
+            done(entry.key, entry.size, recorded.sha256, written)
+    except ArchiveError as exc:
+        raise SingleObjectError(
+            f"backup {resolved.backup_id}, bucket {bucket!r}: {type(exc).__name__}: {exc}"
         ) from None
 
 
