@@ -88,8 +88,7 @@ def wait_for(
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}\n--- daemon ---\n{stack.log_tail('daemon', 60)}"
-                f"\n--- code server (run workers) ---\n{stack.log_tail('code-server', 30)}"
+                f"timed out after {timeout:.0f}s waiting for {what}\n{stack.log_tail('daemon', 60)}"
             )
         for name, proc in stack.processes.items():
             if proc.poll() is not None:
