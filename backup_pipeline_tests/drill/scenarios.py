@@ -81,8 +81,13 @@ def complete_ids(world: World) -> list[str]:
     return [e.backup_id for e in ledger.complete_sets(world.instance)]
 
 
-def settle(world: World, timeout: float = 240) -> None:
-    """Wait until no run is queued or running (the retention sensor starts runs after backups)."""
+def settle(world: World, timeout: float = 420) -> None:
+    """Wait until no run is queued or running (the retention sensor starts runs after backups).
+
+    Longer than run monitoring's start timeout (180 s, world.fast_monitoring) and cancel timeout
+    (300 s): a run whose worker a scenario killed before it started or while it was cancelled
+    ends only when that timeout fires (240 s here failed once: a verify run caught in STARTING
+    by the whole-tree kill, at a 300 s start timeout)."""
     busy = [
         dg.DagsterRunStatus.QUEUED,
         dg.DagsterRunStatus.NOT_STARTED,

@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.scheduler.instigation import InstigatorType
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryKeyStore, generate_org_secret_file
 from backup_pipeline_tests.fixtures.dagster import DagsterStack, make_dagster_home
@@ -92,6 +94,25 @@ def wait_for(
             if proc.poll() is not None:
                 raise AssertionError(f"dagster-{name} died waiting for {what}:\n{stack.log_tail(name)}")
         time.sleep(interval)
+
+
+def sensor_ticked(stack: DagsterStack, sensor: str) -> bool:
+    """True once the daemon evaluated ``sensor`` at least once."""
+    with stack.home.instance() as instance:
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.instigator_name == sensor:
+                return bool(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1))
+    return False
+
+
+def wait_for_first_ticks(stack: DagsterStack, *sensors: str, timeout: float = 300) -> None:
+    """Wait until the daemon evaluated each run-status sensor once. Such a sensor starts from its
+    first tick: a run that ended before it is never seen, and under load the daemon's first tick
+    can come after a short backup (its follow-up run would then never be launched)."""
+    for sensor in sensors:
+        wait_for(
+            partial(sensor_ticked, stack, sensor), timeout=timeout, what=f"{sensor}'s first tick", stack=stack
+        )
 
 
 SENSOR_IDS = """

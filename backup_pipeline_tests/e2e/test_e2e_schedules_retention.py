@@ -41,6 +41,7 @@ from backup_pipeline.alerts import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_we
 from backup_pipeline.destinations.local_folder import LocalFolderDestination
 from backup_pipeline.ops.verification import VERIFY_AFTER_BACKUP_SENSOR
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.sensors import RUN_FAILURE_ALERT_SENSOR
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
 from backup_pipeline_tests.fixtures.alert_receivers import SmtpSink, WebhookReceiver
 from backup_pipeline_tests.fixtures.dagster import DagsterStack
@@ -57,6 +58,7 @@ from .e2e_support import (
     runs_of,
     stop_sensor,
     wait_for,
+    wait_for_first_ticks,
 )
 
 pytestmark = pytest.mark.e2e
@@ -196,6 +198,9 @@ def scenario(
                 stack.start()
             _wait_for_tick(stack, instance, first_tick, backups=1, with_retention=True)
 
+            # The failure alert comes from a run-status sensor: it sees only runs that end after its
+            # first tick (long past on an idle machine, not guaranteed under load).
+            wait_for_first_ticks(stack, RUN_FAILURE_ALERT_SENSOR)
             # Manual backups: the second names a missing bucket and fails in plan_backup.
             failing = {
                 "ops": {

@@ -30,6 +30,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from backup_pipeline import admin_view
 from backup_pipeline.archive.keys import generate_org_secret_file
+from backup_pipeline.ops.verification import VERIFY_AFTER_BACKUP_SENSOR
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
 from backup_pipeline_tests.fixtures.dagster import (
@@ -52,6 +53,8 @@ from backup_pipeline_tests.fixtures.drive import (
 from backup_pipeline_tests.fixtures.ports import free_port, stop_process_groups, wait_until
 from backup_pipeline_tests.fixtures.postgres import PgDatabase, drop_database
 from backup_pipeline_tests.fixtures.s3 import S3Server
+
+from .e2e_support import wait_for_first_ticks
 
 pytestmark = pytest.mark.e2e
 
@@ -201,6 +204,8 @@ def ui(
         read_only, read_only_url = _spawn_read_only_webserver(home, env, logs / "dagster-read-only.log")
         stack.start()
         _wait_for_webserver(read_only, read_only_url)
+        # The checks test waits for verify_after_backup's run after the first backup.
+        wait_for_first_ticks(stack, VERIFY_AFTER_BACKUP_SENSOR)
         yield UiStack(
             stack=stack,
             read_only_url=read_only_url,

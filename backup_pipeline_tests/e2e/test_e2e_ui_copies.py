@@ -15,19 +15,20 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.scheduler.instigation import InstigatorType
 from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from backup_pipeline import ledger, safety
+from backup_pipeline.copy_sensors import COPY_AFTER_BACKUP_SENSOR
 from backup_pipeline.copy_status import COPY_POLICY_CHECK
+from backup_pipeline.ops.verification import VERIFY_AFTER_BACKUP_SENSOR
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
 from backup_pipeline_tests.fixtures import s3_destination as sd
 from backup_pipeline_tests.fixtures.dagster import StartDagster, open_chromium
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
-from .e2e_support import product_env, product_files, runs_of, wait_for
+from .e2e_support import product_env, product_files, runs_of, wait_for, wait_for_first_ticks
 
 pytestmark = pytest.mark.e2e
 
@@ -84,17 +85,7 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
     )
     stack = dagster_stack(env)
 
-    def ticked(sensor: str) -> bool:
-        # A run-status sensor starts from its first tick: a backup that ends before it would never
-        # be seen (under load the daemon's first tick can come after a short backup).
-        with stack.home.instance() as instance:
-            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-                if state.instigator_name == sensor:
-                    return bool(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1))
-        return False
-
-    for sensor in ("copy_after_backup", "verify_after_backup"):
-        wait_for(lambda s=sensor: ticked(s), timeout=300, what=f"{sensor}'s first tick", stack=stack)
+    wait_for_first_ticks(stack, COPY_AFTER_BACKUP_SENSOR, VERIFY_AFTER_BACKUP_SENSOR)
     backup_run = stack.submit_job("backup_job")
     assert stack.wait_for_run(backup_run, timeout=300) is dg.DagsterRunStatus.SUCCESS
     with stack.home.instance() as instance:

@@ -26,7 +26,9 @@ import dagster as dg
 import pytest
 
 from backup_pipeline import ledger, safety
+from backup_pipeline.ops.verification import VERIFY_AFTER_BACKUP_SENSOR
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.sensors import HEARTBEAT_SUCCESS_SENSOR
 from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.dagster import (
     DagsterStack,
@@ -36,7 +38,7 @@ from backup_pipeline_tests.fixtures.dagster import (
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
-from .e2e_support import product_env, product_files, runs_of, wait_for
+from .e2e_support import product_env, product_files, runs_of, wait_for, wait_for_first_ticks
 
 pytestmark = pytest.mark.e2e
 
@@ -130,6 +132,7 @@ def test_first_backup_shows_the_warnings_and_a_verified_set_without_a_click(
         run_sensor_interval_seconds="5",
     )
     stack = dagster_stack(env)
+    wait_for_first_ticks(stack, VERIFY_AFTER_BACKUP_SENSOR, HEARTBEAT_SUCCESS_SENSOR)
 
     # The demo's first backup: launched over GraphQL, as scripts/demo.sh does. No click from here on.
     backup_run = stack.submit_job("backup_job")
