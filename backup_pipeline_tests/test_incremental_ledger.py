@@ -6,7 +6,6 @@ test_incremental: a full, nothing changed, change + delete + add, re-add.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -17,12 +16,6 @@ from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.restore_support import Installation, wipe_database
 from backup_pipeline_tests.test_incremental import MiB, chain
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 @pytest.fixture()

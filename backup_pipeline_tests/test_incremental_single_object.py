@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -37,12 +36,6 @@ from backup_pipeline_tests.test_incremental import (
 
 CHUNK = (1 << 20) + 16  # one sealed chunk at the default chunk size
 PART = f"bucket-{BUCKET}"
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ import json
 import random
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,6 @@ TINY = SeedSpec(
     upload_workers=2,
 )
 HOOK_KEY = b"verification-webhook-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 @pytest.fixture()
