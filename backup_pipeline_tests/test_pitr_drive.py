@@ -34,6 +34,7 @@ from backup_pipeline.ops import pitr_drive as drive_ops
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.services import pitr
 from backup_pipeline.services import pitr_drive as drive
+from backup_pipeline.services.pitr_drive import DriveIndex
 from backup_pipeline.services.pitr_drive_restore import plan_drive_restore
 from backup_pipeline.services.pitr_engine import archive_command, segment_name, segment_number
 from backup_pipeline.services.pitr_restore import PitrRestoreRefused, RestoreRequest, stop_restored
@@ -92,7 +93,7 @@ class World:
             instance=self.instance, resources={"keys": self.keys()}, raise_on_error=False
         )
 
-    def index(self) -> drive.DriveIndex:
+    def index(self) -> DriveIndex:
         return drive.read_index(self.drive.destination(folder_name=INSTALLATION), INSTALLATION, "app")
 
     def now(self) -> datetime:
@@ -294,12 +295,21 @@ def test_a_copy_killed_mid_upload_leaves_no_gap(world: World) -> None:
     tl, last = segment_number(previous.last)
     assert new.first == segment_name(tl, last + 1)
     assert drive.drive_window(after).gaps == ()
+    # `pitr status` shows Drive's window next to the S3 one
+    status = _cli(world, "pitr", "status", "--json", dropped=frozenset())
+    assert status.returncode == 0, status.stdout + status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["drive_wal_bundles"] == len(after.bundles) and shown["drive_wal_gaps"] == 0
+    assert shown["drive_earliest_restorable"] != "none" and shown["earliest_restorable"] != "none"
+    assert shown["drive_lag_seconds"] >= 0 and shown["problems"] == []
 
 
-def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    # the disaster-recovery machine: Drive's credentials, the PITR settings, the recovery key; no org
-    # secret and no S3 keys
-    dropped = {"BACKUP_PIPELINE_ORG_SECRET_FILE", PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV}
+#: the disaster-recovery machine: Drive's credentials, the PITR settings, the recovery key; no org
+#: secret and no S3 keys
+DR_MACHINE = frozenset({"BACKUP_PIPELINE_ORG_SECRET_FILE", PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV})
+
+
+def _cli(world: World, *args: str, dropped: frozenset[str] = DR_MACHINE) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in {**os.environ, **world.env}.items() if k not in dropped}
     return subprocess.run(
         [sys.executable, "-m", "backup_pipeline.cli", *args],
