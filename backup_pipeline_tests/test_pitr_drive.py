@@ -36,7 +36,13 @@ from backup_pipeline.services import pitr
 from backup_pipeline.services import pitr_drive as drive
 from backup_pipeline.services.pitr_drive import DriveIndex
 from backup_pipeline.services.pitr_drive_restore import plan_drive_restore
-from backup_pipeline.services.pitr_engine import archive_command, segment_name, segment_number
+from backup_pipeline.services.pitr_engine import (
+    BaseBackup,
+    RepoInfo,
+    archive_command,
+    segment_name,
+    segment_number,
+)
 from backup_pipeline.services.pitr_restore import PitrRestoreRefused, RestoreRequest, stop_restored
 from backup_pipeline.settings import (
     PITR_S3_ACCESS_KEY_ENV,
@@ -473,3 +479,42 @@ def test_plan_bundle_starts_after_the_last_complete_bundle() -> None:
     assert f"{segment_name(1, 4)}.00000028.backup" in leaves and "00000002.history" in leaves
     assert not any(leaf.startswith(segment_name(1, 3)) for leaf in leaves)
     assert drive.plan_bundle(files, segment_name(1, 7)) == ([], [], [])
+
+
+def _info(*labels_and_starts: tuple[str, int]) -> RepoInfo:
+    t0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    backups = tuple(
+        BaseBackup(label, "full", t0, t0, segment_name(1, start), segment_name(1, start), 0, 0, False)
+        for label, start in labels_and_starts
+    )
+    return RepoInfo("app", 0, "ok", backups, None, None)
+
+
+def test_drive_follows_the_repository_retention_but_never_drops_its_last_base() -> None:
+    t0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+
+    def base(label: str, start: int) -> drive.DriveUnit:
+        return _unit(
+            drive.base_unit(label),
+            drive.KIND_BASE,
+            label=label,
+            stoppedAt=t0.isoformat(),
+            walStart=segment_name(1, start),
+            walStop=segment_name(1, start),
+        )
+
+    index = drive.DriveIndex(
+        bases=[base("20261201-010000F", 2), base("20261202-010000F", 8)],
+        bundles=[_bundle(1, 5, t0), _bundle(6, 7, t0), _bundle(8, 12, t0)],
+    )
+    # the repository expired the first base: Drive drops it and the bundles that end before the second
+    expired = drive.plan_expiry(index, _info(("20261202-010000F", 8), ("20261203-010000F", 14)))
+    assert [u.unit for u in expired] == [
+        "base-20261201-010000F",
+        drive.wal_unit(segment_name(1, 1), segment_name(1, 5)),
+        drive.wal_unit(segment_name(1, 6), segment_name(1, 7)),
+    ]
+    # the oldest base the repository keeps is not on Drive yet (or the repository is empty): keep all
+    assert drive.plan_expiry(index, _info(("20261203-010000F", 14))) == []
+    assert drive.plan_expiry(index, _info()) == []
+    assert drive.plan_expiry(index, _info(("20261201-010000F", 2), ("20261202-010000F", 8))) == []

@@ -545,12 +545,42 @@ def copy_bundle(
     )
 
 
+def plan_expiry(index: DriveIndex, info: RepoInfo) -> list[DriveUnit]:
+    """Units Drive no longer needs, following pgBackRest's own retention (``expire``).
+
+    Base units older than the oldest base backup the repository still keeps — only when that one
+    is complete on Drive, so Drive never drops its last restorable base on the word of an empty or
+    re-created repository — then the bundles that end before the oldest kept base's first segment.
+    """
+    usable = info.usable_backups
+    if not usable:
+        return []
+    oldest = usable[0].label
+    kept_on_drive = [b for b in index.bases if b.properties.get(PROP_LABEL) == oldest]
+    if not kept_on_drive:
+        return []
+    start = kept_on_drive[0].properties.get(PROP_WAL_START, "")
+    old_bases = [b for b in index.bases if b.properties.get(PROP_LABEL, "") < oldest]
+    old_bundles = [b for b in index.bundles if start and b.last < start]
+    return [*old_bases, *old_bundles]
+
+
+def expire_units(destination: Destination, index: DriveIndex, units: Sequence[DriveUnit]) -> int:
+    """Manifest first (the unit stops counting at once), then its data part."""
+    for unit in units:
+        destination.delete(unit.manifest.id)
+        for stored in index.data.get(unit.unit, []):
+            destination.delete(stored.id)
+    return len(units)
+
+
 @dataclass
 class CopyReport:
     bases: list[UnitResult]
     bundle: UnitResult | None
     strays_removed: int
     window: DriveWindow
+    expired: int = 0
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -561,6 +591,7 @@ class CopyReport:
             "drive_bundle_files": self.bundle.files if self.bundle else 0,
             "drive_bytes_written": sum(u.size for u in self.bases) + (self.bundle.size if self.bundle else 0),
             "drive_strays_removed": self.strays_removed,
+            "drive_units_expired": self.expired,
         }
 
 
@@ -575,8 +606,10 @@ def copy_to_drive(
     log: Callable[[str], None] = lambda _m: None,
     before_manifest: Callable[[], None] = lambda: None,
 ) -> CopyReport:
-    """One copy run: strays removed → new base backups (oldest first) → one WAL bundle."""
+    """One copy run: strays removed → new base backups (oldest first) → one WAL bundle → units
+    older than what the repository keeps expired (:func:`plan_expiry`)."""
     index = read_index(destination, installation_id, cfg.stanza)
+    strays = len(index.strays)
     for stray in index.strays:
         log(f"removing {stray.name}: data part of an interrupted run (no manifest)")
         destination.delete(stray.id)
@@ -602,8 +635,14 @@ def copy_to_drive(
     )
     if bundle is not None:
         log(f"WAL bundle {bundle.unit}: {bundle.files} files, {bundle.size} bytes")
-    window = drive_window(read_index(destination, installation_id, cfg.stanza))
-    return CopyReport(bases, bundle, len(index.strays), window)
+    index = read_index(destination, installation_id, cfg.stanza)
+    expired = plan_expiry(index, info)
+    for unit in expired:
+        log(f"expiring {unit.unit} on Drive: older than the oldest base backup the repository keeps")
+    if expired:
+        expire_units(destination, index, expired)
+        index = read_index(destination, installation_id, cfg.stanza)
+    return CopyReport(bases, bundle, strays, drive_window(index), len(expired))
 
 
 # --- reading units back ---------------------------------------------------------------------
