@@ -518,3 +518,23 @@ def test_drive_follows_the_repository_retention_but_never_drops_its_last_base() 
     assert drive.plan_expiry(index, _info(("20261203-010000F", 14))) == []
     assert drive.plan_expiry(index, _info()) == []
     assert drive.plan_expiry(index, _info(("20261201-010000F", 2), ("20261202-010000F", 8))) == []
+
+
+def test_of_two_live_copies_only_the_older_goes_on() -> None:
+    # A hand-launched copy beside a running one would remove that one's half-written bundle as a
+    # stray: the younger run stops before touching Drive, the older one is not stopped by it.
+    with dg.DagsterInstance.ephemeral() as instance:
+        finished, older, younger = "f" * 36, "a" * 36, "b" * 36
+        for run_id, status in (
+            (finished, dg.DagsterRunStatus.SUCCESS),
+            (older, dg.DagsterRunStatus.STARTED),
+            (younger, dg.DagsterRunStatus.STARTED),
+        ):
+            instance.add_run(
+                dg.DagsterRun(job_name=drive_ops.PITR_DRIVE_COPY_JOB, run_id=run_id, status=status)
+            )
+            time.sleep(0.01)  # distinct creation times
+        assert drive_ops.earlier_live_copy(instance, younger) == older
+        assert drive_ops.earlier_live_copy(instance, older) is None
+        instance.report_run_canceled(instance.get_run_by_id(older))  # type: ignore[arg-type]
+        assert drive_ops.earlier_live_copy(instance, younger) is None

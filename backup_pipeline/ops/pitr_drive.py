@@ -29,6 +29,8 @@ PITR_DRIVE_ASSET = dg.AssetKey("pitr_drive")
 PITR_DRIVE_COPY_JOB = "pitr_drive_copy_job"
 PITR_DRIVE_SCHEDULE = "pitr_drive_copy_schedule"
 DRIVE_LAG_CHECK = "pitr_drive_lag"
+#: Runs that may be writing to Drive now (a queued run has not touched anything yet).
+RUNNING_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 PITR_DRIVE_SPEC = dg.AssetSpec(
     PITR_DRIVE_ASSET,
@@ -86,12 +88,37 @@ def lag_verdict(meta: dict[str, Any], limit_seconds: int) -> tuple[bool, str]:
     )
 
 
+def earlier_live_copy(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The id of a copy run in progress that was created before ``run_id`` (None: this one is first).
+
+    Of two copies started together the older one goes on and the younger one stops, so one of
+    them always does the work.
+    """
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=PITR_DRIVE_COPY_JOB, statuses=RUNNING_STATUSES)
+    )
+    mine = next((r.create_timestamp for r in records if r.dagster_run.run_id == run_id), None)
+    for record in records:
+        other = record.dagster_run.run_id
+        if other != run_id and (mine is None or (record.create_timestamp, other) < (mine, run_id)):
+            return other
+    return None
+
+
 def build_pitr_drive_job(settings: BackupSettings) -> dg.JobDefinition:
     resource = drive_resource(settings)  # a bad destination choice fails the code location at load
 
     @dg.op(name="pitr_drive_copy", out=dg.Out(dg.Nothing))
     def pitr_drive_copy(context: dg.OpExecutionContext, keys: BackupKeysResource) -> None:
         started = time.monotonic()
+        # The copy removes an interrupted run's strays first: beside a live copy those strays are
+        # that copy's half-written bundle. The schedule skips busy ticks; this covers hand launches.
+        if earlier := earlier_live_copy(context.instance, context.run_id):
+            raise quiet_failure(
+                f"another {PITR_DRIVE_COPY_JOB} run ({earlier}) is still in progress: this run copies nothing; "
+                "launch it again once that one ended",
+                "PITR_DRIVE_COPY_BUSY",
+            )
         try:
             ctx = svc.open_repo(settings, keyring=keys.keyring())
             info = ctx.engine.info()
