@@ -240,6 +240,7 @@ def retention_command(
         incomplete_grace=timedelta(hours=settings.incomplete_grace_hours),
         now=datetime.now(UTC),
         periods=periods,
+        seed_abandon=timedelta(days=settings.seed_abandon_days),
     )
     if as_json:
         rows = [

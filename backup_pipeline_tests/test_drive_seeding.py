@@ -1,0 +1,258 @@
+"""Seeding across days (issue 18, "Drive limits planned for") on the project's Drive v3 test server.
+
+A store larger than what is left of Drive's daily upload cap (here a tiny configured cap) is
+backed up over several runs: each uploads what fits and ends as *seeding* (a successful run, no
+backup_set materialization, an observation saying how far it got), the next continues from the
+seed checkpoint, and the run that uploads the rest writes the manifest of a complete set that
+restores byte for byte. docs/architecture/BACKUP-STRATEGY.md, "Seeding across days".
+
+Time passing is simulated by ageing the upload ledger's entries by a day (what the 24-hour
+window does on its own in production); nothing else is stubbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED
+from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG, SEEDING_EVENT
+from backup_pipeline.services.backup_upload import has_manifest, has_seed_checkpoint, list_sets
+from backup_pipeline_tests.backup_helpers import drive_destination, expected_failures
+from backup_pipeline_tests.fixtures.drive import DriveFixture
+from backup_pipeline_tests.fixtures.postgres import PgDatabase
+from backup_pipeline_tests.fixtures.s3 import S3Server
+from backup_pipeline_tests.restore_support import (
+    INSTALLATION,
+    Installation,
+    confirm,
+    s3_snapshot,
+    step_metadata,
+    wipe_database,
+)
+
+BUCKET = "seed-media"
+OBJECT_SIZE = 300_000
+PER_RUN = 2
+OBJECTS = 3 * PER_RUN
+#: Two objects (with their framing) fit each run's budget, so six take three runs; the slack
+#: absorbs the database's on-disk size moving a little (it is the plan's estimate of the dump).
+RUN_OBJECT_BUDGET = PER_RUN * (OBJECT_SIZE + 4096) + 150_000
+MARGIN = 0.01
+
+
+@pytest.fixture()
+def installation(pg_database: PgDatabase, s3: S3Server, tmp_path: Path) -> Installation:
+    wipe_database(pg_database)
+    with pg_database.connect() as conn:
+        conn.execute("CREATE TABLE notes (id int primary key, body text)")
+        conn.execute("INSERT INTO notes VALUES (1, 'one'), (2, 'two')")
+        conn.commit()
+    return Installation(pg_database, s3, tmp_path)
+
+
+def database_size(inst: Installation) -> int:
+    with inst.db.connect() as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def capped_destination(drive: DriveFixture, tmp_path: Path, inst: Installation) -> tuple[DestinationResource, int]:
+    """A Drive destination whose daily cap holds the database estimate plus about five objects."""
+    cap = int((database_size(inst) + RUN_OBJECT_BUDGET) / (1 - MARGIN)) + 1
+    dest = drive_destination(
+        drive,
+        tmp_path,
+        installation_id=INSTALLATION,
+        drive_daily_upload_cap_bytes=cap,
+        drive_daily_download_threshold_bytes=1_000_000,
+    )
+    return dest, cap
+
+
+def fill_bucket(inst: Installation) -> None:
+    client = inst.s3.client()
+    client.make_bucket(BUCKET)
+    import io
+
+    for n in range(OBJECTS):
+        data = os.urandom(OBJECT_SIZE)  # incompressible: the part is as large as the objects
+        client.put_object(BUCKET, f"media/{n:03d}.bin", io.BytesIO(data), len(data))
+
+
+def backup_run(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, **config: Any
+) -> dg.ExecuteInProcessResult:
+    job = build_backup_job(executor_def=dg.in_process_executor)
+    return job.execute_in_process(
+        instance=instance,
+        resources=inst.resources(dest),
+        run_config={"ops": {"plan_backup": {"config": _config(**config)}}},
+        raise_on_error=False,
+    )
+
+
+def _config(**config: Any) -> dict[str, Any]:
+    return {
+        "installation_id": INSTALLATION,
+        "exclude_table_patterns": [],
+        "incremental_objects": True,
+        "seed_margin_share": MARGIN,
+        **config,
+    }
+
+
+def a_day_passes(dest: DestinationResource) -> None:
+    """Age every upload the ledger counted by a day: the 24-hour window frees them, as it would."""
+    path = Path(dest.state_dir) / "drive-upload-ledger.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    aged = {k: [[ts - 24 * 3600 - 120, size] for ts, size in v] for k, v in data.items()}
+    path.write_text(json.dumps(aged), encoding="utf-8")
+
+
+def seeding_observations(instance: dg.DagsterInstance) -> list[dict[str, Any]]:
+    records = instance.fetch_observations(dg.AssetKey("backup_set"), limit=50).records
+    out = []
+    for record in records:
+        obs = record.event_log_entry.asset_observation
+        assert obs is not None
+        meta = {k: v.value for k, v in obs.metadata.items()}
+        if meta.get("event") == SEEDING_EVENT:
+            out.append(meta)
+    return out
+
+
+def materializations(instance: dg.DagsterInstance) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey("backup_set"), limit=50).records)
+
+
+def sets_on_drive(dest: DestinationResource) -> dict[str, list[Any]]:
+    return list_sets(dest.get_destination(), INSTALLATION)
+
+
+def retention(inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, **policy: Any) -> Any:
+    result = retention_job.execute_in_process(
+        instance=instance,
+        resources={
+            **{k: v for k, v in inst.resources(dest).items() if k in ("destination", "app_db", "keys")},
+            "backup_policy": BackupPolicyResource(
+                installation_id=INSTALLATION, state_dir=str(inst.state_dir), retention_keep_last=1, **policy
+            ),
+        },
+        raise_on_error=False,
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def restore(inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, backup_id: str) -> Any:
+    from backup_pipeline.ops.restore import restore_job
+
+    return restore_job.execute_in_process(
+        instance=instance,
+        resources=inst.resources(dest),
+        run_config={
+            "ops": {
+                "start_restore": {
+                    "config": {
+                        "backup_id": backup_id,
+                        "scope": "files",
+                        "dry_run": False,
+                        "confirm": confirm(backup_id),
+                    }
+                }
+            }
+        },
+        raise_on_error=False,
+    )
+
+
+def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restores(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest, cap = capped_destination(drive, tmp_path, inst)
+    fill_bucket(inst)
+    state = s3_snapshot(inst.s3.client())
+
+    seeds: list[str] = []
+    for run in (1, 2):
+        result = backup_run(inst, instance, dest)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        assert result.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+        seeds.append(result.dagster_run.tags["backup_pipeline/backup_id"])
+        # Not a backup: no materialization (freshness still judges the last complete set).
+        assert materializations(instance) == 0
+        sets = sets_on_drive(dest)
+        assert not has_manifest(sets[seeds[-1]]) and has_seed_checkpoint(sets[seeds[-1]])
+        observation = seeding_observations(instance)[0]
+        assert observation["backup_id"] == seeds[-1]
+        assert observation["covered_bytes"] == run * PER_RUN * OBJECT_SIZE
+        assert observation["total_bytes"] == OBJECTS * OBJECT_SIZE
+        assert "NOT complete" in observation["message"] and "continues at the next run after" in observation["message"]
+        meta = step_metadata(result, "export_bucket")
+        (bucket_meta,) = meta.values()
+        assert (bucket_meta["objects"], bucket_meta["deferred_objects"]) == (PER_RUN, OBJECTS - PER_RUN * run)
+        # The run stayed under the cap: Drive's own count (the ledger) of this run's uploads.
+        assert dest.get_destination().capacity().daily_upload_remaining >= 0  # type: ignore[union-attr]
+
+        # Retention between the runs keeps the seed (and the parts its checkpoint references).
+        meta_ret = step_metadata(retention(inst, instance, dest), "apply_retention_op")["apply_retention_op"]
+        assert meta_ret["deleted"] == []
+        assert set(seeds) <= set(sets_on_drive(dest))
+        a_day_passes(dest)
+
+    result = backup_run(inst, instance, dest)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert OUTCOME_TAG not in result.dagster_run.tags
+    complete = result.dagster_run.tags["backup_pipeline/backup_id"]
+    assert materializations(instance) == 1
+    (bucket_meta,) = step_metadata(result, "export_bucket").values()
+    assert (bucket_meta["objects"], bucket_meta["objects_unchanged"], bucket_meta["deferred_objects"]) == (
+        PER_RUN,
+        OBJECTS - PER_RUN,
+        0,
+    )
+    files = {f.properties["partName"] for f in sets_on_drive(dest)[complete]}
+    assert PART_MANIFEST in files and PART_SEED not in files
+
+    # Retention now: the seeds are superseded, but the parts the complete set references stay.
+    retention(inst, instance, dest)
+    remaining = sets_on_drive(dest)
+    for seed in seeds:
+        names = {f.properties["partName"] for f in remaining.get(seed, [])}
+        assert names == {f"bucket-{BUCKET}", f"index-{BUCKET}"}, (seed, names)
+
+    inst.s3.reset()
+    restored = restore(inst, instance, dest, complete)
+    assert restored.success, [e.message for e in restored.all_events if e.is_failure]
+    assert s3_snapshot(inst.s3.client()) == state
+
+
+def test_without_incremental_object_backups_seeding_is_refused_with_the_reason(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest, _ = capped_destination(drive, tmp_path, inst)
+    fill_bucket(inst)
+    result = backup_run(inst, instance, dest, incremental_objects=False)
+    assert not result.success
+    (failure,) = expected_failures(result)
+    assert (failure.step, failure.code) == ("plan_backup", "DAILY_UPLOAD_CAP_EXCEEDED")
+    assert "BACKUP_PIPELINE_INCREMENTAL_OBJECTS" in failure.message
+    assert sets_on_drive(dest) == {}
