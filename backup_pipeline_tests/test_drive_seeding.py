@@ -85,6 +85,11 @@ def capped_destination(drive: DriveFixture, tmp_path: Path, inst: Installation) 
     return dest, cap
 
 
+def destination_fields(dest: DestinationResource) -> dict[str, Any]:
+    """The resource's settings, to build the same destination in another process."""
+    return {k: v for k, v in dest.model_dump().items() if v is not None}
+
+
 def fill_bucket(inst: Installation) -> None:
     client = inst.s3.client()
     client.make_bucket(BUCKET)
@@ -256,3 +261,95 @@ def test_without_incremental_object_backups_seeding_is_refused_with_the_reason(
     assert (failure.step, failure.code) == ("plan_backup", "DAILY_UPLOAD_CAP_EXCEEDED")
     assert "BACKUP_PIPELINE_INCREMENTAL_OBJECTS" in failure.message
     assert sets_on_drive(dest) == {}
+
+
+SEEDING_BACKUP = """
+import json, sys
+import dagster as dg
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
+args = json.loads(sys.argv[1])
+resources = {
+    "app_db": PostgresResource(database_url=args["db"]),
+    "s3": S3Resource(endpoint=args["endpoint"], access_key=args["access_key"], secret_key=args["secret_key"]),
+    "destination": DestinationResource(**args["destination"]),
+    "keys": BackupKeysResource(org_secret_file=args["org_secret"], state_dir=args["state"]),
+}
+with dg.instance_for_test() as instance:
+    build_backup_job(executor_def=dg.in_process_executor).execute_in_process(
+        instance=instance, resources=resources, run_config={"ops": {"plan_backup": {"config": args["config"]}}}
+    )
+print("finished", flush=True)
+"""
+
+
+def test_a_seeding_run_killed_mid_upload_loses_only_its_own_upload_and_the_seed_completes(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest, _ = capped_destination(drive, tmp_path, inst)
+    fill_bucket(inst)
+    state = s3_snapshot(inst.s3.client())
+    first = backup_run(inst, instance, dest)
+    assert first.success and first.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+    seed = first.dagster_run.tags["backup_pipeline/backup_id"]
+    a_day_passes(dest)
+
+    args = {
+        "db": inst.db.url,
+        "endpoint": inst.s3.endpoint,
+        "access_key": inst.s3.access_key,
+        "secret_key": inst.s3.secret_key,
+        "destination": destination_fields(dest),
+        "state": str(inst.state_dir),
+        "org_secret": str(inst.org_secret_file),
+        "config": _config(),
+    }
+    received = int(drive.stats()["upload_bytes_received"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", SEEDING_BACKUP, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        # Killed once the run has sent its database part and part of its bucket part (SIGKILL:
+        # no hook runs, nothing is cleaned up, no checkpoint is written).
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and child.poll() is None:
+            if int(drive.stats()["upload_bytes_received"]) - received > OBJECT_SIZE:
+                break
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=60)
+    assert "finished" not in out
+    app_db = PostgresResource(database_url=inst.db.url)
+    holder = app_db.data_lease_holder()
+    if holder is not None:  # fail_dead_lease_holder frees it once the heartbeat is stale
+        app_db.release_data_lease(holder.run_id)
+    sets = sets_on_drive(dest)
+    dead = [bid for bid in sets if bid != seed]
+    assert len(dead) == 1 and not has_seed_checkpoint(sets[dead[0]]) and not has_manifest(sets[dead[0]])
+    assert has_seed_checkpoint(sets[seed])  # the earlier checkpoint is untouched
+    a_day_passes(dest)
+
+    # The rerun removes the dead remains and continues from the checkpoint: nothing of the
+    # first seeding run is uploaded again.
+    rerun = backup_run(inst, instance, dest)
+    assert rerun.success and rerun.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+    (bucket_meta,) = step_metadata(rerun, "export_bucket").values()
+    assert (bucket_meta["objects"], bucket_meta["objects_unchanged"]) == (PER_RUN, PER_RUN)
+    assert dead[0] not in sets_on_drive(dest)
+    a_day_passes(dest)
+    last = backup_run(inst, instance, dest)
+    assert last.success and OUTCOME_TAG not in last.dagster_run.tags
+    complete = last.dagster_run.tags["backup_pipeline/backup_id"]
+    inst.s3.reset()
+    restored = restore(inst, instance, dest, complete)
+    assert restored.success, [e.message for e in restored.all_events if e.is_failure]
+    assert s3_snapshot(inst.s3.client()) == state
