@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from backup_pipeline.destinations.base import decimal_bytes
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.retention import retention_job
 from backup_pipeline.resources.destination import DestinationResource
@@ -32,6 +33,7 @@ from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED
 from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG, SEEDING_EVENT
 from backup_pipeline.services.backup_upload import has_manifest, has_seed_checkpoint, list_sets
+from backup_pipeline.services.download_estimate import newest_set_download_note
 from backup_pipeline_tests.backup_helpers import drive_destination, expected_failures
 from backup_pipeline_tests.fixtures.drive import DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
@@ -72,7 +74,9 @@ def database_size(inst: Installation) -> int:
     return int(row[0])
 
 
-def capped_destination(drive: DriveFixture, tmp_path: Path, inst: Installation) -> tuple[DestinationResource, int]:
+def capped_destination(
+    drive: DriveFixture, tmp_path: Path, inst: Installation
+) -> tuple[DestinationResource, int]:
     """A Drive destination whose daily cap holds the database estimate plus about five objects."""
     cap = int((database_size(inst) + RUN_OBJECT_BUDGET) / (1 - MARGIN)) + 1
     dest = drive_destination(
@@ -150,7 +154,9 @@ def sets_on_drive(dest: DestinationResource) -> dict[str, list[Any]]:
     return list_sets(dest.get_destination(), INSTALLATION)
 
 
-def retention(inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, **policy: Any) -> Any:
+def retention(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, **policy: Any
+) -> Any:
     result = retention_job.execute_in_process(
         instance=instance,
         resources={
@@ -165,7 +171,9 @@ def retention(inst: Installation, instance: dg.DagsterInstance, dest: Destinatio
     return result
 
 
-def restore(inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, backup_id: str) -> Any:
+def restore(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, backup_id: str
+) -> Any:
     from backup_pipeline.ops.restore import restore_job
 
     return restore_job.execute_in_process(
@@ -191,7 +199,7 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restore
     installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
 ) -> None:
     inst = installation
-    dest, cap = capped_destination(drive, tmp_path, inst)
+    dest, _ = capped_destination(drive, tmp_path, inst)
     fill_bucket(inst)
     state = s3_snapshot(inst.s3.client())
 
@@ -209,7 +217,10 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restore
         assert observation["backup_id"] == seeds[-1]
         assert observation["covered_bytes"] == run * PER_RUN * OBJECT_SIZE
         assert observation["total_bytes"] == OBJECTS * OBJECT_SIZE
-        assert "NOT complete" in observation["message"] and "continues at the next run after" in observation["message"]
+        assert (
+            "NOT complete" in observation["message"]
+            and "continues at the next run after" in observation["message"]
+        )
         meta = step_metadata(result, "export_bucket")
         (bucket_meta,) = meta.values()
         assert (bucket_meta["objects"], bucket_meta["deferred_objects"]) == (PER_RUN, OBJECTS - PER_RUN * run)
@@ -243,10 +254,31 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restore
         names = {f.properties["partName"] for f in remaining.get(seed, [])}
         assert names == {f"bucket-{BUCKET}", f"index-{BUCKET}"}, (seed, names)
 
+    # Restoring it reads the three runs' bucket parts (verified, then restored): above the
+    # configured 1 MB/day download threshold, so the pre-flight and the check warn, and go on.
+    note = newest_set_download_note(dest.get_destination(), INSTALLATION)
+    assert note is not None and complete in note and "throttles" in note
     inst.s3.reset()
     restored = restore(inst, instance, dest, complete)
     assert restored.success, [e.message for e in restored.all_events if e.is_failure]
     assert s3_snapshot(inst.s3.client()) == state
+    warning = step_metadata(restored, "start_restore")["start_restore"]["download_warning"]
+    expected = restore_download_bytes_of(dest, complete)
+    assert f"downloads about {decimal_bytes(expected)}" in warning and "goes ahead" in warning
+
+
+def restore_download_bytes_of(dest: DestinationResource, backup_id: str) -> int:
+    """What the warning should say: twice every part the set reads (its own and the seeds' bucket parts)."""
+    sets = sets_on_drive(dest)
+    own = sum(f.size for f in sets[backup_id] if f.properties["partName"] != PART_MANIFEST)
+    seeds = sum(
+        f.size
+        for bid, files in sets.items()
+        if bid != backup_id
+        for f in files
+        if f.properties["partName"] == f"bucket-{BUCKET}"
+    )
+    return 2 * (own + seeds)
 
 
 def test_without_incremental_object_backups_seeding_is_refused_with_the_reason(
