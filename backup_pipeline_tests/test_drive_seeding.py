@@ -18,22 +18,36 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
-from backup_pipeline.destinations.base import decimal_bytes
+from backup_pipeline.destinations.base import Capacity, DailyCapError, decimal_bytes
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.retention import retention_job
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED
-from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG, SEEDING_EVENT
+from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED, BackupError, backup_id_time
+from backup_pipeline.services.backup_seed import (
+    OUTCOME_SEEDING,
+    OUTCOME_TAG,
+    SEEDING_EVENT,
+    BucketBudget,
+    plan_budget,
+)
 from backup_pipeline.services.backup_upload import has_manifest, has_seed_checkpoint, list_sets
 from backup_pipeline.services.download_estimate import newest_set_download_note
+from backup_pipeline.services.retention import (
+    REASON_SEED_ABANDONED,
+    REASON_SUPERSEDED,
+    SEED_IN_PROGRESS,
+    BackupSetInfo,
+    plan_retention,
+)
 from backup_pipeline_tests.backup_helpers import drive_destination, expected_failures
 from backup_pipeline_tests.fixtures.drive import DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
@@ -385,3 +399,87 @@ def test_a_seeding_run_killed_mid_upload_loses_only_its_own_upload_and_the_seed_
     restored = restore(inst, instance, dest, complete)
     assert restored.success, [e.message for e in restored.all_events if e.is_failure]
     assert s3_snapshot(inst.s3.client()) == state
+
+
+# --- plain functions: the budget and retention's seed rule (no servers) ------------------------
+
+
+def _set(backup_id: str, *, complete: bool = False, seeding: bool = False) -> BackupSetInfo:
+    return BackupSetInfo(backup_id, backup_id_time(backup_id), complete, files=3, seeding=seeding)
+
+
+def test_retention_keeps_a_live_seed_and_deletes_an_abandoned_one_with_its_reason() -> None:
+    now = datetime(2026, 12, 20, 12, tzinfo=UTC)
+    complete = _set("20261201T000000Z-00000001", complete=True)
+    old_seed = _set("20261202T000000Z-00000002", seeding=True)
+    new_seed = _set("20261215T000000Z-00000003", seeding=True)
+    plan = plan_retention(
+        [complete, old_seed, new_seed], keep_last=1, incomplete_grace=timedelta(hours=24), now=now
+    )
+    # The newest seed set is 5 days old: the whole seed (both runs' sets) is in progress.
+    assert plan.delete == [] and set(plan.keep) == {
+        complete.backup_id,
+        old_seed.backup_id,
+        new_seed.backup_id,
+    }
+    reasons = {d.backup_id: d.reasons for d in plan.decisions}
+    assert reasons[old_seed.backup_id] == (SEED_IN_PROGRESS,)
+
+    later = now + timedelta(days=14)
+    plan = plan_retention(
+        [complete, old_seed, new_seed], keep_last=1, incomplete_grace=timedelta(hours=24), now=later
+    )
+    assert {d.backup_id for d in plan.delete} == {old_seed.backup_id, new_seed.backup_id}
+    assert all(d.reason == REASON_SEED_ABANDONED.format(days=14) for d in plan.delete)
+    assert complete.backup_id in plan.keep  # the last complete backup is never touched
+
+    # A seed older than a complete set was completed by it (or replaced): superseded (rule 4).
+    done = _set("20261216T000000Z-00000004", complete=True)
+    plan = plan_retention(
+        [complete, old_seed, new_seed, done], keep_last=2, incomplete_grace=timedelta(hours=24), now=now
+    )
+    assert {d.backup_id: d.reason for d in plan.delete} == {
+        old_seed.backup_id: REASON_SUPERSEDED,
+        new_seed.backup_id: REASON_SUPERSEDED,
+    }
+
+
+def test_the_budget_is_what_is_left_less_the_margin_and_the_database_split_by_what_is_left_to_upload() -> (
+    None
+):
+    cap = Capacity(free_bytes=None, daily_upload_remaining=600, daily_upload_cap=1000, decimal_units=True)
+    assert (
+        plan_budget(
+            cap, database_bytes=100, bucket_bytes={"a": 400}, incremental=True, margin_share=0.1, where="d"
+        )
+        is None
+    )
+    budget = plan_budget(
+        cap,
+        database_bytes=100,
+        bucket_bytes={"a": 3000, "b": 1000},
+        incremental=True,
+        covered={"a": 2000},
+        margin_share=0.1,
+        where="d",
+    )
+    assert budget is not None and budget.per_bucket == {"a": 200, "b": 200}  # (600 - 100 - 100) split 1:1
+    with pytest.raises(DailyCapError, match="BACKUP_PIPELINE_INCREMENTAL_OBJECTS"):
+        plan_budget(
+            cap, database_bytes=100, bucket_bytes={"a": 4000}, incremental=False, margin_share=0.1, where="d"
+        )
+    empty = Capacity(
+        free_bytes=None, daily_upload_remaining=150, daily_upload_cap=1000, daily_window_frees=(0.0, 850)
+    )
+    with pytest.raises(DailyCapError, match="continues at the next run after 1970-01-01 00:00 UTC"):
+        plan_budget(
+            empty, database_bytes=100, bucket_bytes={"a": 4000}, incremental=True, margin_share=0.1, where="d"
+        )
+
+
+def test_an_object_larger_than_a_day_of_uploads_fails_by_name_and_others_are_deferred() -> None:
+    budget = BucketBudget(left=15_000, day=50_000)  # 4 KiB of framing counted per object
+    assert budget.take("a", 5_000) and not budget.take("b", 5_000) and budget.take("c", 100)
+    assert (budget.deferred_objects, budget.deferred_bytes, budget.first_deferred) == (1, 5_000, "b")
+    with pytest.raises(BackupError, match=r"'huge'.*can never be uploaded"):
+        budget.take("huge", 60_000)
