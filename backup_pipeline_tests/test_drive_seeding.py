@@ -483,3 +483,13 @@ def test_an_object_larger_than_a_day_of_uploads_fails_by_name_and_others_are_def
     assert (budget.deferred_objects, budget.deferred_bytes, budget.first_deferred) == (1, 5_000, "b")
     with pytest.raises(BackupError, match=r"'huge'.*can never be uploaded"):
         budget.take("huge", 60_000)
+
+
+def test_the_cli_tells_a_seeding_run_from_a_backup() -> None:
+    from backup_pipeline.client import RunSummary
+
+    run = RunSummary(
+        "r1", "SUCCESS", "backup_job", "20261207T000000Z-00000001", 1.0, 2.0, tags={OUTCOME_TAG: "seeding"}
+    )
+    assert run.outcome == OUTCOME_SEEDING and run.to_json()["outcome"] == "seeding"
+    assert "outcome" not in RunSummary("r2", "SUCCESS", "backup_job", None, 1.0, 2.0).to_json()
