@@ -28,9 +28,11 @@ import pytest
 from backup_pipeline.destinations.base import Capacity, DailyCapError, decimal_bytes
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.ops.verification import build_verify_after_backup_sensor
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.sensors import success_status
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED, BackupError, backup_id_time
 from backup_pipeline.services.backup_seed import (
     OUTCOME_SEEDING,
@@ -140,6 +142,15 @@ def _config(**config: Any) -> dict[str, Any]:
     }
 
 
+def success_context(sensor: Any, instance: dg.DagsterInstance, run_id: str) -> Any:
+    run = instance.get_run_by_id(run_id)
+    [event] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)
+    assert run is not None and event.dagster_event is not None
+    return dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_instance=instance, dagster_run=run, dagster_event=event.dagster_event
+    )
+
+
 def a_day_passes(dest: DestinationResource) -> None:
     """Age every upload the ledger counted by a day: the 24-hour window frees them, as it would."""
     path = Path(dest.state_dir) / "drive-upload-ledger.json"
@@ -223,8 +234,15 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restore
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         assert result.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
         seeds.append(result.dagster_run.tags["backup_pipeline/backup_id"])
-        # Not a backup: no materialization (freshness still judges the last complete set).
+        # Not a backup: no materialization (freshness still judges the last complete set), no
+        # verification of a set that has no manifest, and the heartbeat never says "complete".
         assert materializations(instance) == 0
+        run_record = instance.get_run_by_id(result.run_id)
+        assert run_record is not None
+        sensor = build_verify_after_backup_sensor()
+        skipped = sensor(success_context(sensor, instance, result.run_id))
+        assert isinstance(skipped, dg.SkipReason) and "seeding" in str(skipped.skip_message)
+        assert "NOT complete" in success_status(instance, run_record)
         sets = sets_on_drive(dest)
         assert not has_manifest(sets[seeds[-1]]) and has_seed_checkpoint(sets[seeds[-1]])
         observation = seeding_observations(instance)[0]
