@@ -32,6 +32,7 @@ from backup_pipeline.ops.verification import build_verify_after_backup_sensor
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.safety import freshness_verdict
 from backup_pipeline.sensors import success_status
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED, BackupError, backup_id_time
 from backup_pipeline.services.backup_seed import (
@@ -243,6 +244,9 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restore
         skipped = sensor(success_context(sensor, instance, result.run_id))
         assert isinstance(skipped, dg.SkipReason) and "seeding" in str(skipped.skip_message)
         assert "NOT complete" in success_status(instance, run_record)
+        fresh = freshness_verdict(instance, 24)
+        assert not fresh.passed and "no complete backup yet" in fresh.description
+        assert f"A backup is being seeded: {seeds[-1]}: seeding:" in fresh.description
         sets = sets_on_drive(dest)
         assert not has_manifest(sets[seeds[-1]]) and has_seed_checkpoint(sets[seeds[-1]])
         observation = seeding_observations(instance)[0]
