@@ -8,6 +8,7 @@ restores equal through the streamed inventory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +19,15 @@ import dagster as dg
 import pytest
 from minio import Minio
 
-from backup_pipeline.archive.manifest import MANIFEST_FORMAT_V2
+from backup_pipeline.archive.manifest import MANIFEST_FORMAT_V2, BucketSummary, InventoryEntry, Manifest
 from backup_pipeline.services.backup_buckets import ListedObject
 from backup_pipeline.services.backup_incremental import INCREMENTAL_OFF
 from backup_pipeline.services.bucket_shards import ShardLimits, summarize_and_shard
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.restore_support import Installation, wipe_database
+from backup_pipeline_tests.test_archive_cli import BACKUP as CLI_BACKUP
+from backup_pipeline_tests.test_archive_cli import RECOVERY, run, write_part
 from backup_pipeline_tests.test_incremental import (
     _files,
     backup,
@@ -134,3 +137,48 @@ def test_the_plan_tells_whether_a_listing_ascends_by_key() -> None:
     assert not summary.in_key_order
     summary, _ = summarize_and_shard("b", [], None)
     assert summary.in_key_order
+
+
+def test_archive_inspect_names_each_buckets_inventory_part(
+    tmp_path: Path,
+) -> None:
+    """``backup-pipeline inspect`` of a format-2 manifest: the object count comes from the bucket
+    entry (the list is in the inventory part), and a bucket without one still shows its list."""
+    parts = [
+        dataclasses.replace(write_part(tmp_path / f"{name}.bpa", [b"x"], name), kind=kind)
+        for name, kind in (("bucket-big", "bucket"), ("inventory-big", "inventory"), ("bucket-odd", "bucket"))
+    ]
+    big = BucketSummary(
+        "big",
+        "bucket-big",
+        20_000,
+        123,
+        inventory_part="inventory-big",
+        mode="full",
+        mode_reason=INCREMENTAL_OFF,
+        since_full=0,
+        total_objects=20_000,
+        total_bytes=123,
+        diff={k: 0 for k in ("new", "changed", "unchanged", "deleted")}
+        | {f"{k}_bytes": 0 for k in ("new", "changed", "unchanged", "deleted")},
+        referenced_parts=[],
+    )
+    manifest = Manifest(
+        CLI_BACKUP,
+        "test",
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        {},
+        parts,
+        buckets=[big, BucketSummary("odd", "bucket-odd", 1, 1)],
+        inventory=[InventoryEntry("odd", "a/b", 1, "0" * 64)],
+        format=MANIFEST_FORMAT_V2,
+    )
+    manifest_part = tmp_path / "manifest.bpa"
+    write_part(manifest_part, [manifest.to_bytes()], "manifest")
+    recovery = tmp_path / "recovery-key"
+    recovery.write_text(RECOVERY.to_bech32() + "\n")
+    code, stdout, err = run("inspect", manifest_part, "--recovery-key-file", recovery)
+    assert code == 0, err
+    assert "inventory part inventory-big (full): 20000 objects, 123 bytes" in stdout
+    assert "inventory in the manifest: 1 objects" in stdout
