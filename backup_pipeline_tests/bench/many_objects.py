@@ -27,12 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from minio import Minio
 
 from backup_pipeline.archive.keys import generate_org_secret_file
 from backup_pipeline.resources.keys import BackupKeysResource
 
+from ..fixtures.s3_servers import s3_settings_env
+from ..fixtures.seaweedfs import SeaweedFSServer
 from .measure import Measurement, run_measured, tree_size
 from .s3 import start_seaweedfs
 from .s3 import stop as stop_s3
@@ -120,6 +123,33 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--s3-endpoint",
+        default=None,
+        help="use this S3 server instead of starting one (credentials from BENCH_S3_ACCESS_KEY / "
+        "BENCH_S3_SECRET_KEY); only the bench-many bucket is touched",
+    )
+    parser.add_argument(
+        "--s3-pid", type=int, default=None, help="that server's pid (its CPU time is reported)"
+    )
+    parser.add_argument(
+        "--s3-dir",
+        type=Path,
+        default=None,
+        help="start SeaweedFS on the data of an earlier run (its <workdir>; use with --no-fill); removed at the end",
+    )
+    parser.add_argument(
+        "--no-fill",
+        action="store_true",
+        help="back up the bench-many bucket as it is (objects of an earlier fill)",
+    )
+    parser.add_argument(
+        "--restore-conflict",
+        choices=("overwrite", "skip"),
+        default="overwrite",
+        help="overwrite: empty the bucket and restore every object (PUTs); skip: restore onto the bucket as "
+        "it is, every object already there (the whole set is read, authenticated and matched, no PUT)",
+    )
+    parser.add_argument(
         "--shard-max-objects",
         type=int,
         default=None,
@@ -134,7 +164,16 @@ def main() -> None:
         print(f"[many-objects {time.time() - started:6.0f}s] {message}", file=sys.stderr, flush=True)
 
     load_before = os.getloadavg()
-    s3 = start_seaweedfs(work)
+    s3: SeaweedFSServer | None = None
+    if args.s3_endpoint:
+        key, secret = os.environ["BENCH_S3_ACCESS_KEY"], os.environ["BENCH_S3_SECRET_KEY"]
+        url = urlsplit(args.s3_endpoint)
+        client = Minio(url.netloc, access_key=key, secret_key=secret, secure=url.scheme == "https")
+        s3_env = s3_settings_env(args.s3_endpoint, key, secret, "us-east-1")
+        s3_pid = args.s3_pid
+    else:
+        s3 = start_seaweedfs(args.s3_dir or work)
+        client, s3_env, s3_pid = s3.client(), s3.env(), s3.pid
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="minutes"),
         "objects": args.objects,
@@ -142,12 +181,20 @@ def main() -> None:
         "load_before": [round(x, 2) for x in load_before],
     }
     try:
-        client = s3.client()
         t0 = time.perf_counter()
-        object_bytes, source = fill_bucket(client, args.objects)
+        if args.no_fill:
+            # Bodies are a function of the key's number: the reference needs no GET.
+            keys = [o.object_name for o in client.list_objects(BUCKET, recursive=True) if o.object_name]
+            bodies = {k: _body(int(k.split("/")[1])) for k in keys}
+            source = {k: hashlib.sha256(b).hexdigest() for k, b in bodies.items()}
+            object_bytes = sum(len(b) for b in bodies.values())
+            del bodies
+        else:
+            object_bytes, source = fill_bucket(client, args.objects)
+        result["objects"] = len(source)
         result["object_bytes"] = object_bytes
         result["fill_s"] = round(time.perf_counter() - t0, 1)
-        log(f"{args.objects} objects ({object_bytes} bytes) in {result['fill_s']} s")
+        log(f"{len(source)} objects ({object_bytes} bytes) in {result['fill_s']} s")
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
         _psql("CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'one')", DB)
@@ -171,7 +218,8 @@ def main() -> None:
             "BACKUP_PIPELINE_MIN_MANUAL_BACKUP_INTERVAL_MINUTES": "0",
             "BACKUP_PIPELINE_DESTINATION": "local",
             "BACKUP_PIPELINE_LOCAL_DESTINATION_PATH": str(dest),
-            **s3.env(),
+            **s3_env,
+            "BACKUP_PIPELINE_BUCKETS_INCLUDE": BUCKET,
         }
         if args.shard_max_objects:
             env["BACKUP_PIPELINE_SHARD_MAX_OBJECTS"] = str(args.shard_max_objects)
@@ -186,7 +234,7 @@ def main() -> None:
             "-a",
             "defs",
         ]
-        watch = {"s3": s3.pid} if s3.pid is not None else {}
+        watch = {"s3": s3_pid} if s3_pid is not None else {}
         log("backup_job …")
         backup = run_measured("backup_job", [*base, "-j", "backup_job"], env=env, watch=watch)
         result["backup"] = _summary(backup)
@@ -195,7 +243,9 @@ def main() -> None:
         result["backup"]["manifest_ciphertext_bytes"] = sum(p.stat().st_size for p in manifests)
         log(f"backup: {result['backup']}")
         backup_id = _latest_backup_id(home)
-        empty_bucket(client)
+        result["restore_conflict"] = args.restore_conflict
+        if args.restore_conflict == "overwrite":
+            empty_bucket(client)
         config = work / "restore.json"
         config.write_text(
             json.dumps(
@@ -207,7 +257,7 @@ def main() -> None:
                                 "dry_run": False,
                                 "confirm": f"restore {backup_id}",
                                 "scope": "files",
-                                "conflict_policy": "overwrite",
+                                "conflict_policy": args.restore_conflict,
                             }
                         }
                     }
@@ -220,13 +270,17 @@ def main() -> None:
         )
         result["restore"] = _summary(restore)
         log(f"restore: {result['restore']}")
-        restored = bucket_digests(client)
-        result["restored_equal"] = restored == source
-        result["restored_objects"] = len(restored)
+        if args.restore_conflict == "overwrite":
+            restored = bucket_digests(client)
+            result["restored_equal"] = restored == source
+            result["restored_objects"] = len(restored)
+        # skip: nothing was written, so there is nothing to compare (the run read, authenticated and
+        # matched every object of the set against the target's listing).
         result["load_after"] = [round(x, 2) for x in os.getloadavg()]
         result["goal_met"] = bool(result["backup"]["goal_met"] and result["restore"]["goal_met"])
     finally:
-        stop_s3(s3)
+        if s3 is not None:
+            stop_s3(s3)
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", DB], check=False)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
