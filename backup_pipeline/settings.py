@@ -191,6 +191,12 @@ class BackupSettings(BaseSettings):
     drive_daily_upload_cap_bytes: int = Field(
         750 * 10**9, ge=0, description="Google's per-user daily upload cap."
     )
+    drive_daily_download_threshold_bytes: int = Field(
+        10**12,
+        ge=0,
+        description="Downloads per day above which a Cloud project's Drive access is throttled or billed: "
+        "a restore reading more is warned about (never refused).",
+    )
     s3_destination_endpoint: str | None = Field(
         None,
         description="`s3` destination: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com or https://s3.eu-central-003.backblazeb2.com. Not the application's S3.",
@@ -295,6 +301,19 @@ class BackupSettings(BaseSettings):
         le=1.0,
         description="With incremental_objects: take a full when the share of bytes still used in the older parts "
         "a set references falls below this.",
+    )
+    seed_margin_share: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="With incremental_objects on Google Drive: a backup larger than what is left of the daily "
+        "upload cap seeds over several runs, keeping this share of the cap unused (framing, ledger lag).",
+    )
+    seed_abandon_days: int = Field(
+        14,
+        ge=1,
+        description="A seed (a first full spread over days) without progress for this many days is abandoned: "
+        "retention reports it and deletes its files.",
     )
     shard_max_objects: int = shard_settings.MAX_OBJECTS_FIELD
     shard_max_bytes: int = shard_settings.MAX_BYTES_FIELD
@@ -446,6 +465,23 @@ class BackupSettings(BaseSettings):
         2048,
         ge=16,
         description="Alert when the server's pg_wal holds more than this (archive outage fills the disk).",
+    )
+    pitr_drive_copy_enabled: bool = Field(
+        False,
+        description="PITR on Google Drive: pitr_drive_copy_job copies each new base backup and a bundle of the WAL archived since the last bundle (one Drive file per bundle) to the Drive destination, on pitr_drive_copy_cron. Needs pitr_enabled and a google_drive destination.",
+    )
+    pitr_drive_copy_cron: str = Field(
+        "*/30 * * * *",
+        description="Cron expression (in schedule_timezone) of pitr_drive_copy_job: how often a WAL bundle goes to Drive (Drive's RPO).",
+    )
+    pitr_drive_destination: str | None = Field(
+        None,
+        description="With several destinations: the name of the google_drive destination PITR copies go to; empty: the first google_drive destination (the primary when it is one).",
+    )
+    pitr_drive_lag_alert_seconds: int = Field(
+        7200,
+        ge=60,
+        description="Alert when Drive's newest restorable moment is this far behind the S3 repository's (newest archived WAL).",
     )
 
     _named: list[named.NamedDestination] | None = PrivateAttr(default=None)
@@ -605,6 +641,34 @@ class BackupSettings(BaseSettings):
     def _check_copy_policy(cls, value: str) -> str:
         named.parse_copy_policy(value)
         return value.strip()
+
+    @model_validator(mode="after")
+    def _check_pitr_drive(self) -> BackupSettings:
+        if not self.pitr_drive_copy_enabled:
+            return self
+        problems = []
+        if not self.pitr_enabled:
+            problems.append(
+                "pitr_drive_copy_enabled needs pitr_enabled=true (the copy reads the PITR repository)"
+            )
+        if not _CRON.match(self.pitr_drive_copy_cron.strip()):
+            problems.append(
+                f"pitr_drive_copy_cron: must be a 5-field cron expression such as '*/30 * * * *', got "
+                f"{self.pitr_drive_copy_cron!r}"
+            )
+        if self.pitr_drive_destination and self.pitr_drive_destination not in self.destinations:
+            problems.append(
+                f"pitr_drive_destination: {self.pitr_drive_destination!r} is not one of destinations "
+                f"({', '.join(self.destinations) or 'none set'})"
+            )
+        if not self.destinations and self.destination is not DestinationKind.GOOGLE_DRIVE:
+            problems.append(
+                "pitr_drive_copy_enabled needs a google_drive destination: destination=google_drive, or one "
+                "of several destinations (destinations) of kind google_drive"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _check_destination_names(self) -> BackupSettings:

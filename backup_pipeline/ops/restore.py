@@ -90,6 +90,7 @@ from backup_pipeline.services.backup_parts import (
     mapping_key,
 )
 from backup_pipeline.services.backup_upload import destination_error_code
+from backup_pipeline.services.download_estimate import restore_download_note
 from backup_pipeline.services.errors import first_line
 
 TAG_PREFIX = "backup_pipeline/"
@@ -322,6 +323,9 @@ def start_restore(
         )
         svc.check_confirmation(options, resolved.backup_id)
         parts = svc.needed_parts(resolved, options)
+        download_note = restore_download_note(source.get_destination(), resolved, parts)
+        if download_note:  # Drive's ~1 TB/day download threshold: warned, never refused
+            context.log.warning(download_note)
         versions: dict[str, str] = {}
         would_refuse: list[str] = []  # dry run: the refusals a real run would make
         if options.restores_database:
@@ -376,6 +380,7 @@ def start_restore(
             "scope": options.scope.value,
             "parts": ", ".join(parts),
             "launched_by": launched_by,
+            **({"download_warning": download_note} if download_note else {}),
             **{f"version_{k}": v for k, v in versions.items()},
             **({"recovered_undo_journals": dg.MetadataValue.json(recovered)} if recovered else {}),
         }
