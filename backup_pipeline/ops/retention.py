@@ -26,7 +26,7 @@ from backup_pipeline.ops.data_lease import (
     release_run_data_lease,
     run_data_lease,
 )
-from backup_pipeline.ops.restore import TAG_RESTORE_OF
+from backup_pipeline.ops.restore_config import TAG_RESTORE_OF
 from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
