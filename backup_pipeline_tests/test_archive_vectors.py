@@ -58,3 +58,25 @@ def test_encoder_reproduces_every_vector_byte_for_byte() -> None:
         # The plaintext of the bucket vector is committed; re-encrypting it must give the same part.
         case["plaintext"] = (VECTORS / f"{name}.plain").read_bytes()
         assert generator.encrypt_case(case, keyring, recovery) == (VECTORS / f"{name}.bpa").read_bytes(), name
+
+
+def test_the_format_2_vectors_agree_with_the_bucket_vector() -> None:
+    """``inventory`` lists exactly the objects of ``bucket`` (key, size, SHA-256 of the body), in key
+    order, each in this set's ``bucket-photos``; ``manifest-v2`` is a valid format-2 manifest naming
+    that inventory part, with no per-object list of its own."""
+    from backup_pipeline.archive.inventory import read_inventory
+    from backup_pipeline.archive.manifest import MANIFEST_FORMAT_V2, Manifest
+    from backup_pipeline.archive.tar_parts import read_bucket_archive
+
+    records = list(read_inventory([(VECTORS / "inventory.plain").read_bytes()]))
+    assert [r.key for r in records] == sorted(r.key for r in records)
+    archived = {}
+    for entry in read_bucket_archive([(VECTORS / "bucket.plain").read_bytes()]):
+        archived[entry.key] = (entry.size, hashlib.sha256(entry.fileobj.read()).hexdigest())
+    assert {r.key: (r.size, r.sha256) for r in records} == archived
+    assert {(r.backup_id, r.part) for r in records} == {(INDEX[0]["backup_id"], "bucket-photos")}
+    manifest = Manifest.from_json((VECTORS / "manifest-v2.plain").read_bytes())
+    assert manifest.format == MANIFEST_FORMAT_V2 and manifest.inventory == []
+    summary = manifest.bucket("photos")
+    assert summary is not None and summary.inventory_part == "inventory-photos" and summary.mode == "full"
+    assert summary.total_objects == len(records) and summary.total_bytes == sum(r.size for r in records)

@@ -17,8 +17,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from backup_pipeline.archive.inventory import InventoryRecord, write_inventory
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
 from backup_pipeline.archive.manifest import (
+    MANIFEST_FORMAT_V2,
     BucketSummary,
     InventoryEntry,
     Manifest,
@@ -142,6 +144,113 @@ def vector_manifest() -> Manifest:
     )
 
 
+def inventory_plaintext() -> bytes:
+    """The inventory part (BACKUP-FORMAT.md §5.3) of the bucket vector's objects in a full set:
+    every line names this set's ``bucket-photos``; keys ascend by UTF-8 bytes."""
+    hello = {
+        "Cache-Control": "no-cache",
+        "Content-Disposition": "attachment; filename*=UTF-8''h%C3%A9llo.txt",
+        "Content-Language": "en",
+    }
+    records = [
+        InventoryRecord(
+            "dir/../odd key.bin",
+            600,
+            hashlib.sha256(pattern(600)).hexdigest(),
+            "",
+            None,
+            "application/octet-stream",
+            BACKUP_ID,
+            "bucket-photos",
+        ),
+        InventoryRecord(
+            "folder/",
+            0,
+            hashlib.sha256(b"").hexdigest(),
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "2026-01-01T00:00:01.250000+00:00",
+            "application/octet-stream",
+            BACKUP_ID,
+            "bucket-photos",
+        ),
+        InventoryRecord(
+            "hello.txt",
+            13,
+            hashlib.sha256(b"Hello, world\n").hexdigest(),
+            "e1",
+            "2026-01-01T00:00:00+00:00",
+            "text/plain",
+            BACKUP_ID,
+            "bucket-photos",
+            headers=hello,
+            metadata={"author": "vectors", "title": "Résumé"},
+            tags={"k": "v"},
+        ),
+    ]
+    return b"".join(write_inventory(records, level=6))
+
+
+def vector_manifest_v2() -> Manifest:
+    """The manifest a full set is written with since issue 18 (format 2, the bucket's objects in
+    its inventory part, ``mode`` full with incremental object backups off; BACKUP-FORMAT.md §6)."""
+    base = vector_manifest()
+    files = "vectors-20260101T000000Z-vectors-20260101T000000Z"
+    parts = [
+        *base.parts,
+        PartRecord(
+            "index-photos",
+            "index",
+            512,
+            "6" * 64,
+            400,
+            "7" * 64,
+            bucket="photos",
+            file_name=f"{files}/index-photos.bpa",
+        ),
+        PartRecord(
+            "inventory-photos",
+            "inventory",
+            640,
+            "8" * 64,
+            500,
+            "9" * 64,
+            bucket="photos",
+            file_name=f"{files}/inventory-photos.bpa",
+        ),
+    ]
+    counts = {"new": 3, "new_bytes": 613, "changed": 0, "changed_bytes": 0}
+    counts |= {"unchanged": 0, "unchanged_bytes": 0, "deleted": 0, "deleted_bytes": 0}
+    return Manifest(
+        backup_id=base.backup_id,
+        installation=base.installation,
+        started_at=base.started_at,
+        finished_at=base.finished_at,
+        versions=base.versions,
+        parts=parts,
+        buckets=[
+            BucketSummary(
+                "photos",
+                "bucket-photos",
+                3,
+                613,
+                inventory_part="inventory-photos",
+                mode="full",
+                mode_reason="incremental object backups off",
+                base_backup_id=None,
+                since_full=0,
+                total_objects=3,
+                total_bytes=613,
+                diff=counts,
+                referenced_parts=[],
+            )
+        ],
+        inventory=[],
+        anomalies=[],
+        format=MANIFEST_FORMAT_V2,
+        table_rows=base.table_rows,
+    )
+
+
 def vector_cases() -> list[dict[str, object]]:
     """(name, part name, chunk size log2, plaintext) of every vector; the test imports this too."""
     c = 1 << 16
@@ -154,6 +263,8 @@ def vector_cases() -> list[dict[str, object]]:
         {"name": "three-chunks", "part": "database", "log2": 16, "plaintext": pattern(3 * c)},
         {"name": "bucket", "part": "bucket-photos", "log2": 16, "plaintext": bucket_plaintext()},
         {"name": "manifest", "part": "manifest", "log2": 20, "plaintext": vector_manifest().to_bytes()},
+        {"name": "inventory", "part": "inventory-photos", "log2": 16, "plaintext": inventory_plaintext()},
+        {"name": "manifest-v2", "part": "manifest", "log2": 20, "plaintext": vector_manifest_v2().to_bytes()},
     ]
 
 
