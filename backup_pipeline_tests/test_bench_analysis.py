@@ -105,6 +105,7 @@ def test_the_chain_rows_and_section_replace_their_previous_version_in_the_doc() 
         ],
         "restores": [
             {
+                "role": "last",
                 "label": "set 3",
                 "number": 3,
                 "wall_s": [30.0, 34.0],
@@ -113,6 +114,7 @@ def test_the_chain_rows_and_section_replace_their_previous_version_in_the_doc() 
                 "first_differences": [],
             },
             {
+                "role": "full",
                 "label": "set 4 (full)",
                 "number": 4,
                 "wall_s": [30.0, 30.0],
@@ -156,3 +158,27 @@ def test_the_chain_rows_and_section_replace_their_previous_version_in_the_doc() 
     assert "old text" not in once and "## Archive\nkept" in once
     assert once.count("## Incremental chain (issue 18)") == 1
     assert "| 3 | incremental |" in once and "1.060" in once
+
+
+def test_an_interrupted_chain_run_still_reports_what_it_measured() -> None:
+    from backup_pipeline_tests.bench import incr_chain
+
+    data = {
+        "date": "2026-12-07 22:00 UTC",
+        "machine": "x86_64",
+        "load_before": [5.0, 4.0, 3.0],
+        "load_after": [6.0, 5.0, 4.0],
+        "runs": 2,
+        "length": 30,
+        "dataset": "test",
+        "policy": "BACKUP_PIPELINE_FULL_EVERY=7",
+        "sets": [
+            _chain_set(1, "full", 0, 1_000_000_000, 2),
+            _chain_set(2, "incremental", 10_000_000, 10_000_000, 4),
+        ],
+        "restores": [],
+        "incomplete": "KeyboardInterrupt: stopped",
+    }
+    assert [g.text.split(":")[0] for g in incr_chain.goals(data)] == ["1 % changed"]
+    text = "\n".join(incr_chain.section(data))
+    assert "**This run did not finish** (KeyboardInterrupt: stopped)" in text and "2 of 31 sets" in text
