@@ -479,7 +479,7 @@ def section(data: dict[str, Any] | None) -> list[str]:
     lines = [
         f"## {SECTION}",
         "",
-        f"Measured by `bash scripts/bench.sh --chain --runs {data['runs']}` (a sub-mode: ~15 min; the full run "
+        f"Measured by `bash scripts/bench.sh --chain --runs {data['runs']}` (a sub-mode: ~15 min on a quiet machine; the full run "
         f"regenerates this section and its Goals rows from `docs/bench/incr-chain.json`), {data['date']}, "
         f"{data['machine']}; load average (1/5/15 min) before {load_b}, after {load_a}"
         + (" (**shared machine: the wall times are noisy**)" if max(data["load_before"]) > 2 else "")
