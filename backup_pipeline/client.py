@@ -18,6 +18,8 @@ from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from requests.auth import HTTPBasicAuth
 
+from .change_counts import CHANGE_KEYS
+
 BACKUP_JOB = "backup_job"
 DELETE_JOB = "delete_backup_job"
 RESTORE_JOB = "restore_job"
@@ -26,18 +28,6 @@ BACKUP_ID_TAG = "backup_pipeline/backup_id"
 SAFETY_BACKUP_TAG = "backup_pipeline/safety_backup_id"
 RESTORE_OF_TAG = "backup_pipeline/restore_of"
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-#: What a set changed, from its ``backup_set`` metadata (``services/backup_finalize.CHANGE_KEYS``;
-#: not imported: the CLI would load the backup machinery).
-CHANGE_KEYS = (
-    "objects_new",
-    "objects_new_bytes",
-    "objects_changed",
-    "objects_changed_bytes",
-    "objects_deleted",
-    "objects_deleted_bytes",
-    "uploaded_bytes",
-    "shared_bytes",
-)
 
 
 class ClientError(Exception):

@@ -66,6 +66,13 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
         sensors.append(build_pitr_archive_sensor(settings))
         assets.append(pitr_ops.PITR_ARCHIVE_SPEC)
         checks += pitr_ops.build_pitr_checks(settings)
+        if settings.pitr_drive_copy_enabled:  # base backups + WAL bundles on Drive (opt-in)
+            from backup_pipeline.ops import pitr_drive
+
+            jobs.append(pitr_drive.build_pitr_drive_job(settings))
+            schedules.append(pitr_drive.build_pitr_drive_schedule(settings))
+            assets.append(pitr_drive.PITR_DRIVE_SPEC)
+            checks.append(pitr_drive.build_pitr_drive_check(settings))
     return dg.Definitions(
         jobs=jobs,
         schedules=schedules,

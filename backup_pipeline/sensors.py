@@ -54,6 +54,7 @@ ALERTED_JOBS = frozenset(
         MIGRATION_JOB_NAME,
         pitr_ops.PITR_BASE_BACKUP_JOB,
         pitr_ops.PITR_RESTORE_JOB,
+        "pitr_drive_copy_job",  # ops/pitr_drive.py PITR_DRIVE_COPY_JOB (loaded only when enabled)
         "copy_backup_job",  # ops/copy.py COPY_JOB_NAME (not imported: the module loads the copy job)
     }
 )

@@ -447,6 +447,23 @@ class BackupSettings(BaseSettings):
         ge=16,
         description="Alert when the server's pg_wal holds more than this (archive outage fills the disk).",
     )
+    pitr_drive_copy_enabled: bool = Field(
+        False,
+        description="PITR on Google Drive: pitr_drive_copy_job copies each new base backup and a bundle of the WAL archived since the last bundle (one Drive file per bundle) to the Drive destination, on pitr_drive_copy_cron. Needs pitr_enabled and a google_drive destination.",
+    )
+    pitr_drive_copy_cron: str = Field(
+        "*/30 * * * *",
+        description="Cron expression (in schedule_timezone) of pitr_drive_copy_job: how often a WAL bundle goes to Drive (Drive's RPO).",
+    )
+    pitr_drive_destination: str | None = Field(
+        None,
+        description="With several destinations: the name of the google_drive destination PITR copies go to; empty: the first google_drive destination (the primary when it is one).",
+    )
+    pitr_drive_lag_alert_seconds: int = Field(
+        7200,
+        ge=60,
+        description="Alert when Drive's newest restorable moment is this far behind the S3 repository's (newest archived WAL).",
+    )
 
     _named: list[named.NamedDestination] | None = PrivateAttr(default=None)
 
@@ -605,6 +622,34 @@ class BackupSettings(BaseSettings):
     def _check_copy_policy(cls, value: str) -> str:
         named.parse_copy_policy(value)
         return value.strip()
+
+    @model_validator(mode="after")
+    def _check_pitr_drive(self) -> BackupSettings:
+        if not self.pitr_drive_copy_enabled:
+            return self
+        problems = []
+        if not self.pitr_enabled:
+            problems.append(
+                "pitr_drive_copy_enabled needs pitr_enabled=true (the copy reads the PITR repository)"
+            )
+        if not _CRON.match(self.pitr_drive_copy_cron.strip()):
+            problems.append(
+                f"pitr_drive_copy_cron: must be a 5-field cron expression such as '*/30 * * * *', got "
+                f"{self.pitr_drive_copy_cron!r}"
+            )
+        if self.pitr_drive_destination and self.pitr_drive_destination not in self.destinations:
+            problems.append(
+                f"pitr_drive_destination: {self.pitr_drive_destination!r} is not one of destinations "
+                f"({', '.join(self.destinations) or 'none set'})"
+            )
+        if not self.destinations and self.destination is not DestinationKind.GOOGLE_DRIVE:
+            problems.append(
+                "pitr_drive_copy_enabled needs a google_drive destination: destination=google_drive, or one "
+                "of several destinations (destinations) of kind google_drive"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _check_destination_names(self) -> BackupSettings:

@@ -25,7 +25,6 @@ from click.testing import CliRunner
 from backup_pipeline import client as client_module
 from backup_pipeline.cli import main
 from backup_pipeline.ops import restore as restore_ops
-from backup_pipeline.services import backup_finalize
 from backup_pipeline_tests.fixtures.dagster import DagsterHome
 from backup_pipeline_tests.fixtures.ports import free_port, stop_process_groups, wait_until
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
@@ -146,4 +145,3 @@ def test_the_client_reads_the_tags_the_restore_job_writes() -> None:
     # client.py does not import the ops (the CLI would load Dagster's whole job machinery).
     assert client_module.SAFETY_BACKUP_TAG == restore_ops.TAG_SAFETY_BACKUP
     assert client_module.RESTORE_OF_TAG == restore_ops.TAG_RESTORE_OF
-    assert client_module.CHANGE_KEYS == backup_finalize.CHANGE_KEYS

@@ -3,6 +3,8 @@ asset and checks do. Settings errors name the field and the rule."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -71,3 +73,34 @@ def test_target_time_parsing(text: str, expected: str | None) -> None:
 def test_target_time_without_offset_or_garbage_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="target time"):
         parse_target(text)
+
+
+def test_pitr_on_drive_is_opt_in_and_loads_its_job_schedule_and_asset(tmp_path: Path) -> None:
+    drive_env = {
+        "BACKUP_PIPELINE_PITR_ENABLED": "true",
+        "BACKUP_PIPELINE_DESTINATION": "google_drive",
+        "BACKUP_PIPELINE_DRIVE_CREDENTIALS_FILE": str(tmp_path / "sa.json"),
+        "BACKUP_PIPELINE_DRIVE_SHARED_DRIVE_ID": "0Ashared",
+    }
+    assert load_settings(drive_env).pitr_drive_copy_enabled is False
+    assert not {n for n in _names(True) if "pitr_drive" in n}
+    defs = build_definitions(load_settings({**drive_env, "BACKUP_PIPELINE_PITR_DRIVE_COPY_ENABLED": "true"}))
+    dg.Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    assert "pitr_drive_copy_job" in repo.job_names
+    assert {s.name for s in repo.schedule_defs} >= {"pitr_drive_copy_schedule"}
+    assert dg.AssetKey("pitr_drive") in repo.asset_graph.get_all_asset_keys()
+
+
+def test_pitr_on_drive_settings_are_validated_once_with_clear_errors() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            {
+                "BACKUP_PIPELINE_PITR_DRIVE_COPY_ENABLED": "true",
+                "BACKUP_PIPELINE_PITR_DRIVE_COPY_CRON": "hourly",
+            }
+        )
+    text = str(info.value)
+    assert "pitr_drive_copy_enabled needs pitr_enabled=true" in text
+    assert "pitr_drive_copy_cron: must be a 5-field cron expression" in text
+    assert "needs a google_drive destination" in text

@@ -227,7 +227,7 @@ def show(url: str, headers: tuple[str, ...], user: str | None, as_json: bool, ba
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="BACKUP_ID") from None
 
-    from backup_pipeline.client import CHANGE_KEYS
+    from backup_pipeline.change_counts import CHANGE_KEYS
 
     def text() -> None:
         click.echo(f"backup {backup_id}: {detail['status']} (run {detail['run_id']})")

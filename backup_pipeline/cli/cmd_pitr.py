@@ -11,6 +11,7 @@ Exit codes: 0 fine, 1 the repository or the server failed or is unhealthy, 2 bad
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,10 @@ def status(as_json: bool) -> None:
         problems = [p.message for p in archive_problems(server, **limits(settings))]
     window = pitr.recoverable_window(info, segments, server)
     result = {**window.metadata(), **(server.metadata() if server else {}), "problems": problems}
+    if settings.pitr_drive_copy_enabled:  # what Drive alone restores, from its listing (no keys)
+        drive_meta, drive_problems = _drive_status(settings, window.latest)
+        result.update(drive_meta)
+        problems += drive_problems
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
@@ -115,10 +120,37 @@ def status(as_json: bool) -> None:
             click.echo(
                 f"  archive lag: {result['archive_lag_seconds']} s, pg_wal {result['pg_wal_bytes']} bytes"
             )
+        if "drive_latest_restorable" in result:
+            click.echo(
+                f"Drive restores from {result['drive_earliest_restorable']} to {result['drive_latest_restorable']} "
+                f"({result['drive_base_backups']} base backups, {result['drive_wal_bundles']} WAL bundles, "
+                f"lag {result['drive_lag_seconds']} s, gaps {result['drive_wal_gaps']})"
+            )
         for problem in problems:
             click.echo(f"  PROBLEM: {problem}")
     if problems or window.missing:
         raise SystemExit(1)
+
+
+def _drive_status(settings: BackupSettings, s3_latest: datetime | None) -> tuple[dict[str, Any], list[str]]:
+    from backup_pipeline.destinations.base import DestinationError
+    from backup_pipeline.ops.pitr_drive import drive_resource, lag_seconds, lag_verdict
+    from backup_pipeline.services import pitr_drive
+
+    try:
+        index = pitr_drive.read_index(
+            drive_resource(settings).get_destination(), settings.installation_id, settings.pitr_stanza
+        )
+    except DestinationError as exc:
+        return {}, [f"Google Drive not readable: {exc}"]
+    window = pitr_drive.drive_window(index)
+    lag = lag_seconds(s3_latest, window.latest)
+    meta: dict[str, Any] = {
+        **window.metadata(),
+        "drive_lag_seconds": -1 if lag is None or lag == float("inf") else round(lag, 1),
+    }
+    passed, text = lag_verdict({**meta, "drive_lag_seconds": lag}, settings.pitr_drive_lag_alert_seconds)
+    return meta, [] if passed else [text.removeprefix("NOT SAFE: ")]
 
 
 def register(group: click.Group) -> None:

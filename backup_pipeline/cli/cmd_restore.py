@@ -112,6 +112,14 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="PITR: a new data directory.")
 @click.option(
+    "--pitr-source",
+    type=click.Choice(["s3", "drive"]),
+    default="s3",
+    show_default=True,
+    help="PITR: restore from the S3 repository, or rebuild it from the base backups and WAL bundles on the "
+    "Google Drive destination (needs only Drive's credentials and the recovery key).",
+)
+@click.option(
     "--port", type=click.IntRange(1, 65535), default=None, help="PITR: port of the restored cluster."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -138,6 +146,7 @@ def restore_command(
     skip_safety_backup: bool,
     target_time: str | None,
     data_dir: Path | None,
+    pitr_source: str,
     port: int | None,
     as_json: bool,
 ) -> None:
@@ -154,6 +163,7 @@ def restore_command(
             port=port,
             database=target_database,
             as_json=as_json,
+            source=pitr_source,
         )
         return
     from backup_pipeline.resources.destination import DestinationResource

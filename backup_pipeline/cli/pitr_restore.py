@@ -1,5 +1,9 @@
 """``backup-pipeline restore --target-time``: point-in-time recovery from the PITR repository.
 
+``--pitr-source drive``: the S3 repository is gone; it is rebuilt from the base backups and WAL
+bundles on the Google Drive destination (``services/pitr_drive_restore.py``) with Drive's
+credentials and the recovery key alone.
+
 Not a command module (no ``cmd_`` prefix): ``cmd_restore.py`` calls :func:`restore_to_time` when
 ``--target-time`` is given. Needs the PITR settings, the repository's S3 keys
 (``BACKUP_PIPELINE_PITR_S3_*``) and the recovery key (or the org secret): the repository
@@ -11,12 +15,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from backup_pipeline.cli.destination_options import fail
 from backup_pipeline.services.restore import RestoreKeys
 from backup_pipeline.settings import BackupSettings
+
+if TYPE_CHECKING:
+    from backup_pipeline.services.pitr_restore import RestoreReport, RestoreRequest
 
 
 def restore_to_time(
@@ -28,6 +36,7 @@ def restore_to_time(
     port: int | None,
     database: str | None,
     as_json: bool,
+    source: str = "s3",
 ) -> None:
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import PitrEngineError
@@ -48,20 +57,35 @@ def restore_to_time(
     request = RestoreRequest(
         target=target, data_dir=data_dir, port=port, database=database or settings.app_database_name
     )
+    from backup_pipeline.archive.errors import ArchiveError
+    from backup_pipeline.destinations.base import DestinationError
+    from backup_pipeline.services.pitr_drive import PitrDriveError
+    from backup_pipeline.settings import SettingsError
+
     try:
-        report = pitr.restore_database_to_moment(
-            settings,
-            request,
-            keyring=keys.org_keyring,
-            recovery=keys.recovery_identity,
-            log=lambda message: click.echo(message, err=True),
-            field="--target-time",
-        )
-    except pitr.PitrSetupError as exc:
+        if source == "drive":
+            report = _restore_from_drive(settings, keys, request)
+        else:
+            report = pitr.restore_database_to_moment(
+                settings,
+                request,
+                keyring=keys.org_keyring,
+                recovery=keys.recovery_identity,
+                log=lambda message: click.echo(message, err=True),
+                field="--target-time",
+            )
+    except (pitr.PitrSetupError, SettingsError) as exc:
         fail(str(exc), 2)
     except PitrRestoreRefused as exc:
         fail(f"refused, nothing was changed: {exc}", 1)
-    except (PitrRestoreFailed, PitrEngineError, PitrKeyError) as exc:
+    except (
+        PitrRestoreFailed,
+        PitrEngineError,
+        PitrKeyError,
+        PitrDriveError,
+        DestinationError,
+        ArchiveError,
+    ) as exc:
         fail(str(exc), 1)
     result = report.as_dict()
     if as_json:
@@ -73,3 +97,26 @@ def restore_to_time(
     click.echo(f"  {result['tables']} tables, {result['rows']} rows readable in {result['database']}")
     click.echo(f"  running on port {result['port']}: {result['connect']}")
     click.echo(f"  stop it with: {result['stop']}")
+
+
+def _restore_from_drive(
+    settings: BackupSettings, keys: RestoreKeys, request: RestoreRequest
+) -> RestoreReport:
+    """The S3 repository is gone: rebuild it from Drive's base backup + WAL bundles, then restore."""
+    from backup_pipeline.ops.pitr_drive import drive_resource
+    from backup_pipeline.services import pitr
+    from backup_pipeline.services.pitr_drive_restore import restore_from_drive
+
+    report = restore_from_drive(
+        drive_resource(settings).get_destination(),
+        installation_id=settings.installation_id,
+        cfg=pitr.engine_config(settings),
+        request=request,
+        pg_bin=settings.pg_bin_dir,
+        keyring=keys.org_keyring,
+        recovery=keys.recovery_identity,
+        scratch_root=settings.pitr_config_dir.absolute() / "drive-restore",
+        log=lambda message: click.echo(message, err=True),
+    )
+    pitr.record_restore(settings, report, None)
+    return report

@@ -25,6 +25,7 @@ from ..archive.manifest import (
     PartRecord,
     ReferencedPart,
 )
+from ..change_counts import CHANGE_KEYS
 from ..destinations.base import Destination, DestinationError, LockedError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
@@ -254,19 +255,6 @@ def ledger_entry(
         "versions": _versions(data),
         "key_ids": data.key_ids,
     }
-
-
-#: The set's change counts in the ledger (``backup_set`` metadata), in this order.
-CHANGE_KEYS = (
-    "objects_new",
-    "objects_new_bytes",
-    "objects_changed",
-    "objects_changed_bytes",
-    "objects_deleted",
-    "objects_deleted_bytes",
-    "uploaded_bytes",
-    "shared_bytes",
-)
 
 
 def set_changes(buckets: list[dict[str, Any]], uploaded_bytes: int) -> dict[str, int]:

@@ -266,7 +266,7 @@ def restore_database_to_moment(
     report = restore_to_moment(
         ctx.engine, request, pg_bin=settings.pg_bin_dir, secrets_env=ctx.secrets_env(), log=log
     )
-    _audit(settings, report, actor)
+    record_restore(settings, report, actor)
     return report
 
 
@@ -280,7 +280,7 @@ def _latest_restorable(settings: BackupSettings, log: Callable[[str], None]) -> 
         return None
 
 
-def _audit(settings: BackupSettings, report: RestoreReport, actor: str | None) -> None:
+def record_restore(settings: BackupSettings, report: RestoreReport, actor: str | None) -> None:
     """The audit trail records PITR restores like the other restores; an unwritable state dir (a
     fresh disaster-recovery machine) must not fail a restore that already succeeded."""
     from backup_pipeline.audit import audit_log

@@ -47,11 +47,13 @@ class PitrSecrets:
     cipher_pass: str = field(repr=False)
 
     def env(self) -> dict[str, str]:
-        return {
+        values = {
             "PGBACKREST_REPO1_S3_KEY": self.s3_access_key,
             "PGBACKREST_REPO1_S3_KEY_SECRET": self.s3_secret_key,
             "PGBACKREST_REPO1_CIPHER_PASS": self.cipher_pass,
         }
+        # A posix repository (rebuilt from Drive) has no S3 keys: pgbackrest rejects S3 options there.
+        return {k: v for k, v in values.items() if v}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class EngineConfig:
     #: keeps fetching past the target after promotion and races the next restore's clean-up of
     #: the shared spool; see stop_wal_prefetch.
     archive_get_queue_max_mib: int = 128
+    #: A repository in a local folder instead of the S3 bucket: the one a Drive restore rebuilds
+    #: (services/pitr_drive_restore.py). None: the S3 repository of ``repo``.
+    posix_repo_path: Path | None = None
 
     @property
     def config_dir(self) -> Path:
@@ -125,13 +130,19 @@ def render_config(
         "# Written by backup-pipeline (docs/guides/DEPLOYMENT.md, PITR). "
         + ("Holds secrets: keep it 0600." if secrets else "No secrets: they come from the environment."),
         "[global]",
-        "repo1-type=s3",
-        f"repo1-s3-endpoint={cfg.repo.host}",
-        f"repo1-storage-port={cfg.repo.port}",
-        f"repo1-s3-bucket={cfg.repo.bucket}",
-        f"repo1-s3-region={cfg.repo.region}",
-        "repo1-s3-uri-style=path",
-        f"repo1-path={cfg.repo.path}",
+        *(
+            ["repo1-type=posix", f"repo1-path={cfg.posix_repo_path}"]
+            if cfg.posix_repo_path is not None
+            else [
+                "repo1-type=s3",
+                f"repo1-s3-endpoint={cfg.repo.host}",
+                f"repo1-storage-port={cfg.repo.port}",
+                f"repo1-s3-bucket={cfg.repo.bucket}",
+                f"repo1-s3-region={cfg.repo.region}",
+                "repo1-s3-uri-style=path",
+                f"repo1-path={cfg.repo.path}",
+            ]
+        ),
         f"repo1-cipher-type={CIPHER_TYPE}",
         f"repo1-retention-full={cfg.retention_full}",
         "start-fast=y",
@@ -142,7 +153,7 @@ def render_config(
         f"log-path={log_path or cfg.work_dir / 'log'}",
         "log-level-file=info",
     ]
-    if cfg.repo.ca_file is not None:
+    if cfg.repo.ca_file is not None and cfg.posix_repo_path is None:
         lines.append(f"repo1-storage-ca-file={cfg.repo.ca_file}")
     if secrets is not None:
         lines += [
@@ -192,6 +203,8 @@ class BaseBackup:
     size_bytes: int
     repo_bytes: int
     error: bool
+    #: labels of the older backups a diff/incr backup takes unchanged files from
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,7 @@ def parse_info(text: str, stanza: str) -> RepoInfo:
             size_bytes=int(b["info"]["size"]),
             repo_bytes=int(b["info"]["repository"]["size"]),
             error=bool(b.get("error", False)),
+            references=tuple(b.get("reference") or ()),
         )
         for b in entry.get("backup", [])
     )
@@ -398,13 +412,15 @@ class PgBackRest:
             time.sleep(0.1)
         return found
 
-    def restore(self, data_dir: Path, target: datetime | None) -> str:
+    def restore(self, data_dir: Path, target: datetime | None, backup_set: str | None = None) -> str:
         """Restore into ``data_dir`` (empty or absent; pgBackRest picks the base backup before ``target``).
 
         ``target`` None: replay to the end of the archive. Archiving is off in the copy, so it never
         pushes WAL into this stanza. Returns pgbackrest's info-level output (names the backup set).
         """
         options = [f"--pg1-path={data_dir}", "--archive-mode=off", "--log-level-console=info"]
+        if backup_set is not None:  # a rebuilt repository holds only this set's files (and its references)
+            options.append(f"--set={backup_set}")
         if target is None:
             options.append("--type=default")
         else:

@@ -85,6 +85,8 @@ class RestoreRequest:
     database: str  # the application database whose tables are checked
     superuser: str = "postgres"  # a superuser role of the restored cluster (its initdb -U)
     timeout_seconds: float = 3600.0
+    #: restore this base backup (pgBackRest ``--set``); None: pgBackRest picks the newest before the target
+    backup_set: str | None = None
 
 
 @dataclass
@@ -352,7 +354,7 @@ def restore_to_moment(
         os.chown(req.data_dir, *_ids(user))
     log(f"pgbackrest restore into {req.data_dir} (target {target_text})")
     try:
-        output = engine.restore(req.data_dir, req.target)
+        output = engine.restore(req.data_dir, req.target, req.backup_set)
     except PitrEngineError as exc:
         raise PitrRestoreFailed(str(exc)) from None
     found = BACKUP_SET_LINE.search(output)
