@@ -26,6 +26,8 @@ RESTORE_JOB = "restore_job"
 BACKUP_ID_TAG = "backup_pipeline/backup_id"
 # Tags of a restore run (ops/restore.py): the safety set it made, and the set it restored.
 SAFETY_BACKUP_TAG = "backup_pipeline/safety_backup_id"
+#: ``seeding`` on a backup run that wrote a seed checkpoint, not a set (``services/backup_seed.OUTCOME_TAG``).
+OUTCOME_TAG = "backup_pipeline/outcome"
 RESTORE_OF_TAG = "backup_pipeline/restore_of"
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
@@ -48,6 +50,11 @@ class RunSummary:
     changes: dict[str, int] | None = None
 
     @property
+    def outcome(self) -> str | None:
+        """``seeding``: the run succeeded but its set is not complete yet (a first full spread over days)."""
+        return self.tags.get(OUTCOME_TAG)
+
+    @property
     def safety_backup_id(self) -> str | None:
         """The safety set a restore run made of the database it replaced (None: it made none)."""
         return self.tags.get(SAFETY_BACKUP_TAG)
@@ -60,6 +67,7 @@ class RunSummary:
             "backup_id": self.backup_id,
             "start_time": self.start_time,
             "end_time": self.end_time,
+            **({"outcome": self.outcome} if self.outcome else {}),
             **({"changes": self.changes} if self.changes is not None else {}),
         }
 

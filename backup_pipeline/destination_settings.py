@@ -48,6 +48,7 @@ FIELDS: dict[str, str] = {
     "DRIVE_API_ROOT": "drive_api_root",
     "DRIVE_TOKEN_URI": "drive_token_uri",
     "DRIVE_DAILY_UPLOAD_CAP_BYTES": "drive_daily_upload_cap_bytes",
+    "DRIVE_DAILY_DOWNLOAD_THRESHOLD_BYTES": "drive_daily_download_threshold_bytes",
     "S3_ENDPOINT": "s3_destination_endpoint",
     "S3_BUCKET": "s3_destination_bucket",
     "S3_PREFIX": "s3_destination_prefix",

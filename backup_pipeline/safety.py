@@ -125,16 +125,34 @@ def _is_safety_backup(entry: ledger.LedgerEntry) -> bool:
     return entry.is_safety
 
 
+def seeding_in_progress(instance: dg.DagsterInstance, after: float = 0.0) -> str | None:
+    """The message of the newest seeding observation of backup_set logged after ``after`` (a first
+    full spread over days under Drive's upload cap: BACKUP-STRATEGY.md "Seeding across days")."""
+    records = instance.fetch_observations(ledger.BACKUP_SET_ASSET, limit=20).records
+    for record in records:
+        obs = record.event_log_entry.asset_observation
+        if obs is None or record.event_log_entry.timestamp <= after:
+            continue
+        meta = {k: getattr(v, "value", v) for k, v in obs.metadata.items()}
+        if meta.get("event") == "seeding":
+            return f"{meta.get('backup_id')}: {meta.get('message')}"
+    return None
+
+
 def freshness_verdict(
     instance: dg.DagsterInstance, max_age_hours: float, now: float | None = None
 ) -> Verdict:
     now = time.time() if now is None else now
     sets = [e for e in ledger.complete_sets(instance) if not _is_safety_backup(e)]
+    # A seed in progress is no backup (the verdict stays NOT SAFE) but says why none is new.
+    seeding = seeding_in_progress(instance, sets[0].created_at.timestamp() if sets else 0.0)
+    also = f" A backup is being seeded: {seeding}" if seeding else ""
     if not sets:
         return Verdict(
             False,
             dg.AssetCheckSeverity.ERROR,
-            "NOT SAFE: there is no complete backup yet. Launch backup_job (Jobs → backup_job → Launchpad).",
+            "NOT SAFE: there is no complete backup yet. Launch backup_job (Jobs → backup_job → Launchpad)."
+            + also,
             {"max_age_hours": max_age_hours},
         )
     newest = sets[0]
@@ -152,7 +170,8 @@ def freshness_verdict(
             False,
             dg.AssetCheckSeverity.ERROR,
             f"NOT SAFE: the newest complete backup ({newest.backup_id}) is {age_hours:.0f} h old, more than "
-            f"{max_age_hours:.0f} h. Check the backup_schedule is on and the last backup runs' errors.",
+            f"{max_age_hours:.0f} h. Check the backup_schedule is on and the last backup runs' errors."
+            + also,
             meta,
             state,
         )

@@ -28,6 +28,7 @@ from backup_pipeline.ops.step_errors import is_refused
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.postgres import PostgresResource, PostgresUnavailable
 from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
+from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG
 from backup_pipeline.services.data_lease import LeaseHolder
 from backup_pipeline.services.errors import first_line
 from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
@@ -175,6 +176,12 @@ def success_status(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     backup_id = run.tags.get(BACKUP_ID_TAG, "?")
     if run.job_name == VERIFY_JOB_NAME:
         return f"{run.job_name} ok: backup {backup_id} verified (run {run.run_id})"
+    if run.tags.get(OUTCOME_TAG) == OUTCOME_SEEDING:
+        # The host works and the seed progressed, but there is no new backup: never say "complete".
+        return (
+            f"{run.job_name} ok: backup {backup_id} seeding (Drive's daily upload cap spreads the first full over "
+            f"several runs): NOT complete yet (run {run.run_id})"
+        )
     size = ""
     for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
         mat = record.asset_materialization

@@ -191,6 +191,12 @@ class BackupSettings(BaseSettings):
     drive_daily_upload_cap_bytes: int = Field(
         750 * 10**9, ge=0, description="Google's per-user daily upload cap."
     )
+    drive_daily_download_threshold_bytes: int = Field(
+        10**12,
+        ge=0,
+        description="Downloads per day above which a Cloud project's Drive access is throttled or billed: "
+        "a restore reading more is warned about (never refused).",
+    )
     s3_destination_endpoint: str | None = Field(
         None,
         description="`s3` destination: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com or https://s3.eu-central-003.backblazeb2.com. Not the application's S3.",
@@ -295,6 +301,19 @@ class BackupSettings(BaseSettings):
         le=1.0,
         description="With incremental_objects: take a full when the share of bytes still used in the older parts "
         "a set references falls below this.",
+    )
+    seed_margin_share: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="With incremental_objects on Google Drive: a backup larger than what is left of the daily "
+        "upload cap seeds over several runs, keeping this share of the cap unused (framing, ledger lag).",
+    )
+    seed_abandon_days: int = Field(
+        14,
+        ge=1,
+        description="A seed (a first full spread over days) without progress for this many days is abandoned: "
+        "retention reports it and deletes its files.",
     )
     shard_max_objects: int = shard_settings.MAX_OBJECTS_FIELD
     shard_max_bytes: int = shard_settings.MAX_BYTES_FIELD

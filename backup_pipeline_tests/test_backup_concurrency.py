@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 
 from backup_pipeline.ops.backup import BACKUP_ID_TAG, build_backup_job
-from backup_pipeline.ops.restore import TAG_RESTORE_OF
+from backup_pipeline.ops.restore_config import TAG_RESTORE_OF
 from backup_pipeline.ops.retention import backup_ids_in_use, delete_backup_job, retention_job
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource

@@ -193,3 +193,30 @@ def test_retention_dry_run_prints_why_each_set_is_kept_and_deletes_nothing(
 
     code, out = run(["destination", "retention", "--keep-last", "0", "--keep-weekly", "0"], env, monkeypatch)
     assert code == 2 and "--keep-last: must be at least 1 when --keep-daily" in out
+
+
+def test_check_warns_when_restoring_the_newest_set_passes_the_daily_download_threshold(
+    drive: DriveFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drive's ~1 TB/day download threshold (here 1 MB): a warning with the figure, the verdict stays OK."""
+    from backup_pipeline.services.backup_parts import part_properties
+
+    dest = drive.destination()
+    backup_id = "20261207T000000Z-00000001"
+    dest.put("db", [b"d" * 1000], part_properties("test-install", backup_id, "database"))
+    dest.put("bucket", [b"b" * 700_000], part_properties("test-install", backup_id, "bucket-media"))
+    dest.put("manifest", [b"m" * 100], part_properties("test-install", backup_id, "manifest"))
+    env = dict(
+        drive.env(DriveAuthMode.SHARED_DRIVE),
+        BACKUP_PIPELINE_INSTALLATION_ID="test-install",
+        BACKUP_PIPELINE_DRIVE_DAILY_DOWNLOAD_THRESHOLD_BYTES="1000000",
+    )
+    code, out = run(["destination", "check"], env, monkeypatch)
+    assert code == 0, out
+    assert f"warning: newest backup {backup_id}: this restore downloads about 1.4 MB" in out
+    assert "throttles the project's Drive downloads or bills them. The restore goes ahead" in out
+
+    # Below the threshold: no warning.
+    env["BACKUP_PIPELINE_DRIVE_DAILY_DOWNLOAD_THRESHOLD_BYTES"] = "10000000"
+    code, out = run(["destination", "check"], env, monkeypatch)
+    assert code == 0 and "downloads about" not in out, out

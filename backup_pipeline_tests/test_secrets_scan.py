@@ -165,10 +165,10 @@ def test_no_secret_in_event_log_config_tags_compute_logs_server_logs_or_audit(
     stack = dagster_stack(env)
 
     backup_run = stack.submit_job("backup_job")
-    assert stack.wait_for_run(backup_run) is dg.DagsterRunStatus.SUCCESS, stack.log_tail("daemon")
+    assert stack.wait_for_run(backup_run) is dg.DagsterRunStatus.SUCCESS, stack.log_tail("code-server")
     restore_config = {"ops": {"start_restore": {"config": {"backup_id": "latest", "dry_run": True}}}}
     dry_run = stack.submit_job("restore_job", run_config=restore_config)
-    assert stack.wait_for_run(dry_run) is dg.DagsterRunStatus.SUCCESS, stack.log_tail("daemon")
+    assert stack.wait_for_run(dry_run) is dg.DagsterRunStatus.SUCCESS, stack.log_tail("code-server")
     refused_config = {"ops": {"start_restore": {"config": {"backup_id": "latest", "dry_run": False}}}}
     refused = stack.submit_job("restore_job", run_config=refused_config)
     assert stack.wait_for_run(refused) is dg.DagsterRunStatus.FAILURE  # no confirmation phrase

@@ -206,9 +206,12 @@ def history(
                     f"{run.run_id} ({run.status}) before restoring {restored}"
                 )
             else:
+                # A seeding run succeeded but made no backup yet: never shown as a plain SUCCESS.
+                status = "SEEDING" if run.outcome == "seeding" else run.status
                 click.echo(
-                    f"{_ts(run.start_time)}  {run.status:<10} {run.backup_id or '-':<26} run {run.run_id}"
+                    f"{_ts(run.start_time)}  {status:<10} {run.backup_id or '-':<26} run {run.run_id}"
                     + (f"  {_changes_text(run.changes)}" if run.changes else "")
+                    + ("  not restorable yet: the next run continues the seed" if status == "SEEDING" else "")
                 )
         if next_cursor:
             click.echo(f"more: --cursor {next_cursor}")
@@ -231,6 +234,11 @@ def show(url: str, headers: tuple[str, ...], user: str | None, as_json: bool, ba
 
     def text() -> None:
         click.echo(f"backup {backup_id}: {detail['status']} (run {detail['run_id']})")
+        if detail.get("outcome") == "seeding":
+            click.echo(
+                "  outcome: seeding — NOT a backup yet (Drive's daily upload cap spreads the first full over "
+                "several runs); the next run continues it. Progress: backup_set's latest observation in the UI"
+            )
         click.echo(f"  started {_ts(detail['start_time'])}, ended {_ts(detail['end_time'])}")
         ledger = detail["ledger"]
         if all(isinstance(ledger.get(k), int) for k in CHANGE_KEYS):

@@ -69,7 +69,16 @@ def _named(settings: Any, name: str | None) -> Any:
 def check_command(settings_file: str | None, destination_name: str | None, as_json: bool) -> None:
     """Write, read back and delete a small file; print a verdict and the fix."""
     settings = _settings(settings_file)
-    report = _named(settings, destination_name).get_destination().check()
+    resource = _named(settings, destination_name)
+    destination = resource.get_destination()
+    report = destination.check()
+    if report.ok:
+        from backup_pipeline.services.download_estimate import newest_set_download_note
+
+        # Drive's ~1 TB/day download threshold: what restoring the newest set would read (a warning).
+        note = newest_set_download_note(destination, resource.installation_id)
+        if note:
+            report.warnings.append(note)
     if as_json:
         click.echo(
             json.dumps(
@@ -240,6 +249,7 @@ def retention_command(
         incomplete_grace=timedelta(hours=settings.incomplete_grace_hours),
         now=datetime.now(UTC),
         periods=periods,
+        seed_abandon=timedelta(days=settings.seed_abandon_days),
     )
     if as_json:
         rows = [

@@ -199,6 +199,14 @@ class Capacity:
     #: Sizes in decimal units (GB): the destination's limits are quoted that way (Google Drive:
     #: 750 GB a day, storage plans in GB/TB); a disk's free space reads in binary units (GiB), as df -h.
     decimal_units: bool = False
+    #: The configured daily upload cap (Drive), for the seeding budget's safety margin.
+    daily_upload_cap: int | None = None
+    #: When the oldest upload counted against the cap leaves the 24-h window (epoch seconds), and
+    #: how many bytes it frees then: "continues after HH:MM UTC when the window frees X".
+    daily_window_frees: tuple[float, int] | None = None
+    #: Downloads per day above which the destination throttles or bills (Drive: about 1 TB per
+    #: Cloud project); a restore reading more is warned about, never refused.
+    daily_download_threshold: int | None = None
 
     def size(self, n: int) -> str:
         return decimal_bytes(n) if self.decimal_units else human_bytes(n)
@@ -339,13 +347,13 @@ def iterate_pages(
         token = page.next_token
 
 
-def ensure_room(destination: Destination, expected_bytes: int) -> None:
+def ensure_room(destination: Destination, expected_bytes: int, *, cap: Capacity | None = None) -> None:
     """Refuse up front an upload that cannot fit (free space, daily upload cap).
 
     Called by the backup before it starts, so a full drive or the 750 GB/day cap is found
-    at 0 %, not at 97 %.
+    at 0 %, not at 97 %. ``cap``: the capacity already read (not asked again).
     """
-    cap = destination.capacity()
+    cap = cap if cap is not None else destination.capacity()
     if cap is None:
         return
     if cap.free_bytes is not None and expected_bytes > cap.free_bytes:

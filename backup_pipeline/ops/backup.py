@@ -21,8 +21,9 @@ from backup_pipeline.destinations.base import (
     DestinationError,
     LockedError,
     StoredFile,
-    ensure_room,
+    decimal_bytes,
 )
+from backup_pipeline.ops.backup_seeding import report_seeding, upload_budget
 from backup_pipeline.ops.data_lease import (
     release_data_lease_on_failure,
     release_run_data_lease,
@@ -60,10 +61,12 @@ from backup_pipeline.services.backup_parts import (
     new_backup_id,
     shard_part_name,
 )
+from backup_pipeline.services.backup_seed import BucketBudget, day_budget, is_seeding
 from backup_pipeline.services.backup_upload import (
     Encryptor,
     destination_error_code,
     has_manifest,
+    has_seed_checkpoint,
     remove_incomplete_sets,
     remove_part,
     remove_set,
@@ -137,6 +140,13 @@ class BackupConfig(dg.Config):
     )
     shard_max_bytes: int = Field(
         default=DEFAULT_MAX_BYTES, ge=1, description="Likewise for a bucket with more bytes."
+    )
+    seed_margin_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="With incremental_objects on Google Drive: share of the daily upload cap left unused when a "
+        "backup larger than the day's allowance is spread over several runs (seeding).",
     )
 
 
@@ -357,7 +367,7 @@ def plan_backup(
         db_size = _database_size(app_db)
         estimate = db_size + sum(s.bytes for s in summaries)
         dest = destination.get_destination()
-        ensure_room(dest, estimate)
+        budget = upload_budget(context, config, dest, keys, db_size, summaries, estimate)
         writing = backup_ids_being_written(
             context.instance, except_run_id=context.run_id, job_name=context.job_name
         )
@@ -387,6 +397,14 @@ def plan_backup(
             "enabled": config.incremental_objects,
             "full_every": config.full_every,
             "min_live_share": config.incremental_min_live_share,
+            "budget_limited": budget is not None,
+        },
+        # Seeding (docs/architecture/BACKUP-STRATEGY.md "Seeding across days"): None = no limit.
+        "seed": None
+        if budget is None
+        else {
+            **budget.to_dict(),
+            "day": day_budget(budget.cap, config.seed_margin_share, db_size),
         },
     }
     context.log.info(
@@ -438,10 +456,14 @@ def plan_backup(
 def _referenced_parts(
     dest: Destination, keys: BackupKeysResource, grouped: dict[str, list[StoredFile]]
 ) -> Callable[[str], set[str]]:
-    """Parts that complete format-2 sets reference (``services/reachability.py``): never removed here."""
+    """Parts that complete format-2 sets and kept seeds reference (``services/reachability.py``): never
+    removed here."""
     try:
         refs = find_references(
-            dest, keys.keyring, grouped, [b for b, files in grouped.items() if has_manifest(files)]
+            dest,
+            keys.keyring,
+            grouped,
+            [b for b, files in grouped.items() if has_manifest(files) or has_seed_checkpoint(files)],
         )
     except ReferencesUnknown as exc:
         raise BackupError(
@@ -537,8 +559,16 @@ def export_bucket_op(
             min_interval=plan["progress_interval_seconds"],
         )
         policy = IncrementalPolicy(**plan.get("incremental", {}))
+        seed = plan.get("seed")
+        budget = (
+            BucketBudget(left=int(seed["per_bucket"].get(name, 0)), day=seed.get("day"))
+            if seed and shard is None
+            else None
+        )
         if policy.enabled and shard is None:
-            result = _export_with_inventory(context, plan, name, dest, encryptor, keys, s3, progress, policy)
+            result = _export_with_inventory(
+                context, plan, name, dest, encryptor, keys, s3, progress, policy, budget
+            )
         else:
             result = export_bucket(
                 s3.client(),
@@ -593,6 +623,7 @@ def _export_with_inventory(
     s3: S3Resource,
     progress: ProgressTracker,
     policy: IncrementalPolicy,
+    budget: BucketBudget | None = None,
 ) -> BucketExportResult:
     """Full or incremental (``services/backup_incremental.py``), said in the log with the reason."""
     keyring = keys.keyring()
@@ -613,8 +644,14 @@ def _export_with_inventory(
         progress=progress,
         read_ahead=ReadAhead(workers=s3.read_ahead),
         tag_reading=s3.tag_reading,
+        budget=budget,
     )
     inc = result.incremental or {}
+    if budget is not None and budget.deferred_objects:
+        context.log.warning(
+            f"bucket {bucket}: {budget.deferred_objects} object(s) ({decimal_bytes(budget.deferred_bytes)}) "
+            "deferred to the next run: the daily upload allowance is used up (seeding)"
+        )
     diff = inc.get("diff", {})
     context.log.info(
         f"bucket {bucket}: {inc.get('mode')}: {diff.get('new', 0)} new ({diff.get('new_bytes', 0)} bytes), "
@@ -634,6 +671,14 @@ def _incremental_metadata(incremental: dict | None) -> dict[str, Any]:
         "base_backup_id": incremental["base_backup_id"] or "none",
         **{f"objects_{k}": v for k, v in incremental["diff"].items()},
         "referenced_parts": len(incremental["referenced_parts"]),
+        **(
+            {
+                "deferred_objects": incremental["deferred_objects"],
+                "deferred_bytes": incremental["deferred_bytes"],
+            }
+            if "deferred_objects" in incremental
+            else {}
+        ),
     }
 
 
@@ -670,6 +715,8 @@ def finalize_backup_op(
     release_run_data_lease(context, app_db)
     entry["run_id"] = context.run_id
     entry["destination"] = dest.description
+    if is_seeding(buckets):
+        return report_seeding(context, dest, entry, buckets)
     context.log_event(
         dg.AssetMaterialization(
             asset_key=BACKUP_SET_ASSET, metadata=admin_view.backup_set_metadata(entry, dest)
@@ -742,6 +789,7 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
         incremental_min_live_share=settings.incremental_min_live_share,
         shard_max_objects=settings.shard_max_objects,
         shard_max_bytes=settings.shard_max_bytes,
+        seed_margin_share=settings.seed_margin_share,
     )
 
 

@@ -26,7 +26,7 @@ from backup_pipeline.ops.data_lease import (
     release_run_data_lease,
     run_data_lease,
 )
-from backup_pipeline.ops.restore import TAG_RESTORE_OF
+from backup_pipeline.ops.restore_config import TAG_RESTORE_OF
 from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.ops.verification import VERIFY_JOB_NAME
 from backup_pipeline.resources.destination import DestinationResource
@@ -212,7 +212,15 @@ def _run_retention(
         in_use=backup_ids_in_use(context.instance),
         verified=verified_backup_ids(context.instance),
         periods=periods,
+        seed_abandon=timedelta(days=policy.seed_abandon_days),
     )
+    for planned in plan.delete:
+        if planned.reason.startswith("abandoned seed"):
+            # Never silent (BACKUP-STRATEGY.md "Seeding across days"): the first full never completed.
+            context.log.warning(
+                f"backup {planned.backup_id}: {planned.reason}; its files are deleted. The next backup starts "
+                "a new seed from nothing: check the schedule runs and the Drive upload allowance."
+            )
     context.log.info(
         f"{len(sets)} sets on {destination.description}; keeping {len(plan.keep)}, "
         f"deleting {len(plan.delete)}"

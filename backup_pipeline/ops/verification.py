@@ -36,6 +36,7 @@ from backup_pipeline.resources.postgres import PgToolsError, PostgresResource
 from backup_pipeline.services import restore as rs
 from backup_pipeline.services import verification as svc
 from backup_pipeline.services.backup_parts import is_backup_id
+from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG
 from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 VERIFY_JOB_NAME = "verify_backup_job"
@@ -251,6 +252,8 @@ def build_verify_after_backup_sensor(
         backup_id = run.tags.get(ledger.BACKUP_ID_TAG)
         if not backup_id:
             return dg.SkipReason(f"run {run.run_id} has no backup id tag")
+        if run.tags.get(OUTCOME_TAG) == OUTCOME_SEEDING:
+            return dg.SkipReason(f"backup {backup_id} is seeding: no complete set to verify yet")
         why = verification_due(context.instance)
         if why is None:
             return dg.SkipReason(

@@ -67,6 +67,7 @@ class DestinationResource(ConfigurableResource):
     drive_api_root: str = "https://www.googleapis.com/"
     drive_token_uri: str | None = None
     drive_daily_upload_cap_bytes: int = 750 * 10**9
+    drive_daily_download_threshold_bytes: int = 10**12
     drive_chunk_size_mib: int = Field(
         default=8, description="Resumable upload chunk (MiB, 8-16 recommended)."
     )
@@ -143,6 +144,7 @@ class DestinationResource(ConfigurableResource):
             drive_api_root=settings.drive_api_root,
             drive_token_uri=settings.drive_token_uri,
             drive_daily_upload_cap_bytes=settings.drive_daily_upload_cap_bytes,
+            drive_daily_download_threshold_bytes=settings.drive_daily_download_threshold_bytes,
             retry_attempts=settings.destination_retry_attempts,
             retry_max_wait_seconds=settings.destination_retry_max_wait_seconds,
             s3_endpoint=settings.s3_destination_endpoint,
@@ -231,6 +233,7 @@ class DestinationResource(ConfigurableResource):
                     api_root=self.drive_api_root,
                     token_uri=self.drive_token_uri,
                     daily_upload_cap_bytes=self.drive_daily_upload_cap_bytes,
+                    daily_download_threshold_bytes=self.drive_daily_download_threshold_bytes,
                     state_dir=self.state_dir,
                     chunk_size=self.drive_chunk_size_mib * 1024 * 1024,
                 ),

@@ -21,6 +21,7 @@ class BackupPolicyResource(ConfigurableResource):
     retention_keep_yearly: int = 0
     schedule_timezone: str = "UTC"
     incomplete_grace_hours: int = 24
+    seed_abandon_days: int = 14
     min_manual_backup_interval_minutes: int = 10
     copy_policy: str = Field(default="", description="3-2-1 policy of the backup_3_2_1 check (copy_policy).")
     copy_policy_severity: str = Field(default="warn", description="warn or error.")
@@ -37,6 +38,7 @@ class BackupPolicyResource(ConfigurableResource):
             retention_keep_yearly=settings.retention_keep_yearly,
             schedule_timezone=settings.schedule_timezone,
             incomplete_grace_hours=settings.incomplete_grace_hours,
+            seed_abandon_days=settings.seed_abandon_days,
             min_manual_backup_interval_minutes=settings.min_manual_backup_interval_minutes,
             copy_policy=settings.copy_policy,
             copy_policy_severity=settings.copy_policy_severity,

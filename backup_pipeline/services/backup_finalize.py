@@ -29,6 +29,7 @@ from ..change_counts import CHANGE_KEYS
 from ..destinations.base import Destination, DestinationError, LockedError, NotFoundError
 from .backup_parts import (
     PART_MANIFEST,
+    PART_SEED,
     PROP_PART_NAME,
     SET_FORMAT_VERSION,
     SET_KIND_REGULAR,
@@ -302,7 +303,14 @@ def finalize_backup(
     encryptor: Encryptor,
     data: FinalizeInput,
 ) -> dict[str, Any]:
-    """Verify every part, drop strays, upload the manifest last; return the ledger entry."""
+    """Verify every part, drop strays, upload the manifest last; return the ledger entry.
+
+    A seeding run (objects deferred, ``services/backup_seed.py``) is closed the same way, but its
+    last file is the seed checkpoint (``PART_SEED``) instead of the manifest: not a backup, the base
+    the next run continues from.
+    """
+    from .backup_seed import is_seeding
+
     started = time.monotonic()
     parts = data_parts(data)
     verify_parts(destination, parts)
@@ -317,7 +325,7 @@ def finalize_backup(
         encryptor,
         installation_id=data.installation_id,
         backup_id=data.backup_id,
-        part_name=PART_MANIFEST,
+        part_name=PART_SEED if is_seeding(data.buckets) else PART_MANIFEST,
         plaintext=[manifest_bytes],
         set_kind=data.set_kind,
     )

@@ -17,6 +17,11 @@ When is a bucket backed up in full (``choose_mode``): no earlier set of the buck
 destination; its set is format 1; its manifest, inventory or a part it references cannot be
 read or verified (warning with the reason); every ``full_every``-th backup; or when the live
 share of the older parts the previous set references fell below ``min_live_share``.
+
+Seeding (``services/backup_seed.py``): the base may also be a seeding run's *seed checkpoint*
+(the newest set with a manifest or a checkpoint wins); a seed is always continued incrementally.
+With a ``BucketBudget`` a new or changed object is archived only while the budget holds it; the
+others are *deferred*: in neither the bucket part nor the inventory.
 """
 
 from __future__ import annotations
@@ -61,8 +66,16 @@ from .backup_buckets import (
     iter_listing,
 )
 from .backup_index import upload_bucket_part
-from .backup_parts import PART_MANIFEST, PROP_PART_NAME, BackupError, ErrorCode, bucket_part_name
-from .backup_upload import Encryptor, UploadedPart, has_manifest, list_sets, upload_part
+from .backup_parts import (
+    PART_MANIFEST,
+    PART_SEED,
+    PROP_PART_NAME,
+    BackupError,
+    ErrorCode,
+    bucket_part_name,
+)
+from .backup_seed import BucketBudget
+from .backup_upload import Encryptor, UploadedPart, has_manifest, has_seed_checkpoint, list_sets, upload_part
 from .bucket_versioning import bucket_versioning
 from .progress import ProgressTracker
 
@@ -78,6 +91,9 @@ class IncrementalPolicy:
     enabled: bool = False
     full_every: int = 7
     min_live_share: float = 0.5
+    #: The run uploads within a budget (Drive's daily cap): a full that the rules would take is
+    #: replaced by an incremental when a usable previous set exists (a full would re-seed).
+    budget_limited: bool = False
 
 
 @dataclass
@@ -88,6 +104,7 @@ class PreviousSet:
     manifest: Manifest
     summary: BucketSummary
     files: dict[str, StoredFile]  # part name -> file, of that set
+    seed: bool = False  # a seeding run's checkpoint, not a complete set
 
     def locations(self) -> dict[tuple[str, str], ReferencedPart]:
         """Every part the previous inventory can point at, described as a reference."""
@@ -131,13 +148,17 @@ class ModeChoice:
 
 
 def _read_previous_manifest(
-    destination: Destination, keyring: OrgKeyring, backup_id: str, stored: StoredFile
+    destination: Destination,
+    keyring: OrgKeyring,
+    backup_id: str,
+    stored: StoredFile,
+    part_name: str = PART_MANIFEST,
 ) -> Manifest:
     plaintext = b""
     for block in decrypt_stream(
         destination.get(stored.id),
         expected_backup_id=backup_id,
-        expected_part_name=PART_MANIFEST,
+        expected_part_name=part_name,
         org_keyring=keyring,
     ):
         plaintext += block
@@ -182,11 +203,15 @@ def choose_mode(
     sets = list_sets(destination, installation_id)
     previous: PreviousSet | None = None
     for other in sorted(sets, reverse=True):
-        if other == backup_id or other > backup_id or not has_manifest(sets[other]):
+        if other == backup_id or other > backup_id:
+            continue
+        seed = not has_manifest(sets[other])
+        if seed and not has_seed_checkpoint(sets[other]):
             continue
         files = {f.properties.get(PROP_PART_NAME, ""): f for f in sets[other]}
+        document = PART_SEED if seed else PART_MANIFEST
         try:
-            manifest = _read_previous_manifest(destination, keyring, other, files[PART_MANIFEST])
+            manifest = _read_previous_manifest(destination, keyring, other, files[document], document)
         except (ArchiveError, DestinationError) as exc:
             return ModeChoice(
                 True,
@@ -198,7 +223,7 @@ def choose_mode(
             continue  # that set left the bucket out: look further back
         if summary.inventory_part is None:
             return ModeChoice(True, f"the previous backup {other} has no inventory (format 1, or 3: sharded)")
-        previous = PreviousSet(other, manifest, summary, files)
+        previous = PreviousSet(other, manifest, summary, files, seed=seed)
         break
     if previous is None:
         return ModeChoice(True, "no earlier backup of the bucket on this destination")
@@ -207,19 +232,29 @@ def choose_mode(
         return ModeChoice(
             True, "previous inventory unusable", warning=f"backup {previous.backup_id}: {problem}"
         )
+    if previous.seed:
+        # The full rules would restart the seed from nothing: a seed is always continued.
+        return ModeChoice(False, f"continuing the seed checkpoint of {previous.backup_id}", previous)
     since = (previous.summary.since_full or 0) + 1
+    full_reason: str | None = None
     if since >= policy.full_every:
-        return ModeChoice(True, f"every {policy.full_every}th backup is a full one", previous)
+        full_reason = f"every {policy.full_every}th backup is a full one"
     refs = previous.summary.referenced_parts or []
     total = sum(r.object_bytes for r in refs)
     live = sum(r.live_bytes for r in refs)
-    if total and live / total < policy.min_live_share:
-        return ModeChoice(
-            True,
+    if full_reason is None and total and live / total < policy.min_live_share:
+        full_reason = (
             f"only {live / total:.0%} of the bytes in older parts are still used "
-            f"(below {policy.min_live_share:.0%})",
+            f"(below {policy.min_live_share:.0%})"
+        )
+    if full_reason is not None and policy.budget_limited:
+        return ModeChoice(
+            False,
+            f"incremental on {previous.backup_id}: a full ({full_reason}) does not fit today's upload allowance",
             previous,
         )
+    if full_reason is not None:
+        return ModeChoice(True, full_reason, previous)
     return ModeChoice(False, f"incremental on {previous.backup_id}", previous)
 
 
@@ -339,6 +374,7 @@ class _Merge:
     # Unchanged objects are carried over without a read; counting them keeps the step's progress
     # (whose totals are the whole bucket's) honest: it reaches 100 % when the bucket is covered.
     on_carried: Callable[[int], None] | None = None
+    budget: BucketBudget | None = None  # seeding: new/changed objects beyond it are deferred
 
     def emit(self, slot: _Slot) -> None:
         if not self.waiting and not self.held:
@@ -367,6 +403,8 @@ class _Merge:
                 if len(self.held) > MAX_HELD_LINES and self.waiting:
                     yield PAUSE
                 continue
+            if self.budget is not None and not self.budget.take(listed.key, listed.size):
+                continue  # deferred: neither archived nor in the inventory (a later run uploads it)
             slot = _Slot(listed.key, change)
             self.waiting[listed.key] = slot
             self.held.append(slot)
@@ -424,8 +462,11 @@ def export_bucket_incremental(
     progress: ProgressTracker | None = None,
     read_ahead: ReadAhead = ReadAhead(),
     tag_reading: TagReading = "when_counted",
+    budget: BucketBudget | None = None,
 ) -> BucketExportResult:
-    """The ``bucket-<name>`` part (new and changed objects) and the ``inventory-<name>`` part, verified."""
+    """The ``bucket-<name>`` part (new and changed objects) and the ``inventory-<name>`` part, verified.
+
+    With ``budget`` (seeding) new and changed objects beyond it are deferred (module docstring)."""
     from ..archive.inventory import write_inventory
 
     started = time.monotonic()
@@ -449,6 +490,7 @@ def export_bucket_incremental(
         backup_id,
         part_name,
         on_carried=(lambda n: progress.add(n, objects=1)) if progress is not None else None,
+        budget=budget,
     )
     previous = choice.previous if not choice.full else None
     old: Iterable[InventoryRecord] = (
@@ -510,11 +552,19 @@ def export_bucket_incremental(
         "mode": "full" if choice.full else "incremental",
         "mode_reason": choice.reason,
         "base_backup_id": previous.backup_id if previous is not None else None,
-        "since_full": ((previous.summary.since_full or 0) + 1) if previous is not None else 0,
+        # Seeding runs do not advance the chain: the set that completes the seed is its first.
+        "since_full": (
+            (previous.summary.since_full or 0) + (0 if previous.seed else 1) if previous is not None else 0
+        ),
         "total_objects": counts.unchanged + report.object_count,
         "total_bytes": counts.unchanged_bytes + report.plaintext_bytes,
         "diff": counts.to_dict(),
         "referenced_parts": referenced,
+        **(
+            {"deferred_objects": budget.deferred_objects, "deferred_bytes": budget.deferred_bytes}
+            if budget is not None
+            else {}
+        ),
     }
     return BucketExportResult(
         bucket=bucket,

@@ -36,6 +36,10 @@ TRIGGER_PRE_RESTORE = "pre-restore"
 
 PART_DATABASE = "database"
 PART_MANIFEST = "manifest"
+#: Written instead of the manifest by a seeding run (a first full larger than Drive's daily
+#: upload cap, docs/architecture/BACKUP-STRATEGY.md "Seeding across days"): a manifest document
+#: under another name, so nothing that looks for ``manifest`` takes the set for a backup.
+PART_SEED = "seed-checkpoint"
 BUCKET_PART_PREFIX = "bucket-"
 #: ``inventory-<bucket>``: every object of the bucket and where its body lives (format 2 sets).
 INVENTORY_PART_PREFIX = "inventory-"
@@ -55,6 +59,7 @@ KIND_BUCKET = "bucket"
 KIND_MANIFEST = "manifest"
 KIND_INVENTORY = "inventory"
 KIND_INDEX = "index"
+KIND_SEED = "seed"
 
 _BACKUP_ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _MAPPING_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -98,6 +103,8 @@ def part_kind(part_name: str) -> str:
         return KIND_DATABASE
     if part_name == PART_MANIFEST:
         return KIND_MANIFEST
+    if part_name == PART_SEED:
+        return KIND_SEED
     if part_name.startswith(BUCKET_PART_PREFIX):
         return KIND_BUCKET
     if part_name.startswith(INVENTORY_PART_PREFIX):

@@ -23,6 +23,7 @@ from ..destinations.base import (
 from .backup_parts import (
     APP_NAME,
     PART_MANIFEST,
+    PART_SEED,
     PROP_APP,
     PROP_BACKUP_ID,
     PROP_INSTALLATION,
@@ -161,6 +162,11 @@ def has_manifest(files: Iterable[StoredFile]) -> bool:
     return any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files)
 
 
+def has_seed_checkpoint(files: Iterable[StoredFile]) -> bool:
+    """A seeding run's set (``PART_SEED``): not a backup, but the base the next run continues from."""
+    return any(f.properties.get(PROP_PART_NAME) == PART_SEED for f in files)
+
+
 def remove_set(destination: Destination, installation_id: str, backup_id: str) -> int:
     """Delete every file of one set, the manifest FIRST so a half-deleted set is never 'complete'."""
     files = list(destination.list(set_properties(installation_id, backup_id)))
@@ -193,7 +199,9 @@ def remove_incomplete_sets(
     grouped = list_sets(destination, installation_id)
     parts_needed: Callable[[str], set[str]] | None = None
     for backup_id, files in sorted(grouped.items()):
-        if backup_id in keep_ids or has_manifest(files):
+        # A seed checkpoint is kept too: the next run continues from it (retention alone
+        # removes an abandoned seed, deliberately and reported).
+        if backup_id in keep_ids or has_manifest(files) or has_seed_checkpoint(files):
             continue
         if referenced is not None and parts_needed is None:
             parts_needed = referenced(grouped)  # read once, only when there is something to remove

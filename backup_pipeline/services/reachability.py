@@ -22,7 +22,7 @@ from ..archive.keys import OrgKeyring
 from ..archive.manifest import Manifest
 from ..archive.stream_crypto import decrypt_stream
 from ..destinations.base import Destination, DestinationError, StoredFile
-from .backup_parts import KIND_INVENTORY, PART_MANIFEST, PROP_PART_KIND, PROP_PART_NAME
+from .backup_parts import KIND_INVENTORY, PART_MANIFEST, PART_SEED, PROP_PART_KIND, PROP_PART_NAME
 
 MANIFEST_LIMIT_BYTES = 512 * 1024 * 1024
 
@@ -43,20 +43,25 @@ class References:
 
 
 def may_reference(files: Iterable[StoredFile]) -> bool:
-    """A complete set with an inventory part (format 2): its manifest may reference older parts."""
+    """A complete set with an inventory part (format 2), or a seeding run's set (its seed checkpoint
+    is a manifest under another name): it may reference older parts."""
     kinds = [f.properties.get(PROP_PART_KIND) for f in files]
     names = [f.properties.get(PROP_PART_NAME) for f in files]
-    return KIND_INVENTORY in kinds and PART_MANIFEST in names
+    return KIND_INVENTORY in kinds and (PART_MANIFEST in names or PART_SEED in names)
 
 
 def read_manifest(
-    destination: Destination, keyring: OrgKeyring, backup_id: str, stored: StoredFile
+    destination: Destination,
+    keyring: OrgKeyring,
+    backup_id: str,
+    stored: StoredFile,
+    part_name: str = PART_MANIFEST,
 ) -> Manifest:
     plaintext = bytearray()
     for block in decrypt_stream(
         destination.get(stored.id),
         expected_backup_id=backup_id,
-        expected_part_name=PART_MANIFEST,
+        expected_part_name=part_name,
         org_keyring=keyring,
     ):
         plaintext += block
@@ -78,10 +83,12 @@ def find_references(
         files = grouped.get(backup_id, [])
         if not may_reference(files):
             continue
-        manifest_file = next(f for f in files if f.properties.get(PROP_PART_NAME) == PART_MANIFEST)
+        # The manifest of a complete set; else the seed checkpoint of a seed still kept.
+        names = {f.properties.get(PROP_PART_NAME): f for f in files}
+        part_name = PART_MANIFEST if PART_MANIFEST in names else PART_SEED
         try:
             ring = ring or keyring()
-            manifest = read_manifest(destination, ring, backup_id, manifest_file)
+            manifest = read_manifest(destination, ring, backup_id, names[part_name], part_name)
         except (ArchiveError, DestinationError, OSError, ValueError) as exc:
             raise ReferencesUnknown(
                 f"the manifest of backup {backup_id} cannot be read ({type(exc).__name__}: {exc}), so the parts of "

@@ -53,6 +53,12 @@ Rules (MUST); ``plan.decisions`` names, for every set, the rules that keep it or
    verified set is preferred, and a period without one keeps its newest complete set. A set is
    kept when any rule keeps it. In rules 7 and 8, N is ``max(keep_last, 1)`` when ``keep_last``
    is 0.
+11. Seeds (a first full spread over days under Drive's upload cap, BACKUP-STRATEGY.md "Seeding
+   across days"): a set with a seed checkpoint and no manifest, newer than every complete set, is
+   kept while the newest such set is younger than ``seed_abandon`` (the parts its checkpoint
+   references are kept by reachability); once it is older the whole seed is *abandoned* and
+   deleted with ``REASON_SEED_ABANDONED`` (the op logs it as a warning). A seed older than a
+   complete set is superseded (rule 4).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from backup_pipeline.destinations.base import Destination, DestinationError, Loc
 from backup_pipeline.services.backup_parts import (
     APP_NAME,
     PART_MANIFEST,
+    PART_SEED,
     PROP_APP,
     PROP_BACKUP_ID,
     PROP_INSTALLATION,
@@ -103,6 +110,9 @@ REASON_SUPERSEDED = "incomplete (no manifest) and older than a complete set"
 REASON_SAFETY = "safety set older than the newest {keep} complete regular sets"
 REASON_NO_RULE = "kept by no rule: {rules}"
 REASON_MANUAL = "deleted by request"
+REASON_SEED_ABANDONED = "abandoned seed: no progress for {days} days (the first full never completed)"
+SEED_IN_PROGRESS = "seed in progress: the next backup continues it"
+DEFAULT_SEED_ABANDON = timedelta(days=14)
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ class BackupSetInfo:
     kind: str = SET_KIND_REGULAR
     #: The latest retention date of its files (S3 object lock); None: the destination keeps none.
     locked_until: datetime | None = None
+    #: A seeding run's set: a seed checkpoint and no manifest (rule 11).
+    seeding: bool = False
 
     @property
     def is_safety(self) -> bool:
@@ -200,6 +212,8 @@ def discover_sets(destination: Destination, installation_id: str) -> list[Backup
             size_bytes=sum(f.size for f in files),
             kind=set_kind_of(f.properties for f in files),
             locked_until=max((f.locked_until for f in files if f.locked_until is not None), default=None),
+            seeding=not any(f.properties.get(PROP_PART_NAME) == PART_MANIFEST for f in files)
+            and any(f.properties.get(PROP_PART_NAME) == PART_SEED for f in files),
         )
         for backup_id, files in grouped.items()
     ]
@@ -215,8 +229,9 @@ def plan_retention(
     in_use: set[str] | frozenset[str] = frozenset(),
     verified: set[str] | frozenset[str] | None = None,
     periods: PeriodRules = NO_PERIODS,
+    seed_abandon: timedelta = DEFAULT_SEED_ABANDON,
 ) -> RetentionPlan:
-    """Decide every set's fate (rules 1-10); ``plan.decisions`` says, per set, which rules keep it.
+    """Decide every set's fate (rules 1-11); ``plan.decisions`` says, per set, which rules keep it.
 
     A pure function of its arguments: the sets found, the rules (``keep_last`` and the period
     counts with their time zone), ``now`` and what verification and running restores report.
@@ -250,6 +265,9 @@ def plan_retention(
     safety_keep = max(keep_last, 1)  # rule 8: about as long as the regular set it sits between
     regular_seen = 0  # complete regular sets newer than the current one
     any_complete = False
+    # Rule 11: the newest seed set decides for the whole seed (progress is its age).
+    newest_seed = next((s for s in ordered if s.seeding), None)
+    seed_alive = newest_seed is not None and now - newest_seed.created <= seed_abandon
     for info in ordered:
         any_complete = any_complete or info.complete
         if info.complete and info.is_safety:  # rule 8
@@ -258,6 +276,9 @@ def plan_retention(
         elif info.complete:
             regular_seen += 1
             decide(info, reasons.get(info.backup_id, []), beyond)
+        elif info.seeding and not any_complete:
+            days = int(seed_abandon.total_seconds() // 86400)
+            decide(info, [SEED_IN_PROGRESS] if seed_alive else [], REASON_SEED_ABANDONED.format(days=days))
         elif any_complete:
             # Backups run one at a time, so an incomplete set older than a complete one
             # is dead (failed, or a deletion interrupted half-way), whatever its age.

@@ -18,7 +18,7 @@ import dagster as dg
 from dagster._core.scheduler.instigation import InstigatorType
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryKeyStore, generate_org_secret_file
-from backup_pipeline_tests.fixtures.dagster import DagsterStack, make_dagster_home
+from backup_pipeline_tests.fixtures.dagster import SAFETY_NET_SENSORS, DagsterStack, make_dagster_home
 from backup_pipeline_tests.fixtures.ports import free_port
 from backup_pipeline_tests.fixtures.postgres import drop_database
 
@@ -64,12 +64,17 @@ def product_env(
 
 
 @contextmanager
-def module_stack(root: Path, env: dict[str, str], artifacts_dir: Path, label: str) -> Iterator[DagsterStack]:
-    """A Dagster home on a fresh dagster-postgres database and one running webserver + daemon."""
+def module_stack(
+    root: Path, env: dict[str, str], artifacts_dir: Path, label: str, sensors_off: tuple[str, ...] = ()
+) -> Iterator[DagsterStack]:
+    """A Dagster home on a fresh dagster-postgres database and one running webserver + daemon;
+    ``sensors_off`` are switched off (over GraphQL) before the daemon starts, besides the safety nets."""
     home = make_dagster_home(root / "dagster_home")
     log_dir = root / "dagster_logs"
     log_dir.mkdir(exist_ok=True)
-    stack = DagsterStack(home=home, port=free_port(), log_dir=log_dir, env=env)
+    stack = DagsterStack(
+        home=home, port=free_port(), log_dir=log_dir, env=env, sensors_off=(*SAFETY_NET_SENSORS, *sensors_off)
+    )
     try:
         stack.start()
         yield stack
@@ -88,7 +93,8 @@ def wait_for(
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}\n{stack.log_tail('daemon', 60)}"
+                f"timed out after {timeout:.0f}s waiting for {what}\n--- daemon ---\n{stack.log_tail('daemon', 60)}"
+                f"\n--- code server (run workers) ---\n{stack.log_tail('code-server', 30)}"
             )
         for name, proc in stack.processes.items():
             if proc.poll() is not None:
@@ -113,34 +119,6 @@ def wait_for_first_ticks(stack: DagsterStack, *sensors: str, timeout: float = 30
         wait_for(
             partial(sensor_ticked, stack, sensor), timeout=timeout, what=f"{sensor}'s first tick", stack=stack
         )
-
-
-SENSOR_IDS = """
-query ($name: String!) {
-  sensorOrError(sensorSelector: {repositoryLocationName: "backup_pipeline", repositoryName: "__repository__",
-                                 sensorName: $name}) {
-    ... on Sensor { jobOriginId sensorState { selectorId status } }
-  }
-}
-"""
-STOP_SENSOR = """
-mutation ($origin: String!, $selector: String!) {
-  stopSensor(jobOriginId: $origin, jobSelectorId: $selector) {
-    __typename
-    ... on StopSensorMutationResult { instigationState { status } }
-  }
-}
-"""
-
-
-def stop_sensor(stack: DagsterStack, name: str) -> None:
-    """Switch a sensor off as an operator does in the UI (Automation → toggle); the state persists."""
-    sensor = stack.graphql(SENSOR_IDS, {"name": name})["sensorOrError"]
-    result = stack.graphql(
-        STOP_SENSOR, {"origin": sensor["jobOriginId"], "selector": sensor["sensorState"]["selectorId"]}
-    )["stopSensor"]
-    assert result["__typename"] == "StopSensorMutationResult", result
-    assert result["instigationState"]["status"] == "STOPPED", result
 
 
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)

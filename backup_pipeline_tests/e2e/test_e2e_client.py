@@ -189,7 +189,7 @@ def test_health_job_runs_through_webserver_and_daemon(live: Live) -> None:
 
     run_id = stack.submit_job("storage_health_job")
     status = stack.wait_for_run(run_id)
-    assert status is DagsterRunStatus.SUCCESS, stack.log_tail("daemon")
+    assert status is DagsterRunStatus.SUCCESS, stack.log_tail("code-server")
 
     with stack.home.instance() as instance:
         outputs = {

@@ -56,7 +56,6 @@ from .e2e_support import (
     product_files,
     queue_is_idle,
     runs_of,
-    stop_sensor,
     wait_for,
     wait_for_first_ticks,
 )
@@ -174,12 +173,14 @@ def scenario(
         alert_webhook_secret_file=str(root / "webhook.key"),
     )
     try:
-        with module_stack(root, env, artifacts_dir, "e2e-schedules") as stack:
+        # verify_after_backup is off in this scenario (switched off over GraphQL before the daemon
+        # starts): retention keeps the newest *verified* set until a newer one is verified, so the
+        # first backup, verified right after it finished, would outlive the keep-3 rule this
+        # scenario checks (covered in test_e2e_ui_local_destination.py).
+        with module_stack(
+            root, env, artifacts_dir, "e2e-schedules", sensors_off=(VERIFY_AFTER_BACKUP_SENSOR,)
+        ) as stack:
             instance = stack.home.instance()
-            # Off in this scenario: retention keeps the newest *verified* set until a newer one is
-            # verified, so the first backup, verified right after it finished, would outlive the
-            # keep-3 rule this scenario checks (covered in test_e2e_ui_local_destination.py).
-            stop_sensor(stack, VERIFY_AFTER_BACKUP_SENSOR)
             # The daemon fires only the ticks after it first saw the schedule. On a loaded machine
             # the servers can come up after the chosen minute: then the operator's reload (restart
             # with a later time). The schedule's state now predates that tick, so it fires even if

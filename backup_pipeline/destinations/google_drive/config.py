@@ -14,6 +14,8 @@ DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 FILE_FIELDS = "id,name,size,md5Checksum,sha256Checksum,appProperties,createdTime,mimeType,trashed"
 LIST_FIELDS = f"nextPageToken,files({FILE_FIELDS})"
 DAILY_CAP_BYTES = 750 * 10**9  # Google Drive: 750 GB of uploads per user per day
+#: A Cloud project's Drive downloads above about 1 TB a day are throttled or billed.
+DAILY_DOWNLOAD_THRESHOLD_BYTES = 10**12
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class DriveConfig:
     api_root: str = "https://www.googleapis.com/"
     token_uri: str | None = None
     daily_upload_cap_bytes: int = DAILY_CAP_BYTES
+    daily_download_threshold_bytes: int = DAILY_DOWNLOAD_THRESHOLD_BYTES
     state_dir: str = ".backup_pipeline_state"
     chunk_size: int = DEFAULT_CHUNK_SIZE
     timeout: float = 120.0

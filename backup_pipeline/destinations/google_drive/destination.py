@@ -220,13 +220,21 @@ class GoogleDriveDestination:
 
     def capacity(self) -> Capacity | None:
         self._sweep_once()
-        daily = max(0, self.cfg.daily_upload_cap_bytes - self.ledger().uploaded_last_24h())
-        if self.cfg.shared:
-            # A shared drive draws on the organisation's pooled storage, which the API does not report.
-            return Capacity(free_bytes=None, daily_upload_remaining=daily, decimal_units=True)
-        limit, usage = self.storage_quota()
-        free = None if limit is None else max(0, limit - usage)
-        return Capacity(free_bytes=free, daily_upload_remaining=daily, decimal_units=True)
+        ledger = self.ledger()
+        daily = max(0, self.cfg.daily_upload_cap_bytes - ledger.uploaded_last_24h())
+        # A shared drive draws on the organisation's pooled storage, which the API does not report.
+        free: int | None = None
+        if not self.cfg.shared:
+            limit, usage = self.storage_quota()
+            free = None if limit is None else max(0, limit - usage)
+        return Capacity(
+            free_bytes=free,
+            daily_upload_remaining=daily,
+            decimal_units=True,
+            daily_upload_cap=self.cfg.daily_upload_cap_bytes,
+            daily_window_frees=ledger.oldest(),
+            daily_download_threshold=self.cfg.daily_download_threshold_bytes,
+        )
 
     # --- contract: download ----------------------------------------------------------------
 

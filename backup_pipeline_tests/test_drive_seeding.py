@@ -1,0 +1,517 @@
+"""Seeding across days (issue 18, "Drive limits planned for") on the project's Drive v3 test server.
+
+A store larger than what is left of Drive's daily upload cap (here a tiny configured cap) is
+backed up over several runs: each uploads what fits and ends as *seeding* (a successful run, no
+backup_set materialization, an observation saying how far it got), the next continues from the
+seed checkpoint, and the run that uploads the rest writes the manifest of a complete set that
+restores byte for byte. docs/architecture/BACKUP-STRATEGY.md, "Seeding across days".
+
+Time passing is simulated by ageing the upload ledger's entries by a day (what the 24-hour
+window does on its own in production); nothing else is stubbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from backup_pipeline.destinations.base import Capacity, DailyCapError, decimal_bytes
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.ops.retention import retention_job
+from backup_pipeline.ops.verification import build_verify_after_backup_sensor
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.policy import BackupPolicyResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.safety import freshness_verdict
+from backup_pipeline.sensors import success_status
+from backup_pipeline.services.backup_parts import PART_MANIFEST, PART_SEED, BackupError, backup_id_time
+from backup_pipeline.services.backup_seed import (
+    OUTCOME_SEEDING,
+    OUTCOME_TAG,
+    SEEDING_EVENT,
+    BucketBudget,
+    plan_budget,
+)
+from backup_pipeline.services.backup_upload import has_manifest, has_seed_checkpoint, list_sets
+from backup_pipeline.services.download_estimate import newest_set_download_note
+from backup_pipeline.services.retention import (
+    REASON_SEED_ABANDONED,
+    REASON_SUPERSEDED,
+    SEED_IN_PROGRESS,
+    BackupSetInfo,
+    plan_retention,
+)
+from backup_pipeline_tests.backup_helpers import drive_destination, expected_failures
+from backup_pipeline_tests.fixtures.drive import DriveFixture
+from backup_pipeline_tests.fixtures.postgres import PgDatabase
+from backup_pipeline_tests.fixtures.s3 import S3Server
+from backup_pipeline_tests.restore_support import (
+    INSTALLATION,
+    Installation,
+    confirm,
+    s3_snapshot,
+    step_metadata,
+    wipe_database,
+)
+
+BUCKET = "seed-media"
+OBJECT_SIZE = 300_000
+PER_RUN = 2
+OBJECTS = 3 * PER_RUN
+#: Two objects (with their framing) fit each run's budget, so six take three runs; the slack
+#: absorbs the database's on-disk size moving a little (it is the plan's estimate of the dump).
+RUN_OBJECT_BUDGET = PER_RUN * (OBJECT_SIZE + 4096) + 150_000
+MARGIN = 0.01
+
+
+@pytest.fixture()
+def installation(pg_database: PgDatabase, s3: S3Server, tmp_path: Path) -> Installation:
+    wipe_database(pg_database)
+    with pg_database.connect() as conn:
+        conn.execute("CREATE TABLE notes (id int primary key, body text)")
+        conn.execute("INSERT INTO notes VALUES (1, 'one'), (2, 'two')")
+        conn.commit()
+    return Installation(pg_database, s3, tmp_path)
+
+
+def database_size(inst: Installation) -> int:
+    with inst.db.connect() as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def capped_destination(
+    drive: DriveFixture, tmp_path: Path, inst: Installation
+) -> tuple[DestinationResource, int]:
+    """A Drive destination whose daily cap holds the database estimate plus about five objects."""
+    cap = int((database_size(inst) + RUN_OBJECT_BUDGET) / (1 - MARGIN)) + 1
+    dest = drive_destination(
+        drive,
+        tmp_path,
+        installation_id=INSTALLATION,
+        drive_daily_upload_cap_bytes=cap,
+        drive_daily_download_threshold_bytes=1_000_000,
+    )
+    return dest, cap
+
+
+def destination_fields(dest: DestinationResource) -> dict[str, Any]:
+    """The resource's settings, to build the same destination in another process."""
+    return {k: v for k, v in dest.model_dump().items() if v is not None}
+
+
+def fill_bucket(inst: Installation) -> None:
+    client = inst.s3.client()
+    client.make_bucket(BUCKET)
+    import io
+
+    for n in range(OBJECTS):
+        data = os.urandom(OBJECT_SIZE)  # incompressible: the part is as large as the objects
+        client.put_object(BUCKET, f"media/{n:03d}.bin", io.BytesIO(data), len(data))
+
+
+def backup_run(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, **config: Any
+) -> dg.ExecuteInProcessResult:
+    job = build_backup_job(executor_def=dg.in_process_executor)
+    return job.execute_in_process(
+        instance=instance,
+        resources=inst.resources(dest),
+        run_config={"ops": {"plan_backup": {"config": _config(**config)}}},
+        raise_on_error=False,
+    )
+
+
+def _config(**config: Any) -> dict[str, Any]:
+    return {
+        "installation_id": INSTALLATION,
+        "exclude_table_patterns": [],
+        "incremental_objects": True,
+        "seed_margin_share": MARGIN,
+        **config,
+    }
+
+
+def success_context(sensor: Any, instance: dg.DagsterInstance, run_id: str) -> Any:
+    run = instance.get_run_by_id(run_id)
+    [event] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)
+    assert run is not None and event.dagster_event is not None
+    return dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_instance=instance, dagster_run=run, dagster_event=event.dagster_event
+    )
+
+
+def a_day_passes(dest: DestinationResource) -> None:
+    """Age every upload the ledger counted by a day: the 24-hour window frees them, as it would."""
+    path = Path(dest.state_dir) / "drive-upload-ledger.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    aged = {k: [[ts - 24 * 3600 - 120, size] for ts, size in v] for k, v in data.items()}
+    path.write_text(json.dumps(aged), encoding="utf-8")
+
+
+def seeding_observations(instance: dg.DagsterInstance) -> list[dict[str, Any]]:
+    records = instance.fetch_observations(dg.AssetKey("backup_set"), limit=50).records
+    out = []
+    for record in records:
+        obs = record.event_log_entry.asset_observation
+        assert obs is not None
+        meta = {k: v.value for k, v in obs.metadata.items()}
+        if meta.get("event") == SEEDING_EVENT:
+            out.append(meta)
+    return out
+
+
+def materializations(instance: dg.DagsterInstance) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey("backup_set"), limit=50).records)
+
+
+def sets_on_drive(dest: DestinationResource) -> dict[str, list[Any]]:
+    return list_sets(dest.get_destination(), INSTALLATION)
+
+
+def retention(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, **policy: Any
+) -> Any:
+    result = retention_job.execute_in_process(
+        instance=instance,
+        resources={
+            **{k: v for k, v in inst.resources(dest).items() if k in ("destination", "app_db", "keys")},
+            "backup_policy": BackupPolicyResource(
+                installation_id=INSTALLATION, state_dir=str(inst.state_dir), retention_keep_last=1, **policy
+            ),
+        },
+        raise_on_error=False,
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def restore(
+    inst: Installation, instance: dg.DagsterInstance, dest: DestinationResource, backup_id: str
+) -> Any:
+    from backup_pipeline.ops.restore import restore_job
+
+    return restore_job.execute_in_process(
+        instance=instance,
+        resources=inst.resources(dest),
+        run_config={
+            "ops": {
+                "start_restore": {
+                    "config": {
+                        "backup_id": backup_id,
+                        "scope": "files",
+                        "dry_run": False,
+                        "confirm": confirm(backup_id),
+                    }
+                }
+            }
+        },
+        raise_on_error=False,
+    )
+
+
+def test_a_store_larger_than_the_daily_cap_is_seeded_over_three_runs_and_restores(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest, _ = capped_destination(drive, tmp_path, inst)
+    fill_bucket(inst)
+    state = s3_snapshot(inst.s3.client())
+
+    seeds: list[str] = []
+    for run in (1, 2):
+        result = backup_run(inst, instance, dest)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        assert result.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+        seeds.append(result.dagster_run.tags["backup_pipeline/backup_id"])
+        # Not a backup: no materialization (freshness still judges the last complete set), no
+        # verification of a set that has no manifest, and the heartbeat never says "complete".
+        assert materializations(instance) == 0
+        run_record = instance.get_run_by_id(result.run_id)
+        assert run_record is not None
+        sensor = build_verify_after_backup_sensor()
+        skipped = sensor(success_context(sensor, instance, result.run_id))
+        assert isinstance(skipped, dg.SkipReason) and "seeding" in str(skipped.skip_message)
+        assert "NOT complete" in success_status(instance, run_record)
+        fresh = freshness_verdict(instance, 24)
+        assert not fresh.passed and "no complete backup yet" in fresh.description
+        assert f"A backup is being seeded: {seeds[-1]}: seeding:" in fresh.description
+        sets = sets_on_drive(dest)
+        assert not has_manifest(sets[seeds[-1]]) and has_seed_checkpoint(sets[seeds[-1]])
+        observation = seeding_observations(instance)[0]
+        assert observation["backup_id"] == seeds[-1]
+        assert observation["covered_bytes"] == run * PER_RUN * OBJECT_SIZE
+        assert observation["total_bytes"] == OBJECTS * OBJECT_SIZE
+        assert (
+            "NOT complete" in observation["message"]
+            and "continues at the next run after" in observation["message"]
+        )
+        meta = step_metadata(result, "export_bucket")
+        (bucket_meta,) = meta.values()
+        assert (bucket_meta["objects"], bucket_meta["deferred_objects"]) == (PER_RUN, OBJECTS - PER_RUN * run)
+        # The run stayed under the cap: Drive's own count (the ledger) of this run's uploads.
+        assert dest.get_destination().capacity().daily_upload_remaining >= 0  # type: ignore[union-attr]
+
+        # Retention between the runs keeps the seed (and the parts its checkpoint references).
+        meta_ret = step_metadata(retention(inst, instance, dest), "apply_retention_op")["apply_retention_op"]
+        assert meta_ret["deleted"] == []
+        assert set(seeds) <= set(sets_on_drive(dest))
+        a_day_passes(dest)
+
+    result = backup_run(inst, instance, dest)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert OUTCOME_TAG not in result.dagster_run.tags
+    complete = result.dagster_run.tags["backup_pipeline/backup_id"]
+    assert materializations(instance) == 1
+    (bucket_meta,) = step_metadata(result, "export_bucket").values()
+    assert (bucket_meta["objects"], bucket_meta["objects_unchanged"], bucket_meta["deferred_objects"]) == (
+        PER_RUN,
+        OBJECTS - PER_RUN,
+        0,
+    )
+    files = {f.properties["partName"] for f in sets_on_drive(dest)[complete]}
+    assert PART_MANIFEST in files and PART_SEED not in files
+
+    # Retention now: the seeds are superseded, but the parts the complete set references stay.
+    retention(inst, instance, dest)
+    remaining = sets_on_drive(dest)
+    for seed in seeds:
+        names = {f.properties["partName"] for f in remaining.get(seed, [])}
+        assert names == {f"bucket-{BUCKET}", f"index-{BUCKET}"}, (seed, names)
+
+    # Restoring it reads the three runs' bucket parts (verified, then restored): above the
+    # configured 1 MB/day download threshold, so the pre-flight and the check warn, and go on.
+    note = newest_set_download_note(dest.get_destination(), INSTALLATION)
+    assert note is not None and complete in note and "throttles" in note
+    inst.s3.reset()
+    restored = restore(inst, instance, dest, complete)
+    assert restored.success, [e.message for e in restored.all_events if e.is_failure]
+    assert s3_snapshot(inst.s3.client()) == state
+    warning = step_metadata(restored, "start_restore")["start_restore"]["download_warning"]
+    expected = restore_download_bytes_of(dest, complete)
+    assert f"downloads about {decimal_bytes(expected)}" in warning and "goes ahead" in warning
+
+
+def restore_download_bytes_of(dest: DestinationResource, backup_id: str) -> int:
+    """What the warning should say: twice every part the set reads (its own and the seeds' bucket parts)."""
+    sets = sets_on_drive(dest)
+    own = sum(f.size for f in sets[backup_id] if f.properties["partName"] != PART_MANIFEST)
+    seeds = sum(
+        f.size
+        for bid, files in sets.items()
+        if bid != backup_id
+        for f in files
+        if f.properties["partName"] == f"bucket-{BUCKET}"
+    )
+    return 2 * (own + seeds)
+
+
+def test_without_incremental_object_backups_seeding_is_refused_with_the_reason(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest, _ = capped_destination(drive, tmp_path, inst)
+    fill_bucket(inst)
+    result = backup_run(inst, instance, dest, incremental_objects=False)
+    assert not result.success
+    (failure,) = expected_failures(result)
+    assert (failure.step, failure.code) == ("plan_backup", "DAILY_UPLOAD_CAP_EXCEEDED")
+    assert "BACKUP_PIPELINE_INCREMENTAL_OBJECTS" in failure.message
+    assert sets_on_drive(dest) == {}
+
+
+SEEDING_BACKUP = """
+import json, sys
+import dagster as dg
+from backup_pipeline.ops.backup import build_backup_job
+from backup_pipeline.resources.destination import DestinationResource
+from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
+args = json.loads(sys.argv[1])
+resources = {
+    "app_db": PostgresResource(database_url=args["db"]),
+    "s3": S3Resource(endpoint=args["endpoint"], access_key=args["access_key"], secret_key=args["secret_key"]),
+    "destination": DestinationResource(**args["destination"]),
+    "keys": BackupKeysResource(org_secret_file=args["org_secret"], state_dir=args["state"]),
+}
+with dg.instance_for_test() as instance:
+    build_backup_job(executor_def=dg.in_process_executor).execute_in_process(
+        instance=instance, resources=resources, run_config={"ops": {"plan_backup": {"config": args["config"]}}}
+    )
+print("finished", flush=True)
+"""
+
+
+def test_a_seeding_run_killed_mid_upload_loses_only_its_own_upload_and_the_seed_completes(
+    installation: Installation, instance: dg.DagsterInstance, drive: DriveFixture, tmp_path: Path
+) -> None:
+    inst = installation
+    dest, _ = capped_destination(drive, tmp_path, inst)
+    fill_bucket(inst)
+    state = s3_snapshot(inst.s3.client())
+    first = backup_run(inst, instance, dest)
+    assert first.success and first.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+    seed = first.dagster_run.tags["backup_pipeline/backup_id"]
+    a_day_passes(dest)
+
+    args = {
+        "db": inst.db.url,
+        "endpoint": inst.s3.endpoint,
+        "access_key": inst.s3.access_key,
+        "secret_key": inst.s3.secret_key,
+        "destination": destination_fields(dest),
+        "state": str(inst.state_dir),
+        "org_secret": str(inst.org_secret_file),
+        "config": _config(),
+    }
+    received = int(drive.stats()["upload_bytes_received"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", SEEDING_BACKUP, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        # Killed once the run has sent its database part and part of its bucket part (SIGKILL:
+        # no hook runs, nothing is cleaned up, no checkpoint is written).
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and child.poll() is None:
+            if int(drive.stats()["upload_bytes_received"]) - received > OBJECT_SIZE:
+                break
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=60)
+    assert "finished" not in out
+    app_db = PostgresResource(database_url=inst.db.url)
+    holder = app_db.data_lease_holder()
+    if holder is not None:  # fail_dead_lease_holder frees it once the heartbeat is stale
+        app_db.release_data_lease(holder.run_id)
+    sets = sets_on_drive(dest)
+    dead = [bid for bid in sets if bid != seed]
+    assert len(dead) == 1 and not has_seed_checkpoint(sets[dead[0]]) and not has_manifest(sets[dead[0]])
+    assert has_seed_checkpoint(sets[seed])  # the earlier checkpoint is untouched
+    a_day_passes(dest)
+
+    # The rerun removes the dead remains and continues from the checkpoint: nothing of the
+    # first seeding run is uploaded again.
+    rerun = backup_run(inst, instance, dest)
+    assert rerun.success and rerun.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+    (bucket_meta,) = step_metadata(rerun, "export_bucket").values()
+    assert (bucket_meta["objects"], bucket_meta["objects_unchanged"]) == (PER_RUN, PER_RUN)
+    assert dead[0] not in sets_on_drive(dest)
+    a_day_passes(dest)
+    last = backup_run(inst, instance, dest)
+    assert last.success and OUTCOME_TAG not in last.dagster_run.tags
+    complete = last.dagster_run.tags["backup_pipeline/backup_id"]
+    inst.s3.reset()
+    restored = restore(inst, instance, dest, complete)
+    assert restored.success, [e.message for e in restored.all_events if e.is_failure]
+    assert s3_snapshot(inst.s3.client()) == state
+
+
+# --- plain functions: the budget and retention's seed rule (no servers) ------------------------
+
+
+def _set(backup_id: str, *, complete: bool = False, seeding: bool = False) -> BackupSetInfo:
+    return BackupSetInfo(backup_id, backup_id_time(backup_id), complete, files=3, seeding=seeding)
+
+
+def test_retention_keeps_a_live_seed_and_deletes_an_abandoned_one_with_its_reason() -> None:
+    now = datetime(2026, 12, 20, 12, tzinfo=UTC)
+    complete = _set("20261201T000000Z-00000001", complete=True)
+    old_seed = _set("20261202T000000Z-00000002", seeding=True)
+    new_seed = _set("20261215T000000Z-00000003", seeding=True)
+    plan = plan_retention(
+        [complete, old_seed, new_seed], keep_last=1, incomplete_grace=timedelta(hours=24), now=now
+    )
+    # The newest seed set is 5 days old: the whole seed (both runs' sets) is in progress.
+    assert plan.delete == [] and set(plan.keep) == {
+        complete.backup_id,
+        old_seed.backup_id,
+        new_seed.backup_id,
+    }
+    reasons = {d.backup_id: d.reasons for d in plan.decisions}
+    assert reasons[old_seed.backup_id] == (SEED_IN_PROGRESS,)
+
+    later = now + timedelta(days=14)
+    plan = plan_retention(
+        [complete, old_seed, new_seed], keep_last=1, incomplete_grace=timedelta(hours=24), now=later
+    )
+    assert {d.backup_id for d in plan.delete} == {old_seed.backup_id, new_seed.backup_id}
+    assert all(d.reason == REASON_SEED_ABANDONED.format(days=14) for d in plan.delete)
+    assert complete.backup_id in plan.keep  # the last complete backup is never touched
+
+    # A seed older than a complete set was completed by it (or replaced): superseded (rule 4).
+    done = _set("20261216T000000Z-00000004", complete=True)
+    plan = plan_retention(
+        [complete, old_seed, new_seed, done], keep_last=2, incomplete_grace=timedelta(hours=24), now=now
+    )
+    assert {d.backup_id: d.reason for d in plan.delete} == {
+        old_seed.backup_id: REASON_SUPERSEDED,
+        new_seed.backup_id: REASON_SUPERSEDED,
+    }
+
+
+def test_the_budget_is_what_is_left_less_the_margin_and_the_database_split_by_what_is_left_to_upload() -> (
+    None
+):
+    cap = Capacity(free_bytes=None, daily_upload_remaining=600, daily_upload_cap=1000, decimal_units=True)
+    assert (
+        plan_budget(
+            cap, database_bytes=100, bucket_bytes={"a": 400}, incremental=True, margin_share=0.1, where="d"
+        )
+        is None
+    )
+    budget = plan_budget(
+        cap,
+        database_bytes=100,
+        bucket_bytes={"a": 3000, "b": 1000},
+        incremental=True,
+        covered={"a": 2000},
+        margin_share=0.1,
+        where="d",
+    )
+    assert budget is not None and budget.per_bucket == {"a": 200, "b": 200}  # (600 - 100 - 100) split 1:1
+    with pytest.raises(DailyCapError, match="BACKUP_PIPELINE_INCREMENTAL_OBJECTS"):
+        plan_budget(
+            cap, database_bytes=100, bucket_bytes={"a": 4000}, incremental=False, margin_share=0.1, where="d"
+        )
+    empty = Capacity(
+        free_bytes=None, daily_upload_remaining=150, daily_upload_cap=1000, daily_window_frees=(0.0, 850)
+    )
+    with pytest.raises(DailyCapError, match="continues at the next run after 1970-01-01 00:00 UTC"):
+        plan_budget(
+            empty, database_bytes=100, bucket_bytes={"a": 4000}, incremental=True, margin_share=0.1, where="d"
+        )
+
+
+def test_an_object_larger_than_a_day_of_uploads_fails_by_name_and_others_are_deferred() -> None:
+    budget = BucketBudget(left=15_000, day=50_000)  # 4 KiB of framing counted per object
+    assert budget.take("a", 5_000) and not budget.take("b", 5_000) and budget.take("c", 100)
+    assert (budget.deferred_objects, budget.deferred_bytes, budget.first_deferred) == (1, 5_000, "b")
+    with pytest.raises(BackupError, match=r"'huge'.*can never be uploaded"):
+        budget.take("huge", 60_000)
+
+
+def test_the_cli_tells_a_seeding_run_from_a_backup() -> None:
+    from backup_pipeline.client import RunSummary
+
+    run = RunSummary(
+        "r1", "SUCCESS", "backup_job", "20261207T000000Z-00000001", 1.0, 2.0, tags={OUTCOME_TAG: "seeding"}
+    )
+    assert run.outcome == OUTCOME_SEEDING and run.to_json()["outcome"] == "seeding"
+    assert "outcome" not in RunSummary("r2", "SUCCESS", "backup_job", None, 1.0, 2.0).to_json()
