@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from . import goals as goal_rules
+from . import incr_chain
 from .chart import Bar, throughput_svg
 from .series import MB, Goal, Series, cell
 
@@ -60,6 +61,7 @@ def all_goals(bench: Bench) -> list[Goal]:
     found += goal_rules.issue3(getattr(bench, "archive_rows", {}))
     found += safe(bench, lambda: goal_rules.issue7(bench.series), [])
     found += safe(bench, lambda: goal_rules.issue18(bench.series), [])
+    found += safe(bench, lambda: incr_chain.goals(incr_chain.load()), [])  # from `bench.sh --chain`
     return found
 
 
@@ -200,6 +202,8 @@ def write(bench: Bench) -> None:
         archive_section,
     ):
         lines += safe(bench, partial(section, bench), [f"({section.__name__} not produced)", ""])
+    # Issue 18's chain, measured by the `--chain` sub-mode: regenerated from its JSON, not re-run.
+    lines += safe(bench, lambda: incr_chain.section(incr_chain.load()), [])
     for title, text in bench.cprofiles.items():
         lines += [f"### cProfile: {title}", "", "```", text, "```", ""]
     method = [
