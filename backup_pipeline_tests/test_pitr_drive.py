@@ -44,7 +44,6 @@ from backup_pipeline.services.pitr_drive_restore import plan_drive_restore
 from backup_pipeline.services.pitr_engine import (
     BaseBackup,
     RepoInfo,
-    archive_command,
     segment_name,
     segment_number,
 )
@@ -64,15 +63,14 @@ from backup_pipeline_tests.fixtures.drive import (
     write_service_account_key,
 )
 from backup_pipeline_tests.fixtures.pg_cluster import (
-    PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
-    create_pitr_role,
     free_low_port,
+    kill_pgbackrest_processes,
     make_work_root,
-    pgbackrest_processes,
     pitr_settings_env,
     remove_tree,
+    start_archiving_server,
     user_dir,
 )
 
@@ -172,13 +170,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, drive_server: DriveTestServe
             env=env,
             cfg=cfg,
         )
-        server_conf = user_dir(root / "server-pgbackrest", 0o700)
-        pitr.write_server_config(ctx, server_conf)
-        cluster.init(
-            {**PITR_SERVER_SETTINGS, "archive_command": "'" + archive_command(server_conf, "app") + "'"}
-        )
-        cluster.start()
-        create_pitr_role(cluster)
+        start_archiving_server(cluster, ctx, root, "app")
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute("CREATE TABLE items (id int PRIMARY KEY, note text)", APP_DB)
         cluster.execute(
@@ -191,9 +183,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, drive_server: DriveTestServe
         os.environ.update(saved_env)
         cluster.stop()
         s3.close()
-        leftovers = pgbackrest_processes(str(root))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
+        leftovers = kill_pgbackrest_processes(str(root))
         remove_tree(root)
         assert not leftovers, f"pgbackrest processes left running: {leftovers}"
 

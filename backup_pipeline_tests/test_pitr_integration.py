@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.sensors import build_pitr_archive_sensor
 from backup_pipeline.services import pitr
-from backup_pipeline.services.pitr_engine import archive_command, segment_number
+from backup_pipeline.services.pitr_engine import segment_number
 from backup_pipeline.services.pitr_keys import (
     PitrKeyError,
     ensure_keystore,
@@ -58,15 +57,15 @@ from backup_pipeline.settings import (
 from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.pg_cluster import (
     PG_BIN,
-    PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
-    create_pitr_role,
     free_low_port,
+    kill_pgbackrest_processes,
     make_work_root,
     pgbackrest_processes,
     pitr_settings_env,
     remove_tree,
+    start_archiving_server,
     user_dir,
 )
 
@@ -159,13 +158,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
             env=env,
             cfg=cfg,
         )
-        server_conf = user_dir(root / "server-pgbackrest", 0o700)
-        pitr.write_server_config(ctx, server_conf)
-        cluster.init(
-            {**PITR_SERVER_SETTINGS, "archive_command": "'" + archive_command(server_conf, "app") + "'"}
-        )
-        cluster.start()
-        create_pitr_role(cluster)
+        start_archiving_server(cluster, ctx, root, "app")
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute("CREATE TABLE items (id int PRIMARY KEY, note text)", APP_DB)
         cluster.execute(
@@ -178,9 +171,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PitrWorld]:
         os.environ.update(saved_env)
         cluster.stop()
         s3.close()
-        leftovers = pgbackrest_processes(str(root))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
+        leftovers = kill_pgbackrest_processes(str(root))
         locks = [p.name for p in root.rglob("*.lock") if "lock" in p.parent.name]
         remove_tree(root)
         assert not leftovers, f"pgbackrest processes left running: {leftovers}"
@@ -313,12 +304,7 @@ def _kill_archiver_mid_segment(world: PitrWorld) -> int:
             "INSERT INTO wal_filler SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g", APP_DB
         )
         world.cluster.execute("SELECT pg_switch_wal()")
-        for pid in pgbackrest_processes(str(world.root / "server-pgbackrest")):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
+        killed += len(kill_pgbackrest_processes(str(world.root / "server-pgbackrest")))
     return killed
 
 

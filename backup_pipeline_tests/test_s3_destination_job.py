@@ -105,6 +105,7 @@ def test_a_locked_backup_survives_the_products_own_credentials_and_restores(
             "manifest",
             *(f"bucket-{b}" for b in BUCKETS),
             *(f"index-{b}" for b in BUCKETS),  # the part indexes (random-access restore)
+            *(f"inventory-{b}" for b in BUCKETS),  # the object lists (issue 18)
         }
         assert all(f.locked_until is not None and f.locked_until > datetime.now(UTC) for f in files)
 

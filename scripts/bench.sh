@@ -5,6 +5,7 @@
 # log, py-spy), the goals' verdicts; writes docs/benchmarks.md and docs/bench/throughput.svg. Unattended.
 #   bash scripts/bench.sh --quick     # small dataset, 1 run each: checks the harness (~10 min)
 #   bash scripts/bench.sh             # ~1 GiB of objects + pgbench scale 20, 3 runs each
+#   bash scripts/bench.sh --chain     # only issue 18's chain goals (1 % changed, restore of the 30th set; ~15 min)
 #   BENCH_S3_ACCESS_KEY=… BENCH_S3_SECRET_KEY=… bash scripts/bench.sh --s3-endpoint http://minio:9000
 #                                     # against an external S3 server (only the bench-* buckets are touched)
 # Other options: --runs N --scale S --archive-runs N --workdir DIR --keep --no-doc --no-profile --phases LIST
@@ -42,6 +43,7 @@ status=0
 if [ -f "$snap/docs/benchmarks.md" ] && ! cmp -s "$snap/docs/benchmarks.md" docs/benchmarks.md; then
   cp "$snap/docs/benchmarks.md" docs/benchmarks.md
   mkdir -p docs/bench && cp "$snap"/docs/bench/*.svg docs/bench/
+  [ ! -f "$snap/docs/bench/incr-chain.json" ] || cp "$snap/docs/bench/incr-chain.json" docs/bench/  # --chain
   echo "bench: wrote docs/benchmarks.md and docs/bench/ (code: $head)"
 fi
 exit "$status"

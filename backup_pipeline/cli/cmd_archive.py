@@ -260,7 +260,13 @@ def inspect_command(
                         f"    shard {shard.part_name}: keys after {shard.start_after!r} up to {shard.end!r}, "
                         f"{shard.object_count} objects, {shard.object_bytes} bytes"
                     )
-            click.echo(f"  inventory: {len(manifest.inventory)} objects")
+                if bucket.inventory_part is not None:
+                    click.echo(
+                        f"    inventory part {bucket.inventory_part} ({bucket.mode}): {bucket.total_objects} "
+                        f"objects, {bucket.total_bytes} bytes in the bucket at backup time"
+                    )
+            if any(b.inventory_part is None for b in manifest.buckets):
+                click.echo(f"  inventory in the manifest: {len(manifest.inventory)} objects")
             for anomaly in manifest.anomalies:
                 detail = f" ({anomaly.detail})" if anomaly.detail else ""
                 click.echo(f"  {anomaly.kind} during backup: {anomaly.bucket}/{anomaly.key}{detail}")

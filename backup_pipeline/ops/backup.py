@@ -48,7 +48,9 @@ from backup_pipeline.services.backup_buckets import (
 from backup_pipeline.services.backup_database import dump_database, locate_and_check_pg_dump
 from backup_pipeline.services.backup_finalize import FinalizeInput, finalize_backup
 from backup_pipeline.services.backup_incremental import (
+    INCREMENTAL_OFF,
     IncrementalPolicy,
+    ModeChoice,
     choose_mode,
     export_bucket_incremental,
 )
@@ -427,7 +429,13 @@ def plan_backup(
     for summary, shards in planned:
         if not shards:
             yield dg.DynamicOutput(
-                {"bucket": summary.name, "objects": summary.objects, "bytes": summary.bytes},
+                {
+                    "bucket": summary.name,
+                    "objects": summary.objects,
+                    "bytes": summary.bytes,
+                    # Whether its inventory can be a streamed part (BACKUP-FORMAT.md §5.3).
+                    "in_key_order": summary.in_key_order,
+                },
                 output_name="buckets",
                 mapping_key=mapping_key(summary.name, taken),
             )
@@ -565,11 +573,19 @@ def export_bucket_op(
             if seed and shard is None
             else None
         )
-        if policy.enabled and shard is None:
+        # Every unsharded bucket gets an inventory part (format 2, issue 18: the manifest stays
+        # O(buckets + parts)); a listing not in key order cannot be written as one, so that bucket
+        # keeps its objects in the manifest (format 1 form). Plans of older code lack the flag.
+        if shard is None and (policy.enabled or bucket.get("in_key_order", False)):
             result = _export_with_inventory(
                 context, plan, name, dest, encryptor, keys, s3, progress, policy, budget
             )
         else:
+            if shard is None:
+                context.log.warning(
+                    f"bucket {name}: the server does not list it in key order; its object list goes into "
+                    "the manifest instead of an inventory part"
+                )
             result = export_bucket(
                 s3.client(),
                 name,
@@ -625,9 +641,16 @@ def _export_with_inventory(
     policy: IncrementalPolicy,
     budget: BucketBudget | None = None,
 ) -> BucketExportResult:
-    """Full or incremental (``services/backup_incremental.py``), said in the log with the reason."""
+    """Full or incremental (``services/backup_incremental.py``), said in the log with the reason.
+
+    With incremental object backups off every bucket is a full one, with no previous set read.
+    """
     keyring = keys.keyring()
-    choice = choose_mode(dest, keyring, plan["installation_id"], bucket, plan["backup_id"], policy)
+    choice = (
+        choose_mode(dest, keyring, plan["installation_id"], bucket, plan["backup_id"], policy)
+        if policy.enabled
+        else ModeChoice(True, INCREMENTAL_OFF)
+    )
     if choice.warning:
         context.log.warning(f"bucket {bucket}: full backup: {choice.warning}")
     context.log.info(f"bucket {bucket}: {'full' if choice.full else 'incremental'} backup ({choice.reason})")

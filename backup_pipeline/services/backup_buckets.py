@@ -88,6 +88,10 @@ class BucketSummary:
     name: str
     objects: int
     bytes: int
+    #: The listing ascended strictly by key (UTF-8 byte order): its inventory can be a streamed part
+    #: (BACKUP-FORMAT.md §5.3), which needs that order. SeaweedFS lists keys under a ``/`` in
+    #: directory order, which can differ.
+    in_key_order: bool = True
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ from .progress import ProgressTracker
 #: Inventory lines held while the objects before them are archived; the listing pauses beyond it.
 MAX_HELD_LINES = 10_000
 MANIFEST_LIMIT_BYTES = 512 * 1024 * 1024
+#: ``mode_reason`` of a bucket backed up with incremental object backups off (every set is a full).
+INCREMENTAL_OFF = "incremental object backups off"
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,10 @@ def summarize_and_shard(
     cuts: list[tuple[str, int, int]] = []  # (end key, objects, bytes) of each closed shard
     in_shard = shard_bytes = 0
     last_key: str | None = None
+    ordered = True
     for obj in listing:
+        if last_key is not None and obj.key <= last_key:
+            ordered = False
         count += 1
         total += obj.size
         if limits is not None and in_shard > 0 and last_key is not None:
@@ -102,7 +105,7 @@ def summarize_and_shard(
         in_shard += 1
         shard_bytes += obj.size
         last_key = obj.key
-    summary = BucketSummary(bucket, count, total)
+    summary = BucketSummary(bucket, count, total, in_key_order=ordered)
     if not cuts:
         return summary, []
     n = len(cuts) + 1

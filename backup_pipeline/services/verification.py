@@ -559,6 +559,9 @@ def _verify_inventory_bucket(
             if size != want.size or digest.hexdigest() != want.sha256:
                 mismatched.append(entry.key)
     except rs.RestoreRefused as exc:  # a part that does not authenticate, or an object missing from its part
+        if isinstance(exc, rs.PartVerificationError):
+            # Named as a format-1 set names it, so an operator (and an alert) sees which part is bad.
+            report.add(f"part:{exc.part_name}", False, str(exc))
         report.add(f"objects:{bucket}", False, str(exc))
         return
     except ArchiveError as exc:

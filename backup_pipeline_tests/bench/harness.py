@@ -749,11 +749,20 @@ def main() -> None:
         "profiles need backups, restores need baselines); "
         "for iterating, the doc is written only with every phase",
     )
+    parser.add_argument(
+        "--chain", action="store_true", help="only issue 18's chain goals (incr_chain.py, ~15 min)"
+    )
+    parser.add_argument("--chain-length", type=int, default=30, help="sets in the --chain chain (default 30)")
     args = parser.parse_args()
     bench = Bench(args)
     failed = False
     try:
         bench.setup()
+        if args.chain:  # a sub-mode: its JSON, Goals rows and section only (incr_chain.update_doc)
+            from . import incr_chain
+
+            incr_chain.main(bench, args.chain_length, write_doc=not args.no_doc)
+            return
         phases = [bench.bench_baselines, bench.bench_backups, bench.bench_restores, bench.bench_archive]
         if not args.no_profile:
             phases.append(bench.bench_profiles)

@@ -19,7 +19,6 @@ Everything it starts (SeaweedFS, the cluster, pgbench, restored copies) is stopp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ from typing import Any
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
 from backup_pipeline.services import pitr
-from backup_pipeline.services.pitr_engine import PgBackRest, archive_command
+from backup_pipeline.services.pitr_engine import PgBackRest
 from backup_pipeline.services.pitr_restore import (
     RestoreRequest,
     check_request,
@@ -49,12 +48,12 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
-    create_pitr_role,
     free_low_port,
+    kill_pgbackrest_processes,
     make_work_root,
-    pgbackrest_processes,
     pitr_settings_env,
     remove_tree,
+    start_archiving_server,
     user_dir,
 )
 
@@ -214,13 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             create_keystore=True,
             env=env,
         )
-        server_conf = user_dir(root / "server-pgbackrest", 0o700)
-        pitr.write_server_config(ctx, server_conf)
-        cluster.init(
-            {**server_settings, "archive_command": "'" + archive_command(server_conf, "bench") + "'"}
-        )
-        cluster.start()
-        create_pitr_role(cluster)
+        start_archiving_server(cluster, ctx, root, "bench", server_settings)
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         _say(f"pgbench -i -s {args.scale}")
         subprocess.run(_pgbench(cluster, "-i", "-q", "-s", str(args.scale)), check=True, capture_output=True)
@@ -289,9 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load.wait(30)
         cluster.stop()
         s3.close()
-        for pid in pgbackrest_processes(str(root)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_pgbackrest_processes(str(root))
         remove_tree(root)
         remove_tree(weed_dir)
 

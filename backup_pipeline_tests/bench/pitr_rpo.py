@@ -22,12 +22,10 @@ Figures go to ``--out`` (JSON) and, as a Markdown table, to stdout; docs/bench/p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +40,6 @@ import psycopg
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
 from backup_pipeline.services import pitr
-from backup_pipeline.services.pitr_engine import archive_command
 from backup_pipeline.services.pitr_restore import (
     RestoreReport,
     RestoreRequest,
@@ -56,13 +53,13 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     PITR_SERVER_SETTINGS,
     PrivateCluster,
     TlsSeaweedFS,
-    create_pitr_role,
     free_low_port,
+    kill_pgbackrest_processes,
     make_work_root,
-    pgbackrest_processes,
     pitr_settings_env,
     remove_tree,
     run_as_user,
+    start_archiving_server,
     user_dir,
 )
 
@@ -108,9 +105,7 @@ def lose_server(cluster: PrivateCluster, server_conf: Path) -> None:
     argv = [str(PG_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-m", "immediate", "-w", "stop"]
     user = run_as_user()
     subprocess.run(["runuser", "-u", user, "--", *argv] if user else argv, check=False, capture_output=True)
-    for pid in pgbackrest_processes(str(server_conf)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_pgbackrest_processes(str(server_conf))
     remove_tree(cluster.data_dir)
 
 
@@ -144,17 +139,9 @@ def measure_round(
             create_keystore=True,
             env=env,
         )
-        server_conf = user_dir(root / "server-pgbackrest", 0o700)
-        pitr.write_server_config(ctx, server_conf)
-        cluster.init(
-            {
-                **PITR_SERVER_SETTINGS,
-                "archive_timeout": str(archive_timeout),
-                "archive_command": "'" + archive_command(server_conf, "rpo") + "'",
-            }
+        server_conf = start_archiving_server(
+            cluster, ctx, root, "rpo", {**PITR_SERVER_SETTINGS, "archive_timeout": str(archive_timeout)}
         )
-        cluster.start()
-        create_pitr_role(cluster)
         cluster.execute(f"CREATE DATABASE {APP_DB}")
         cluster.execute(TICKS, APP_DB)
         say("full base backup")
@@ -199,9 +186,7 @@ def measure_round(
             stop_restored(ctx.engine, PG_BIN, restored_dir)
         cluster.stop()
         s3.close()
-        for pid in pgbackrest_processes(str(root)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_pgbackrest_processes(str(root))
         os.environ.clear()
         os.environ.update(saved_env)
         remove_tree(root)

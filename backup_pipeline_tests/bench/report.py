@@ -1,7 +1,7 @@
 """``docs/benchmarks.md`` and ``docs/bench/throughput.svg`` from one harness run.
 
 Every figure comes from the run (``Bench.series``, its event-log timelines and py-spy
-profiles); the hand-written "## Archive", "## Point-in-time recovery (issue 20)" and "## Single-object restore (issue 18)" sections of
+profiles); the hand-written "## Archive", "## Point-in-time recovery (issue 20)", "## Single-object restore (issue 18)" and "## A bucket of 200 000 objects (issue 18)" sections of
 the existing doc are kept verbatim (``KEPT_SECTIONS``). A
 section whose pipeline was not measured says so instead of inventing a figure.
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from . import goals as goal_rules
+from . import incr_chain
 from .chart import Bar, throughput_svg
 from .series import MB, Goal, Series, cell
 
@@ -60,6 +61,7 @@ def all_goals(bench: Bench) -> list[Goal]:
     found += goal_rules.issue3(getattr(bench, "archive_rows", {}))
     found += safe(bench, lambda: goal_rules.issue7(bench.series), [])
     found += safe(bench, lambda: goal_rules.issue18(bench.series), [])
+    found += safe(bench, lambda: incr_chain.goals(incr_chain.load()), [])  # from `bench.sh --chain`
     return found
 
 
@@ -200,6 +202,8 @@ def write(bench: Bench) -> None:
         archive_section,
     ):
         lines += safe(bench, partial(section, bench), [f"({section.__name__} not produced)", ""])
+    # Issue 18's chain, measured by the `--chain` sub-mode: regenerated from its JSON, not re-run.
+    lines += safe(bench, lambda: incr_chain.section(incr_chain.load()), [])
     for title, text in bench.cprofiles.items():
         lines += [f"### cProfile: {title}", "", "```", text, "```", ""]
     method = [
@@ -700,7 +704,12 @@ def archive_section(bench: Bench) -> list[str]:
 
 #: Hand-written sections of the existing doc, kept verbatim: their figures come from other scripts
 #: (bench_archive.py; pitr_gap.py, whose hour-long run the harness does not repeat).
-KEPT_SECTIONS = ("Archive", "Point-in-time recovery (issue 20)", "Single-object restore (issue 18)")
+KEPT_SECTIONS = (
+    "Archive",
+    "Point-in-time recovery (issue 20)",
+    "Single-object restore (issue 18)",
+    "A bucket of 200 000 objects (issue 18)",  # bench/many_objects.py
+)
 
 
 def kept_archive_section() -> str:
