@@ -31,6 +31,7 @@ from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
 from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG
 from backup_pipeline.services.data_lease import LeaseHolder
 from backup_pipeline.services.errors import first_line
+from backup_pipeline.services.pitr_status import Problem
 from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 RETENTION_AFTER_BACKUP_SENSOR = "retention_after_backup"
@@ -510,6 +511,25 @@ def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
         status, problems = pitr_ops.read_status(settings)
         details = {k: str(v) for k, v in (status.metadata() if status else {}).items()}
         found = [(p, details) for p in problems]
+
+        def alert_new(found: list[tuple[Problem, dict[str, str]]]) -> None:
+            for problem, shown in found:
+                if problem.kind in alerted:
+                    continue
+                alert = Alert(
+                    kind=f"pitr_{problem.kind}",
+                    title=f"PITR: {problem.kind.replace('_', ' ')}",
+                    message=problem.message,
+                    installation_id=settings.installation_id,
+                    details=shown,
+                )
+                delivered = send_alert(settings, alert)  # raises: the tick fails and the alert is retried
+                alerted[problem.kind] = time.time()
+                context.log.warning(
+                    f"{problem.message} (alert sent via {', '.join(delivered) or 'no channel'})"
+                )
+
+        alert_new(found)  # before Drive is listed: a slow or retrying Drive must not delay these
         checks = [
             (
                 pitr_ops.PITR_ARCHIVE_ASSET,
@@ -527,22 +547,10 @@ def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
 
             drive_meta, drive_problems = pitr_drive.drive_health(settings, status)
             drive_details = {k: str(v) for k, v in drive_meta.items()}
+            alert_new([(p, drive_details) for p in drive_problems])
             found += [(p, drive_details) for p in drive_problems]
             verdict = pitr_drive.drive_verdict(drive_meta, drive_problems)
             checks.append((pitr_drive.PITR_DRIVE_ASSET, pitr_drive.DRIVE_LAG_CHECK, verdict))
-        for problem, shown in found:
-            if problem.kind in alerted:
-                continue
-            alert = Alert(
-                kind=f"pitr_{problem.kind}",
-                title=f"PITR: {problem.kind.replace('_', ' ')}",
-                message=problem.message,
-                installation_id=settings.installation_id,
-                details=shown,
-            )
-            delivered = send_alert(settings, alert)  # raises: the tick fails and the alert is retried
-            alerted[problem.kind] = time.time()
-            context.log.warning(f"{problem.message} (alert sent via {', '.join(delivered) or 'no channel'})")
         active = {p.kind for p, _shown in found}
         for kind in [k for k in alerted if k not in active]:
             context.log.info(f"PITR {kind} is over")
