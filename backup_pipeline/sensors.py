@@ -31,6 +31,7 @@ from backup_pipeline.schedules import BACKUP_JOB_NAME, RESTORE_JOB_NAME
 from backup_pipeline.services.backup_seed import OUTCOME_SEEDING, OUTCOME_TAG
 from backup_pipeline.services.data_lease import LeaseHolder
 from backup_pipeline.services.errors import first_line
+from backup_pipeline.services.pitr_status import Problem
 from backup_pipeline.settings import DEFAULT_RUN_SENSOR_INTERVAL_SECONDS, BackupSettings
 
 RETENTION_AFTER_BACKUP_SENSOR = "retention_after_backup"
@@ -484,7 +485,15 @@ def build_sensors(settings: BackupSettings) -> list[dg.SensorDefinition]:
 
 def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
     """Every minute: the server's archiver status → the pitr_archive checks, and one alert per problem
-    kind per incident (archive failing, lag, pg_wal size, server unreachable, archiving off)."""
+    kind per incident (archive failing, lag, pg_wal size, server unreachable, archiving off). With the
+    Drive copy enabled, also Drive's copy from its listing (no keys): lag past
+    ``pitr_drive_lag_alert_seconds``, a gap, no chain, Drive unreachable → the same alerts and the
+    ``pitr_drive_lag`` check."""
+    drive_text = (
+        f", and when Drive's PITR copy lags more than {settings.pitr_drive_lag_alert_seconds} s or has a gap"
+        if settings.pitr_drive_copy_enabled
+        else ""
+    )
 
     @dg.sensor(
         name=PITR_ARCHIVE_SENSOR,
@@ -492,7 +501,7 @@ def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="PITR: alerts when WAL archiving fails, lags more than "
         f"{settings.pitr_archive_lag_alert_seconds} s, or pg_wal exceeds {settings.pitr_wal_dir_alert_mb} MiB "
-        f"(one alert per incident); keeps the {pitr_ops.ARCHIVING_CHECK} and {pitr_ops.WINDOW_CHECK} checks "
+        f"(one alert per incident){drive_text}; keeps the {pitr_ops.ARCHIVING_CHECK} and {pitr_ops.WINDOW_CHECK} checks "
         f"current. Channels: {', '.join(configured_channels(settings)) or 'none configured'}.",
     )
     def pitr_archive_health(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -501,33 +510,53 @@ def build_pitr_archive_sensor(settings: BackupSettings) -> dg.SensorDefinition:
         seen: dict[str, str] = state.get("checks", {})
         status, problems = pitr_ops.read_status(settings)
         details = {k: str(v) for k, v in (status.metadata() if status else {}).items()}
-        for problem in problems:
-            if problem.kind in alerted:
-                continue
-            alert = Alert(
-                kind=f"pitr_{problem.kind}",
-                title=f"PITR: {problem.kind.replace('_', ' ')}",
-                message=problem.message,
-                installation_id=settings.installation_id,
-                details=details,
-            )
-            delivered = send_alert(settings, alert)  # raises: the tick fails and the alert is retried
-            alerted[problem.kind] = time.time()
-            context.log.warning(f"{problem.message} (alert sent via {', '.join(delivered) or 'no channel'})")
-        active = {p.kind for p in problems}
+        found = [(p, details) for p in problems]
+
+        def alert_new(found: list[tuple[Problem, dict[str, str]]]) -> None:
+            for problem, shown in found:
+                if problem.kind in alerted:
+                    continue
+                alert = Alert(
+                    kind=f"pitr_{problem.kind}",
+                    title=f"PITR: {problem.kind.replace('_', ' ')}",
+                    message=problem.message,
+                    installation_id=settings.installation_id,
+                    details=shown,
+                )
+                delivered = send_alert(settings, alert)  # raises: the tick fails and the alert is retried
+                alerted[problem.kind] = time.time()
+                context.log.warning(
+                    f"{problem.message} (alert sent via {', '.join(delivered) or 'no channel'})"
+                )
+
+        alert_new(found)  # before Drive is listed: a slow or retrying Drive must not delay these
+        checks = [
+            (
+                pitr_ops.PITR_ARCHIVE_ASSET,
+                pitr_ops.ARCHIVING_CHECK,
+                pitr_ops.archiving_verdict(status, problems),
+            ),
+            (
+                pitr_ops.PITR_ARCHIVE_ASSET,
+                pitr_ops.WINDOW_CHECK,
+                pitr_ops.window_verdict(context.instance, status),
+            ),
+        ]
+        if settings.pitr_drive_copy_enabled:  # a stopped copy schedule must alert too, not only failed runs
+            from backup_pipeline.ops import pitr_drive
+
+            drive_meta, drive_problems = pitr_drive.drive_health(settings, status)
+            drive_details = {k: str(v) for k, v in drive_meta.items()}
+            alert_new([(p, drive_details) for p in drive_problems])
+            found += [(p, drive_details) for p in drive_problems]
+            verdict = pitr_drive.drive_verdict(drive_meta, drive_problems)
+            checks.append((pitr_drive.PITR_DRIVE_ASSET, pitr_drive.DRIVE_LAG_CHECK, verdict))
+        active = {p.kind for p, _shown in found}
         for kind in [k for k in alerted if k not in active]:
             context.log.info(f"PITR {kind} is over")
             del alerted[kind]
-        verdicts = {
-            pitr_ops.ARCHIVING_CHECK: pitr_ops.archiving_verdict(status, problems),
-            pitr_ops.WINDOW_CHECK: pitr_ops.window_verdict(context.instance, status),
-        }
-        events = [
-            v.evaluation(name, asset_key=pitr_ops.PITR_ARCHIVE_ASSET)
-            for name, v in verdicts.items()
-            if seen.get(name) != v.key()
-        ]
-        seen.update({name: v.key() for name, v in verdicts.items()})
+        events = [v.evaluation(name, asset_key=key) for key, name, v in checks if seen.get(name) != v.key()]
+        seen.update({name: v.key() for _key, name, v in checks})
         return dg.SensorResult(asset_events=events, cursor=json.dumps({"alerted": alerted, "checks": seen}))
 
     return pitr_archive_health

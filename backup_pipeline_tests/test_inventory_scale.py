@@ -2,7 +2,7 @@
 
 Against real components (PostgreSQL, SeaweedFS, a local folder): every unsharded bucket of a
 full (non-incremental) set has an ``inventory-<bucket>`` part (format 2, mode ``full``), so the
-manifest is O(buckets + parts) — the same size for 20 objects as for 20 000 — and the set
+manifest is O(buckets + parts) — the same size for 20 objects as for 5 000 — and the set
 restores equal through the streamed inventory.
 """
 
@@ -37,7 +37,9 @@ from backup_pipeline_tests.test_incremental import (
 )
 
 BUCKET = "scale-objects"
-MANY = 20_000
+# Large enough that a format-1 manifest would be ~0.7 MB larger than the 20-object one (the assertion
+# allows 200 bytes), small enough for the suite: 20 000 cost 237 CPU-s, mostly PUTs and the restore.
+MANY = 5_000
 FEW = 20
 
 
@@ -83,7 +85,7 @@ def _full_backup(inst: Installation, instance: dg.DagsterInstance, **config: Any
     return backup(inst, instance, incremental_objects=False, **config)
 
 
-def test_a_full_set_of_20000_objects_has_a_manifest_no_larger_than_of_20_and_restores_equal(
+def test_a_full_set_of_5000_objects_has_a_manifest_no_larger_than_of_20_and_restores_equal(
     installation: Installation, instance: dg.DagsterInstance
 ) -> None:
     inst = installation

@@ -31,7 +31,12 @@ from backup_pipeline.archive.keys import (
 )
 from backup_pipeline.destinations.base import StoredFile
 from backup_pipeline.ops import pitr_drive as drive_ops
+from backup_pipeline.ops.restore import restore_job
+from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
+from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.resources.postgres import PostgresResource
+from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.services import pitr
 from backup_pipeline.services import pitr_drive as drive
 from backup_pipeline.services.pitr_drive import DriveIndex
@@ -371,6 +376,52 @@ def test_restore_from_drive_alone_after_the_s3_repository_is_deleted(world: Worl
         assert not list((world.settings.pitr_config_dir / "drive-restore").iterdir())  # scratch removed
     finally:
         stop_restored(world.ctx.engine, None, restore_dir)
+
+    # the same restore from Dagster: restore_job with pitr_source drive (org secret, no S3 repository)
+    job_dir = world.root / "restored-by-job"
+    port = free_low_port()
+    try:
+        result = restore_job.execute_in_process(
+            instance=world.instance,
+            resources=_restore_job_resources(world),
+            run_config={
+                "ops": {
+                    RESTORE_TO_MOMENT_OP: {
+                        "config": {
+                            "target_time": target.isoformat(),
+                            "data_dir": str(job_dir),
+                            "port": port,
+                            "pitr_source": "drive",
+                        }
+                    }
+                }
+            },
+            raise_on_error=False,
+        )
+        assert result.success, result.failure_data_for_node(RESTORE_TO_MOMENT_OP)
+        moment = result.output_for_node(RESTORE_TO_MOMENT_OP, "moment")
+        assert before_t1 <= datetime.fromisoformat(moment["reached"]) <= target
+        with psycopg.connect(host=moment["socket_dir"], port=port, dbname=APP_DB, user="postgres") as conn:
+            assert conn.execute("SELECT count(*) FROM items").fetchone() == (90,)
+        started = {e.step_key for e in result.all_events if e.is_step_start}
+        assert started == {RESTORE_TO_MOMENT_OP}  # the backup-set steps were skipped
+    finally:
+        stop_restored(world.ctx.engine, None, job_dir)
+
+
+def _restore_job_resources(world: World) -> dict[str, object]:
+    """restore_job's resources; the backup-set ones point nowhere (its PITR path never uses them)."""
+    return {
+        "app_db": PostgresResource(database_url="postgresql://postgres@127.0.0.1:1/app"),
+        "s3": S3Resource(endpoint="http://127.0.0.1:1", access_key="k", secret_key="s"),
+        "destination": DestinationResource(
+            kind="local",
+            installation_id="t",
+            state_dir=str(world.settings.state_dir),
+            local_path=str(world.root / "sets"),
+        ),
+        "keys": world.keys(),
+    }
 
 
 # --- the bundle index and gaps, without a cluster ----------------------------------------------------

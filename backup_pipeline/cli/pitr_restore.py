@@ -103,20 +103,12 @@ def _restore_from_drive(
     settings: BackupSettings, keys: RestoreKeys, request: RestoreRequest
 ) -> RestoreReport:
     """The S3 repository is gone: rebuild it from Drive's base backup + WAL bundles, then restore."""
-    from backup_pipeline.ops.pitr_drive import drive_resource
-    from backup_pipeline.services import pitr
-    from backup_pipeline.services.pitr_drive_restore import restore_from_drive
+    from backup_pipeline.ops.pitr_drive import restore_database_from_drive
 
-    report = restore_from_drive(
-        drive_resource(settings).get_destination(),
-        installation_id=settings.installation_id,
-        cfg=pitr.engine_config(settings),
-        request=request,
-        pg_bin=settings.pg_bin_dir,
+    return restore_database_from_drive(
+        settings,
+        request,
         keyring=keys.org_keyring,
         recovery=keys.recovery_identity,
-        scratch_root=settings.pitr_config_dir.absolute() / "drive-restore",
         log=lambda message: click.echo(message, err=True),
     )
-    pitr.record_restore(settings, report, None)
-    return report

@@ -25,11 +25,15 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from backup_pipeline.archive.errors import ArchiveError
+from backup_pipeline.destinations.base import DestinationError
+from backup_pipeline.ops.restore_moment import PITR_SOURCE_HELP, PitrSource
 from backup_pipeline.ops.step_errors import quiet_failure, refuse_run
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.safety import Verdict
 from backup_pipeline.services import pitr as svc
 from backup_pipeline.services.errors import first_line
+from backup_pipeline.services.pitr_drive import PitrDriveError
 from backup_pipeline.services.pitr_engine import PitrEngineError
 from backup_pipeline.services.pitr_keys import PitrKeyError
 from backup_pipeline.services.pitr_restore import (
@@ -40,7 +44,7 @@ from backup_pipeline.services.pitr_restore import (
     parse_target,
 )
 from backup_pipeline.services.pitr_status import ArchiverStatus, Problem, archive_problems
-from backup_pipeline.settings import BackupSettings
+from backup_pipeline.settings import BackupSettings, SettingsError
 
 PITR_ARCHIVE_ASSET = dg.AssetKey("pitr_archive")
 PITR_BASE_BACKUP_JOB = "pitr_base_backup_job"
@@ -48,6 +52,8 @@ PITR_RESTORE_JOB = "pitr_restore_job"
 ARCHIVING_CHECK = "pitr_archiving"
 WINDOW_CHECK = "pitr_window"
 ENGINE_ERRORS = (PitrEngineError, PitrKeyError, svc.PitrSetupError)
+#: What a restore from Drive adds (a Drive part missing or changed, a container not opening).
+DRIVE_ERRORS = (PitrDriveError, DestinationError, ArchiveError)
 
 PITR_ARCHIVE_SPEC = dg.AssetSpec(
     PITR_ARCHIVE_ASSET,
@@ -81,6 +87,7 @@ class PitrRestoreConfig(dg.Config):
     database: str = Field(
         default="", description="Database whose tables are verified; empty: the application's."
     )
+    pitr_source: PitrSource = Field(default=PitrSource.s3, description=PITR_SOURCE_HELP)
 
 
 def limits(settings: BackupSettings) -> dict[str, Any]:
@@ -199,18 +206,33 @@ def restore_in_run(
         port=config.port,
         database=config.database or settings.app_database_name,
     )
+    source = PitrSource(config.pitr_source)
     try:
-        report = svc.restore_database_to_moment(
-            settings,
-            request,
-            keyring=keys.keyring(),
-            log=context.log.info,
-            actor=f"dagster run {context.run_id}",
-            field=field,
-        )
+        if source is PitrSource.drive:
+            from backup_pipeline.ops.pitr_drive import restore_database_from_drive
+
+            report = restore_database_from_drive(
+                settings,
+                request,
+                keyring=keys.keyring(),
+                log=context.log.info,
+                actor=f"dagster run {context.run_id}",
+                field=field,
+            )
+        else:
+            report = svc.restore_database_to_moment(
+                settings,
+                request,
+                keyring=keys.keyring(),
+                log=context.log.info,
+                actor=f"dagster run {context.run_id}",
+                field=field,
+            )
+    except SettingsError as exc:  # no google_drive destination to restore from
+        refuse_run(context, f"pitr_source {source.value}: {exc}", code="PITR_RESTORE_REFUSED")
     except PitrRestoreRefused as exc:
         refuse_run(context, f"refused, nothing was changed: {exc}", code="PITR_RESTORE_REFUSED")
-    except (PitrRestoreFailed, *ENGINE_ERRORS) as exc:
+    except (PitrRestoreFailed, *ENGINE_ERRORS, *DRIVE_ERRORS) as exc:
         raise quiet_failure(f"PITR restore failed: {exc}", "PITR_RESTORE_FAILED") from None
     result = report.as_dict()
     context.add_output_metadata({k: v for k, v in result.items() if v is not None}, output_name=output_name)

@@ -9,20 +9,26 @@ Drive lags the S3 window by more than ``pitr_drive_lag_alert_seconds`` or its WA
 """
 
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from dagster._utils.schedules import is_valid_cron_string
 
+from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
 from backup_pipeline.destinations.base import DestinationError
 from backup_pipeline.ops.pitr import ENGINE_ERRORS, _recovery_keys, read_status
 from backup_pipeline.ops.step_errors import quiet_failure
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
+from backup_pipeline.safety import Verdict
 from backup_pipeline.schedules import in_progress_runs
 from backup_pipeline.services import pitr as svc
 from backup_pipeline.services import pitr_drive as drive
+from backup_pipeline.services.errors import first_line
+from backup_pipeline.services.pitr_restore import RestoreReport, RestoreRequest
+from backup_pipeline.services.pitr_status import ArchiverStatus, Problem
 from backup_pipeline.settings import BackupSettings, SettingsError
 
 PITR_DRIVE_ASSET = dg.AssetKey("pitr_drive")
@@ -70,22 +76,132 @@ def lag_seconds(s3_latest: datetime | None, drive_latest: datetime | None) -> fl
     return max((s3_latest - drive_latest).total_seconds(), 0.0)
 
 
-def lag_verdict(meta: dict[str, Any], limit_seconds: int) -> tuple[bool, str]:
-    lag = meta.get("drive_lag_seconds")
+def drive_problems(meta: dict[str, Any], limit_seconds: int) -> list[Problem]:
+    """What is wrong with Drive's copy, one Problem per kind (the sensor alerts once per kind)."""
+    problems: list[Problem] = []
+    empty = meta.get("drive_latest_restorable") in (None, "none")
+    if empty:
+        problems.append(Problem("drive_empty", "Drive holds no restorable base backup + WAL chain yet."))
     gaps = int(meta.get("drive_wal_gaps", 0) or 0)
-    if meta.get("drive_latest_restorable") in (None, "none"):
-        return False, "NOT SAFE: Drive holds no restorable base backup + WAL chain yet."
     if gaps:
-        return False, f"NOT SAFE: Drive's WAL chain has {gaps} gap(s): {meta.get('drive_wal_gap_examples')}."
-    if isinstance(lag, int | float) and lag > limit_seconds:
-        return False, (
-            f"NOT SAFE: Drive's copy lags the S3 repository by {lag:.0f} s (limit {limit_seconds} s): Drive "
-            f"restores up to {meta.get('drive_latest_restorable')}, S3 up to {meta.get('s3_latest_restorable')}."
+        problems.append(
+            Problem(
+                "drive_gap", f"Drive's WAL chain has {gaps} gap(s): {meta.get('drive_wal_gap_examples')}."
+            )
         )
-    return True, (
+    lag = meta.get("drive_lag_seconds")
+    # Without any chain the lag is infinite and says nothing the empty problem does not.
+    if not empty and isinstance(lag, int | float) and lag > limit_seconds:
+        problems.append(
+            Problem(
+                "drive_lag",
+                f"Drive's copy lags the S3 repository by {lag:.0f} s (limit {limit_seconds} s): Drive "
+                f"restores up to {meta.get('drive_latest_restorable')}, S3 up to "
+                f"{meta.get('s3_latest_restorable')}.",
+            )
+        )
+    return problems
+
+
+def lag_verdict(meta: dict[str, Any], limit_seconds: int) -> tuple[bool, str]:
+    problems = drive_problems(meta, limit_seconds)
+    if problems:
+        return False, "NOT SAFE: " + " ".join(p.message for p in problems)
+    return True, _ok_text(meta)
+
+
+def _ok_text(meta: dict[str, Any]) -> str:
+    lag = meta.get("drive_lag_seconds")
+    shown = f"{lag:.0f}" if isinstance(lag, int | float) else "unknown"
+    return (
         f"OK: Drive restores {meta.get('drive_earliest_restorable')} to {meta.get('drive_latest_restorable')} "
-        f"(S3 up to {meta.get('s3_latest_restorable')}; lag {lag if lag is not None else 'unknown'} s)."
+        f"(S3 up to {meta.get('s3_latest_restorable')}; lag {shown} s)."
     )
+
+
+def watch_meta(index: drive.DriveIndex, s3_latest: datetime | None, now: datetime) -> dict[str, Any]:
+    """Drive's window from the bundle index (no keys) against the S3 repository's newest moment.
+
+    The S3 side is the archiver's ``last_archived_time`` (what ``pitr_archiving`` shows); when the
+    server does not answer, Drive is compared with ``now`` so a stopped copy still alerts.
+    """
+    window = drive.drive_window(index)
+    return {
+        **window.metadata(),
+        "s3_latest_restorable": _iso(s3_latest) if s3_latest else f"unknown (compared with now, {_iso(now)})",
+        "drive_lag_seconds": lag_seconds(s3_latest or now, window.latest),
+    }
+
+
+def drive_health(
+    settings: BackupSettings, status: ArchiverStatus | None, now: datetime | None = None
+) -> tuple[dict[str, Any], list[Problem]]:
+    """For the pitr_archive_health sensor: Drive's copy judged from a listing, as each copy run does."""
+    try:
+        destination = drive_resource(settings).get_destination()
+        index = drive.read_index(destination, settings.installation_id, settings.pitr_stanza)
+    except Exception as exc:  # Drive or credential errors of every kind: the archive alerts must still go out
+        return {}, [Problem("drive_unreachable", f"cannot list the PITR copies on Drive: {first_line(exc)}")]
+    last = status.last_archived_time if status else None
+    meta = watch_meta(index, last, now or datetime.now(UTC))
+    return meta, drive_problems(meta, settings.pitr_drive_lag_alert_seconds)
+
+
+def drive_verdict(meta: dict[str, Any], problems: list[Problem]) -> Verdict:
+    """The ``pitr_drive_lag`` evaluation; ``state`` changes with the problems or Drive's window only,
+    so the sensor records a new evaluation when something changed, not every minute."""
+    shown = {
+        k: _shown(v)
+        for k, v in meta.items()
+        if k.endswith("restorable") or any(w in k for w in ("lag", "gap", "segment"))
+    }
+    if problems:
+        text = "NOT SAFE: " + " ".join(p.message for p in problems)
+        return Verdict(
+            False, dg.AssetCheckSeverity.ERROR, text, shown, state=",".join(p.kind for p in problems)
+        )
+    state = f"ok|{meta.get('drive_earliest_restorable')}|{meta.get('drive_latest_restorable')}"
+    return Verdict(True, dg.AssetCheckSeverity.ERROR, _ok_text(meta), shown, state=state)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, float):
+        return -1 if value == float("inf") else round(value, 1)
+    return value
+
+
+def restore_database_from_drive(
+    settings: BackupSettings,
+    request: RestoreRequest,
+    *,
+    keyring: OrgKeyring | None = None,
+    recovery: RecoveryIdentity | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+    actor: str | None = None,
+    field: str = "--target-time",
+) -> RestoreReport:
+    """The restore from Drive for the CLI (``--pitr-source drive``) and the jobs (``pitr_source: drive``):
+    the S3 repository is rebuilt from Drive's base backup + WAL bundles, then restored; audited."""
+    from backup_pipeline.services.pitr_drive_restore import restore_from_drive
+
+    report = restore_from_drive(
+        drive_resource(settings).get_destination(),
+        installation_id=settings.installation_id,
+        cfg=svc.engine_config(settings),
+        request=request,
+        pg_bin=settings.pg_bin_dir,
+        keyring=keyring,
+        recovery=recovery,
+        scratch_root=settings.pitr_config_dir.absolute() / "drive-restore",
+        log=log,
+        field=field,
+    )
+    svc.record_restore(settings, report, actor)
+    return report
 
 
 def earlier_live_copy(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -181,15 +297,13 @@ def build_pitr_drive_check(settings: BackupSettings) -> dg.AssetChecksDefinition
         asset=PITR_DRIVE_ASSET,
         name=DRIVE_LAG_CHECK,
         description=f"Drive's recoverable window vs the S3 repository's: red when Drive lags by more than {limit} s, "
-        "has no restorable base + WAL chain, or its chain has a gap. Evaluated by each pitr_drive_copy_job run.",
+        "has no restorable base + WAL chain, or its chain has a gap. Evaluated by each pitr_drive_copy_job run and, "
+        "from Drive's listing, every minute by the pitr_archive_health sensor.",
     )
-    def pitr_drive_lag(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        event = context.instance.get_latest_materialization_event(PITR_DRIVE_ASSET)
-        if event is None or event.asset_materialization is None:
-            return dg.AssetCheckResult(passed=False, description=f"no {PITR_DRIVE_COPY_JOB} run yet")
-        meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
-        passed, text = lag_verdict(meta, limit)
-        return dg.AssetCheckResult(passed=passed, description=text)
+    def pitr_drive_lag() -> dg.AssetCheckResult:
+        # Judged live from Drive's listing (as the sensor does), not from the last copy run's numbers.
+        status, _problems = read_status(settings)
+        return drive_verdict(*drive_health(settings, status)).result()
 
     return pitr_drive_lag
 

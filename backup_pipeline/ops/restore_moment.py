@@ -12,6 +12,7 @@ Kept out of ``ops/restore.py`` so the profile's modules load only when a run ask
 """
 
 from collections.abc import Iterator
+from enum import Enum
 from typing import Any
 
 import dagster as dg
@@ -24,6 +25,20 @@ RESTORE_TO_MOMENT_OP = "restore_to_moment"
 #: The output ``start_restore`` waits on: emitted only when no target time was given.
 BACKUP_SET_OUTPUT = "backup_set"
 TAG_TARGET_TIME = "backup_pipeline/target_time"
+TAG_PITR_SOURCE = "backup_pipeline/pitr_source"
+
+
+class PitrSource(Enum):
+    """Where a PITR restore reads base backups and WAL from (an enum: Dagster refuses other values at launch)."""
+
+    s3 = "s3"  # the pgBackRest repository (the normal case)
+    drive = "drive"  # the copies on Google Drive (pitr_drive_copy_job), when the S3 repository is lost
+
+
+PITR_SOURCE_HELP = (
+    "s3 (default): the pgBackRest repository; drive: rebuilt from the base backups and WAL bundles "
+    "pitr_drive_copy_job put on the Google Drive destination (when the S3 repository is lost)."
+)
 
 
 class RestoreToMomentConfig(dg.Config):
@@ -44,6 +59,9 @@ class RestoreToMomentConfig(dg.Config):
         default="",
         description="With target_time: database whose tables are verified; empty: the application's.",
     )
+    pitr_source: PitrSource = Field(
+        default=PitrSource.s3, description="With target_time: " + PITR_SOURCE_HELP
+    )
 
 
 @dg.op(
@@ -59,6 +77,14 @@ def restore_to_moment(
     context: dg.OpExecutionContext, config: RestoreToMomentConfig, keys: BackupKeysResource
 ) -> Iterator[dg.Output[Any]]:
     if not config.target_time.strip():
+        if PitrSource(config.pitr_source) is not PitrSource.s3:
+            # a source without a moment would silently restore a backup set from the usual destination
+            refuse_run(
+                context,
+                "pitr_source drive needs target_time (`latest` or a moment): without it restore_job restores "
+                "a backup set",
+                code="PITR_TARGET_INVALID",
+            )
         yield dg.Output(None, BACKUP_SET_OUTPUT)
         return
     from backup_pipeline.ops import pitr as pitr_ops
@@ -76,8 +102,15 @@ def restore_to_moment(
             "PITR profile (DEPLOYMENT.md)",
             code="PITR_TARGET_INVALID",
         )
-    context.instance.add_run_tags(context.run_id, {TAG_TARGET_TIME: config.target_time.strip()})
+    source = PitrSource(config.pitr_source)
+    context.instance.add_run_tags(
+        context.run_id, {TAG_TARGET_TIME: config.target_time.strip(), TAG_PITR_SOURCE: source.value}
+    )
     request = pitr_ops.PitrRestoreConfig(
-        target_time=config.target_time, data_dir=config.data_dir, port=config.port, database=config.database
+        target_time=config.target_time,
+        data_dir=config.data_dir,
+        port=config.port,
+        database=config.database,
+        pitr_source=source,
     )
     yield dg.Output(pitr_ops.restore_in_run(context, settings, request, keys, output_name="moment"), "moment")
