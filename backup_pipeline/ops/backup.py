@@ -426,6 +426,9 @@ def plan_backup(
         },
     )
     taken: set[str] = set()
+    # A set with a sharded bucket is format 3, which has no inventory parts (BACKUP-FORMAT.md §6.1):
+    # its unsharded buckets then keep their objects in the manifest too.
+    any_sharded = any(shards for _, shards in planned)
     for summary, shards in planned:
         if not shards:
             yield dg.DynamicOutput(
@@ -435,6 +438,7 @@ def plan_backup(
                     "bytes": summary.bytes,
                     # Whether its inventory can be a streamed part (BACKUP-FORMAT.md §5.3).
                     "in_key_order": summary.in_key_order,
+                    "inventory_part": summary.in_key_order and not any_sharded,
                 },
                 output_name="buckets",
                 mapping_key=mapping_key(summary.name, taken),
@@ -576,12 +580,14 @@ def export_bucket_op(
         # Every unsharded bucket gets an inventory part (format 2, issue 18: the manifest stays
         # O(buckets + parts)); a listing not in key order cannot be written as one, so that bucket
         # keeps its objects in the manifest (format 1 form). Plans of older code lack the flag.
-        if shard is None and (policy.enabled or bucket.get("in_key_order", False)):
+        if shard is None and (
+            policy.enabled or bucket.get("inventory_part", bucket.get("in_key_order", False))
+        ):
             result = _export_with_inventory(
                 context, plan, name, dest, encryptor, keys, s3, progress, policy, budget
             )
         else:
-            if shard is None:
+            if shard is None and not bucket.get("in_key_order", False):
                 context.log.warning(
                     f"bucket {name}: the server does not list it in key order; its object list goes into "
                     "the manifest instead of an inventory part"
