@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +63,21 @@ class BackupEnv:
         """Exports the recovery secret once (as an administrator would) — all a restore needs."""
         store = RecoveryKeyStore(self.keys.state_dir, OrgKeyring.from_file(self.keys.org_secret_file))
         return RecoveryIdentity.from_bech32(store.export_secret())
+
+
+def start_child_script(
+    source: str, args: dict[str, Any], *, stdin: int | None = None, stderr: int | None = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """Run ``source`` (a ``python -c`` script reading ``json.loads(sys.argv[1])``) in a child process
+    a test can SIGKILL: stdout is a text pipe, the test package importable."""
+    return subprocess.Popen(
+        [sys.executable, "-c", source, json.dumps(args)],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
 
 
 def make_env(

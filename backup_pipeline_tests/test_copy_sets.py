@@ -8,11 +8,7 @@ never decrypts, so random bytes exercise it exactly as a backup's parts do.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +24,7 @@ from backup_pipeline.services.backup_parts import (
     set_properties,
 )
 from backup_pipeline.services.copy_sets import CopyError, copy_set, copy_sets
+from backup_pipeline_tests.backup_helpers import start_child_script
 from backup_pipeline_tests.fixtures import s3_destination as sd
 from backup_pipeline_tests.fixtures.cutting_proxy import CuttingProxy
 from backup_pipeline_tests.fixtures.s3 import S3Server
@@ -235,12 +232,7 @@ def test_a_copy_killed_mid_upload_leaves_no_manifest_and_the_next_copy_completes
             "installation": INSTALLATION,
             "backup_id": ID_NEW,
         }
-        child = subprocess.Popen(
-            [sys.executable, "-c", CRASHING_COPY, json.dumps(args)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )
+        child = start_child_script(CRASHING_COPY, args, stderr=None)
         try:
             assert proxy.frozen.wait(timeout=120), "the copy never reached the freeze point"
         finally:

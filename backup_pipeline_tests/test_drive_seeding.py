@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,7 +49,7 @@ from backup_pipeline.services.retention import (
     BackupSetInfo,
     plan_retention,
 )
-from backup_pipeline_tests.backup_helpers import drive_destination, expected_failures
+from backup_pipeline_tests.backup_helpers import drive_destination, expected_failures, start_child_script
 from backup_pipeline_tests.fixtures.drive import DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
@@ -377,13 +375,7 @@ def test_a_seeding_run_killed_mid_upload_loses_only_its_own_upload_and_the_seed_
         "config": _config(),
     }
     received = int(drive.stats()["upload_bytes_received"])
-    child = subprocess.Popen(
-        [sys.executable, "-c", SEEDING_BACKUP, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    child = start_child_script(SEEDING_BACKUP, args)
     try:
         # Killed once the run has sent its database part and part of its bucket part (SIGKILL:
         # no hook runs, nothing is cleaned up, no checkpoint is written).

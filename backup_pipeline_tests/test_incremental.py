@@ -8,7 +8,6 @@ every set restores to the bucket as it was at its time.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from backup_pipeline.resources.policy import BackupPolicyResource
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import PART_MANIFEST, PROP_PART_NAME
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
-from backup_pipeline_tests.backup_helpers import drive_destination
+from backup_pipeline_tests.backup_helpers import drive_destination, start_child_script
 from backup_pipeline_tests.fixtures.drive import DriveFixture
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
@@ -494,13 +493,7 @@ def test_a_backup_killed_mid_way_leaves_every_kept_set_restorable(
         "backups": str(inst.backups_dir),
         "org_secret": str(inst.org_secret_file),
     }
-    child = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_BACKUP, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    child = start_child_script(CRASHING_BACKUP, args)
     try:
         # Killed while the bucket part (the 48 MiB object) is being written: the inventory part
         # is under way on its own thread, no manifest exists.

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +21,7 @@ import pytest
 from backup_pipeline.resources.postgres import PostgresResource
 from backup_pipeline.services.backup_parts import PART_MANIFEST
 from backup_pipeline.services.backup_upload import has_manifest, list_sets
+from backup_pipeline_tests.backup_helpers import start_child_script
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 from backup_pipeline_tests.restore_support import INSTALLATION, Installation, s3_snapshot, wipe_database
@@ -118,14 +117,7 @@ def test_retention_killed_mid_deletion_leaves_every_kept_set_restorable(
         "stop_in": b,
         "stop_after": 2,  # B's manifest (deleted first) and one of its parts
     }
-    child = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_RETENTION, json.dumps(args)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    child = start_child_script(CRASHING_RETENTION, args, stdin=subprocess.PIPE)
     lines: list[str] = []
     try:
         assert child.stdout is not None
