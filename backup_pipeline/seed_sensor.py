@@ -9,7 +9,7 @@ turns it off (the scheduled backups then continue the seed, one run each).
 
 It requests a run only when the newest backup run ended as seeding (run tag
 ``backup_pipeline/outcome: seeding``), no backup or restore is queued or running, the seeding
-run made progress, and what is left of the window holds what that run said the next one needs
+run made progress (or was not one this sensor started), and what is left of the window holds what that run said the next one needs
 (``next_run_needs_bytes`` of its ``backup_set`` observation); otherwise it says why, and when
 the window will have room. The run key names the seeding run, so each one is continued once.
 """
@@ -75,10 +75,14 @@ def continue_seed_verdict(
             f"backup run {run.run_id[:8]} ended as seeding but recorded no progress to continue from "
             "(written by an older version?): the next scheduled backup continues the seed"
         )
-    if int(meta.get("seeded_objects_this_run", 0)) == 0 and int(meta.get("deferred_objects", 0)) > 0:
+    stuck = int(meta.get("seeded_objects_this_run", 0)) == 0 and int(meta.get("deferred_objects", 0)) > 0
+    if stuck and run.tags.get(CONTINUES_SEED_TAG):
+        # This sensor started it with room for a run's budget, and it still archived nothing (other
+        # uploads took the window meanwhile, or the next object is larger than a day's share):
+        # starting another at once could repeat that forever.
         return dg.SkipReason(
-            f"the seeding run {run.run_id[:8]} ({backup_id}) uploaded no object (the next one may not fit "
-            "what was left of the window): not continued at once, the next scheduled backup continues the seed"
+            f"the seeding run {run.run_id[:8]} ({backup_id}) that this sensor started uploaded no object: "
+            "not continued at once, the next scheduled (or a manual) backup continues the seed"
         )
     need = int(meta["next_run_needs_bytes"])
     try:

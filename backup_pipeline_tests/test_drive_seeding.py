@@ -206,7 +206,9 @@ def success_context(sensor: Any, instance: dg.DagsterInstance, run_id: str) -> A
 def a_day_passes(dest: DestinationResource) -> None:
     """Age every upload the ledger counted by a day: the 24-hour window frees them, as it would."""
     path = Path(dest.state_dir) / "drive-upload-ledger.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
+    # Empty when a SIGKILL hit a ledger update between its truncate and its write (the ledger
+    # reads that as empty too; the kill test's child is killed as its part's upload is counted).
+    data = json.loads(path.read_text(encoding="utf-8") or "{}")
     aged = {k: [[ts - 24 * 3600 - 120, size] for ts, size in v] for k, v in data.items()}
     path.write_text(json.dumps(aged), encoding="utf-8")
 
@@ -380,13 +382,22 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_in_budgeted_runs_the_sensor
             assert f"the seed of backup {seeds[-1]} continues after" in str(verdict.skip_message)
             assert "when the 24-hour upload window has room" in str(verdict.skip_message)
 
+    # A run the sensor started in a window that other uploads filled meanwhile (here: started
+    # with its tags while the window is full): its budget holds no object, it uploads none and
+    # ends as seeding; the sensor does not start another at once (that could loop), even once
+    # the window has room again; the next scheduled backup continues.
+    assert tags is not None
+    stuck = backup_run(inst, instance, dest, tags={**tags, CONTINUES_SEED_TAG: seeds[-1]})
+    assert stuck.success and stuck.dagster_run.tags[OUTCOME_TAG] == OUTCOME_SEEDING
+    empty = stuck.dagster_run.tags["backup_pipeline/backup_id"]
+    nothing = seeding_observation_of(instance, empty)
+    assert (nothing["seeded_objects_this_run"], nothing["bytes_left"]) == (0, PER_RUN * OBJECT_SIZE)
     a_day_passes(dest)
     verdict = continue_seed(instance, dest)
-    assert isinstance(verdict, dg.RunRequest), verdict
-    result = backup_run(inst, instance, dest, tags=dict(verdict.tags))
+    assert isinstance(verdict, dg.SkipReason) and "uploaded no object" in str(verdict.skip_message)
+    result = backup_run(inst, instance, dest, tags={"backup_pipeline/trigger": "schedule"})
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert OUTCOME_TAG not in result.dagster_run.tags
-    assert result.dagster_run.tags[CONTINUES_SEED_TAG] == seeds[-1]
     complete = result.dagster_run.tags["backup_pipeline/backup_id"]
     assert materializations(instance) == 1
     (bucket_meta,) = step_metadata(result, "export_bucket").values()
@@ -408,6 +419,7 @@ def test_a_store_larger_than_the_daily_cap_is_seeded_in_budgeted_runs_the_sensor
     for seed in seeds:
         names = part_names(remaining.get(seed, []))
         assert names == {f"bucket-{BUCKET}", f"index-{BUCKET}"}, (seed, names)
+    assert empty not in remaining  # it holds no object the complete set uses
 
     # Restoring it (database and files) reads the three runs' bucket parts (verified, then
     # restored): above the configured 1 MB/day download threshold, so the pre-flight and the check
