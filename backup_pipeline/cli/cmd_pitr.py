@@ -88,6 +88,7 @@ def status(as_json: bool) -> None:
     from backup_pipeline.ops.pitr import limits
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import PitrEngineError
+    from backup_pipeline.services.pitr_lock import read_repo_protection
     from backup_pipeline.services.pitr_status import ArchiverStatus, archive_problems
 
     settings = _settings()
@@ -105,7 +106,13 @@ def status(as_json: bool) -> None:
     else:
         problems = [p.message for p in archive_problems(server, **limits(settings))]
     window = pitr.recoverable_window(info, segments, server)
-    result = {**window.metadata(), **(server.metadata() if server else {}), "problems": problems}
+    protection = read_repo_protection(ctx.client, settings.pitr_repo_s3_bucket)
+    result = {
+        **window.metadata(),
+        **(server.metadata() if server else {}),
+        **protection.metadata(),
+        "problems": problems,
+    }
     if settings.pitr_drive_copy_enabled:  # what Drive alone restores, from its listing (no keys)
         drive_meta, drive_problems = _drive_status(settings, window.latest)
         result.update(drive_meta)
@@ -116,6 +123,7 @@ def status(as_json: bool) -> None:
         click.echo(f"restorable from {result['earliest_restorable']} to {result['latest_restorable']}")
         click.echo(f"  base backups: {result['base_backups']} (newest {result['newest_base_backup']})")
         click.echo(f"  missing WAL segments in the window: {result['wal_missing_segments']}")
+        click.echo(f"  {protection.summary()}")
         if server:
             click.echo(
                 f"  archive lag: {result['archive_lag_seconds']} s, pg_wal {result['pg_wal_bytes']} bytes"
