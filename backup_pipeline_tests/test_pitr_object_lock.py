@@ -328,6 +328,48 @@ def test_as_of_refuses_a_moment_before_the_repository_and_a_bucket_without_versi
         )
     assert not restore_dir.exists()
 
+    moment = datetime.now(UTC) - timedelta(seconds=30)
+    later = RestoreRequest(
+        target=moment + timedelta(seconds=10), data_dir=restore_dir, port=free_low_port(), database=APP_DB
+    )
+    with pytest.raises(
+        PitrRestoreRefused, match=r"is after --pitr-repo-as-of .*holds no WAL written after it"
+    ):
+        pitr.restore_database_to_moment(
+            world.settings,
+            later,
+            keyring=world.keyring,
+            field="--target-time",
+            repo_as_of=moment,
+            as_of_field="--pitr-repo-as-of",
+        )
+    runner = CliRunner()
+    for args, words in (
+        (["--pitr-repo-as-of", moment.isoformat()], "needs --target-time"),
+        (["--target-time", "latest", "--pitr-repo-as-of", "latest"], "not 'latest'"),
+        (["--target-time", "latest", "--pitr-repo-as-of", "2026-12-08 01:00"], "no UTC offset"),
+        (
+            ["--target-time", "latest", "--pitr-source", "drive", "--pitr-repo-as-of", moment.isoformat()],
+            "does not apply to --pitr-source drive",
+        ),
+    ):
+        done = runner.invoke(
+            cli_main,
+            [
+                "restore",
+                "--org-secret-file",
+                str(world.settings.org_secret_file),
+                "--data-dir",
+                str(restore_dir),
+                "--port",
+                str(free_low_port()),
+                *args,
+            ],
+            catch_exceptions=False,
+        )
+        assert done.exit_code == 2 and words in done.output, (args, done.output)
+    assert not restore_dir.exists()
+
 
 def _cli(world: LockWorld, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in {**os.environ, **world.env}.items() if k != "BACKUP_PIPELINE_ORG_SECRET_FILE"}
