@@ -270,7 +270,15 @@ def test_the_repository_works_on_an_object_lock_bucket_and_expire_only_hides(wor
         LOCK_DAYS,
     )
     text = CliRunner().invoke(cli_main, ["pitr", "status"], catch_exceptions=False).output
-    assert f"object lock: enabled on bucket {BUCKET}; default retention GOVERNANCE {LOCK_DAYS} days" in text
+    summary = f"object lock: enabled on bucket {BUCKET}; default retention GOVERNANCE {LOCK_DAYS} days"
+    assert summary in text
+    # the set-up of the database server's config (which holds the repository keys) says it too
+    setup = CliRunner().invoke(
+        cli_main,
+        ["pitr", "server-config", "--output", str(world.root / "server-config-check")],
+        catch_exceptions=False,
+    )
+    assert setup.exit_code == 0 and summary in setup.stdout, setup.output
 
 
 def _restore_job(world: LockWorld, moment: dict[str, object]) -> dg.ExecuteInProcessResult:
@@ -470,6 +478,11 @@ def test_after_an_attack_with_the_repository_keys_the_as_of_restore_reaches_the_
         assert rows == (30,)  # the rows of T1, in the table T2 dropped
         for secret_text in (world.ctx.secrets.cipher_pass, secret):
             assert secret_text not in done.stdout + done.stderr
+        audit = [
+            json.loads(line) for line in (world.settings.state_dir / "audit.jsonl").read_text().splitlines()
+        ]
+        restores = [r["details"] for r in audit if r["action"] == "pitr_restore"]
+        assert restores[-1]["repo_as_of"] == report_json["repo_as_of"]  # the audit trail says which state
         leftovers = world.settings.pitr_config_dir.absolute() / "as-of-restore"
         assert not leftovers.exists() or not any(leftovers.iterdir())  # the temporary repository is gone
     finally:

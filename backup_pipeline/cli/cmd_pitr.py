@@ -68,11 +68,15 @@ def server_config(output: Path) -> None:
     """Write the database server's pgBackRest config and print the postgresql.conf lines."""
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import archive_command
+    from backup_pipeline.services.pitr_lock import read_repo_protection
 
     settings = _settings()
     ctx = _open(settings, create=True)
     path = pitr.write_server_config(ctx, output.absolute())
     click.echo(f"wrote {path} (0600; it holds the repository keys and passphrase)")
+    protection = read_repo_protection(ctx.client, settings.pitr_repo_s3_bucket)
+    # the keys in that file can delete the repository unless its bucket locks what they write
+    click.echo(protection.summary(), err=not protection.object_lock or not protection.default_mode)
     click.echo("add to postgresql.conf and restart the server:")
     click.echo("  wal_level = replica\n  archive_mode = on\n  archive_timeout = 60")
     # lz4 shrinks the full-page images that dominate WAL at light loads: less to archive and to
