@@ -162,6 +162,12 @@ class UploadLedger:
         with self._locked() as data:
             return int(sum(e[1] for e in data.get(self.principal, [])))
 
+    def schedule(self) -> tuple[tuple[float, int], ...]:
+        """Each counted upload as (when it leaves the 24-hour window, bytes), oldest first."""
+        with self._locked() as data:
+            entries = sorted(data.get(self.principal, []), key=lambda e: e[0])
+            return tuple((e[0] + LEDGER_WINDOW_SECONDS, int(e[1])) for e in entries)
+
     def oldest(self) -> tuple[float, int] | None:
         """When the oldest counted bytes leave the 24-hour window, and how many they are."""
         with self._locked() as data:
