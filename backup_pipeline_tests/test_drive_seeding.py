@@ -206,9 +206,7 @@ def success_context(sensor: Any, instance: dg.DagsterInstance, run_id: str) -> A
 def a_day_passes(dest: DestinationResource) -> None:
     """Age every upload the ledger counted by a day: the 24-hour window frees them, as it would."""
     path = Path(dest.state_dir) / "drive-upload-ledger.json"
-    # Empty when a SIGKILL hit a ledger update between its truncate and its write (the ledger
-    # reads that as empty too; the kill test's child is killed as its part's upload is counted).
-    data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    data = json.loads(path.read_text(encoding="utf-8"))
     aged = {k: [[ts - 24 * 3600 - 120, size] for ts, size in v] for k, v in data.items()}
     path.write_text(json.dumps(aged), encoding="utf-8")
 
