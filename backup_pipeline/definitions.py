@@ -20,10 +20,10 @@ from backup_pipeline.ops import backup as backup_ops
 from backup_pipeline.ops import migration as migration_ops
 from backup_pipeline.ops import pitr as pitr_ops
 from backup_pipeline.ops import verification as verification_ops
-from backup_pipeline.resources import build_resources
+from backup_pipeline.resources import DestinationResource, build_resources
 from backup_pipeline.schedules import build_backup_schedule, build_pitr_schedule, build_verify_schedule
 from backup_pipeline.sensors import build_pitr_archive_sensor, build_sensors
-from backup_pipeline.settings import BackupSettings, load_settings
+from backup_pipeline.settings import BackupSettings, DestinationKind, load_settings
 
 
 def build_definitions(settings: BackupSettings) -> dg.Definitions:
@@ -54,6 +54,15 @@ def build_definitions(settings: BackupSettings) -> dg.Definitions:
         verification_ops.build_verification_check(),
         *admin_view.build_backup_checks(settings),
     ]
+    if settings.incremental_objects and settings.primary.kind == DestinationKind.GOOGLE_DRIVE:
+        # Only here can a backup seed (Drive's daily upload cap); BACKUP-STRATEGY.md, Seeding.
+        from backup_pipeline.seed_sensor import build_continue_seed_sensor
+
+        sensors.append(
+            build_continue_seed_sensor(
+                DestinationResource.from_settings(settings), settings.run_sensor_interval_seconds
+            )
+        )
     if settings.copy_targets:  # several destinations: copies, their sensors and alert
         from backup_pipeline.copy_sensors import build_copy_sensors
         from backup_pipeline.ops.copy import copy_backup_job

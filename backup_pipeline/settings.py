@@ -91,6 +91,8 @@ class ExecutorKind(StrEnum):
 #: Dagster's own default interval of a sensor (dagster.SensorDefinition, 30 s): the run-status
 #: sensors keep it unless ``run_sensor_interval_seconds`` says otherwise.
 DEFAULT_RUN_SENSOR_INTERVAL_SECONDS = 30
+#: What one seeding run uploads at most (``seed_run_budget_bytes``): 50 GiB.
+SEED_RUN_BUDGET_DEFAULT = 50 * 2**30
 
 
 class BackupSettings(BaseSettings):
@@ -308,6 +310,14 @@ class BackupSettings(BaseSettings):
         lt=1.0,
         description="With incremental_objects on Google Drive: a backup larger than what is left of the daily "
         "upload cap seeds over several runs, keeping this share of the cap unused (framing, ledger lag).",
+    )
+    seed_run_budget_bytes: int = Field(
+        SEED_RUN_BUDGET_DEFAULT,
+        ge=2**20,
+        description="With incremental_objects on Google Drive: at most this many bytes of objects per seeding run "
+        "(below what is left of the daily cap), so a seeding run killed midway loses at most this much; the "
+        "continue_seed sensor starts the next run while the 24-hour window has room. At least 1 MiB; "
+        "default 50 GiB.",
     )
     seed_abandon_days: int = Field(
         14,

@@ -23,6 +23,8 @@ from backup_pipeline.destinations import (
     RetryingDestination,
     ensure_room,
 )
+from backup_pipeline.destinations.google_drive import state as drive_state
+from backup_pipeline.destinations.google_drive.state import UploadLedger
 from backup_pipeline.services.backup_parts import ErrorCode
 from backup_pipeline.services.backup_upload import destination_failure
 from backup_pipeline.settings import DriveAuthMode
@@ -549,3 +551,25 @@ def test_the_check_fails_when_the_drive_is_full(drive: DriveFixture) -> None:
     assert not space.ok and "0 bytes of storage are free" in space.detail
     assert "0 B free (0 B of 0 B used)" in space.detail
     assert report.fix is not None and "empty the Drive trash" in report.fix
+
+
+def test_a_ledger_write_that_dies_midway_leaves_the_previous_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload ledger is the day's evidence against Drive's 750 GB cap: a process killed while
+    recording must leave the previous count, not an empty ledger that would read as 'nothing
+    uploaded today' and let the next run plan past the cap (seen with a SIGKILL in a seeding run)."""
+    ledger = UploadLedger(tmp_path, "backup@example.com")
+    ledger.record(700 * 10**9)
+
+    def dies_midway(data: object, out: io.TextIOBase) -> None:
+        out.write('{"half')
+        raise KeyboardInterrupt  # as a kill between the start and the end of the write
+
+    monkeypatch.setattr(drive_state.json, "dump", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.record(5)
+    monkeypatch.undo()
+    assert ledger.uploaded_last_24h() == 700 * 10**9
+    ledger.record(5)
+    assert UploadLedger(tmp_path, "backup@example.com").uploaded_last_24h() == 700 * 10**9 + 5

@@ -30,6 +30,7 @@ from backup_pipeline.archive.keys import (
     generate_org_secret_file,
 )
 from backup_pipeline.destinations.base import StoredFile
+from backup_pipeline.ops import pitr as pitr_ops
 from backup_pipeline.ops import pitr_drive as drive_ops
 from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
@@ -407,6 +408,36 @@ def test_restore_from_drive_alone_after_the_s3_repository_is_deleted(world: Worl
         assert started == {RESTORE_TO_MOMENT_OP}  # the backup-set steps were skipped
     finally:
         stop_restored(world.ctx.engine, None, job_dir)
+
+    # and from the PITR job of its own: pitr_restore_job with pitr_source drive
+    pitr_dir = world.root / "restored-by-pitr-job"
+    port = free_low_port()
+    try:
+        jobs = {job.name: job for job in pitr_ops.build_pitr_jobs(world.settings)}
+        result = jobs[pitr_ops.PITR_RESTORE_JOB].execute_in_process(
+            instance=world.instance,
+            resources={"keys": world.keys()},
+            run_config={
+                "ops": {
+                    "pitr_restore": {
+                        "config": {
+                            "target_time": target.isoformat(),
+                            "data_dir": str(pitr_dir),
+                            "port": port,
+                            "pitr_source": "drive",
+                        }
+                    }
+                }
+            },
+            raise_on_error=False,
+        )
+        assert result.success, result.failure_data_for_node("pitr_restore")
+        report = result.output_for_node("pitr_restore")
+        assert before_t1 <= datetime.fromisoformat(report["reached"]) <= target
+        with psycopg.connect(host=report["socket_dir"], port=port, dbname=APP_DB, user="postgres") as conn:
+            assert conn.execute("SELECT count(*) FROM items").fetchone() == (90,)
+    finally:
+        stop_restored(world.ctx.engine, None, pitr_dir)
 
 
 def _restore_job_resources(world: World) -> dict[str, object]:

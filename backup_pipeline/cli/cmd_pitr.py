@@ -68,11 +68,15 @@ def server_config(output: Path) -> None:
     """Write the database server's pgBackRest config and print the postgresql.conf lines."""
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import archive_command
+    from backup_pipeline.services.pitr_lock import read_repo_protection
 
     settings = _settings()
     ctx = _open(settings, create=True)
     path = pitr.write_server_config(ctx, output.absolute())
     click.echo(f"wrote {path} (0600; it holds the repository keys and passphrase)")
+    protection = read_repo_protection(ctx.client, settings.pitr_repo_s3_bucket)
+    # the keys in that file can delete the repository unless its bucket locks what they write
+    click.echo(protection.summary(), err=not protection.object_lock or not protection.default_mode)
     click.echo("add to postgresql.conf and restart the server:")
     click.echo("  wal_level = replica\n  archive_mode = on\n  archive_timeout = 60")
     # lz4 shrinks the full-page images that dominate WAL at light loads: less to archive and to
@@ -88,6 +92,7 @@ def status(as_json: bool) -> None:
     from backup_pipeline.ops.pitr import limits
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import PitrEngineError
+    from backup_pipeline.services.pitr_lock import read_repo_protection
     from backup_pipeline.services.pitr_status import ArchiverStatus, archive_problems
 
     settings = _settings()
@@ -105,7 +110,13 @@ def status(as_json: bool) -> None:
     else:
         problems = [p.message for p in archive_problems(server, **limits(settings))]
     window = pitr.recoverable_window(info, segments, server)
-    result = {**window.metadata(), **(server.metadata() if server else {}), "problems": problems}
+    protection = read_repo_protection(ctx.client, settings.pitr_repo_s3_bucket)
+    result = {
+        **window.metadata(),
+        **(server.metadata() if server else {}),
+        **protection.metadata(),
+        "problems": problems,
+    }
     if settings.pitr_drive_copy_enabled:  # what Drive alone restores, from its listing (no keys)
         drive_meta, drive_problems = _drive_status(settings, window.latest)
         result.update(drive_meta)
@@ -116,6 +127,7 @@ def status(as_json: bool) -> None:
         click.echo(f"restorable from {result['earliest_restorable']} to {result['latest_restorable']}")
         click.echo(f"  base backups: {result['base_backups']} (newest {result['newest_base_backup']})")
         click.echo(f"  missing WAL segments in the window: {result['wal_missing_segments']}")
+        click.echo(f"  {protection.summary()}")
         if server:
             click.echo(
                 f"  archive lag: {result['archive_lag_seconds']} s, pg_wal {result['pg_wal_bytes']} bytes"

@@ -120,6 +120,12 @@ def _load_keys(recovery_key_file: Path | None, org_secret_file: Path | None) -> 
     "Google Drive destination (needs only Drive's credentials and the recovery key).",
 )
 @click.option(
+    "--pitr-repo-as-of",
+    default=None,
+    help="PITR: restore from the S3 repository as it was at this moment (ISO-8601 with offset), read from its "
+    "bucket's object versions: the way back after the repository was damaged or tampered with (object lock).",
+)
+@click.option(
     "--port", type=click.IntRange(1, 65535), default=None, help="PITR: port of the restored cluster."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -147,11 +153,17 @@ def restore_command(
     target_time: str | None,
     data_dir: Path | None,
     pitr_source: str,
+    pitr_repo_as_of: str | None,
     port: int | None,
     as_json: bool,
 ) -> None:
     """Disaster recovery: list backup sets on the destination and restore one (dry run by default)."""
     settings = settings_for(destination_kind, local_path)
+    if pitr_repo_as_of is not None and target_time is None:
+        fail(
+            "--pitr-repo-as-of needs --target-time (a moment or 'latest'): it applies to PITR restores only",
+            2,
+        )
     if target_time is not None:
         from backup_pipeline.cli.pitr_restore import restore_to_time
 
@@ -164,6 +176,7 @@ def restore_command(
             database=target_database,
             as_json=as_json,
             source=pitr_source,
+            repo_as_of=pitr_repo_as_of,
         )
         return
     from backup_pipeline.resources.destination import DestinationResource

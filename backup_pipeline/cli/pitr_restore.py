@@ -37,6 +37,7 @@ def restore_to_time(
     database: str | None,
     as_json: bool,
     source: str = "s3",
+    repo_as_of: str | None = None,
 ) -> None:
     from backup_pipeline.services import pitr
     from backup_pipeline.services.pitr_engine import PitrEngineError
@@ -50,10 +51,18 @@ def restore_to_time(
 
     if data_dir is None or port is None:
         fail("--target-time needs --data-dir (a new, empty directory) and --port (not the live server's)", 2)
+    from backup_pipeline.services.pitr_lock import parse_as_of
+
     try:
         target = parse_target(target_time, field="--target-time")
+        as_of = parse_as_of(repo_as_of, "--pitr-repo-as-of") if repo_as_of is not None else None
     except ValueError as exc:
         fail(str(exc), 2)
+    if as_of is not None and source != "s3":
+        fail(
+            "--pitr-repo-as-of reads the S3 repository's object versions: it does not apply to --pitr-source drive",
+            2,
+        )
     request = RestoreRequest(
         target=target, data_dir=data_dir, port=port, database=database or settings.app_database_name
     )
@@ -73,6 +82,8 @@ def restore_to_time(
                 recovery=keys.recovery_identity,
                 log=lambda message: click.echo(message, err=True),
                 field="--target-time",
+                repo_as_of=as_of,
+                as_of_field="--pitr-repo-as-of",
             )
     except (pitr.PitrSetupError, SettingsError) as exc:
         fail(str(exc), 2)
@@ -94,6 +105,8 @@ def restore_to_time(
     click.echo(
         f"restored to {result['reached']} (target {result['target']}, base backup {result['backup_set']})"
     )
+    if result.get("repo_as_of"):
+        click.echo(f"  from the repository as it was at {result['repo_as_of']}")
     click.echo(f"  {result['tables']} tables, {result['rows']} rows readable in {result['database']}")
     click.echo(f"  running on port {result['port']}: {result['connect']}")
     click.echo(f"  stop it with: {result['stop']}")

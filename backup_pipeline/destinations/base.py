@@ -204,6 +204,9 @@ class Capacity:
     #: When the oldest upload counted against the cap leaves the 24-h window (epoch seconds), and
     #: how many bytes it frees then: "continues after HH:MM UTC when the window frees X".
     daily_window_frees: tuple[float, int] | None = None
+    #: Every upload counted against the cap as (when it leaves the 24-h window, bytes), oldest
+    #: first: when the window will have room for N bytes (the ``continue_seed`` sensor says so).
+    daily_window_schedule: tuple[tuple[float, int], ...] = ()
     #: Downloads per day above which the destination throttles or bills (Drive: about 1 TB per
     #: Cloud project); a restore reading more is warned about, never refused.
     daily_download_threshold: int | None = None

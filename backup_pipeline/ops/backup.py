@@ -63,7 +63,12 @@ from backup_pipeline.services.backup_parts import (
     new_backup_id,
     shard_part_name,
 )
-from backup_pipeline.services.backup_seed import BucketBudget, day_budget, is_seeding
+from backup_pipeline.services.backup_seed import (
+    DUMP_NOT_NEEDED,
+    BucketBudget,
+    day_budget,
+    writes_seed_checkpoint,
+)
 from backup_pipeline.services.backup_upload import (
     Encryptor,
     destination_error_code,
@@ -80,6 +85,7 @@ from backup_pipeline.services.bucket_shards import (
 )
 from backup_pipeline.services.progress import ProgressSnapshot, ProgressTracker
 from backup_pipeline.services.reachability import ReferencesUnknown, find_references
+from backup_pipeline.settings import SEED_RUN_BUDGET_DEFAULT
 from backup_pipeline.shard_settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_OBJECTS
 
 BACKUP_JOB_NAME = "backup_job"
@@ -149,6 +155,12 @@ class BackupConfig(dg.Config):
         lt=1.0,
         description="With incremental_objects on Google Drive: share of the daily upload cap left unused when a "
         "backup larger than the day's allowance is spread over several runs (seeding).",
+    )
+    seed_run_budget_bytes: int = Field(
+        default=SEED_RUN_BUDGET_DEFAULT,
+        ge=1,
+        description="With incremental_objects on Google Drive: at most this many bytes of objects per seeding run, "
+        "so a seeding run that dies loses at most this much.",
     )
 
 
@@ -407,6 +419,7 @@ def plan_backup(
         else {
             **budget.to_dict(),
             "day": day_budget(budget.cap, config.seed_margin_share, db_size),
+            "margin_share": config.seed_margin_share,
         },
     }
     context.log.info(
@@ -423,6 +436,17 @@ def plan_backup(
             "objects": sum(s.objects for s in summaries),
             "estimated_bytes": estimate,
             "removed_incomplete_sets": len(removed),
+            **(
+                {
+                    "seeding": "this run ends as seeding: no database dump"
+                    if budget.ends_seeding
+                    else "budget-limited: completes the set if everything fits",
+                    "seed_budget_bytes": sum(budget.per_bucket.values()),
+                    "seed_pending_bytes": budget.pending_bytes,
+                }
+                if budget is not None
+                else {}
+            ),
         },
     )
     taken: set[str] = set()
@@ -492,7 +516,8 @@ def _database_size(app_db: PostgresResource) -> int:
 
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
-    description="Backs up the database (pg_dump), encrypted, to the destination, and checks what arrived.",
+    description="Backs up the database (pg_dump), encrypted, to the destination, and checks what arrived. In a "
+    "run planned to end as seeding it records 'not needed: seeding run' instead (a seed is never restored).",
 )
 def dump_database_op(
     context: dg.OpExecutionContext,
@@ -502,6 +527,8 @@ def dump_database_op(
     keys: BackupKeysResource,
 ) -> dict:
     backup_id, installation_id = plan["backup_id"], plan["installation_id"]
+    if (plan.get("seed") or {}).get("ends_seeding"):
+        return _database_not_needed(context, plan)
     with backup_errors(context), run_data_lease(context, app_db):
         encryptor, _ = build_encryptor(keys)
         dest = destination.get_destination()
@@ -541,6 +568,29 @@ def dump_database_op(
     return out
 
 
+def _database_not_needed(context: dg.OpExecutionContext, plan: dict) -> dict:
+    """A run planned to end as seeding dumps no database: a seed checkpoint is never restored, and
+    the run that completes the set dumps it (docs/architecture/BACKUP-STRATEGY.md, Seeding)."""
+    seed = plan["seed"]
+    context.log.info(
+        f"database dump {DUMP_NOT_NEEDED}: {decimal_bytes(seed.get('pending_bytes', 0))} of objects are left "
+        f"to upload and this run may upload {decimal_bytes(sum(seed['per_bucket'].values()))}, so it ends as "
+        "seeding (not restorable); the run that completes the set dumps the database"
+    )
+    context.add_output_metadata({"part": "none", "dump": DUMP_NOT_NEEDED})
+    return {
+        "part": None,
+        "skipped": DUMP_NOT_NEEDED,
+        "server_version": plan["pg_server_version"],
+        "pg_dump_version": plan["pg_dump_version"],
+        "schema_version": None,
+        "schema_version_note": None,
+        "exclude_table_data": list(plan["exclude_table_patterns"]),
+        "seconds": 0.0,
+        "table_rows": {},
+    }
+
+
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
     description="Backs up every file of one bucket (one step per bucket, or per key range of a bucket above "
@@ -573,7 +623,11 @@ def export_bucket_op(
         policy = IncrementalPolicy(**plan.get("incremental", {}))
         seed = plan.get("seed")
         budget = (
-            BucketBudget(left=int(seed["per_bucket"].get(name, 0)), day=seed.get("day"))
+            BucketBudget(
+                left=int(seed["per_bucket"].get(name, 0)),
+                day=seed.get("day"),
+                alone=(seed.get("alone") or {}).get(name),
+            )
             if seed and shard is None
             else None
         )
@@ -744,8 +798,8 @@ def finalize_backup_op(
     release_run_data_lease(context, app_db)
     entry["run_id"] = context.run_id
     entry["destination"] = dest.description
-    if is_seeding(buckets):
-        return report_seeding(context, dest, entry, buckets)
+    if writes_seed_checkpoint(database, buckets):
+        return report_seeding(context, dest, entry, buckets, plan)
     context.log_event(
         dg.AssetMaterialization(
             asset_key=BACKUP_SET_ASSET, metadata=admin_view.backup_set_metadata(entry, dest)
@@ -819,6 +873,7 @@ def backup_config_from_settings(settings: Any) -> BackupConfig:
         shard_max_objects=settings.shard_max_objects,
         shard_max_bytes=settings.shard_max_bytes,
         seed_margin_share=settings.seed_margin_share,
+        seed_run_budget_bytes=settings.seed_run_budget_bytes,
     )
 
 

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from backup_pipeline.archive.errors import ArchiveError
 from backup_pipeline.destinations.base import DestinationError
-from backup_pipeline.ops.restore_moment import PITR_SOURCE_HELP, PitrSource
+from backup_pipeline.ops.restore_moment import PITR_REPO_AS_OF_HELP, PITR_SOURCE_HELP, PitrSource
 from backup_pipeline.ops.step_errors import quiet_failure, refuse_run
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.safety import Verdict
@@ -36,6 +36,7 @@ from backup_pipeline.services.errors import first_line
 from backup_pipeline.services.pitr_drive import PitrDriveError
 from backup_pipeline.services.pitr_engine import PitrEngineError
 from backup_pipeline.services.pitr_keys import PitrKeyError
+from backup_pipeline.services.pitr_lock import parse_as_of, read_repo_protection
 from backup_pipeline.services.pitr_restore import (
     PitrRestoreFailed,
     PitrRestoreRefused,
@@ -88,6 +89,7 @@ class PitrRestoreConfig(dg.Config):
         default="", description="Database whose tables are verified; empty: the application's."
     )
     pitr_source: PitrSource = Field(default=PitrSource.s3, description=PITR_SOURCE_HELP)
+    pitr_repo_as_of: str = Field(default="", description=PITR_REPO_AS_OF_HELP)
 
 
 def limits(settings: BackupSettings) -> dict[str, Any]:
@@ -188,11 +190,24 @@ def restore_in_run(
     A bad request ends the run refused (nothing touched; the message names the field and, for a
     moment outside it, the recoverable window); a failed restore fails it quietly with its code.
     """
+    source = PitrSource(config.pitr_source)
+    as_of_field = "pitr_repo_as_of"
     try:
         target = parse_target(config.target_time, field=field)
         check_not_future(target, field)  # before the repository is even opened
+        repo_as_of = (
+            parse_as_of(config.pitr_repo_as_of, as_of_field) if config.pitr_repo_as_of.strip() else None
+        )
+        check_not_future(repo_as_of, as_of_field)
     except (ValueError, PitrRestoreRefused) as exc:
         refuse_run(context, str(exc), code="PITR_TARGET_INVALID")
+    if repo_as_of is not None and source is not PitrSource.s3:
+        refuse_run(
+            context,
+            f"{as_of_field} reads the S3 repository's object versions; pitr_source {source.value} has none: "
+            "leave one of them empty",
+            code="PITR_TARGET_INVALID",
+        )
     if not config.data_dir.strip() or config.port <= 0:
         refuse_run(
             context,
@@ -206,7 +221,6 @@ def restore_in_run(
         port=config.port,
         database=config.database or settings.app_database_name,
     )
-    source = PitrSource(config.pitr_source)
     try:
         if source is PitrSource.drive:
             from backup_pipeline.ops.pitr_drive import restore_database_from_drive
@@ -227,6 +241,8 @@ def restore_in_run(
                 log=context.log.info,
                 actor=f"dagster run {context.run_id}",
                 field=field,
+                repo_as_of=repo_as_of,
+                as_of_field=as_of_field,
             )
     except SettingsError as exc:  # no google_drive destination to restore from
         refuse_run(context, f"pitr_source {source.value}: {exc}", code="PITR_RESTORE_REFUSED")
@@ -262,6 +278,7 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
             segments = svc.archive_segments(ctx.client, ctx.engine.cfg)
         except ENGINE_ERRORS as exc:
             raise quiet_failure(f"PITR base backup failed: {exc}", "PITR_BASE_BACKUP_FAILED") from None
+        protection = read_repo_protection(ctx.client, settings.pitr_repo_s3_bucket)
         status, problems = read_status(settings)
         window = svc.recoverable_window(info, segments, status)
         newest = info.usable_backups[-1] if info.usable_backups else None
@@ -275,10 +292,13 @@ def build_pitr_jobs(settings: BackupSettings) -> list[dg.JobDefinition]:
             "duration_seconds": round(time.monotonic() - started, 1),
             "repository": f"{settings.pitr_repo_s3_endpoint}/{settings.pitr_repo_s3_bucket}{settings.pitr_repo_path}",
             "stanza": settings.pitr_stanza,
+            # what the bucket says (read each run, never configured): docs/architecture/PITR.md §3
+            **protection.metadata(),
         }
         context.log_event(dg.AssetMaterialization(asset_key=PITR_ARCHIVE_ASSET, metadata=metadata))
         for problem in problems:
             context.log.warning(problem.message)
+        context.log.info(protection.summary())
         if window.missing:
             raise quiet_failure(
                 f"{len(window.missing)} WAL segment(s) missing between {window.first_segment} and "

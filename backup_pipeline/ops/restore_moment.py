@@ -40,6 +40,12 @@ PITR_SOURCE_HELP = (
     "pitr_drive_copy_job put on the Google Drive destination (when the S3 repository is lost)."
 )
 
+PITR_REPO_AS_OF_HELP = (
+    "Empty (default): the repository as it is. A moment (ISO-8601 with a UTC offset) before the repository "
+    "was damaged or tampered with: restore from the repository as it was then, read from its bucket's object "
+    "versions (needs versioning / object lock on the repository bucket; s3 source only)."
+)
+
 
 class RestoreToMomentConfig(dg.Config):
     target_time: str = Field(
@@ -62,6 +68,7 @@ class RestoreToMomentConfig(dg.Config):
     pitr_source: PitrSource = Field(
         default=PitrSource.s3, description="With target_time: " + PITR_SOURCE_HELP
     )
+    pitr_repo_as_of: str = Field(default="", description="With target_time: " + PITR_REPO_AS_OF_HELP)
 
 
 @dg.op(
@@ -77,6 +84,13 @@ def restore_to_moment(
     context: dg.OpExecutionContext, config: RestoreToMomentConfig, keys: BackupKeysResource
 ) -> Iterator[dg.Output[Any]]:
     if not config.target_time.strip():
+        if config.pitr_repo_as_of.strip():
+            refuse_run(
+                context,
+                "pitr_repo_as_of needs target_time (`latest` or a moment): without it restore_job restores a "
+                "backup set",
+                code="PITR_TARGET_INVALID",
+            )
         if PitrSource(config.pitr_source) is not PitrSource.s3:
             # a source without a moment would silently restore a backup set from the usual destination
             refuse_run(
@@ -112,5 +126,6 @@ def restore_to_moment(
         port=config.port,
         database=config.database,
         pitr_source=source,
+        pitr_repo_as_of=config.pitr_repo_as_of,
     )
     yield dg.Output(pitr_ops.restore_in_run(context, settings, request, keys, output_name="moment"), "moment")

@@ -95,8 +95,10 @@ class FinalizeInput:
 
 
 def data_parts(data: FinalizeInput) -> list[UploadedPart]:
-    """Every data part of the set: database, bucket parts, their indexes and inventories (format 2)."""
-    parts = [UploadedPart.from_dict(data.database["part"])]
+    """Every data part of the set: database, bucket parts, their indexes and inventories (format 2).
+
+    A seeding run planned as such has no database part (``backup_seed.DUMP_NOT_NEEDED``)."""
+    parts = [UploadedPart.from_dict(data.database["part"])] if data.database.get("part") else []
     for b in data.buckets:
         parts.append(UploadedPart.from_dict(b["part"]))
         if b.get("index_part"):
@@ -132,7 +134,7 @@ def build_manifest(data: FinalizeInput, finished_at: str) -> Manifest:
             file_name=part["file_name"],
         )
 
-    parts = [record(data.database["part"], "database", None)]
+    parts = [record(data.database["part"], "database", None)] if data.database.get("part") else []
     parts += [record(b["part"], "bucket", b["bucket"]) for b in data.buckets]
     # Part indexes (BACKUP-FORMAT.md §8) after the bucket parts: older results have none.
     parts += [record(b["index_part"], "index", b["bucket"]) for b in data.buckets if b.get("index_part")]
@@ -305,11 +307,12 @@ def finalize_backup(
 ) -> dict[str, Any]:
     """Verify every part, drop strays, upload the manifest last; return the ledger entry.
 
-    A seeding run (objects deferred, ``services/backup_seed.py``) is closed the same way, but its
-    last file is the seed checkpoint (``PART_SEED``) instead of the manifest: not a backup, the base
-    the next run continues from.
+    A seeding run (objects deferred, or no database dumped: ``services/backup_seed.py``) is closed
+    the same way, but its last file is the seed checkpoint (``PART_SEED``) instead of the manifest:
+    not a backup, the base the next run continues from. A set without a database part never gets a
+    manifest.
     """
-    from .backup_seed import is_seeding
+    from .backup_seed import writes_seed_checkpoint
 
     started = time.monotonic()
     parts = data_parts(data)
@@ -325,7 +328,7 @@ def finalize_backup(
         encryptor,
         installation_id=data.installation_id,
         backup_id=data.backup_id,
-        part_name=PART_SEED if is_seeding(data.buckets) else PART_MANIFEST,
+        part_name=PART_SEED if writes_seed_checkpoint(data.database, data.buckets) else PART_MANIFEST,
         plaintext=[manifest_bytes],
         set_kind=data.set_kind,
     )

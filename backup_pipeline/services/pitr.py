@@ -30,6 +30,7 @@ from backup_pipeline.services.errors import first_line
 from backup_pipeline.services.pitr_engine import (
     EngineConfig,
     PgBackRest,
+    PitrEngineError,
     PitrSecrets,
     RepoInfo,
     RepoLocation,
@@ -37,6 +38,7 @@ from backup_pipeline.services.pitr_engine import (
     render_config,
 )
 from backup_pipeline.services.pitr_keys import (
+    PitrKeyError,
     ensure_keystore,
     load_passphrase,
     repo_client,
@@ -50,6 +52,13 @@ from backup_pipeline.services.pitr_restore import (
 )
 from backup_pipeline.services.pitr_status import ArchiverStatus
 from backup_pipeline.settings import PITR_S3_ACCESS_KEY_ENV, PITR_S3_SECRET_KEY_ENV, BackupSettings
+
+#: Appended to a failure to open the repository: the way back when it was damaged or tampered with.
+AS_OF_HINT = (
+    "If the repository was damaged or tampered with (e.g. with its leaked S3 keys) and its bucket keeps "
+    "object versions (object lock), restore from the repository as it was before: {field} <a moment before "
+    "the damage> (BACKUP-RESTORE-GUIDE.md, PITR)"
+)
 
 
 class PitrSetupError(RuntimeError):
@@ -250,16 +259,52 @@ def restore_database_to_moment(
     log: Callable[[str], None] = lambda _m: None,
     actor: str | None = None,
     field: str = "target",
+    repo_as_of: datetime | None = None,
+    as_of_field: str = "pitr_repo_as_of",
 ) -> RestoreReport:
     """The PITR restore for the jobs and the CLI: open the repository (org secret or recovery key),
     refuse what is unsafe (nothing touched), restore, verify, report. ``field`` names the target
-    in refusals (``target_time``, ``--target-time``)."""
-    ctx = open_repo(settings, keyring=keyring, recovery=recovery)
+    in refusals (``target_time``, ``--target-time``).
+
+    ``repo_as_of``: restore from the repository as it was at that moment (its bucket's object
+    versions, ``services/pitr_lock.py``), for a repository damaged or tampered with since; the key
+    store is read as of that moment too. ``as_of_field`` names it in refusals."""
+    if repo_as_of is not None:
+        from backup_pipeline.services.pitr_lock import restore_repo_as_of
+
+        cfg = engine_config(settings)
+        access, secret = repo_keys()
+        report = restore_repo_as_of(
+            repo_client(cfg.repo, access, secret),
+            cfg,
+            request,
+            repo_as_of,
+            pg_bin=settings.pg_bin_dir,
+            keyring=keyring,
+            recovery=recovery,
+            scratch_root=settings.pitr_config_dir.absolute() / "as-of-restore",
+            log=log,
+            field=field,
+            as_of_field=as_of_field,
+        )
+        record_restore(settings, report, actor)
+        return report
+    try:
+        ctx = open_repo(settings, keyring=keyring, recovery=recovery)
+        info = ctx.engine.info()
+    except (PitrKeyError, PitrEngineError) as exc:
+        raise type(exc)(f"{exc}. {AS_OF_HINT.format(field=as_of_field)}") from None
+    if not info.usable_backups and info.status_code not in (0, 2):  # 2: no backup yet, a normal state
+        # pgbackrest info reports an unreadable backup.info in the stanza's status, exit code 0
+        raise PitrEngineError(
+            f"the repository of stanza {info.stanza} does not open (pgbackrest info: {info.status_message}). "
+            + AS_OF_HINT.format(field=as_of_field)
+        )
     check_request(
         request,
         live_data_dir=settings.pitr_pg_data_dir,
         live_port=settings.pitr_pg_port,
-        info=ctx.engine.info(),
+        info=info,
         latest=_latest_restorable(settings, log) if request.target is not None else None,
         field=field,
     )
@@ -285,8 +330,10 @@ def record_restore(settings: BackupSettings, report: RestoreReport, actor: str |
     fresh disaster-recovery machine) must not fail a restore that already succeeded."""
     from backup_pipeline.audit import audit_log
 
-    keep = ("target", "reached", "backup_set", "data_dir", "port")
-    details = {k: v for k, v in report.as_dict().items() if k in keep}
+    keep = ("target", "reached", "backup_set", "data_dir", "port", "repo_as_of")
+    details = {
+        k: v for k, v in report.as_dict().items() if k in keep and (v is not None or k != "repo_as_of")
+    }
     try:
         audit_log(settings).append("pitr_restore", details, actor=actor)
     except OSError as exc:

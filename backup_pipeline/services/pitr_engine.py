@@ -259,10 +259,17 @@ def parse_info(text: str, stanza: str) -> RepoInfo:
     )
     archives = entry.get("archive", [])
     current = archives[-1] if archives else {}
+    message = str(entry["status"]["message"])
+    # the stanza's status says only "other"; each repository's status carries the error itself
+    details = [
+        f"repo{r.get('key', '?')}: {r['status'].get('message')}"
+        for r in entry.get("repo", [])
+        if isinstance(r.get("status"), dict) and r["status"].get("code") not in (0, None)
+    ]
     return RepoInfo(
         stanza=stanza,
         status_code=int(entry["status"]["code"]),
-        status_message=str(entry["status"]["message"]),
+        status_message="; ".join([message, *details]),
         backups=backups,
         archive_min=current.get("min"),
         archive_max=current.get("max"),

@@ -102,6 +102,8 @@ class RestoreReport:
     restore_seconds: float = 0.0
     recovery_seconds: float = 0.0
     server_log: str = ""
+    #: the moment of the repository restored from (``pitr_repo_as_of``); None: its current state
+    repo_as_of: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,7 @@ class RestoreReport:
             "restore_seconds": round(self.restore_seconds, 1),
             "recovery_seconds": round(self.recovery_seconds, 1),
             "server_log": self.server_log,
+            "repo_as_of": self.repo_as_of,
             "connect": f"psql -h {self.socket_dir} -p {self.port} -d {self.database}",
             "stop": f"pg_ctl -D {self.data_dir} stop",
         }
@@ -152,17 +155,7 @@ def check_request(
     here rather than after the copy of the base backup. ``field``: how the caller names the target
     (``target_time``, ``--target-time``) in the refusal.
     """
-    if _inside(req.data_dir, live_data_dir) or _inside(live_data_dir, req.data_dir):
-        raise PitrRestoreRefused(
-            f"data directory {req.data_dir} is (or contains, or lies inside) the live server's data "
-            f"directory {live_data_dir}: restore into a new directory"
-        )
-    if req.data_dir.exists() and any(req.data_dir.iterdir()):
-        raise PitrRestoreRefused(f"data directory {req.data_dir} is not empty: give a new or empty directory")
-    if req.port == live_port:
-        raise PitrRestoreRefused(f"port {req.port} is the live server's: choose another port")
-    if _port_in_use(req.port):
-        raise PitrRestoreRefused(f"port {req.port} is in use on 127.0.0.1: choose a free port")
+    check_location(req, live_data_dir=live_data_dir, live_port=live_port)
     earliest = info.earliest_restorable
     if earliest is None:
         raise PitrRestoreRefused(
@@ -183,6 +176,21 @@ def check_request(
             "reaches it yet (the segment being written is archived within archive_timeout). Choose "
             "`latest` or an earlier moment, or retry in a minute"
         )
+
+
+def check_location(req: RestoreRequest, *, live_data_dir: Path, live_port: int) -> None:
+    """The refusals about where the copy goes (directory, port): nothing read or touched yet."""
+    if _inside(req.data_dir, live_data_dir) or _inside(live_data_dir, req.data_dir):
+        raise PitrRestoreRefused(
+            f"data directory {req.data_dir} is (or contains, or lies inside) the live server's data "
+            f"directory {live_data_dir}: restore into a new directory"
+        )
+    if req.data_dir.exists() and any(req.data_dir.iterdir()):
+        raise PitrRestoreRefused(f"data directory {req.data_dir} is not empty: give a new or empty directory")
+    if req.port == live_port:
+        raise PitrRestoreRefused(f"port {req.port} is the live server's: choose another port")
+    if _port_in_use(req.port):
+        raise PitrRestoreRefused(f"port {req.port} is in use on 127.0.0.1: choose a free port")
 
 
 def check_not_future(target: datetime | None, field: str, hint: str = "") -> None:

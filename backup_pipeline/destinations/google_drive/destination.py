@@ -233,6 +233,7 @@ class GoogleDriveDestination:
             decimal_units=True,
             daily_upload_cap=self.cfg.daily_upload_cap_bytes,
             daily_window_frees=ledger.oldest(),
+            daily_window_schedule=ledger.schedule(),
             daily_download_threshold=self.cfg.daily_download_threshold_bytes,
         )
 

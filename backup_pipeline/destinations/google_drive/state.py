@@ -10,7 +10,8 @@ Drive's session lifetime (one week) is never used and removed on sight; and
 
 ``drive-upload-ledger.json`` counts the bytes Drive confirmed per principal, in one-minute
 buckets over the last 24 h: the evidence for the 750 GB/day upload cap (pre-flight, the
-check, and telling the daily cap apart from throttling).
+check, and telling the daily cap apart from throttling). It is replaced by a rename under the lock
+file ``drive-upload-ledger.json.lock``, never rewritten in place, so a killed writer cannot empty it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from backup_pipeline.durable_files import fsync_dir
 
 SESSIONS_DIR = "drive-upload-sessions"
 LEDGER_FILE = "drive-upload-ledger.json"
@@ -131,27 +134,40 @@ class UploadLedger:
         self._clock = clock
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, list[list[float]]]]:
+    def _locked(self, *, write: bool = False) -> Iterator[dict[str, list[list[float]]]]:
+        """The ledger under an exclusive lock; with ``write``, replaced by what the block left in it.
+
+        The lock is a file of its own because the ledger is replaced by a rename, never rewritten
+        in place: a process killed mid-write leaves the previous ledger or the new one. (Rewritten
+        in place, a kill between the truncate and the write left it empty, and an empty ledger
+        tells the next run that nothing was uploaded today: it would plan past Drive's daily cap.)
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+", encoding="utf-8") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
+        with open(self.path.with_name(LEDGER_FILE + ".lock"), "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                data = json.loads(f.read() or "{}")
+                data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+            except FileNotFoundError:
+                data = {}
             except ValueError:
                 data = {}
             cutoff = self._clock() - LEDGER_WINDOW_SECONDS
             data = {k: [e for e in v if e[0] >= cutoff] for k, v in data.items() if isinstance(v, list)}
             yield data
-            f.seek(0)
-            f.truncate()
-            json.dump(data, f)
+            if write:
+                tmp = self.path.with_name(LEDGER_FILE + ".tmp")
+                with open(tmp, "w", encoding="utf-8") as out:
+                    json.dump(data, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self.path)
+                fsync_dir(self.path.parent)
 
     def record(self, size: int) -> None:
         if size <= 0:
             return
         now = self._clock()
-        with self._locked() as data:
+        with self._locked(write=True) as data:
             entries = data.setdefault(self.principal, [])
             if entries and entries[-1][0] // _BUCKET_SECONDS == now // _BUCKET_SECONDS:
                 entries[-1][1] += size
@@ -161,6 +177,12 @@ class UploadLedger:
     def uploaded_last_24h(self) -> int:
         with self._locked() as data:
             return int(sum(e[1] for e in data.get(self.principal, [])))
+
+    def schedule(self) -> tuple[tuple[float, int], ...]:
+        """Each counted upload as (when it leaves the 24-hour window, bytes), oldest first."""
+        with self._locked() as data:
+            entries = sorted(data.get(self.principal, []), key=lambda e: e[0])
+            return tuple((e[0] + LEDGER_WINDOW_SECONDS, int(e[1])) for e in entries)
 
     def oldest(self) -> tuple[float, int] | None:
         """When the oldest counted bytes leave the 24-hour window, and how many they are."""
