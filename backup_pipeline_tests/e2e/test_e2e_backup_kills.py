@@ -7,6 +7,13 @@ fault from outside through the drill's scenario functions (the same code as
 ``python -m backup_pipeline_tests.drill``) and asserts what issue 5 / issue 7 require: the run is
 marked failed, no partial set remains or is listed as a backup, the ledger reconciles with the
 destination, and the next run succeeds.
+
+The reliability drill's core rows (``scripts/drill.sh``'s matrix code, ``run_cases``) run in the
+same world: the run worker SIGKILLed during pg_dump, and a restore of a set whose database part
+has a flipped header bit (refused before anything changes). They had a world of their own in
+test_drill_core (SeaweedFS, seeding, a Dagster home and three Dagster servers); the drill runs all
+its rows in one world too. pg_dump of this world's filler table lasts long enough to be hit: the
+pg_terminate_backend test below needs the same window.
 """
 
 from __future__ import annotations
@@ -17,12 +24,16 @@ import dagster as dg
 import pytest
 
 from backup_pipeline_tests.drill import scenarios as sc
+from backup_pipeline_tests.drill.matrix import CASES, run_cases
+from backup_pipeline_tests.drill.report import now, render
 from backup_pipeline_tests.drill.world import DrillData, World
 
 pytestmark = pytest.mark.e2e
 
 MiB = 1024 * 1024
 FAILED = dg.DagsterRunStatus.FAILURE.value
+#: The drill's core rows (``backup_pipeline_tests.drill.matrix.CASES``) that CI runs.
+CORE = ("run worker killed during pg_dump", "database part: header bit")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +82,26 @@ def test_restore_killed_mid_restore_then_rerun_completes(world: World) -> None:
     # The rerun restored exactly the backed-up database rows and objects.
     assert row.next_run_ok, row.notes
     assert row.ledger_true, row.detail
+
+
+@pytest.fixture(scope="module")
+def core_rows(world: World) -> list[sc.Row]:
+    """The drill's core rows, through the drill's own code (the matrix's ``run_cases``)."""
+    return run_cases(world, [c for c in CASES if c.name in CORE])
+
+
+def test_drill_core_rows_fail_cleanly_and_the_next_run_succeeds(core_rows: list[sc.Row]) -> None:
+    assert [r.name for r in core_rows] == list(CORE)
+    for row in core_rows:
+        assert row.outcome is sc.Outcome.FAILED_CLEANLY, (row.name, row.outcome, row.detail, row.notes)
+        assert row.ledger_true, (row.name, row.detail)
+        assert row.next_run_ok, (row.name, row.notes)
+
+
+def test_drill_report_lists_every_row_with_totals(core_rows: list[sc.Row]) -> None:
+    text = render(core_rows, "bash scripts/drill.sh", now(), 1.0, "test data")
+    assert "| backup kill | run worker killed during pg_dump | SIGKILL | failed cleanly |" in text
+    assert "failed cleanly: 2" in text and "Ledger stayed true: 2 of 2" in text
 
 
 def test_backup_under_the_multiprocess_executor(world: World) -> None:

@@ -21,8 +21,16 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from backup_pipeline import ledger, safety
 from backup_pipeline.copy_sensors import COPY_AFTER_BACKUP_SENSOR
 from backup_pipeline.copy_status import COPY_POLICY_CHECK
-from backup_pipeline.ops.verification import VERIFY_AFTER_BACKUP_SENSOR
+from backup_pipeline.ops.verification import VERIFICATION_ALERT_SENSOR, VERIFY_AFTER_BACKUP_SENSOR
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
+from backup_pipeline.sensors import (
+    DEAD_LEASE_HOLDER_SENSOR,
+    FRESHNESS_SENSOR,
+    HEARTBEAT_FAILURE_SENSOR,
+    HEARTBEAT_SUCCESS_SENSOR,
+    RETENTION_AFTER_BACKUP_SENSOR,
+    RUN_FAILURE_ALERT_SENSOR,
+)
 from backup_pipeline_tests.fixtures import s3_destination as sd
 from backup_pipeline_tests.fixtures.dagster import StartDagster, open_chromium
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
@@ -83,7 +91,20 @@ def test_the_copies_and_the_3_2_1_verdict_of_the_newest_set_show_without_a_click
         # The test waits for copy_after_backup and verify_after_backup (run-status sensors).
         run_sensor_interval_seconds="5",
     )
-    stack = dagster_stack(env)
+    # Only the sensors this test is about run besides the status checks (backup_status_checks):
+    # every other run-status sensor would be evaluated every 5 s as well (each evaluation a
+    # DagsterInstance in the code server and a few PostgreSQL sessions) and retention_after_backup
+    # would launch a retention run (a run worker) after the backup; the test asserts neither.
+    unused = (
+        RETENTION_AFTER_BACKUP_SENSOR,
+        RUN_FAILURE_ALERT_SENSOR,
+        FRESHNESS_SENSOR,
+        DEAD_LEASE_HOLDER_SENSOR,
+        HEARTBEAT_SUCCESS_SENSOR,
+        HEARTBEAT_FAILURE_SENSOR,
+        VERIFICATION_ALERT_SENSOR,
+    )
+    stack = dagster_stack(env, sensors_off=unused)
 
     wait_for_first_ticks(stack, COPY_AFTER_BACKUP_SENSOR, VERIFY_AFTER_BACKUP_SENSOR)
     backup_run = stack.submit_job("backup_job")

@@ -26,9 +26,16 @@ import dagster as dg
 import pytest
 
 from backup_pipeline import ledger, safety
-from backup_pipeline.ops.verification import VERIFY_AFTER_BACKUP_SENSOR
+from backup_pipeline.ops.verification import VERIFICATION_ALERT_SENSOR, VERIFY_AFTER_BACKUP_SENSOR
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
-from backup_pipeline.sensors import HEARTBEAT_SUCCESS_SENSOR
+from backup_pipeline.sensors import (
+    DEAD_LEASE_HOLDER_SENSOR,
+    FRESHNESS_SENSOR,
+    HEARTBEAT_FAILURE_SENSOR,
+    HEARTBEAT_SUCCESS_SENSOR,
+    RETENTION_AFTER_BACKUP_SENSOR,
+    RUN_FAILURE_ALERT_SENSOR,
+)
 from backup_pipeline_tests.fixtures.alert_receivers import WebhookReceiver
 from backup_pipeline_tests.fixtures.dagster import (
     DagsterStack,
@@ -131,7 +138,20 @@ def test_first_backup_shows_the_warnings_and_a_verified_set_without_a_click(
         # The test waits for verify_after_backup and the heartbeat pings (run-status sensors).
         run_sensor_interval_seconds="5",
     )
-    stack = dagster_stack(env)
+    # Only the sensors this test is about run, besides backup_status_checks (the Checks and
+    # backup_health): every other run-status sensor would be evaluated every 5 s as well (each
+    # evaluation a DagsterInstance in the code server and a few PostgreSQL sessions), and
+    # retention_after_backup would launch a retention run (a run worker) after each backup; the
+    # test asserts neither.
+    unused = (
+        RETENTION_AFTER_BACKUP_SENSOR,
+        RUN_FAILURE_ALERT_SENSOR,
+        FRESHNESS_SENSOR,
+        DEAD_LEASE_HOLDER_SENSOR,
+        HEARTBEAT_FAILURE_SENSOR,
+        VERIFICATION_ALERT_SENSOR,
+    )
+    stack = dagster_stack(env, sensors_off=unused)
     wait_for_first_ticks(stack, VERIFY_AFTER_BACKUP_SENSOR, HEARTBEAT_SUCCESS_SENSOR)
 
     # The demo's first backup: launched over GraphQL, as scripts/demo.sh does. No click from here on.
