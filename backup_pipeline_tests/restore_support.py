@@ -7,7 +7,7 @@ import hashlib
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 import psycopg
@@ -17,12 +17,15 @@ from backup_pipeline.archive.keys import RecoveryKeyStore, generate_org_secret_f
 from backup_pipeline.concurrency import DATA_LEASE_TABLE
 from backup_pipeline.ops.backup import build_backup_job
 from backup_pipeline.ops.restore import restore_job
+from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
 from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
 from backup_pipeline.resources.postgres import PostgresResource, locate_pg_tools
 from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.sample_app import SeedSpec, seed_sample_app
 from backup_pipeline.services import restore as svc
+from backup_pipeline.settings import BackupSettings
+from backup_pipeline_tests.fixtures.pg_cluster import TlsSeaweedFS
 from backup_pipeline_tests.fixtures.postgres import PgDatabase
 from backup_pipeline_tests.fixtures.s3 import S3Server
 
@@ -182,3 +185,40 @@ def step_metadata(result: dg.ExecuteInProcessResult, step_prefix: str) -> dict[s
             meta = getattr(data, "metadata", {}) or {}
             out[event.step_key] = {k: getattr(v, "value", v) for k, v in meta.items()}
     return out
+
+
+class PitrWorldLike(Protocol):
+    """What restore_job_to_moment needs of a PITR test world (test_pitr_integration, test_pitr_object_lock)."""
+
+    instance: dg.DagsterInstance
+    env: dict[str, str]
+    s3: TlsSeaweedFS
+    settings: BackupSettings
+    root: Path
+
+    def keys_resource(self) -> BackupKeysResource: ...
+
+
+def restore_job_to_moment(world: PitrWorldLike, moment: dict[str, object]) -> dg.ExecuteInProcessResult:
+    """restore_job as the Launchpad runs it with restore_to_moment's config (the backup-set resources
+    point at nothing a PITR run uses: the local destination is an empty folder)."""
+    return restore_job.execute_in_process(
+        instance=world.instance,
+        resources={
+            "app_db": PostgresResource(database_url=world.env["BACKUP_PIPELINE_APP_DATABASE_URL"]),
+            "s3": S3Resource(
+                endpoint=world.s3.server.endpoint,
+                access_key=world.s3.server.access_key,
+                secret_key=world.s3.server.secret_key,
+            ),
+            "destination": DestinationResource(
+                kind="local",
+                installation_id="pitr",
+                state_dir=str(world.settings.state_dir),
+                local_path=str(world.root / "no-sets"),
+            ),
+            "keys": world.keys_resource(),
+        },
+        run_config={"ops": {RESTORE_TO_MOMENT_OP: {"config": moment}}},
+        raise_on_error=False,
+    )

@@ -24,12 +24,8 @@ import pytest
 from backup_pipeline.alerts import verify_webhook_signature
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity, generate_org_secret_file
 from backup_pipeline.ops import pitr as pitr_ops
-from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
-from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
-from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.sensors import build_pitr_archive_sensor
 from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import segment_number
@@ -68,6 +64,7 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     start_archiving_server,
     user_dir,
 )
+from backup_pipeline_tests.restore_support import restore_job_to_moment
 
 BUCKET = "pitr-repo"
 APP_DB = "app"
@@ -362,31 +359,6 @@ def test_pitr_restore_job_refuses_a_time_without_offset(world: PitrWorld) -> Non
     assert not (world.root / "never").exists()
 
 
-def _restore_job(world: PitrWorld, moment: dict[str, object]) -> dg.ExecuteInProcessResult:
-    """restore_job as the Launchpad runs it with restore_to_moment's config (the backup-set resources
-    point at nothing a PITR run uses: the local destination is an empty folder)."""
-    return restore_job.execute_in_process(
-        instance=world.instance,
-        resources={
-            "app_db": PostgresResource(database_url=world.env["BACKUP_PIPELINE_APP_DATABASE_URL"]),
-            "s3": S3Resource(
-                endpoint=world.s3.server.endpoint,
-                access_key=world.s3.server.access_key,
-                secret_key=world.s3.server.secret_key,
-            ),
-            "destination": DestinationResource(
-                kind="local",
-                installation_id="pitr",
-                state_dir=str(world.settings.state_dir),
-                local_path=str(world.root / "no-sets"),
-            ),
-            "keys": world.keys_resource(),
-        },
-        run_config={"ops": {RESTORE_TO_MOMENT_OP: {"config": moment}}},
-        raise_on_error=False,
-    )
-
-
 def test_restore_job_with_a_target_time_restores_that_moment(world: PitrWorld) -> None:
     world.cluster.execute("CREATE TABLE via_restore_job (id int)", APP_DB)
     before = _now(world)
@@ -399,7 +371,7 @@ def test_restore_job_with_a_target_time_restores_that_moment(world: PitrWorld) -
     restore_dir = world.root / "restored-by-restore-job"
     port = free_low_port()
     try:
-        result = _restore_job(
+        result = restore_job_to_moment(
             world, {"target_time": target.isoformat(), "data_dir": str(restore_dir), "port": port}
         )
         assert result.success
@@ -432,7 +404,7 @@ def test_restore_job_refuses_moments_outside_the_window_naming_it(world: PitrWor
         (earliest - timedelta(minutes=5), "is before the recoverable window ["),
     ):
         restore_dir = world.root / "never-restored"
-        result = _restore_job(
+        result = restore_job_to_moment(
             world, {"target_time": target.isoformat(), "data_dir": str(restore_dir), "port": free_low_port()}
         )
         assert not result.success

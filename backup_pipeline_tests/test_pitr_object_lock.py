@@ -41,12 +41,8 @@ from backup_pipeline.archive.keys import (
 )
 from backup_pipeline.cli import main as cli_main
 from backup_pipeline.ops import pitr as pitr_ops
-from backup_pipeline.ops.restore import restore_job
 from backup_pipeline.ops.restore_moment import RESTORE_TO_MOMENT_OP
-from backup_pipeline.resources.destination import DestinationResource
 from backup_pipeline.resources.keys import BackupKeysResource
-from backup_pipeline.resources.postgres import PostgresResource
-from backup_pipeline.resources.s3 import S3Resource
 from backup_pipeline.services import pitr
 from backup_pipeline.services.pitr_engine import PitrEngineError, segment_number
 from backup_pipeline.services.pitr_keys import keystore_key, repo_client
@@ -71,6 +67,7 @@ from backup_pipeline_tests.fixtures.pg_cluster import (
     start_archiving_server,
     user_dir,
 )
+from backup_pipeline_tests.restore_support import restore_job_to_moment
 
 BUCKET = "pitr-locked"
 PLAIN_BUCKET = "pitr-plain"
@@ -281,33 +278,10 @@ def test_the_repository_works_on_an_object_lock_bucket_and_expire_only_hides(wor
     assert setup.exit_code == 0 and summary in setup.stdout, setup.output
 
 
-def _restore_job(world: LockWorld, moment: dict[str, object]) -> dg.ExecuteInProcessResult:
-    return restore_job.execute_in_process(
-        instance=world.instance,
-        resources={
-            "app_db": PostgresResource(database_url=world.env["BACKUP_PIPELINE_APP_DATABASE_URL"]),
-            "s3": S3Resource(
-                endpoint=world.s3.server.endpoint,
-                access_key=world.s3.server.access_key,
-                secret_key=world.s3.server.secret_key,
-            ),
-            "destination": DestinationResource(
-                kind="local",
-                installation_id="pitr",
-                state_dir=str(world.settings.state_dir),
-                local_path=str(world.root / "no-sets"),
-            ),
-            "keys": world.keys_resource(),
-        },
-        run_config={"ops": {RESTORE_TO_MOMENT_OP: {"config": moment}}},
-        raise_on_error=False,
-    )
-
-
 def test_as_of_refuses_a_moment_before_the_repository_and_a_bucket_without_versions(world: LockWorld) -> None:
     restore_dir = world.root / "never-restored"
     long_ago = "2020-01-01T00:00:00+00:00"
-    result = _restore_job(
+    result = restore_job_to_moment(
         world,
         {
             "target_time": "latest",

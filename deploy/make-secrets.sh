@@ -42,7 +42,11 @@ for role in admins viewers; do
   [ -e "$file" ] && { echo "keep    $file"; continue; }
   if [ "$role" = admins ]; then user=${ADMIN_USER:-admin}; else user=${VIEWER_USER:-viewer}; fi
   password=$(random)
-  # apr1 (openssl passwd) is understood by nginx everywhere.
-  printf '%s:%s\n' "$user" "$(openssl passwd -apr1 "$password")" > "$file"
+  # apr1 (openssl passwd) is understood by nginx everywhere. The password goes on stdin: as an
+  # argument it would show in `ps`, and a random one starting with '-' (token_urlsafe can) was
+  # read as an option, which left an empty hash in the file.
+  hash=$(printf '%s\n' "$password" | openssl passwd -apr1 -stdin)
+  case "$hash" in '$apr1$'*) ;; *) echo "make-secrets: openssl passwd gave no apr1 hash for $role" >&2; exit 1 ;; esac
+  printf '%s:%s\n' "$user" "$hash" > "$file"
   echo "created $file — user '$user', password: $password"
 done
