@@ -18,9 +18,7 @@ For the machine that has only Drive and the recovery key (the S3 repository is g
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -48,7 +46,7 @@ from backup_pipeline.services.pitr_drive import (
     read_index,
     read_manifest,
 )
-from backup_pipeline.services.pitr_engine import BaseBackup, EngineConfig, PgBackRest, PitrSecrets, RepoInfo
+from backup_pipeline.services.pitr_engine import BaseBackup, EngineConfig, RepoInfo
 from backup_pipeline.services.pitr_keys import unseal
 from backup_pipeline.services.pitr_restore import (
     PitrRestoreRefused,
@@ -56,6 +54,8 @@ from backup_pipeline.services.pitr_restore import (
     RestoreRequest,
     check_request,
     restore_to_moment,
+    scratch_repository,
+    scratch_repository_engine,
     window_text,
 )
 
@@ -253,26 +253,18 @@ def restore_from_drive(
         f"Drive's recoverable window {window_text(plan.window.earliest, plan.window.latest)}; base backup "  # type: ignore[arg-type]
         f"{label}, {len(plan.chain.bundles)} WAL bundle(s)"
     )
-    if scratch_root is not None:
-        scratch_root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="bp-pitr-drive-", dir=scratch_root))
-    try:
-        repo_dir = scratch / "repo"
-        repo_dir.mkdir(mode=0o700)
+    with scratch_repository(scratch_root, "bp-pitr-drive-") as scratch:
         passphrase = rebuild_repository(
-            destination, index, plan.chain, cfg.stanza, repo_dir, keyring=keyring, recovery=recovery, log=log
+            destination,
+            index,
+            plan.chain,
+            cfg.stanza,
+            scratch / "repo",
+            keyring=keyring,
+            recovery=recovery,
+            log=log,
         )
-        local = replace(cfg, posix_repo_path=repo_dir, work_dir=scratch / "work")
-        secrets = PitrSecrets("", "", passphrase)
-        engine = PgBackRest(local, secrets)
-        engine.write_config()
-        user = engine.run_as_user()
-        if user is not None:  # pgbackrest runs as the cluster's OS user and must read the repository
-            for path in (scratch, *scratch.rglob("*")):
-                shutil.chown(path, user)
+        engine, secrets = scratch_repository_engine(cfg, scratch, passphrase)
         return restore_to_moment(
             engine, replace(request, backup_set=label), pg_bin=pg_bin, secrets_env=secrets.env(), log=log
         )
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(scratch)

@@ -23,11 +23,8 @@ Design and guarantees: docs/architecture/PITR.md §3.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,7 +34,7 @@ from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
 from backup_pipeline.archive.keys import OrgKeyring, RecoveryIdentity
-from backup_pipeline.services.pitr_engine import EngineConfig, PgBackRest, PitrEngineError, PitrSecrets
+from backup_pipeline.services.pitr_engine import EngineConfig, PitrEngineError
 from backup_pipeline.services.pitr_keys import MAX_KEYSTORE_BYTES, PitrKeyError, keystore_key, unseal
 from backup_pipeline.services.pitr_restore import (
     PitrRestoreFailed,
@@ -49,6 +46,8 @@ from backup_pipeline.services.pitr_restore import (
     check_request,
     parse_target,
     restore_to_moment,
+    scratch_repository,
+    scratch_repository_engine,
 )
 
 #: S3 error codes meaning "this bucket has no object lock configuration" (servers differ).
@@ -331,22 +330,10 @@ def restore_repo_as_of(
         f"repository as of {_iso(as_of)}: {len(picks)} files, {total} bytes (bucket {bucket}, versioning "
         f"{protection.versioning or 'unknown'}); key store version of {_iso(store.last_modified)}"
     )
-    if scratch_root is not None:
-        scratch_root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="bp-pitr-as-of-", dir=scratch_root))
-    try:
-        repo_dir = scratch / "repo"
-        repo_dir.mkdir(mode=0o700)
+    with scratch_repository(scratch_root, "bp-pitr-as-of-") as scratch:
         for picked in sorted(picks.values(), key=lambda p: p.key):
-            _download(client, bucket, picked, repo_dir / _relative(picked.key, repo_prefix))
-        local = replace(cfg, posix_repo_path=repo_dir, work_dir=scratch / "work")
-        secrets = PitrSecrets("", "", passphrase)
-        engine = PgBackRest(local, secrets)
-        engine.write_config()
-        user = engine.run_as_user()
-        if user is not None:  # pgbackrest runs as the cluster's OS user and must read the repository
-            for path in (scratch, *scratch.rglob("*")):
-                shutil.chown(path, user)
+            _download(client, bucket, picked, scratch / "repo" / _relative(picked.key, repo_prefix))
+        engine, secrets = scratch_repository_engine(cfg, scratch, passphrase)
         try:
             info = engine.info()
         except PitrEngineError as exc:
@@ -359,6 +346,3 @@ def restore_repo_as_of(
         report = restore_to_moment(engine, request, pg_bin=pg_bin, secrets_env=secrets.env(), log=log)
         report.repo_as_of = _iso(as_of)
         return report
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(scratch)

@@ -15,14 +15,16 @@ application to it is the operator's step (BACKUP-RESTORE-GUIDE.md, PITR).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from backup_pipeline.services.pitr_engine import PgBackRest, PitrEngineError, RepoInfo
+from backup_pipeline.services.pitr_engine import (
+    EngineConfig,
+    PgBackRest,
+    PitrEngineError,
+    PitrSecrets,
+    RepoInfo,
+)
 
 LATEST = "latest"
 #: Overrides appended after pgBackRest's recovery settings; later lines win in postgresql.auto.conf.
@@ -455,3 +463,32 @@ def stop_restored(engine: PgBackRest, pg_bin: Path | None, data_dir: Path) -> No
         return
     pg_bin = pg_bin or server_bin_dir(data_dir)
     _pg_ctl(engine, pg_bin, "-D", str(data_dir), "-m", "fast", "-w", "stop", env=_clean_env())
+
+
+@contextlib.contextmanager
+def scratch_repository(scratch_root: Path | None, prefix: str) -> Iterator[Path]:
+    """A temporary directory holding an empty ``repo`` folder (0700) for a posix repository rebuilt
+    from elsewhere (Drive units, object versions); removed afterwards, whatever happens."""
+    if scratch_root is not None:
+        scratch_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root))
+    try:
+        (scratch / "repo").mkdir(mode=0o700)
+        yield scratch
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(scratch)
+
+
+def scratch_repository_engine(
+    cfg: EngineConfig, scratch: Path, passphrase: str
+) -> tuple[PgBackRest, PitrSecrets]:
+    """pgBackRest on the scratch's posix repository, the scratch handed to the cluster's OS user."""
+    secrets = PitrSecrets("", "", passphrase)
+    engine = PgBackRest(replace(cfg, posix_repo_path=scratch / "repo", work_dir=scratch / "work"), secrets)
+    engine.write_config()
+    user = engine.run_as_user()
+    if user is not None:  # pgbackrest runs as the cluster's OS user and must read the repository
+        for path in (scratch, *scratch.rglob("*")):
+            shutil.chown(path, user)
+    return engine, secrets
